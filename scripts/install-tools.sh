@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Go-written tools the project relies on into a cache under $HOME that later runs
+# (and CI, which keeps $HOME between runs) reuse. Each tool is pinned; a cached binary of the
+# pinned version is never rebuilt.
+#
+#   scripts/install-tools.sh [buf] [grpcurl] [helm]     (no argument: all of them)
+#
+# Prints the directory holding the binaries on its last line, so callers can do
+#   export PATH="$(scripts/install-tools.sh buf | tail -1):$PATH"
+set -euo pipefail
+
+TOOLS_DIR="${ERP_TOOLS_DIR:-$HOME/.cache/erp-tools}"
+BIN="$TOOLS_DIR/bin"
+mkdir -p "$BIN"
+
+declare -A MODULE=(
+  [buf]="github.com/bufbuild/buf/cmd/buf@v1.75.0"
+  [grpcurl]="github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3"
+  [helm]="helm.sh/helm/v3/cmd/helm@v3.22.0"
+)
+
+wanted=("$@")
+if [ ${#wanted[@]} -eq 0 ]; then wanted=(buf grpcurl helm); fi
+
+for tool in "${wanted[@]}"; do
+  spec="${MODULE[$tool]:?unknown tool $tool}"
+  stamp="$BIN/.$tool.version"
+  if [ -x "$BIN/$tool" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$spec" ]; then
+    continue
+  fi
+  echo "installing $tool ($spec)" >&2
+  GOBIN="$BIN" GOFLAGS=-mod=mod go install "$spec" >&2
+  echo "$spec" > "$stamp"
+done
+
+echo "$BIN"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a warm one:
+#   1. installs the pinned tools (buf) into a cache under $HOME and lints the protos,
+#   2. installs and starts PostgreSQL and Redis when missing (scripts/test-env.sh),
+#   3. checks formatting and clippy, then runs every Rust test against SQLite and PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { echo; echo "==> $*"; }
+
+step "tools"
+TOOLS_BIN="$(scripts/install-tools.sh buf | tail -1)"
+export PATH="$TOOLS_BIN:$PATH"
+
+step "buf lint (STANDARD)"
+(cd proto && buf lint)
+
+step "PostgreSQL and Redis"
+eval "$(scripts/test-env.sh)"
+export ERP_TEST_REQUIRE_POSTGRES=1
+echo "postgres: $ERP_TEST_POSTGRES_URL  redis: $ERP_TEST_REDIS_URL"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked -- --test-threads="${ERP_TEST_THREADS:-4}"

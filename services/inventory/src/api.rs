@@ -1,0 +1,838 @@
+//! gRPC handlers: validate, map wire types to the domain, run one transaction, map back.
+
+use erp_proto::common::{Actor, SourceDocument};
+use erp_proto::inventory::inventory_service_server::InventoryService;
+use erp_proto::inventory::*;
+use erp_runtime::idempotency;
+use erp_runtime::time::{from_timestamp, now_ms, opt_timestamp, to_timestamp};
+use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
+use erp_runtime::{ApiError, ApiResult};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{self, InventoryError, ReservationState as DomainState};
+use crate::store::entities::{item, ledger, location, reservation, stock_level};
+use crate::store::{Source, Store, levels};
+
+pub struct InventoryApi {
+    store: Store,
+}
+
+impl InventoryApi {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+fn item_to_wire(m: item::Model) -> Item {
+    Item {
+        sku: m.sku,
+        name: m.name,
+        unit_cost: Some(erp_proto::common::Money {
+            amount_minor: m.unit_cost_minor,
+            currency: m.currency,
+        }),
+        weight_grams: m.weight_grams,
+        tax_class: m.tax_class,
+        low_stock_threshold: m.low_stock_threshold,
+        created_at: Some(to_timestamp(m.created_at_ms)),
+    }
+}
+
+fn location_to_wire(m: location::Model) -> Location {
+    Location {
+        code: m.code,
+        name: m.name,
+        region: m.region,
+        status: if m.online {
+            LocationStatus::Online
+        } else {
+            LocationStatus::Offline
+        } as i32,
+        status_reason: m.status_reason,
+    }
+}
+
+fn level_to_wire(m: &stock_level::Model) -> StockLevel {
+    let l = levels(m);
+    StockLevel {
+        sku: m.sku.clone(),
+        location: m.location.clone(),
+        on_hand: l.on_hand,
+        reserved: l.reserved,
+        inbound: l.inbound,
+        returns_pending: l.returns_pending,
+        quarantined: l.quarantined,
+        available: l.available(),
+    }
+}
+
+fn bucket_to_wire(b: domain::Bucket) -> Bucket {
+    match b {
+        domain::Bucket::OnHand => Bucket::OnHand,
+        domain::Bucket::Reserved => Bucket::Reserved,
+        domain::Bucket::Inbound => Bucket::Inbound,
+        domain::Bucket::ReturnsPending => Bucket::ReturnsPending,
+        domain::Bucket::Quarantined => Bucket::Quarantined,
+    }
+}
+
+fn reservation_to_wire(m: reservation::Model) -> Reservation {
+    let state = match DomainState::parse(&m.state) {
+        Some(DomainState::Active) => ReservationState::Active,
+        Some(DomainState::Committed) => ReservationState::Committed,
+        Some(DomainState::Released) => ReservationState::Released,
+        Some(DomainState::Expired) => ReservationState::Expired,
+        None => ReservationState::Unspecified,
+    };
+    Reservation {
+        reservation_id: m.reservation_id,
+        order_id: m.order_id,
+        order_line_id: m.order_line_id,
+        sku: m.sku,
+        location: m.location,
+        quantity: m.quantity,
+        state: state as i32,
+        expires_at: opt_timestamp(m.expires_at_ms),
+        created_at: Some(to_timestamp(m.created_at_ms)),
+    }
+}
+
+fn source_of(doc: Option<&SourceDocument>, default_kind: &str, actor: &str) -> Source {
+    Source {
+        kind: doc.map_or(default_kind, |d| d.kind.as_str()).to_owned(),
+        id: doc.map(|d| d.id.clone()).unwrap_or_default(),
+        actor: actor.to_owned(),
+    }
+}
+
+fn actor_id(actor: Option<&Actor>) -> String {
+    actor.map(|a| a.id.clone()).unwrap_or_default()
+}
+
+/// Runs `f` in a transaction guarded by an idempotency key: a repeat answers the stored response.
+macro_rules! idempotent {
+    ($self:ident, $scope:literal, $req:ident, |$txn:ident| $body:block) => {{
+        let hash = idempotency::fingerprint(&$req);
+        let $txn = $self.store.db.begin().await?;
+        if let Some(previous) =
+            idempotency::lookup(&$txn, $scope, &$req.idempotency_key, &hash).await?
+        {
+            return Ok(previous);
+        }
+        let response = $body;
+        idempotency::record(&$txn, $scope, &$req.idempotency_key, &hash, &response).await?;
+        $txn.commit().await?;
+        $self.store.outbox.wake();
+        Ok(response)
+    }};
+}
+
+impl InventoryApi {
+    async fn create_item(&self, req: CreateItemRequest) -> ApiResult<CreateItemResponse> {
+        let Some(item) = req.item else {
+            return Err(ApiError::invalid("item", "is required"));
+        };
+        let mut v = Violations::new();
+        v.code("item.sku", &item.sku);
+        v.text("item.name", &item.name, 200);
+        let cost = item.unit_cost.clone().unwrap_or_default();
+        v.non_negative("item.unit_cost.amount_minor", cost.amount_minor);
+        v.currency("item.unit_cost.currency", &cost.currency);
+        v.non_negative("item.weight_grams", item.weight_grams);
+        v.non_negative("item.low_stock_threshold", item.low_stock_threshold);
+        v.check(
+            matches!(
+                item.tax_class.as_str(),
+                "" | "standard" | "reduced" | "zero"
+            ),
+            "item.tax_class",
+            "must be standard, reduced or zero",
+        );
+        v.finish()?;
+        let tax_class = if item.tax_class.is_empty() {
+            "standard".to_owned()
+        } else {
+            item.tax_class.clone()
+        };
+        let txn = self.store.db.begin().await?;
+        if let Some(existing) = item::Entity::find_by_id(item.sku.clone()).one(&txn).await? {
+            let same = existing.name == item.name
+                && existing.unit_cost_minor == cost.amount_minor
+                && existing.currency == cost.currency
+                && existing.weight_grams == item.weight_grams
+                && existing.tax_class == tax_class
+                && existing.low_stock_threshold == item.low_stock_threshold;
+            if !same {
+                return Err(ApiError::AlreadyExists(format!(
+                    "item {} exists with different attributes",
+                    item.sku
+                )));
+            }
+            return Ok(CreateItemResponse {
+                item: Some(item_to_wire(existing)),
+                created: false,
+            });
+        }
+        let model = item::ActiveModel {
+            sku: Set(item.sku.clone()),
+            name: Set(item.name.clone()),
+            unit_cost_minor: Set(cost.amount_minor),
+            currency: Set(cost.currency.clone()),
+            weight_grams: Set(item.weight_grams),
+            tax_class: Set(tax_class),
+            low_stock_threshold: Set(item.low_stock_threshold),
+            created_at_ms: Set(now_ms()),
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(CreateItemResponse {
+            item: Some(item_to_wire(model)),
+            created: true,
+        })
+    }
+
+    async fn list_items(&self, req: ListItemsRequest) -> ApiResult<ListItemsResponse> {
+        let size = page_size(req.page_size)?;
+        let offset = page_offset(&req.page_token)?;
+        let mut query = item::Entity::find().order_by_asc(item::Column::Sku);
+        if !req.sku_prefix.is_empty() {
+            query = query.filter(item::Column::Sku.starts_with(&req.sku_prefix));
+        }
+        let rows = query.offset(offset).limit(size).all(&self.store.db).await?;
+        let next = next_page_token(offset, rows.len(), size);
+        Ok(ListItemsResponse {
+            items: rows.into_iter().map(item_to_wire).collect(),
+            next_page_token: next,
+        })
+    }
+
+    async fn create_location(
+        &self,
+        req: CreateLocationRequest,
+    ) -> ApiResult<CreateLocationResponse> {
+        let Some(loc) = req.location else {
+            return Err(ApiError::invalid("location", "is required"));
+        };
+        let mut v = Violations::new();
+        v.code("location.code", &loc.code);
+        v.text("location.name", &loc.name, 200);
+        v.code("location.region", &loc.region);
+        v.finish()?;
+        let txn = self.store.db.begin().await?;
+        if let Some(existing) = location::Entity::find_by_id(loc.code.clone())
+            .one(&txn)
+            .await?
+        {
+            if existing.name != loc.name || existing.region != loc.region {
+                return Err(ApiError::AlreadyExists(format!(
+                    "location {} exists with different attributes",
+                    loc.code
+                )));
+            }
+            return Ok(CreateLocationResponse {
+                location: Some(location_to_wire(existing)),
+                created: false,
+            });
+        }
+        let model = location::ActiveModel {
+            code: Set(loc.code.clone()),
+            name: Set(loc.name.clone()),
+            region: Set(loc.region.clone()),
+            online: Set(true),
+            status_reason: Set(String::new()),
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(CreateLocationResponse {
+            location: Some(location_to_wire(model)),
+            created: true,
+        })
+    }
+
+    async fn set_location_status(
+        &self,
+        req: SetLocationStatusRequest,
+    ) -> ApiResult<SetLocationStatusResponse> {
+        let mut v = Violations::new();
+        v.code("code", &req.code);
+        let status = LocationStatus::try_from(req.status).unwrap_or(LocationStatus::Unspecified);
+        v.check(
+            status != LocationStatus::Unspecified,
+            "status",
+            "must be ONLINE or OFFLINE",
+        );
+        v.finish()?;
+        let txn = self.store.db.begin().await?;
+        let row = self.store.location(&txn, &req.code).await?;
+        let mut am: location::ActiveModel = row.into();
+        am.online = Set(status == LocationStatus::Online);
+        am.status_reason = Set(req
+            .actor
+            .as_ref()
+            .map(|a| a.reason.clone())
+            .unwrap_or_default());
+        let model = am.update(&txn).await?;
+        erp_runtime::outbox::enqueue(
+            &txn,
+            "inventory.location_status_changed",
+            &req.code,
+            &serde_json::json!({ "location": req.code, "online": model.online, "by": actor_id(req.actor.as_ref()) }),
+        )
+        .await?;
+        txn.commit().await?;
+        self.store.outbox.wake();
+        Ok(SetLocationStatusResponse {
+            location: Some(location_to_wire(model)),
+        })
+    }
+
+    async fn get_stock(&self, req: GetStockRequest) -> ApiResult<GetStockResponse> {
+        let mut v = Violations::new();
+        v.code("sku", &req.sku);
+        if !req.location.is_empty() {
+            v.code("location", &req.location);
+        }
+        v.finish()?;
+        self.store.item(&self.store.db, &req.sku).await?;
+        let mut query = stock_level::Entity::find()
+            .filter(stock_level::Column::Sku.eq(&req.sku))
+            .order_by_asc(stock_level::Column::Location);
+        if !req.location.is_empty() {
+            self.store.location(&self.store.db, &req.location).await?;
+            query = query.filter(stock_level::Column::Location.eq(&req.location));
+        }
+        let rows = query.all(&self.store.db).await?;
+        Ok(GetStockResponse {
+            levels: rows.iter().map(level_to_wire).collect(),
+        })
+    }
+
+    async fn get_availability(
+        &self,
+        req: GetAvailabilityRequest,
+    ) -> ApiResult<GetAvailabilityResponse> {
+        let mut v = Violations::new();
+        v.check(!req.skus.is_empty(), "skus", "must name at least one sku");
+        v.check(req.skus.len() <= 500, "skus", "at most 500 per call");
+        for (i, sku) in req.skus.iter().enumerate() {
+            v.code(&format!("skus[{i}]"), sku);
+        }
+        v.finish()?;
+        let as_of = req.as_of.as_ref().map(from_timestamp);
+        let map = self
+            .store
+            .availability(&self.store.db, &req.skus, as_of)
+            .await?;
+        let items = req
+            .skus
+            .iter()
+            .map(|sku| {
+                let per = map.get(sku).cloned().unwrap_or_default();
+                SkuAvailability {
+                    sku: sku.clone(),
+                    network_available: per.values().sum(),
+                    locations: per
+                        .into_iter()
+                        .map(|(location, available)| LocationAvailability {
+                            location,
+                            available,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(GetAvailabilityResponse { items })
+    }
+
+    async fn receive_stock(&self, req: ReceiveStockRequest) -> ApiResult<ReceiveStockResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("sku", &req.sku);
+        v.code("location", &req.location);
+        v.positive("quantity", req.quantity);
+        v.finish()?;
+        idempotent!(self, "inventory.ReceiveStock", req, |txn| {
+            let source = source_of(req.source.as_ref(), "receipt", "receiving");
+            let mut changes = vec![(domain::Bucket::OnHand, req.quantity)];
+            if req.from_inbound {
+                changes.push((domain::Bucket::Inbound, -req.quantity));
+                self.store
+                    .consume_inbound(&txn, &req.sku, &req.location, req.quantity)
+                    .await?;
+            }
+            let level = self
+                .store
+                .change(
+                    &txn,
+                    &req.sku,
+                    &req.location,
+                    &changes,
+                    domain::Reason::Receipt,
+                    &source,
+                )
+                .await?;
+            ReceiveStockResponse {
+                level: Some(level_to_wire(&level)),
+            }
+        })
+    }
+
+    async fn adjust_stock(&self, req: AdjustStockRequest) -> ApiResult<AdjustStockResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("sku", &req.sku);
+        v.code("location", &req.location);
+        v.check(req.delta != 0, "delta", "must not be zero");
+        let bucket = match Bucket::try_from(req.bucket) {
+            Ok(Bucket::OnHand) => Some(domain::Bucket::OnHand),
+            Ok(Bucket::ReturnsPending) => Some(domain::Bucket::ReturnsPending),
+            Ok(Bucket::Quarantined) => Some(domain::Bucket::Quarantined),
+            _ => None,
+        };
+        v.check(
+            bucket.is_some(),
+            "bucket",
+            "must be ON_HAND, RETURNS_PENDING or QUARANTINED",
+        );
+        let reason = req.actor.as_ref().map(|a| a.reason.as_str()).unwrap_or("");
+        v.check(
+            !reason.trim().is_empty(),
+            "actor.reason",
+            "an adjustment needs a reason",
+        );
+        v.check(
+            req.actor.as_ref().is_some_and(|a| !a.id.trim().is_empty()),
+            "actor.id",
+            "an adjustment needs an actor",
+        );
+        v.finish()?;
+        let Some(bucket) = bucket else {
+            return Err(ApiError::invalid("bucket", "unsupported"));
+        };
+        idempotent!(self, "inventory.AdjustStock", req, |txn| {
+            let source = Source {
+                kind: "adjustment".into(),
+                id: reason.to_owned(),
+                actor: actor_id(req.actor.as_ref()),
+            };
+            let level = self
+                .store
+                .change(
+                    &txn,
+                    &req.sku,
+                    &req.location,
+                    &[(bucket, req.delta)],
+                    domain::Reason::Adjustment,
+                    &source,
+                )
+                .await?;
+            AdjustStockResponse {
+                level: Some(level_to_wire(&level)),
+            }
+        })
+    }
+
+    async fn record_inbound(&self, req: RecordInboundRequest) -> ApiResult<RecordInboundResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("sku", &req.sku);
+        v.code("location", &req.location);
+        v.positive("quantity", req.quantity);
+        v.check(req.expected_at.is_some(), "expected_at", "is required");
+        v.finish()?;
+        let expected = req
+            .expected_at
+            .as_ref()
+            .map(from_timestamp)
+            .unwrap_or_default();
+        idempotent!(self, "inventory.RecordInbound", req, |txn| {
+            let source = source_of(req.source.as_ref(), "purchase_order", "procurement");
+            let level = self
+                .store
+                .record_inbound(
+                    &txn,
+                    &req.sku,
+                    &req.location,
+                    req.quantity,
+                    expected,
+                    &source,
+                )
+                .await?;
+            RecordInboundResponse {
+                level: Some(level_to_wire(&level)),
+            }
+        })
+    }
+
+    async fn reserve_stock(&self, req: ReserveStockRequest) -> ApiResult<ReserveStockResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.text("order_id", &req.order_id, 100);
+        v.check(
+            !req.lines.is_empty(),
+            "lines",
+            "must hold at least one line",
+        );
+        v.check(req.lines.len() <= 200, "lines", "at most 200 lines");
+        for (i, line) in req.lines.iter().enumerate() {
+            v.text(
+                &format!("lines[{i}].order_line_id"),
+                &line.order_line_id,
+                100,
+            );
+            v.code(&format!("lines[{i}].sku"), &line.sku);
+            v.code(&format!("lines[{i}].location"), &line.location);
+            v.positive(&format!("lines[{i}].quantity"), line.quantity);
+        }
+        let mode = ReserveMode::try_from(req.mode).unwrap_or(ReserveMode::Unspecified);
+        if let Some(expires) = &req.expires_at {
+            v.check(
+                from_timestamp(expires) > now_ms(),
+                "expires_at",
+                "must be in the future",
+            );
+        }
+        v.finish()?;
+        let lines: Vec<_> = req
+            .lines
+            .iter()
+            .map(|l| {
+                (
+                    l.order_line_id.clone(),
+                    l.sku.clone(),
+                    l.location.clone(),
+                    l.quantity,
+                )
+            })
+            .collect();
+        let expires = req.expires_at.as_ref().map(from_timestamp);
+        idempotent!(self, "inventory.ReserveStock", req, |txn| {
+            let (made, short) = self
+                .store
+                .reserve(
+                    &txn,
+                    &req.order_id,
+                    &lines,
+                    mode == ReserveMode::Partial,
+                    expires,
+                )
+                .await?;
+            ReserveStockResponse {
+                reservations: made.into_iter().map(reservation_to_wire).collect(),
+                short_lines: short,
+            }
+        })
+    }
+
+    async fn release_reservations(
+        &self,
+        req: ReleaseReservationsRequest,
+    ) -> ApiResult<ReleaseReservationsResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.text("order_id", &req.order_id, 100);
+        v.finish()?;
+        idempotent!(self, "inventory.ReleaseReservations", req, |txn| {
+            let released = self
+                .store
+                .release(
+                    &txn,
+                    &req.order_id,
+                    &req.reservation_ids,
+                    DomainState::Released,
+                )
+                .await?;
+            ReleaseReservationsResponse {
+                reservations: released.into_iter().map(reservation_to_wire).collect(),
+            }
+        })
+    }
+
+    async fn commit_reservations(
+        &self,
+        req: CommitReservationsRequest,
+    ) -> ApiResult<CommitReservationsResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.text("order_id", &req.order_id, 100);
+        v.finish()?;
+        idempotent!(self, "inventory.CommitReservations", req, |txn| {
+            let committed = self
+                .store
+                .commit(&txn, &req.order_id, &req.reservation_ids)
+                .await?;
+            CommitReservationsResponse {
+                reservations: committed.into_iter().map(reservation_to_wire).collect(),
+            }
+        })
+    }
+
+    async fn list_reservations(
+        &self,
+        req: ListReservationsRequest,
+    ) -> ApiResult<ListReservationsResponse> {
+        let size = page_size(req.page_size)?;
+        let offset = page_offset(&req.page_token)?;
+        let mut query = reservation::Entity::find().order_by_asc(reservation::Column::CreatedAtMs);
+        if !req.order_id.is_empty() {
+            query = query.filter(reservation::Column::OrderId.eq(&req.order_id));
+        }
+        let state = match ReservationState::try_from(req.state) {
+            Ok(ReservationState::Active) => Some(DomainState::Active),
+            Ok(ReservationState::Committed) => Some(DomainState::Committed),
+            Ok(ReservationState::Released) => Some(DomainState::Released),
+            Ok(ReservationState::Expired) => Some(DomainState::Expired),
+            Ok(ReservationState::Unspecified) => None,
+            Err(_) => return Err(ApiError::invalid("state", "unknown reservation state")),
+        };
+        if let Some(state) = state {
+            query = query.filter(reservation::Column::State.eq(state.as_str()));
+        }
+        let rows = query.offset(offset).limit(size).all(&self.store.db).await?;
+        let next = next_page_token(offset, rows.len(), size);
+        Ok(ListReservationsResponse {
+            reservations: rows.into_iter().map(reservation_to_wire).collect(),
+            next_page_token: next,
+        })
+    }
+
+    async fn list_ledger_entries(
+        &self,
+        req: ListLedgerEntriesRequest,
+    ) -> ApiResult<ListLedgerEntriesResponse> {
+        let size = page_size(req.page_size)?;
+        let offset = page_offset(&req.page_token)?;
+        let mut query = ledger::Entity::find().order_by_asc(ledger::Column::Seq);
+        if !req.sku.is_empty() {
+            query = query.filter(ledger::Column::Sku.eq(&req.sku));
+        }
+        if !req.location.is_empty() {
+            query = query.filter(ledger::Column::Location.eq(&req.location));
+        }
+        let rows = query.offset(offset).limit(size).all(&self.store.db).await?;
+        let next = next_page_token(offset, rows.len(), size);
+        Ok(ListLedgerEntriesResponse {
+            entries: rows
+                .into_iter()
+                .map(|e| LedgerEntry {
+                    sequence: e.seq,
+                    sku: e.sku,
+                    location: e.location,
+                    bucket: domain::Bucket::parse(&e.bucket)
+                        .map_or(Bucket::Unspecified, bucket_to_wire)
+                        as i32,
+                    delta: e.delta,
+                    balance_after: e.balance_after,
+                    reason: e.reason,
+                    source: Some(SourceDocument {
+                        kind: e.source_kind,
+                        id: e.source_id,
+                    }),
+                    actor: e.actor,
+                    recorded_at: Some(to_timestamp(e.recorded_at_ms)),
+                })
+                .collect(),
+            next_page_token: next,
+        })
+    }
+
+    async fn verify_ledger(&self) -> ApiResult<VerifyLedgerResponse> {
+        let (entries, mismatches) = self.store.verify_ledger(&self.store.db).await?;
+        Ok(VerifyLedgerResponse {
+            consistent: mismatches.is_empty(),
+            entries_replayed: i64::try_from(entries).unwrap_or(i64::MAX),
+            mismatches: mismatches
+                .into_iter()
+                .map(
+                    |(sku, location, b, ledger_balance, bucket_balance)| LedgerMismatch {
+                        sku,
+                        location,
+                        bucket: bucket_to_wire(b) as i32,
+                        ledger_balance,
+                        bucket_balance,
+                    },
+                )
+                .collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for InventoryApi {
+    async fn create_item(
+        &self,
+        request: Request<CreateItemRequest>,
+    ) -> Result<Response<CreateItemResponse>, Status> {
+        respond(self.create_item(request.into_inner()).await)
+    }
+
+    async fn get_item(
+        &self,
+        request: Request<GetItemRequest>,
+    ) -> Result<Response<GetItemResponse>, Status> {
+        let req = request.into_inner();
+        respond(
+            async {
+                let mut v = Violations::new();
+                v.code("sku", &req.sku);
+                v.finish()?;
+                let item = self.store.item(&self.store.db, &req.sku).await?;
+                Ok(GetItemResponse {
+                    item: Some(item_to_wire(item)),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn list_items(
+        &self,
+        request: Request<ListItemsRequest>,
+    ) -> Result<Response<ListItemsResponse>, Status> {
+        respond(self.list_items(request.into_inner()).await)
+    }
+
+    async fn create_location(
+        &self,
+        request: Request<CreateLocationRequest>,
+    ) -> Result<Response<CreateLocationResponse>, Status> {
+        respond(self.create_location(request.into_inner()).await)
+    }
+
+    async fn list_locations(
+        &self,
+        _request: Request<ListLocationsRequest>,
+    ) -> Result<Response<ListLocationsResponse>, Status> {
+        respond(
+            async {
+                let rows = location::Entity::find()
+                    .order_by_asc(location::Column::Code)
+                    .all(&self.store.db)
+                    .await?;
+                Ok(ListLocationsResponse {
+                    locations: rows.into_iter().map(location_to_wire).collect(),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn set_location_status(
+        &self,
+        request: Request<SetLocationStatusRequest>,
+    ) -> Result<Response<SetLocationStatusResponse>, Status> {
+        respond(self.set_location_status(request.into_inner()).await)
+    }
+
+    async fn get_stock(
+        &self,
+        request: Request<GetStockRequest>,
+    ) -> Result<Response<GetStockResponse>, Status> {
+        respond(self.get_stock(request.into_inner()).await)
+    }
+
+    async fn get_availability(
+        &self,
+        request: Request<GetAvailabilityRequest>,
+    ) -> Result<Response<GetAvailabilityResponse>, Status> {
+        respond(self.get_availability(request.into_inner()).await)
+    }
+
+    async fn receive_stock(
+        &self,
+        request: Request<ReceiveStockRequest>,
+    ) -> Result<Response<ReceiveStockResponse>, Status> {
+        respond(self.receive_stock(request.into_inner()).await)
+    }
+
+    async fn adjust_stock(
+        &self,
+        request: Request<AdjustStockRequest>,
+    ) -> Result<Response<AdjustStockResponse>, Status> {
+        respond(self.adjust_stock(request.into_inner()).await)
+    }
+
+    async fn record_inbound(
+        &self,
+        request: Request<RecordInboundRequest>,
+    ) -> Result<Response<RecordInboundResponse>, Status> {
+        respond(self.record_inbound(request.into_inner()).await)
+    }
+
+    async fn transfer_stock(
+        &self,
+        _request: Request<TransferStockRequest>,
+    ) -> Result<Response<TransferStockResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "TransferStock is planned with the inventory issue (#4)".into(),
+        )
+        .into())
+    }
+
+    async fn record_cycle_count(
+        &self,
+        _request: Request<RecordCycleCountRequest>,
+    ) -> Result<Response<RecordCycleCountResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "RecordCycleCount is planned with the inventory issue (#4)".into(),
+        )
+        .into())
+    }
+
+    async fn reserve_stock(
+        &self,
+        request: Request<ReserveStockRequest>,
+    ) -> Result<Response<ReserveStockResponse>, Status> {
+        respond(self.reserve_stock(request.into_inner()).await)
+    }
+
+    async fn release_reservations(
+        &self,
+        request: Request<ReleaseReservationsRequest>,
+    ) -> Result<Response<ReleaseReservationsResponse>, Status> {
+        respond(self.release_reservations(request.into_inner()).await)
+    }
+
+    async fn commit_reservations(
+        &self,
+        request: Request<CommitReservationsRequest>,
+    ) -> Result<Response<CommitReservationsResponse>, Status> {
+        respond(self.commit_reservations(request.into_inner()).await)
+    }
+
+    async fn list_reservations(
+        &self,
+        request: Request<ListReservationsRequest>,
+    ) -> Result<Response<ListReservationsResponse>, Status> {
+        respond(self.list_reservations(request.into_inner()).await)
+    }
+
+    async fn list_ledger_entries(
+        &self,
+        request: Request<ListLedgerEntriesRequest>,
+    ) -> Result<Response<ListLedgerEntriesResponse>, Status> {
+        respond(self.list_ledger_entries(request.into_inner()).await)
+    }
+
+    async fn verify_ledger(
+        &self,
+        _request: Request<VerifyLedgerRequest>,
+    ) -> Result<Response<VerifyLedgerResponse>, Status> {
+        respond(self.verify_ledger().await)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_error_conversion(e: InventoryError) -> ApiError {
+    e.into()
+}

@@ -1,0 +1,27 @@
+//! The inventory service: the single truth of stock across every channel and warehouse.
+//!
+//! - `domain`: buckets, reservation states and the rules that keep stock from going negative.
+//! - `store`: tables, migrations and the transactions that change stock with a ledger entry each.
+//! - `api`: the gRPC handlers, mapping wire types to the domain and errors to statuses.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod domain;
+pub mod store;
+
+/// The inventory service for the runtime.
+pub struct Service;
+
+impl erp_runtime::Service for Service {
+    const NAME: &'static str = "inventory";
+    const GRPC_NAME: &'static str = erp_proto::service_names::INVENTORY;
+    type Migrator = store::migration::Migrator;
+
+    async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
+        let api = api::InventoryApi::new(store::Store::new(ctx.db.clone(), ctx.outbox.clone()));
+        Ok(tonic::service::Routes::new(
+            erp_proto::inventory::inventory_service_server::InventoryServiceServer::new(api),
+        ))
+    }
+}

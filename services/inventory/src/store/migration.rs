@@ -1,0 +1,89 @@
+//! Versioned schema of the inventory database. Released migrations are never edited: a change
+//! is a new migration appended to the list.
+
+use erp_runtime::db::DdlMigration;
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            erp_runtime::db::runtime_tables(),
+            Box::new(DdlMigration {
+                name: "m20261128_000001_inventory",
+                up: r"
+CREATE TABLE items (
+    sku TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    unit_cost_minor BIGINT NOT NULL,
+    currency TEXT NOT NULL,
+    weight_grams BIGINT NOT NULL,
+    tax_class TEXT NOT NULL,
+    low_stock_threshold BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE locations (
+    code TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    region TEXT NOT NULL,
+    online BOOLEAN NOT NULL,
+    status_reason TEXT NOT NULL
+);
+CREATE TABLE stock_levels (
+    sku TEXT NOT NULL REFERENCES items (sku),
+    location TEXT NOT NULL REFERENCES locations (code),
+    on_hand BIGINT NOT NULL CHECK (on_hand >= 0),
+    reserved BIGINT NOT NULL CHECK (reserved >= 0),
+    inbound BIGINT NOT NULL CHECK (inbound >= 0),
+    returns_pending BIGINT NOT NULL CHECK (returns_pending >= 0),
+    quarantined BIGINT NOT NULL CHECK (quarantined >= 0),
+    CHECK (reserved <= on_hand),
+    PRIMARY KEY (sku, location)
+);
+CREATE TABLE stock_ledger (
+    seq {SERIAL},
+    sku TEXT NOT NULL,
+    location TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    delta BIGINT NOT NULL,
+    balance_after BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    source_kind TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    recorded_at_ms BIGINT NOT NULL
+);
+CREATE INDEX stock_ledger_sku_location ON stock_ledger (sku, location, seq);
+CREATE TABLE inbound_expectations (
+    id TEXT PRIMARY KEY,
+    sku TEXT NOT NULL,
+    location TEXT NOT NULL,
+    quantity BIGINT NOT NULL,
+    expected_at_ms BIGINT NOT NULL
+);
+CREATE INDEX inbound_expectations_sku ON inbound_expectations (sku, expected_at_ms);
+CREATE TABLE reservations (
+    reservation_id TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    order_line_id TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    location TEXT NOT NULL,
+    quantity BIGINT NOT NULL CHECK (quantity > 0),
+    state TEXT NOT NULL,
+    expires_at_ms BIGINT,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE INDEX reservations_order ON reservations (order_id, state)",
+                drops: &[
+                    "reservations",
+                    "inbound_expectations",
+                    "stock_ledger",
+                    "stock_levels",
+                    "locations",
+                    "items",
+                ],
+            }),
+        ]
+    }
+}

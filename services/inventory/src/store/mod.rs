@@ -1,0 +1,635 @@
+//! Persistence of inventory. Every stock change is one conditional UPDATE (so the check and the
+//! change cannot be separated by a concurrent writer on either engine) followed by one ledger
+//! entry per bucket touched, in the same transaction as the caller's idempotency key and outbox
+//! event.
+
+pub mod entities;
+pub mod migration;
+
+use std::collections::BTreeMap;
+
+use erp_runtime::outbox::{self, OutboxWaker};
+use erp_runtime::time::now_ms;
+use erp_runtime::{ApiError, ApiResult};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use serde::Serialize;
+
+use crate::domain::{Bucket, InventoryError, Levels, Reason, ReservationState};
+use entities::{inbound, item, ledger, location, reservation, stock_level};
+
+/// Where a change came from, recorded on its ledger entries.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub kind: String,
+    pub id: String,
+    pub actor: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pub db: DatabaseConnection,
+    pub outbox: OutboxWaker,
+}
+
+#[derive(Serialize)]
+struct StockChanged<'a> {
+    sku: &'a str,
+    location: &'a str,
+    on_hand: i64,
+    reserved: i64,
+    inbound: i64,
+    available: i64,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct LowStock<'a> {
+    sku: &'a str,
+    network_available: i64,
+    threshold: i64,
+}
+
+fn column(bucket: Bucket) -> stock_level::Column {
+    match bucket {
+        Bucket::OnHand => stock_level::Column::OnHand,
+        Bucket::Reserved => stock_level::Column::Reserved,
+        Bucket::Inbound => stock_level::Column::Inbound,
+        Bucket::ReturnsPending => stock_level::Column::ReturnsPending,
+        Bucket::Quarantined => stock_level::Column::Quarantined,
+    }
+}
+
+pub fn levels(row: &stock_level::Model) -> Levels {
+    Levels {
+        on_hand: row.on_hand,
+        reserved: row.reserved,
+        inbound: row.inbound,
+        returns_pending: row.returns_pending,
+        quarantined: row.quarantined,
+    }
+}
+
+impl Store {
+    pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
+        Self { db, outbox }
+    }
+
+    pub async fn item<C: ConnectionTrait>(&self, c: &C, sku: &str) -> ApiResult<item::Model> {
+        item::Entity::find_by_id(sku.to_owned())
+            .one(c)
+            .await?
+            .ok_or_else(|| InventoryError::UnknownSku(sku.to_owned()).into())
+    }
+
+    pub async fn location<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        code: &str,
+    ) -> ApiResult<location::Model> {
+        location::Entity::find_by_id(code.to_owned())
+            .one(c)
+            .await?
+            .ok_or_else(|| InventoryError::UnknownLocation(code.to_owned()).into())
+    }
+
+    /// Makes sure the stock row of (sku, location) exists, after checking both are known.
+    async fn ensure_row<C: ConnectionTrait>(&self, c: &C, sku: &str, loc: &str) -> ApiResult<()> {
+        self.item(c, sku).await?;
+        self.location(c, loc).await?;
+        stock_level::Entity::insert(stock_level::ActiveModel {
+            sku: Set(sku.to_owned()),
+            location: Set(loc.to_owned()),
+            on_hand: Set(0),
+            reserved: Set(0),
+            inbound: Set(0),
+            returns_pending: Set(0),
+            quarantined: Set(0),
+        })
+        .on_conflict(
+            OnConflict::columns([stock_level::Column::Sku, stock_level::Column::Location])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(c)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn levels_of<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        sku: &str,
+        loc: &str,
+    ) -> ApiResult<Option<stock_level::Model>> {
+        Ok(
+            stock_level::Entity::find_by_id((sku.to_owned(), loc.to_owned()))
+                .one(c)
+                .await?,
+        )
+    }
+
+    /// Applies signed `changes` to the buckets of (sku, location) as one conditional UPDATE:
+    /// no bucket may go negative and reserved may not exceed on hand. Writes a ledger entry per
+    /// bucket and a stock-changed event. Fails without effect when the condition does not hold.
+    pub async fn change<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        sku: &str,
+        loc: &str,
+        changes: &[(Bucket, i64)],
+        reason: Reason,
+        source: &Source,
+    ) -> ApiResult<stock_level::Model> {
+        self.ensure_row(c, sku, loc).await?;
+        let mut update = stock_level::Entity::update_many()
+            .filter(stock_level::Column::Sku.eq(sku))
+            .filter(stock_level::Column::Location.eq(loc));
+        let mut d_on_hand = 0;
+        let mut d_reserved = 0;
+        for &(bucket, delta) in changes {
+            let col = column(bucket);
+            update = update.col_expr(col, Expr::col(col).add(delta));
+            if delta < 0 {
+                update = update.filter(Expr::col(col).add(delta).gte(0));
+            }
+            match bucket {
+                Bucket::OnHand => d_on_hand += delta,
+                Bucket::Reserved => d_reserved += delta,
+                _ => {}
+            }
+        }
+        if d_on_hand - d_reserved < 0 {
+            // Available (on hand - reserved) shrinks: it must stay >= 0.
+            update = update.filter(
+                Expr::col(stock_level::Column::OnHand)
+                    .sub(Expr::col(stock_level::Column::Reserved))
+                    .add(d_on_hand - d_reserved)
+                    .gte(0),
+            );
+        }
+        let result = update.exec(c).await?;
+        let after = self
+            .levels_of(c, sku, loc)
+            .await?
+            .ok_or_else(|| ApiError::Internal(format!("stock row {sku}@{loc} vanished")))?;
+        if result.rows_affected == 0 {
+            let current = levels(&after);
+            if d_reserved > 0 || d_on_hand < 0 {
+                return Err(InventoryError::InsufficientStock {
+                    sku: sku.to_owned(),
+                    location: loc.to_owned(),
+                    requested: std::cmp::max(d_reserved, -d_on_hand),
+                    available: current.available(),
+                }
+                .into());
+            }
+            let (bucket, delta) = changes
+                .iter()
+                .copied()
+                .find(|&(b, d)| current.get(b) + d < 0)
+                .unwrap_or((Bucket::OnHand, 0));
+            return Err(InventoryError::NegativeBucket {
+                sku: sku.to_owned(),
+                location: loc.to_owned(),
+                bucket: bucket.as_str(),
+                current: current.get(bucket),
+                delta,
+            }
+            .into());
+        }
+        let now = now_ms();
+        let after_levels = levels(&after);
+        for &(bucket, delta) in changes {
+            if delta == 0 {
+                continue;
+            }
+            ledger::ActiveModel {
+                sku: Set(sku.to_owned()),
+                location: Set(loc.to_owned()),
+                bucket: Set(bucket.as_str().to_owned()),
+                delta: Set(delta),
+                balance_after: Set(after_levels.get(bucket)),
+                reason: Set(reason.as_str().to_owned()),
+                source_kind: Set(source.kind.clone()),
+                source_id: Set(source.id.clone()),
+                actor: Set(source.actor.clone()),
+                recorded_at_ms: Set(now),
+                ..Default::default()
+            }
+            .insert(c)
+            .await?;
+        }
+        outbox::enqueue(
+            c,
+            "inventory.stock_changed",
+            &format!("{sku}@{loc}"),
+            &StockChanged {
+                sku,
+                location: loc,
+                on_hand: after.on_hand,
+                reserved: after.reserved,
+                inbound: after.inbound,
+                available: after_levels.available(),
+                reason: reason.as_str(),
+            },
+        )
+        .await?;
+        if d_on_hand - d_reserved < 0 {
+            self.check_low_stock(c, sku).await?;
+        }
+        Ok(after)
+    }
+
+    async fn check_low_stock<C: ConnectionTrait>(&self, c: &C, sku: &str) -> ApiResult<()> {
+        let item = self.item(c, sku).await?;
+        if item.low_stock_threshold <= 0 {
+            return Ok(());
+        }
+        let network = self.network_available(c, sku).await?;
+        if network <= item.low_stock_threshold {
+            outbox::enqueue(
+                c,
+                "inventory.low_stock",
+                sku,
+                &LowStock {
+                    sku,
+                    network_available: network,
+                    threshold: item.low_stock_threshold,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Available to promise now across every online location.
+    pub async fn network_available<C: ConnectionTrait>(&self, c: &C, sku: &str) -> ApiResult<i64> {
+        let online: Vec<String> = location::Entity::find()
+            .filter(location::Column::Online.eq(true))
+            .all(c)
+            .await?
+            .into_iter()
+            .map(|l| l.code)
+            .collect();
+        Ok(stock_level::Entity::find()
+            .filter(stock_level::Column::Sku.eq(sku))
+            .filter(stock_level::Column::Location.is_in(online))
+            .all(c)
+            .await?
+            .iter()
+            .map(|r| levels(r).available())
+            .sum())
+    }
+
+    /// Availability of `skus` per online location, with inbound expected by `as_of_ms` counted.
+    pub async fn availability<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        skus: &[String],
+        as_of_ms: Option<i64>,
+    ) -> ApiResult<BTreeMap<String, BTreeMap<String, i64>>> {
+        let online: Vec<String> = location::Entity::find()
+            .filter(location::Column::Online.eq(true))
+            .all(c)
+            .await?
+            .into_iter()
+            .map(|l| l.code)
+            .collect();
+        let mut out: BTreeMap<String, BTreeMap<String, i64>> =
+            skus.iter().map(|s| (s.clone(), BTreeMap::new())).collect();
+        let rows = stock_level::Entity::find()
+            .filter(stock_level::Column::Sku.is_in(skus.iter().cloned()))
+            .filter(stock_level::Column::Location.is_in(online.iter().cloned()))
+            .all(c)
+            .await?;
+        for row in rows {
+            out.entry(row.sku.clone())
+                .or_default()
+                .insert(row.location.clone(), levels(&row).available());
+        }
+        if let Some(as_of) = as_of_ms {
+            let expected = inbound::Entity::find()
+                .filter(inbound::Column::Sku.is_in(skus.iter().cloned()))
+                .filter(inbound::Column::Location.is_in(online))
+                .filter(inbound::Column::ExpectedAtMs.lte(as_of))
+                .all(c)
+                .await?;
+            for e in expected {
+                *out.entry(e.sku).or_default().entry(e.location).or_default() += e.quantity;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records inbound stock with its expected date.
+    pub async fn record_inbound<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        sku: &str,
+        loc: &str,
+        quantity: i64,
+        expected_at_ms: i64,
+        source: &Source,
+    ) -> ApiResult<stock_level::Model> {
+        let level = self
+            .change(
+                c,
+                sku,
+                loc,
+                &[(Bucket::Inbound, quantity)],
+                Reason::Inbound,
+                source,
+            )
+            .await?;
+        inbound::ActiveModel {
+            id: Set(uuid::Uuid::now_v7().to_string()),
+            sku: Set(sku.to_owned()),
+            location: Set(loc.to_owned()),
+            quantity: Set(quantity),
+            expected_at_ms: Set(expected_at_ms),
+        }
+        .insert(c)
+        .await?;
+        Ok(level)
+    }
+
+    /// Consumes inbound expectations oldest first when a receipt clears inbound stock.
+    pub async fn consume_inbound<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        sku: &str,
+        loc: &str,
+        mut quantity: i64,
+    ) -> ApiResult<()> {
+        let rows = inbound::Entity::find()
+            .filter(inbound::Column::Sku.eq(sku))
+            .filter(inbound::Column::Location.eq(loc))
+            .order_by_asc(inbound::Column::ExpectedAtMs)
+            .all(c)
+            .await?;
+        for row in rows {
+            if quantity == 0 {
+                break;
+            }
+            let take = std::cmp::min(row.quantity, quantity);
+            quantity -= take;
+            if take == row.quantity {
+                inbound::Entity::delete_by_id(row.id).exec(c).await?;
+            } else {
+                let mut am: inbound::ActiveModel = row.into();
+                let left = am.quantity.clone().unwrap() - take;
+                am.quantity = Set(left);
+                am.update(c).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves each line; all-or-nothing fails the whole call at the first short line (the
+    /// caller's transaction is then rolled back), partial takes what is available.
+    pub async fn reserve<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        order_id: &str,
+        lines: &[(String, String, String, i64)],
+        partial: bool,
+        expires_at_ms: Option<i64>,
+    ) -> ApiResult<(Vec<reservation::Model>, Vec<String>)> {
+        let source = Source {
+            kind: "order".into(),
+            id: order_id.to_owned(),
+            actor: "inventory".into(),
+        };
+        let mut made = Vec::new();
+        let mut short = Vec::new();
+        for (line_id, sku, loc, quantity) in lines {
+            let loc_row = self.location(c, loc).await?;
+            if !loc_row.online {
+                return Err(InventoryError::LocationOffline(loc.clone()).into());
+            }
+            let mut take = *quantity;
+            if partial {
+                let available = self
+                    .levels_of(c, sku, loc)
+                    .await?
+                    .map(|r| levels(&r).available())
+                    .unwrap_or(0);
+                take = std::cmp::min(take, available);
+                if take < *quantity {
+                    short.push(line_id.clone());
+                }
+                if take == 0 {
+                    continue;
+                }
+            }
+            self.change(
+                c,
+                sku,
+                loc,
+                &[(Bucket::Reserved, take)],
+                Reason::Reservation,
+                &source,
+            )
+            .await?;
+            let row = reservation::ActiveModel {
+                reservation_id: Set(uuid::Uuid::now_v7().to_string()),
+                order_id: Set(order_id.to_owned()),
+                order_line_id: Set(line_id.clone()),
+                sku: Set(sku.clone()),
+                location: Set(loc.clone()),
+                quantity: Set(take),
+                state: Set(ReservationState::Active.as_str().to_owned()),
+                expires_at_ms: Set(expires_at_ms),
+                created_at_ms: Set(now_ms()),
+            }
+            .insert(c)
+            .await?;
+            made.push(row);
+        }
+        Ok((made, short))
+    }
+
+    /// Active reservations of an order, optionally only the listed ones.
+    async fn active_reservations<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        order_id: &str,
+        ids: &[String],
+    ) -> ApiResult<Vec<reservation::Model>> {
+        let mut query = reservation::Entity::find()
+            .filter(reservation::Column::OrderId.eq(order_id))
+            .order_by_asc(reservation::Column::CreatedAtMs);
+        if !ids.is_empty() {
+            query = query.filter(reservation::Column::ReservationId.is_in(ids.iter().cloned()));
+        }
+        let rows = query.all(c).await?;
+        for row in &rows {
+            if !ids.is_empty() && row.state != ReservationState::Active.as_str() {
+                return Err(InventoryError::ReservationNotActive {
+                    id: row.reservation_id.clone(),
+                    state: ReservationState::parse(&row.state)
+                        .map_or("unknown", ReservationState::as_str),
+                }
+                .into());
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.state == ReservationState::Active.as_str())
+            .collect())
+    }
+
+    /// Releases active reservations back to available stock.
+    pub async fn release<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        order_id: &str,
+        ids: &[String],
+        new_state: ReservationState,
+    ) -> ApiResult<Vec<reservation::Model>> {
+        let source = Source {
+            kind: "order".into(),
+            id: order_id.to_owned(),
+            actor: "inventory".into(),
+        };
+        let mut out = Vec::new();
+        for row in self.active_reservations(c, order_id, ids).await? {
+            self.change(
+                c,
+                &row.sku,
+                &row.location,
+                &[(Bucket::Reserved, -row.quantity)],
+                Reason::Release,
+                &source,
+            )
+            .await?;
+            out.push(self.set_state(c, row, new_state).await?);
+        }
+        Ok(out)
+    }
+
+    /// Commits active reservations at shipment: the units leave on hand.
+    pub async fn commit<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        order_id: &str,
+        ids: &[String],
+    ) -> ApiResult<Vec<reservation::Model>> {
+        let rows = self.active_reservations(c, order_id, ids).await?;
+        if rows.is_empty() {
+            return Err(InventoryError::NoReservations(order_id.to_owned()).into());
+        }
+        let source = Source {
+            kind: "order".into(),
+            id: order_id.to_owned(),
+            actor: "inventory".into(),
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            self.change(
+                c,
+                &row.sku,
+                &row.location,
+                &[
+                    (Bucket::Reserved, -row.quantity),
+                    (Bucket::OnHand, -row.quantity),
+                ],
+                Reason::Shipment,
+                &source,
+            )
+            .await?;
+            out.push(self.set_state(c, row, ReservationState::Committed).await?);
+        }
+        Ok(out)
+    }
+
+    async fn set_state<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        row: reservation::Model,
+        state: ReservationState,
+    ) -> ApiResult<reservation::Model> {
+        let mut am: reservation::ActiveModel = row.into();
+        am.state = Set(state.as_str().to_owned());
+        Ok(am.update(c).await?)
+    }
+
+    /// Releases active reservations whose expiry passed; returns how many.
+    pub async fn expire_due(&self, now: i64) -> ApiResult<usize> {
+        let due = reservation::Entity::find()
+            .filter(reservation::Column::State.eq(ReservationState::Active.as_str()))
+            .filter(reservation::Column::ExpiresAtMs.lte(now))
+            .limit(100)
+            .all(&self.db)
+            .await?;
+        let mut count = 0;
+        for row in due {
+            let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+            count += self
+                .release(
+                    &txn,
+                    &row.order_id,
+                    std::slice::from_ref(&row.reservation_id),
+                    ReservationState::Expired,
+                )
+                .await?
+                .len();
+            txn.commit().await?;
+        }
+        if count > 0 {
+            self.outbox.wake();
+        }
+        Ok(count)
+    }
+
+    /// Replays the ledger from zero and compares with the buckets.
+    pub async fn verify_ledger<C: ConnectionTrait>(
+        &self,
+        c: &C,
+    ) -> ApiResult<(u64, Vec<(String, String, Bucket, i64, i64)>)> {
+        let mut replay: BTreeMap<(String, String, Bucket), i64> = BTreeMap::new();
+        let mut entries = 0u64;
+        let mut pages = ledger::Entity::find()
+            .order_by_asc(ledger::Column::Seq)
+            .paginate(c, 5000);
+        while let Some(page) = pages.fetch_and_next().await? {
+            for e in page {
+                entries += 1;
+                let bucket = Bucket::parse(&e.bucket).ok_or_else(|| {
+                    ApiError::Internal(format!("ledger entry {} has bucket {:?}", e.seq, e.bucket))
+                })?;
+                *replay.entry((e.sku, e.location, bucket)).or_default() += e.delta;
+            }
+        }
+        let mut mismatches = Vec::new();
+        let rows = stock_level::Entity::find().all(c).await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for row in rows {
+            let l = levels(&row);
+            for b in Bucket::ALL {
+                let key = (row.sku.clone(), row.location.clone(), b);
+                let from_ledger = replay.get(&key).copied().unwrap_or(0);
+                seen.insert(key);
+                if from_ledger != l.get(b) {
+                    mismatches.push((
+                        row.sku.clone(),
+                        row.location.clone(),
+                        b,
+                        from_ledger,
+                        l.get(b),
+                    ));
+                }
+            }
+        }
+        for ((sku, loc, b), v) in replay {
+            if !seen.contains(&(sku.clone(), loc.clone(), b)) && v != 0 {
+                mismatches.push((sku, loc, b, v, 0));
+            }
+        }
+        Ok((entries, mismatches))
+    }
+}

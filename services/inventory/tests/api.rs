@@ -1,0 +1,324 @@
+//! Inventory API tests: a real server on port 0, a real database (SQLite file, and PostgreSQL
+//! when the test script provides one), the generated client.
+
+#![allow(clippy::unwrap_used)]
+
+use erp_proto::common::{Actor, Money};
+use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
+use erp_proto::inventory::*;
+use erp_runtime::error::status_reason;
+use erp_runtime::testing::{self, Backend};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+async fn seed(client: &mut InventoryServiceClient<Channel>, on_hand: i64) {
+    client
+        .create_item(CreateItemRequest {
+            item: Some(Item {
+                sku: "SKU-1".into(),
+                name: "Blue mug".into(),
+                unit_cost: Some(Money {
+                    amount_minor: 450,
+                    currency: "USD".into(),
+                }),
+                weight_grams: 350,
+                tax_class: "standard".into(),
+                low_stock_threshold: 5,
+                created_at: None,
+            }),
+        })
+        .await
+        .unwrap();
+    for (code, region) in [("east", "us-east"), ("west", "us-west")] {
+        client
+            .create_location(CreateLocationRequest {
+                location: Some(Location {
+                    code: code.into(),
+                    name: format!("{code} DC"),
+                    region: region.into(),
+                    status: 0,
+                    status_reason: String::new(),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    client
+        .receive_stock(ReceiveStockRequest {
+            idempotency_key: "receipt-1".into(),
+            sku: "SKU-1".into(),
+            location: "east".into(),
+            quantity: on_hand,
+            source: None,
+            from_inbound: false,
+        })
+        .await
+        .unwrap();
+}
+
+fn reserve(key: &str, order: &str, qty: i64) -> ReserveStockRequest {
+    ReserveStockRequest {
+        idempotency_key: key.into(),
+        order_id: order.into(),
+        lines: vec![ReserveLine {
+            order_line_id: format!("{order}-1"),
+            sku: "SKU-1".into(),
+            location: "east".into(),
+            quantity: qty,
+        }],
+        mode: ReserveMode::AllOrNothing as i32,
+        expires_at: None,
+    }
+}
+
+async fn level(client: &mut InventoryServiceClient<Channel>) -> StockLevel {
+    client
+        .get_stock(GetStockRequest {
+            sku: "SKU-1".into(),
+            location: "east".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .levels
+        .remove(0)
+}
+
+async fn assert_ledger_consistent(client: &mut InventoryServiceClient<Channel>) {
+    let verify = client
+        .verify_ledger(VerifyLedgerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        verify.consistent,
+        "ledger mismatches: {:?}",
+        verify.mismatches
+    );
+    assert!(verify.entries_replayed > 0);
+}
+
+async fn reservation_lifecycle(backend: Backend) {
+    let svc = testing::spawn::<erp_inventory::Service>(&backend).await;
+    let mut client = InventoryServiceClient::new(svc.channel().await);
+    seed(&mut client, 10).await;
+
+    let first = client
+        .reserve_stock(reserve("r1", "o1", 4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.reservations.len(), 1);
+    // A repeat of the same key answers the first response and reserves nothing more.
+    let again = client
+        .reserve_stock(reserve("r1", "o1", 4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    let l = level(&mut client).await;
+    assert_eq!((l.on_hand, l.reserved, l.available), (10, 4, 6));
+
+    // The same key with another request is refused, not silently answered.
+    let err = client
+        .reserve_stock(reserve("r1", "o1", 5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    // More than available: FAILED_PRECONDITION / INSUFFICIENT_STOCK, nothing changes.
+    let err = client
+        .reserve_stock(reserve("r2", "o2", 7))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(status_reason(&err).as_deref(), Some("INSUFFICIENT_STOCK"));
+    assert!(
+        err.message().contains("need 7, available 6"),
+        "{}",
+        err.message()
+    );
+    let l = level(&mut client).await;
+    assert_eq!((l.on_hand, l.reserved), (10, 4));
+
+    // Commit at shipment moves the units out of on hand.
+    let committed = client
+        .commit_reservations(CommitReservationsRequest {
+            idempotency_key: "c1".into(),
+            order_id: "o1".into(),
+            reservation_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        committed.reservations[0].state,
+        ReservationState::Committed as i32
+    );
+    let l = level(&mut client).await;
+    assert_eq!((l.on_hand, l.reserved, l.available), (6, 0, 6));
+
+    // Reserve then release returns the units.
+    client.reserve_stock(reserve("r3", "o3", 6)).await.unwrap();
+    let released = client
+        .release_reservations(ReleaseReservationsRequest {
+            idempotency_key: "rel3".into(),
+            order_id: "o3".into(),
+            reservation_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.reservations.len(), 1);
+    let l = level(&mut client).await;
+    assert_eq!((l.on_hand, l.reserved), (6, 0));
+
+    // Availability network-wide, and excluding an offline location.
+    let avail = client
+        .get_availability(GetAvailabilityRequest {
+            skus: vec!["SKU-1".into()],
+            as_of: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(avail.items[0].network_available, 6);
+    client
+        .set_location_status(SetLocationStatusRequest {
+            code: "east".into(),
+            status: LocationStatus::Offline as i32,
+            actor: Some(Actor {
+                id: "ops".into(),
+                reason: "power outage".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    let avail = client
+        .get_availability(GetAvailabilityRequest {
+            skus: vec!["SKU-1".into()],
+            as_of: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(avail.items[0].network_available, 0);
+
+    assert_ledger_consistent(&mut client).await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservation_lifecycle_on_every_backend() {
+    for backend in testing::backends() {
+        reservation_lifecycle(backend).await;
+    }
+}
+
+async fn concurrent_reservations_never_oversell(backend: Backend) {
+    let svc = testing::spawn::<erp_inventory::Service>(&backend).await;
+    let channel = svc.channel().await;
+    let mut client = InventoryServiceClient::new(channel.clone());
+    seed(&mut client, 100).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let mut c = InventoryServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            c.reserve_stock(reserve(&format!("k{i}"), &format!("order-{i}"), 1))
+                .await
+        }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                assert_eq!(
+                    status_reason(&status).as_deref(),
+                    Some("INSUFFICIENT_STOCK")
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((ok, refused), (100, 100), "backend {}", backend.name());
+    let l = level(&mut client).await;
+    assert_eq!((l.on_hand, l.reserved, l.available), (100, 100, 0));
+    assert_ledger_consistent(&mut client).await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_on_every_backend() {
+    for backend in testing::backends() {
+        concurrent_reservations_never_oversell(backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_names_the_field_and_writes_nothing() {
+    let svc = testing::spawn::<erp_inventory::Service>(&Backend::Sqlite).await;
+    let mut client = InventoryServiceClient::new(svc.channel().await);
+    seed(&mut client, 3).await;
+
+    let err = client
+        .reserve_stock(ReserveStockRequest {
+            idempotency_key: String::new(),
+            order_id: String::new(),
+            lines: vec![ReserveLine {
+                order_line_id: "l".into(),
+                sku: "bad sku".into(),
+                location: "east".into(),
+                quantity: -1,
+            }],
+            mode: 0,
+            expires_at: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "idempotency_key",
+            "order_id",
+            "lines[0].sku",
+            "lines[0].quantity"
+        ]
+    );
+    let err = client
+        .adjust_stock(AdjustStockRequest {
+            idempotency_key: "a".into(),
+            sku: "SKU-1".into(),
+            location: "east".into(),
+            bucket: Bucket::OnHand as i32,
+            delta: -5,
+            actor: Some(Actor {
+                id: "ops".into(),
+                reason: "damaged".into(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = client
+        .get_item(GetItemRequest { sku: "NOPE".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let l = level(&mut client).await;
+    assert_eq!((l.on_hand, l.reserved), (3, 0));
+    assert_ledger_consistent(&mut client).await;
+    svc.stop().await;
+}

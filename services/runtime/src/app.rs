@@ -1,0 +1,123 @@
+//! What a service is to the runtime, and how one is started: migrate its database, start its
+//! outbox relay, build its gRPC routes, serve.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use sea_orm_migration::MigratorTrait;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::bus::Bus;
+use crate::config::Settings;
+use crate::outbox::{OutboxWaker, Relay};
+
+/// Everything a service needs from the runtime.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub name: &'static str,
+    pub settings: Arc<Settings>,
+    pub db: DatabaseConnection,
+    pub bus: Bus,
+    pub outbox: OutboxWaker,
+    pub shutdown: CancellationToken,
+}
+
+/// One of the seven services.
+pub trait Service: Send + Sync + 'static {
+    /// Short name: `inventory`. Names the database and the log/trace service.
+    const NAME: &'static str;
+    /// Fully qualified gRPC service name, registered with health and reflection.
+    const GRPC_NAME: &'static str;
+    type Migrator: MigratorTrait;
+
+    /// Builds the gRPC routes; may subscribe to events and spawn background work that stops at
+    /// `ctx.shutdown`.
+    fn build(ctx: ServiceContext) -> impl Future<Output = anyhow::Result<Routes>> + Send;
+}
+
+/// A started service: where it listens and the task serving it.
+pub struct Running {
+    pub name: &'static str,
+    pub addr: std::net::SocketAddr,
+    pub db: DatabaseConnection,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts `S` on an already bound listener. Returns once it accepts requests.
+pub async fn start<S: Service>(
+    settings: Arc<Settings>,
+    listener: TcpListener,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let db = crate::db::connect_and_migrate::<S::Migrator>(&settings, S::NAME).await?;
+    let outbox = OutboxWaker::default();
+    let relay = Relay {
+        service: S::NAME,
+        db: db.clone(),
+        bus: bus.clone(),
+        waker: outbox.clone(),
+        interval: Duration::from_millis(settings.bus.relay_interval_ms),
+    };
+    let relay_task = relay.spawn(shutdown.clone());
+    let ctx = ServiceContext {
+        name: S::NAME,
+        settings: settings.clone(),
+        db: db.clone(),
+        bus,
+        outbox,
+        shutdown: shutdown.clone(),
+    };
+    let routes = S::build(ctx).await?;
+    let addr = listener.local_addr()?;
+    let server_settings = settings.server.clone();
+    let task = tokio::spawn(async move {
+        let served =
+            crate::server::serve(S::GRPC_NAME, listener, routes, &server_settings, shutdown).await;
+        let _ = relay_task.await;
+        served
+    });
+    tracing::info!(service = S::NAME, %addr, "serving");
+    Ok(Running {
+        name: S::NAME,
+        addr,
+        db,
+        task,
+    })
+}
+
+/// `--config FILE` from the command line, else `ERP_CONFIG`.
+pub fn config_path_from_args() -> Option<PathBuf> {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("ERP_CONFIG").map(PathBuf::from)
+}
+
+/// The whole `main` of a single-service process (the distributed mode): configuration,
+/// telemetry, bind `server.host:server.port`, serve until SIGTERM/SIGINT.
+pub async fn main_for<S: Service>() -> anyhow::Result<()> {
+    let settings = Arc::new(Settings::load(config_path_from_args().as_deref())?);
+    let _telemetry = crate::telemetry::init(S::NAME, &settings.telemetry)?;
+    let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port)).await?;
+    let bus = Bus::from_settings(&settings.bus).await?;
+    let shutdown = CancellationToken::new();
+    let running = start::<S>(settings, listener, bus, shutdown.clone()).await?;
+    println!("{} listening on {}", running.name, running.addr);
+    crate::server::shutdown_signal().await;
+    shutdown.cancel();
+    running.task.await??;
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! Layered configuration: built-in defaults, then an optional TOML file, then environment
+//! variables `ERP__SECTION__KEY` (double underscore separates levels). Unknown keys and invalid
+//! values are refused at start with a message that names the key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Every setting of a service process (or of the all-in-one `erp up`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Directory holding the SQLite files in embedded mode (one per service).
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub bus: BusSettings,
+    pub telemetry: TelemetrySettings,
+    /// Where each service listens, as seen by the others (and by `erp up`, which binds these ports).
+    pub peers: Peers,
+    pub orchestrator: OrchestratorSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address a single-service process binds.
+    pub host: String,
+    /// Port a single-service process binds; 0 picks a free one (tests).
+    pub port: u16,
+    /// Requests running longer than this are cancelled with DEADLINE_EXCEEDED... in practice CANCELLED.
+    pub request_timeout_ms: u64,
+    /// Requests served at once per service; beyond it requests are shed with RESOURCE_EXHAUSTED.
+    pub concurrency_limit: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path?mode=rwc` or `postgres://user:pass@host/db`. Empty: a SQLite file
+    /// `<data_dir>/<service>.db`. In `erp up` and tests a `{service}` placeholder is replaced with
+    /// the service name, which gives each service its own PostgreSQL database.
+    pub url: String,
+    /// Pool size for PostgreSQL. SQLite always uses one connection: it has one writer anyway,
+    /// and a single connection never fails with "database is locked".
+    pub max_connections: u32,
+    /// Create the PostgreSQL database when it does not exist (needs CREATEDB).
+    pub create_if_missing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    /// In-process delivery; only meaningful when every service runs in one process.
+    InProcess,
+    /// Redis Streams with consumer groups.
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSettings {
+    pub kind: BusKind,
+    /// `redis://host:port/db`, used when `kind = "redis"`.
+    pub redis_url: String,
+    /// Prefix of stream keys, so several suites can share one Redis.
+    pub stream_prefix: String,
+    /// How often the outbox relay looks for unpublished events when nobody woke it.
+    pub relay_interval_ms: u64,
+    /// A delivered but unacknowledged message is handed to another consumer after this idle time.
+    pub redeliver_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `tracing` env-filter directives, e.g. `info,erp_inventory=debug`.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint (e.g. `http://otel-collector:4317`). Empty: no export.
+    pub otlp_endpoint: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peers {
+    pub order: String,
+    pub inventory: String,
+    pub warehouse: String,
+    pub carrier: String,
+    pub procurement: String,
+    pub finance: String,
+    pub orchestrator: String,
+}
+
+impl Peers {
+    pub fn get(&self, service: &str) -> Option<&str> {
+        Some(match service {
+            "order" => &self.order,
+            "inventory" => &self.inventory,
+            "warehouse" => &self.warehouse,
+            "carrier" => &self.carrier,
+            "procurement" => &self.procurement,
+            "finance" => &self.finance,
+            "orchestrator" => &self.orchestrator,
+            _ => return None,
+        })
+    }
+
+    pub fn set(&mut self, service: &str, url: String) {
+        let slot = match service {
+            "order" => &mut self.order,
+            "inventory" => &mut self.inventory,
+            "warehouse" => &mut self.warehouse,
+            "carrier" => &mut self.carrier,
+            "procurement" => &mut self.procurement,
+            "finance" => &mut self.finance,
+            "orchestrator" => &mut self.orchestrator,
+            _ => return,
+        };
+        *slot = url;
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestratorSettings {
+    /// How long a replica owns a saga it is working on; another replica takes it after expiry.
+    pub lease_ms: u64,
+    /// How often each replica looks for due sagas.
+    pub poll_interval_ms: u64,
+    /// How long a saga waits for the ship confirmation before escalating to the exception queue.
+    pub ship_deadline_ms: u64,
+}
+
+/// The names of every service, in start order for `erp up`.
+pub const SERVICES: [&str; 7] = [
+    "inventory",
+    "finance",
+    "warehouse",
+    "carrier",
+    "procurement",
+    "order",
+    "orchestrator",
+];
+
+const DEFAULTS: &str = r#"
+data_dir = "./data"
+
+[server]
+host = "127.0.0.1"
+port = 50051
+request_timeout_ms = 30000
+concurrency_limit = 256
+shutdown_grace_ms = 10000
+
+[database]
+url = ""
+max_connections = 10
+create_if_missing = true
+
+[bus]
+kind = "in_process"
+redis_url = "redis://127.0.0.1:6379/0"
+stream_prefix = "erp"
+relay_interval_ms = 500
+redeliver_after_ms = 30000
+
+[telemetry]
+log_filter = "info"
+log_format = "pretty"
+otlp_endpoint = ""
+
+[peers]
+order = "http://127.0.0.1:50051"
+inventory = "http://127.0.0.1:50052"
+warehouse = "http://127.0.0.1:50053"
+carrier = "http://127.0.0.1:50054"
+procurement = "http://127.0.0.1:50055"
+finance = "http://127.0.0.1:50056"
+orchestrator = "http://127.0.0.1:50057"
+
+[orchestrator]
+lease_ms = 15000
+poll_interval_ms = 200
+ship_deadline_ms = 86400000
+"#;
+
+/// A configuration that could not be loaded; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given), then the process environment (`ERP__...`).
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with(file, None)
+    }
+
+    /// Like [`Settings::load`], but the environment layer comes from `env` when given (tests,
+    /// where edition 2024 makes mutating the process environment unsafe).
+    pub fn load_with(
+        file: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let environment = config::Environment::with_prefix("ERP")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_owned(),
+        };
+        if self.server.host.trim().is_empty() {
+            return Err(invalid("server.host", "must not be empty"));
+        }
+        if self.server.request_timeout_ms == 0 {
+            return Err(invalid("server.request_timeout_ms", "must be positive"));
+        }
+        if self.server.concurrency_limit == 0 {
+            return Err(invalid("server.concurrency_limit", "must be positive"));
+        }
+        let url = self.database.url.trim();
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be positive"));
+        }
+        if self.bus.kind == BusKind::Redis && !self.bus.redis_url.starts_with("redis://") {
+            return Err(invalid(
+                "bus.redis_url",
+                "must start with redis:// when bus.kind = \"redis\"",
+            ));
+        }
+        if self.bus.relay_interval_ms == 0 {
+            return Err(invalid("bus.relay_interval_ms", "must be positive"));
+        }
+        if !self.telemetry.otlp_endpoint.is_empty()
+            && !self.telemetry.otlp_endpoint.starts_with("http")
+        {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter).is_err() {
+            return Err(invalid("telemetry.log_filter", "is not a valid filter"));
+        }
+        for service in SERVICES {
+            let peer = self.peers.get(service).unwrap_or_default();
+            if !(peer.starts_with("http://") || peer.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    key: peer_key(service),
+                    message: format!("must be an http:// URL, got {peer:?}"),
+                });
+            }
+        }
+        if self.orchestrator.lease_ms == 0 {
+            return Err(invalid("orchestrator.lease_ms", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The database URL of one service.
+    pub fn database_url(&self, service: &str) -> String {
+        let url = self.database.url.trim();
+        if url.is_empty() {
+            let path = self.data_dir.join(format!("{service}.db"));
+            format!("sqlite://{}?mode=rwc", path.display())
+        } else {
+            url.replace("{service}", service)
+        }
+    }
+}
+
+fn peer_key(service: &str) -> &'static str {
+    match service {
+        "order" => "peers.order",
+        "inventory" => "peers.inventory",
+        "warehouse" => "peers.warehouse",
+        "carrier" => "peers.carrier",
+        "procurement" => "peers.procurement",
+        "finance" => "peers.finance",
+        _ => "peers.orchestrator",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::load_with(None, Some(HashMap::new())).unwrap();
+        assert_eq!(s.server.port, 50051);
+        assert_eq!(s.bus.kind, BusKind::InProcess);
+        assert!(
+            s.database_url("inventory")
+                .ends_with("inventory.db?mode=rwc")
+        );
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let s = Settings::load_with(
+            None,
+            Some(env(&[
+                ("ERP__SERVER__PORT", "6000"),
+                ("ERP__BUS__KIND", "redis"),
+                (
+                    "ERP__DATABASE__URL",
+                    "postgres://u:p@localhost/erp_{service}",
+                ),
+            ])),
+        )
+        .unwrap();
+        assert_eq!(s.server.port, 6000);
+        assert_eq!(s.bus.kind, BusKind::Redis);
+        assert_eq!(
+            s.database_url("order"),
+            "postgres://u:p@localhost/erp_order"
+        );
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = Settings::load_with(None, Some(env(&[("ERP__SERVER__PORT", "notaport")])))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.port"), "{err}");
+        let err = Settings::load_with(None, Some(env(&[("ERP__DATABASE__URL", "mysql://x")])))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("erp-config-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("erp.toml");
+        std::fs::write(&file, "[server]\nprot = 1\n").unwrap();
+        let err = Settings::load_with(Some(&file), Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+}

@@ -1,0 +1,283 @@
+//! Database connections and migrations. Every service owns one database: a SQLite file in
+//! embedded mode, a PostgreSQL database in distributed mode. Schemas are written once in a
+//! portable subset of SQL (BIGINT epoch-millisecond timestamps, TEXT ids) with two placeholders
+//! that differ between the engines.
+
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
+    Statement,
+};
+use sea_orm_migration::prelude::*;
+
+use crate::config::Settings;
+
+/// Connects to the database of `service` and brings its schema up to date.
+pub async fn connect_and_migrate<M: MigratorTrait>(
+    settings: &Settings,
+    service: &str,
+) -> anyhow::Result<DatabaseConnection> {
+    let db = connect(settings, service).await?;
+    M::up(&db, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("migrating the {service} database: {e}"))?;
+    Ok(db)
+}
+
+/// Connects to the database of `service` (creating the SQLite file or PostgreSQL database when
+/// missing), without migrating.
+pub async fn connect(settings: &Settings, service: &str) -> anyhow::Result<DatabaseConnection> {
+    let url = settings.database_url(service);
+    connect_url(
+        &url,
+        settings.database.max_connections,
+        settings.database.create_if_missing,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("connecting the {service} database ({}): {e}", redact(&url)))
+}
+
+pub async fn connect_url(
+    url: &str,
+    max_connections: u32,
+    create_if_missing: bool,
+) -> anyhow::Result<DatabaseConnection> {
+    let is_sqlite = url.starts_with("sqlite:");
+    if is_sqlite {
+        if let Some(path) = sqlite_path(url)
+            && let Some(parent) = std::path::Path::new(&path).parent()
+        {
+            std::fs::create_dir_all(parent)?;
+        }
+    } else if create_if_missing {
+        create_postgres_database(url).await?;
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        // SQLite has one writer; one connection serializes transactions instead of failing them
+        // with "database is locked" when a read turns into a write.
+        .max_connections(if is_sqlite { 1 } else { max_connections })
+        .min_connections(if is_sqlite { 1 } else { 2 })
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    if is_sqlite {
+        // WAL survives in the file; readers never block the writer.
+        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        db.execute_unprepared("PRAGMA foreign_keys=ON").await?;
+    }
+    Ok(db)
+}
+
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        None
+    } else {
+        Some(path.to_owned())
+    }
+}
+
+/// Hides the password of a URL for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Creates the database named in a PostgreSQL URL when it does not exist.
+async fn create_postgres_database(url: &str) -> anyhow::Result<()> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let Some(slash) = base.rfind('/') else {
+        anyhow::bail!("database.url has no database name");
+    };
+    let name = &base[slash + 1..];
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        anyhow::bail!("database name {name:?} must be letters, digits and underscores");
+    }
+    let mut admin = format!("{}/postgres", &base[..slash]);
+    if let Some(q) = query {
+        admin.push('?');
+        admin.push_str(q);
+    }
+    let mut options = ConnectOptions::new(admin);
+    options.max_connections(1).sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    let exists = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT 1 AS one FROM pg_database WHERE datname = $1",
+            [name.into()],
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        match db
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+        {
+            Ok(_) => tracing::info!(database = name, "created database"),
+            // Another replica or test created it first.
+            Err(e) if e.to_string().contains("already exists") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    db.close().await?;
+    Ok(())
+}
+
+/// Drops a PostgreSQL database (tests clean up after themselves).
+pub async fn drop_postgres_database(url: &str) -> anyhow::Result<()> {
+    let base = url.split('?').next().unwrap_or(url);
+    let Some(slash) = base.rfind('/') else {
+        return Ok(());
+    };
+    let name = &base[slash + 1..];
+    let admin = format!("{}/postgres", &base[..slash]);
+    let db = Database::connect(admin).await?;
+    db.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await?;
+    db.close().await?;
+    Ok(())
+}
+
+/// Runs portable DDL: statements separated by `;`, with `{BLOB}` and `{SERIAL}` placeholders
+/// (an auto-incrementing BIGINT primary key) filled in for the connected engine.
+pub async fn run_ddl<C: ConnectionTrait>(conn: &C, ddl: &str) -> Result<(), DbErr> {
+    let backend = conn.get_database_backend();
+    let (blob, serial) = match backend {
+        DatabaseBackend::Postgres => ("BYTEA", "BIGSERIAL PRIMARY KEY"),
+        _ => ("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+    };
+    for statement in ddl.split(';') {
+        let sql = statement.trim();
+        if sql.is_empty() {
+            continue;
+        }
+        let sql = sql.replace("{BLOB}", blob).replace("{SERIAL}", serial);
+        conn.execute_unprepared(&sql).await?;
+    }
+    Ok(())
+}
+
+/// A migration written as portable DDL; `down` drops the listed tables.
+pub struct DdlMigration {
+    pub name: &'static str,
+    pub up: &'static str,
+    pub drops: &'static [&'static str],
+}
+
+impl MigrationName for DdlMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for DdlMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_ddl(manager.get_connection(), self.up).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in self.drops {
+            manager
+                .get_connection()
+                .execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Tables every service has: the outbox, the consumer inbox, idempotency keys and the audit
+/// trail. Each service's migrator lists this first.
+pub fn runtime_tables() -> Box<dyn MigrationTrait> {
+    Box::new(DdlMigration {
+        name: "m20261128_000000_runtime_tables",
+        up: r"
+CREATE TABLE outbox_events (
+    seq {SERIAL},
+    event_id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    occurred_at_ms BIGINT NOT NULL,
+    traceparent TEXT NOT NULL,
+    published_at_ms BIGINT
+);
+CREATE INDEX outbox_unpublished ON outbox_events (published_at_ms, seq);
+CREATE TABLE processed_events (
+    consumer TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    processed_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+);
+CREATE TABLE idempotency_keys (
+    scope TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    response {BLOB} NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (scope, idem_key)
+);
+CREATE TABLE audit_log (
+    seq {SERIAL},
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    recorded_at_ms BIGINT NOT NULL
+)",
+        drops: &[
+            "audit_log",
+            "idempotency_keys",
+            "processed_events",
+            "outbox_events",
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://erp:secret@db:5432/erp_order"),
+            "postgres://erp:***@db:5432/erp_order"
+        );
+        assert_eq!(redact("sqlite://./data/x.db"), "sqlite://./data/x.db");
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://./data/a.db?mode=rwc").as_deref(),
+            Some("./data/a.db")
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! The one place where service errors become gRPC statuses with rich details
+//! (`google.rpc.BadRequest` for invalid fields, `google.rpc.ErrorInfo` with a machine-readable
+//! reason for failed preconditions).
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// The error domain carried in `ErrorInfo`.
+pub const ERROR_DOMAIN: &str = "erp.example.com";
+
+/// What a handler can fail with. Domain errors of each service convert into this.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// One or more request fields are invalid; nothing was written.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<(String, String)>),
+    /// The request is valid but the system is not in a state that allows it.
+    #[error("{message}")]
+    FailedPrecondition {
+        /// Machine-readable, e.g. `INSUFFICIENT_STOCK`.
+        reason: String,
+        message: String,
+        metadata: HashMap<String, String>,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A dependency (database, peer service) is temporarily unavailable: retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The operation conflicted with a concurrent one: retry.
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn describe(violations: &[(String, String)]) -> String {
+    violations
+        .iter()
+        .map(|(f, d)| format!("{f}: {d}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub type ApiResult<T, E = ApiError> = std::result::Result<T, E>;
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![(field.into(), description.into())])
+    }
+
+    pub fn precondition(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::FailedPrecondition {
+            reason: reason.into(),
+            message: message.into(),
+            metadata: HashMap::new(),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::NotFound(what.into())
+    }
+
+    /// The reason of a failed precondition, if this is one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::FailedPrecondition { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        let message = err.to_string();
+        match err {
+            ApiError::InvalidArgument(violations) => {
+                let violations: Vec<FieldViolation> = violations
+                    .into_iter()
+                    .map(|(f, d)| FieldViolation::new(f, d))
+                    .collect();
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    message,
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
+            ApiError::FailedPrecondition {
+                reason, metadata, ..
+            } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+            ),
+            ApiError::NotFound(_) => Status::not_found(message),
+            ApiError::AlreadyExists(_) => Status::already_exists(message),
+            ApiError::Unavailable(_) => Status::unavailable(message),
+            ApiError::Aborted(_) => Status::aborted(message),
+            ApiError::Unimplemented(_) => Status::unimplemented(message),
+            ApiError::Internal(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match &err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::Unavailable(format!("database unavailable: {err}"))
+            }
+            _ => {
+                let text = err.to_string();
+                // Serialization failures and lock timeouts are worth a retry by the caller.
+                if text.contains("could not serialize")
+                    || text.contains("deadlock detected")
+                    || text.contains("database is locked")
+                {
+                    tracing::warn!(error = %err, "database conflict");
+                    Self::Aborted(format!("concurrent update, retry: {text}"))
+                } else {
+                    tracing::error!(error = %err, "database error");
+                    Self::Internal(format!("database: {text}"))
+                }
+            }
+        }
+    }
+}
+
+impl From<sea_orm::TransactionError<ApiError>> for ApiError {
+    fn from(err: sea_orm::TransactionError<ApiError>) -> Self {
+        match err {
+            sea_orm::TransactionError::Connection(e) => e.into(),
+            sea_orm::TransactionError::Transaction(e) => e,
+        }
+    }
+}
+
+/// A gRPC status received from a peer, classified for retry decisions.
+pub fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+/// The `ErrorInfo.reason` of a status, if it carries one.
+pub fn status_reason(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_fields_in_details() {
+        let status: Status = ApiError::InvalidArgument(vec![
+            ("sku".into(), "must not be empty".into()),
+            ("quantity".into(), "must be positive".into()),
+        ])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("sku: must not be empty"));
+        let bad = status.get_details_bad_request().unwrap();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["sku", "quantity"]);
+    }
+
+    #[test]
+    fn failed_precondition_carries_reason() {
+        let status: Status =
+            ApiError::precondition("INSUFFICIENT_STOCK", "sku A at east: need 5, available 2")
+                .into();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status_reason(&status).as_deref(),
+            Some("INSUFFICIENT_STOCK")
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! Idempotency keys stored in the same transaction as the effect they guard. A repeat of the
+//! same request answers with the stored response; the same key with a different request is
+//! refused, because silently answering it would hide a client bug.
+
+use prost::Message;
+use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::Set, ConnectionTrait};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ApiResult};
+
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "idempotency_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub scope: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub idem_key: String,
+        pub request_hash: String,
+        pub response: Vec<u8>,
+        pub created_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Fingerprint of a request, to tell a true repeat from a reused key.
+pub fn fingerprint<M: Message>(request: &M) -> String {
+    hex::encode(Sha256::digest(request.encode_to_vec()))
+}
+
+/// The stored response for `(scope, key)`, if this request was handled before.
+pub async fn lookup<C: ConnectionTrait, R: Message + Default>(
+    conn: &C,
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+) -> ApiResult<Option<R>> {
+    let Some(row) = entity::Entity::find_by_id((scope.to_owned(), key.to_owned()))
+        .one(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if row.request_hash != request_hash {
+        return Err(ApiError::AlreadyExists(format!(
+            "idempotency key {key:?} was already used for a different {scope} request"
+        )));
+    }
+    R::decode(row.response.as_slice())
+        .map(Some)
+        .map_err(|e| ApiError::Internal(format!("stored response for {scope} {key}: {e}")))
+}
+
+/// Records the response of `(scope, key)`; call inside the transaction that made the effect.
+pub async fn record<C: ConnectionTrait, R: Message>(
+    conn: &C,
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+    response: &R,
+) -> ApiResult<()> {
+    entity::ActiveModel {
+        scope: Set(scope.to_owned()),
+        idem_key: Set(key.to_owned()),
+        request_hash: Set(request_hash.to_owned()),
+        response: Set(response.encode_to_vec()),
+        created_at_ms: Set(crate::time::now_ms()),
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a key exists at all (used for tombstones: a compensation that ran before its forward
+/// action records one so that the late forward action is refused).
+pub async fn exists<C: ConnectionTrait>(conn: &C, scope: &str, key: &str) -> ApiResult<bool> {
+    Ok(
+        entity::Entity::find_by_id((scope.to_owned(), key.to_owned()))
+            .one(conn)
+            .await?
+            .is_some(),
+    )
+}

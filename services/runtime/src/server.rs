@@ -1,0 +1,113 @@
+//! The gRPC server every service runs: its API plus health and reflection (v1 and v1alpha),
+//! behind tower layers for a request timeout, a global concurrency limit with load shedding, and
+//! a tracing span per request that joins the caller's trace.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tower::limit::ConcurrencyLimitLayer;
+
+use crate::config::ServerSettings;
+
+/// Serves `routes` on `listener` until `shutdown` is cancelled, then drains in-flight requests
+/// for at most the configured grace period.
+pub async fn serve(
+    grpc_service_name: &'static str,
+    listener: TcpListener,
+    routes: Routes,
+    settings: &ServerSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(grpc_service_name, tonic_health::ServingStatus::Serving)
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(erp_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(grpc_service_name)
+        .with_service_name("grpc.health.v1.Health")
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(erp_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(grpc_service_name)
+        .with_service_name("grpc.health.v1.Health")
+        .build_v1alpha()?;
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let grace = Duration::from_millis(settings.shutdown_grace_ms);
+    let drained = shutdown.clone();
+    let server = Server::builder()
+        .timeout(Duration::from_millis(settings.request_timeout_ms))
+        // When the global limit is reached, refuse at once with RESOURCE_EXHAUSTED rather than
+        // queueing without bound.
+        .load_shed(true)
+        .layer(ConcurrencyLimitLayer::new(settings.concurrency_limit))
+        .trace_fn(move |request| {
+            let span = tracing::info_span!(
+                "grpc",
+                service = grpc_service_name,
+                method = %request.uri().path(),
+                otel.kind = "server",
+            );
+            if let Some(parent) = request
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+            {
+                crate::telemetry::adopt_traceparent(&span, parent);
+            }
+            span
+        })
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            drained.cancelled().await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(service = grpc_service_name, "in-flight requests did not finish within the grace period");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,130 @@
+//! Test support: start services on port 0 against a fresh SQLite file or a freshly created
+//! PostgreSQL database, and hand back where they listen. Used by every service's API tests and
+//! by the integration tests.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Running, Service};
+use crate::bus::Bus;
+use crate::config::Settings;
+
+/// A storage backend the tests run against.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// Server URL without a database name: `postgres://user@host:port`.
+    Postgres(String),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// SQLite always; PostgreSQL when `ERP_TEST_POSTGRES_URL` is set. The test script sets
+/// `ERP_TEST_REQUIRE_POSTGRES=1`, which turns a missing PostgreSQL into a failure instead of a
+/// silent skip.
+pub fn backends() -> Vec<Backend> {
+    let mut out = vec![Backend::Sqlite];
+    match std::env::var("ERP_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => out.push(Backend::Postgres(url)),
+        _ => assert!(
+            std::env::var("ERP_TEST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "ERP_TEST_REQUIRE_POSTGRES=1 but ERP_TEST_POSTGRES_URL is not set"
+        ),
+    }
+    out
+}
+
+/// The Redis URL for tests, if one is configured.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("ERP_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("ERP_TEST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "the test script must set ERP_TEST_REDIS_URL"
+            );
+            None
+        }
+    }
+}
+
+/// Settings for one test: a private data directory, a private database per service.
+pub fn settings(backend: &Backend, extra: &[(&str, &str)]) -> (Settings, PathBuf) {
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("erp-test-{run}"));
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("ERP__DATA_DIR".into(), dir.display().to_string());
+    env.insert("ERP__TELEMETRY__LOG_FILTER".into(), "warn".into());
+    env.insert("ERP__BUS__RELAY_INTERVAL_MS".into(), "50".into());
+    if let Backend::Postgres(server) = backend {
+        // Short unique prefix: PostgreSQL truncates names at 63 bytes.
+        let db = format!(
+            "{}/t{}_{{service}}",
+            server.trim_end_matches('/'),
+            &run[run.len() - 12..]
+        );
+        env.insert("ERP__DATABASE__URL".into(), db);
+        env.insert("ERP__DATABASE__MAX_CONNECTIONS".into(), "8".into());
+    }
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let settings = Settings::load_with(None, Some(env)).expect("test settings are valid");
+    (settings, dir)
+}
+
+/// One service started for a test. Cancelling `shutdown` stops it.
+pub struct TestService {
+    pub running: Running,
+    pub url: String,
+    pub shutdown: CancellationToken,
+    pub settings: Arc<Settings>,
+}
+
+impl TestService {
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("valid url")
+            .connect()
+            .await
+            .expect("test service accepts connections")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.running.task.await;
+    }
+}
+
+/// Starts `S` alone on 127.0.0.1:0 with an in-process bus.
+pub async fn spawn<S: Service>(backend: &Backend) -> TestService {
+    let (settings, _dir) = settings(backend, &[]);
+    spawn_with::<S>(Arc::new(settings), Bus::InProcess(Default::default())).await
+}
+
+pub async fn spawn_with<S: Service>(settings: Arc<Settings>, bus: Bus) -> TestService {
+    let _ = crate::telemetry::init("erp-test", &settings.telemetry);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let shutdown = CancellationToken::new();
+    let running = crate::app::start::<S>(settings.clone(), listener, bus, shutdown.clone())
+        .await
+        .expect("service starts");
+    let url = format!("http://{}", running.addr);
+    TestService {
+        running,
+        url,
+        shutdown,
+        settings,
+    }
+}

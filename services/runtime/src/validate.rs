@@ -1,0 +1,176 @@
+//! Request validation that collects every bad field, so a client learns all of them at once.
+
+use crate::error::{ApiError, ApiResult};
+
+/// Collects field violations; `finish` turns them into INVALID_ARGUMENT.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<(String, String)>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    pub fn check(&mut self, ok: bool, field: impl Into<String>, description: impl Into<String>) {
+        if !ok {
+            self.add(field, description);
+        }
+    }
+
+    /// A required, trimmed, bounded text field.
+    pub fn text(&mut self, field: &str, value: &str, max_len: usize) {
+        if value.trim().is_empty() {
+            self.add(field, "must not be empty");
+        } else if value.len() > max_len {
+            self.add(field, format!("must be at most {max_len} bytes"));
+        }
+    }
+
+    /// A code: 1..=64 characters of `A-Z a-z 0-9 - _ .`.
+    pub fn code(&mut self, field: &str, value: &str) {
+        if let Err(e) = check_code(value) {
+            self.add(field, e);
+        }
+    }
+
+    pub fn positive(&mut self, field: &str, value: i64) {
+        if value <= 0 {
+            self.add(field, format!("must be positive, got {value}"));
+        }
+    }
+
+    pub fn non_negative(&mut self, field: &str, value: i64) {
+        if value < 0 {
+            self.add(field, format!("must not be negative, got {value}"));
+        }
+    }
+
+    pub fn currency(&mut self, field: &str, value: &str) {
+        if !is_currency(value) {
+            self.add(
+                field,
+                format!("must be an ISO 4217 code of three upper-case letters, got {value:?}"),
+            );
+        }
+    }
+
+    /// A UUID as issued by the services.
+    pub fn id(&mut self, field: &str, value: &str) {
+        if uuid::Uuid::parse_str(value).is_err() {
+            self.add(field, format!("must be a UUID, got {value:?}"));
+        }
+    }
+
+    /// Idempotency keys are required on every mutation.
+    pub fn idempotency_key(&mut self, value: &str) {
+        if value.trim().is_empty() {
+            self.add("idempotency_key", "must not be empty");
+        } else if value.len() > 200 {
+            self.add("idempotency_key", "must be at most 200 bytes");
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn finish(self) -> ApiResult<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidArgument(self.0))
+        }
+    }
+}
+
+pub fn check_code(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.len() > 64 {
+        return Err("must be at most 64 characters".into());
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "may hold only letters, digits, '-', '_' and '.', got {value:?}"
+        ));
+    }
+    Ok(())
+}
+
+pub fn is_currency(value: &str) -> bool {
+    value.len() == 3 && value.chars().all(|c| c.is_ascii_uppercase())
+}
+
+/// Page size: 0 means the default; capped.
+pub fn page_size(requested: i32) -> ApiResult<u64> {
+    match requested {
+        0 => Ok(50),
+        n if n < 0 => Err(ApiError::invalid("page_size", "must not be negative")),
+        n => Ok(u64::try_from(n.min(500)).unwrap_or(500)),
+    }
+}
+
+/// Page tokens are opaque to clients; here they are the offset as text.
+pub fn page_offset(token: &str) -> ApiResult<u64> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .parse::<u64>()
+        .map_err(|_| ApiError::invalid("page_token", "is not a token this service issued"))
+}
+
+pub fn next_page_token(offset: u64, returned: usize, page_size: u64) -> String {
+    if returned as u64 == page_size {
+        (offset + page_size).to_string()
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_every_violation() {
+        let mut v = Violations::new();
+        v.code("sku", "");
+        v.positive("quantity", 0);
+        v.currency("currency", "usd");
+        v.id("order_id", "nope");
+        match v.finish() {
+            Err(ApiError::InvalidArgument(list)) => {
+                let fields: Vec<_> = list.iter().map(|(f, _)| f.as_str()).collect();
+                assert_eq!(fields, ["sku", "quantity", "currency", "order_id"]);
+            }
+            other => panic!("expected invalid argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn codes_refuse_spaces_and_overlong() {
+        assert!(check_code("SKU-1_a.b").is_ok());
+        assert!(check_code("has space").is_err());
+        assert!(check_code(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn paging() {
+        assert_eq!(page_size(0).unwrap(), 50);
+        assert_eq!(page_size(10_000).unwrap(), 500);
+        assert!(page_size(-1).is_err());
+        assert_eq!(page_offset("").unwrap(), 0);
+        assert!(page_offset("abc").is_err());
+        assert_eq!(next_page_token(0, 10, 10), "10");
+        assert_eq!(next_page_token(0, 3, 10), "");
+    }
+}
