@@ -21,3 +21,26 @@ pub mod validate;
 pub use app::{Service, ServiceContext};
 pub use config::Settings;
 pub use error::{ApiError, ApiResult};
+
+/// Declares a sea-orm entity module for a table with no relations (services keep relations in
+/// their queries; foreign keys live in the DDL):
+/// `entity!(payment, "payments", { #[sea_orm(primary_key, auto_increment = false)] pub id: String, ... });`
+#[macro_export]
+macro_rules! entity {
+    ($module:ident, $table:literal, { $($body:tt)* }) => {
+        pub mod $module {
+            use sea_orm::entity::prelude::*;
+
+            #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+            #[sea_orm(table_name = $table)]
+            pub struct Model {
+                $($body)*
+            }
+
+            #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+            pub enum Relation {}
+
+            impl ActiveModelBehavior for ActiveModel {}
+        }
+    };
+}

@@ -1,0 +1,124 @@
+//! Tables of the finance service. The chart of accounts is seeded by the first migration.
+
+use erp_runtime::db::DdlMigration;
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            erp_runtime::db::runtime_tables(),
+            Box::new(DdlMigration {
+                name: "m20261128_000001_finance",
+                up: r"
+CREATE TABLE accounts (
+    code TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    account_type TEXT NOT NULL
+);
+INSERT INTO accounts (code, name, account_type) VALUES
+    ('1000', 'Cash', 'asset'),
+    ('1100', 'Accounts receivable', 'asset'),
+    ('1200', 'Payment provider clearing', 'asset'),
+    ('1300', 'Inventory', 'asset'),
+    ('2100', 'Accounts payable', 'liability'),
+    ('2200', 'Sales tax payable', 'liability'),
+    ('2300', 'Customer refunds payable', 'liability'),
+    ('3000', 'Owner equity', 'equity'),
+    ('4000', 'Sales revenue', 'revenue'),
+    ('4100', 'Shipping revenue', 'revenue'),
+    ('5000', 'Cost of goods sold', 'expense'),
+    ('5100', 'Marketplace fees', 'expense'),
+    ('5200', 'Shipping expense', 'expense'),
+    ('5300', 'Chargeback losses', 'expense'),
+    ('5400', 'Inventory adjustments', 'expense');
+CREATE TABLE journal_entries (
+    entry_id TEXT PRIMARY KEY,
+    memo TEXT NOT NULL,
+    source_kind TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    reverses_entry_id TEXT NOT NULL,
+    posted_at_ms BIGINT NOT NULL
+);
+CREATE TABLE journal_lines (
+    seq {SERIAL},
+    entry_id TEXT NOT NULL REFERENCES journal_entries (entry_id),
+    account_code TEXT NOT NULL REFERENCES accounts (code),
+    debit_minor BIGINT NOT NULL CHECK (debit_minor >= 0),
+    credit_minor BIGINT NOT NULL CHECK (credit_minor >= 0),
+    currency TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    memo TEXT NOT NULL
+);
+CREATE INDEX journal_lines_entry ON journal_lines (entry_id);
+CREATE INDEX journal_lines_order ON journal_lines (order_id);
+CREATE TABLE payments (
+    payment_id TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    authorized_minor BIGINT NOT NULL,
+    captured_minor BIGINT NOT NULL,
+    refunded_minor BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    provider_reference TEXT NOT NULL,
+    decline_reason TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    CHECK (captured_minor <= authorized_minor),
+    CHECK (refunded_minor <= captured_minor)
+);
+CREATE INDEX payments_order ON payments (order_id)",
+                drops: &["payments", "journal_lines", "journal_entries", "accounts"],
+            }),
+        ]
+    }
+}
+
+use erp_runtime::entity;
+
+entity!(account, "accounts", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub code: String,
+    pub name: String,
+    pub account_type: String,
+});
+
+entity!(entry, "journal_entries", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub entry_id: String,
+    pub memo: String,
+    pub source_kind: String,
+    pub source_id: String,
+    pub reverses_entry_id: String,
+    pub posted_at_ms: i64,
+});
+
+entity!(jline, "journal_lines", {
+    #[sea_orm(primary_key)]
+    pub seq: i64,
+    pub entry_id: String,
+    pub account_code: String,
+    pub debit_minor: i64,
+    pub credit_minor: i64,
+    pub currency: String,
+    pub channel: String,
+    pub order_id: String,
+    pub memo: String,
+});
+
+entity!(payment, "payments", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub payment_id: String,
+    pub order_id: String,
+    pub channel: String,
+    pub currency: String,
+    pub authorized_minor: i64,
+    pub captured_minor: i64,
+    pub refunded_minor: i64,
+    pub status: String,
+    pub provider_reference: String,
+    pub decline_reason: String,
+    pub created_at_ms: i64,
+});

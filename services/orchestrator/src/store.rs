@@ -1,0 +1,195 @@
+//! Saga instances and the step log.
+
+use erp_runtime::bus::Event;
+use erp_runtime::db::DdlMigration;
+use erp_runtime::outbox;
+use erp_runtime::time::now_ms;
+use erp_runtime::{ApiError, ApiResult};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    TransactionTrait,
+};
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            erp_runtime::db::runtime_tables(),
+            Box::new(DdlMigration {
+                name: "m20261128_000001_orchestrator",
+                up: r"
+CREATE TABLE sagas (
+    saga_id TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    definition_version INTEGER NOT NULL,
+    order_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    current_step TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    traceparent TEXT NOT NULL,
+    lease_owner TEXT NOT NULL,
+    lease_until_ms BIGINT NOT NULL,
+    next_attempt_at_ms BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    UNIQUE (definition, order_id)
+);
+CREATE INDEX sagas_due ON sagas (status, next_attempt_at_ms);
+CREATE TABLE saga_steps (
+    seq {SERIAL},
+    saga_id TEXT NOT NULL REFERENCES sagas (saga_id),
+    step TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    recorded_at_ms BIGINT NOT NULL
+);
+CREATE INDEX saga_steps_saga ON saga_steps (saga_id, seq)",
+                drops: &["saga_steps", "sagas"],
+            }),
+        ]
+    }
+}
+
+pub mod saga {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sagas")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub saga_id: String,
+        pub definition: String,
+        pub definition_version: i32,
+        pub order_id: String,
+        pub status: String,
+        pub current_step: String,
+        pub attempts: i32,
+        pub last_error: String,
+        pub traceparent: String,
+        pub lease_owner: String,
+        pub lease_until_ms: i64,
+        pub next_attempt_at_ms: i64,
+        pub created_at_ms: i64,
+        pub updated_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod step {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "saga_steps")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        pub saga_id: String,
+        pub step: String,
+        pub direction: String,
+        pub outcome: String,
+        pub attempt: i32,
+        pub detail: String,
+        pub recorded_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Creates the fulfillment saga of `order_id` unless it exists. Returns it and whether it is new.
+pub async fn start_fulfillment<C: ConnectionTrait>(
+    c: &C,
+    order_id: &str,
+    traceparent: &str,
+    detail: &str,
+) -> ApiResult<(saga::Model, bool)> {
+    if let Some(existing) = saga::Entity::find()
+        .filter(saga::Column::Definition.eq("fulfillment"))
+        .filter(saga::Column::OrderId.eq(order_id))
+        .one(c)
+        .await?
+    {
+        return Ok((existing, false));
+    }
+    let now = now_ms();
+    let saga_id = uuid::Uuid::now_v7().to_string();
+    let model = saga::ActiveModel {
+        saga_id: Set(saga_id.clone()),
+        definition: Set("fulfillment".into()),
+        definition_version: Set(crate::FULFILLMENT_VERSION),
+        order_id: Set(order_id.to_owned()),
+        status: Set("pending".into()),
+        current_step: Set("reserve_stock".into()),
+        attempts: Set(0),
+        last_error: Set(String::new()),
+        traceparent: Set(traceparent.to_owned()),
+        lease_owner: Set(String::new()),
+        lease_until_ms: Set(0),
+        next_attempt_at_ms: Set(now),
+        created_at_ms: Set(now),
+        updated_at_ms: Set(now),
+    }
+    .insert(c)
+    .await?;
+    step::ActiveModel {
+        saga_id: Set(saga_id),
+        step: Set("accept_order".into()),
+        direction: Set("forward".into()),
+        outcome: Set("succeeded".into()),
+        attempt: Set(1),
+        detail: Set(detail.to_owned()),
+        recorded_at_ms: Set(now),
+        ..Default::default()
+    }
+    .insert(c)
+    .await?;
+    Ok((model, true))
+}
+
+/// Consumer of `order.accepted`: one saga per order, whatever the redeliveries.
+pub async fn on_order_accepted(
+    db: &sea_orm::DatabaseConnection,
+    event: &Event,
+) -> anyhow::Result<()> {
+    let order_id = event
+        .payload
+        .get("order_id")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| anyhow::anyhow!("order.accepted {} has no order_id", event.id))?
+        .to_owned();
+    let txn = db.begin().await?;
+    if !outbox::mark_processed(&txn, "orchestrator", &event.id)
+        .await
+        .map_err(api_to_anyhow)?
+    {
+        return Ok(());
+    }
+    let (saga, created) = start_fulfillment(
+        &txn,
+        &order_id,
+        &event.traceparent,
+        &format!("from event {}", event.id),
+    )
+    .await
+    .map_err(api_to_anyhow)?;
+    txn.commit().await?;
+    if created {
+        tracing::info!(order_id = %order_id, saga_id = %saga.saga_id, "fulfillment saga created");
+    }
+    Ok(())
+}
+
+fn api_to_anyhow(e: ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}

@@ -1,0 +1,24 @@
+//! The order service: where every channel's orders meet. Capture is idempotent per
+//! (channel, external order id); each accepted order leaves an `order.accepted` event through
+//! the outbox, from which the orchestrator starts exactly one fulfillment saga.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod domain;
+pub mod store;
+
+pub struct Service;
+
+impl erp_runtime::Service for Service {
+    const NAME: &'static str = "order";
+    const GRPC_NAME: &'static str = erp_proto::service_names::ORDER;
+    type Migrator = store::Migrator;
+
+    async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
+        let api = api::OrderApi::new(ctx.db.clone(), ctx.outbox.clone());
+        Ok(tonic::service::Routes::new(
+            erp_proto::order::order_service_server::OrderServiceServer::new(api),
+        ))
+    }
+}

@@ -1,0 +1,615 @@
+//! gRPC handlers of the procurement service.
+
+use erp_proto::common::Money;
+use erp_proto::procurement::procurement_service_server::ProcurementService;
+use erp_proto::procurement::*;
+use erp_runtime::idempotency;
+use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
+use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
+use erp_runtime::{ApiError, ApiResult};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use tonic::{Request, Response, Status};
+
+use crate::store::{po, po_line, supplier, term};
+
+const DAY_MS: i64 = 86_400_000;
+
+pub struct ProcurementApi {
+    db: DatabaseConnection,
+}
+
+impl ProcurementApi {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+fn supplier_to_wire(s: supplier::Model) -> Supplier {
+    Supplier {
+        supplier_id: s.supplier_id,
+        code: s.code,
+        name: s.name,
+        currency: s.currency,
+        contact_email: s.contact_email,
+        created_at: Some(to_timestamp(s.created_at_ms)),
+    }
+}
+
+fn term_to_wire(t: term::Model, currency: &str) -> SupplierTerm {
+    SupplierTerm {
+        supplier_id: t.supplier_id,
+        sku: t.sku,
+        unit_cost: Some(Money {
+            amount_minor: t.unit_cost_minor,
+            currency: currency.to_owned(),
+        }),
+        lead_time_days: t.lead_time_days,
+        minimum_order_quantity: t.minimum_order_quantity,
+        pack_multiple: t.pack_multiple,
+    }
+}
+
+fn po_status(s: &str) -> PurchaseOrderStatus {
+    match s {
+        "draft" => PurchaseOrderStatus::Draft,
+        "approved" => PurchaseOrderStatus::Approved,
+        "sent" => PurchaseOrderStatus::Sent,
+        "partially_received" => PurchaseOrderStatus::PartiallyReceived,
+        "received" => PurchaseOrderStatus::Received,
+        "closed" => PurchaseOrderStatus::Closed,
+        "cancelled" => PurchaseOrderStatus::Cancelled,
+        _ => PurchaseOrderStatus::Unspecified,
+    }
+}
+
+async fn load_po<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<PurchaseOrder> {
+    let p = po::Entity::find_by_id(id.to_owned())
+        .one(c)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("purchase order {id}")))?;
+    let lines = po_line::Entity::find()
+        .filter(po_line::Column::PurchaseOrderId.eq(id))
+        .order_by_asc(po_line::Column::Sku)
+        .all(c)
+        .await?;
+    Ok(PurchaseOrder {
+        purchase_order_id: p.purchase_order_id,
+        supplier_id: p.supplier_id,
+        location: p.location,
+        status: po_status(&p.status) as i32,
+        lines: lines
+            .into_iter()
+            .map(|l| PurchaseOrderLine {
+                sku: l.sku,
+                quantity: l.quantity,
+                unit_cost: Some(Money {
+                    amount_minor: l.unit_cost_minor,
+                    currency: p.currency.clone(),
+                }),
+                received_quantity: l.received_quantity,
+            })
+            .collect(),
+        total: Some(Money {
+            amount_minor: p.total_minor,
+            currency: p.currency.clone(),
+        }),
+        expected_at: Some(to_timestamp(p.expected_at_ms)),
+        approved_by: p.approved_by,
+        approved_at: opt_timestamp(p.approved_at_ms),
+        created_at: Some(to_timestamp(p.created_at_ms)),
+    })
+}
+
+async fn find_supplier<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<supplier::Model> {
+    supplier::Entity::find_by_id(id.to_owned())
+        .one(c)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("supplier {id}")))
+}
+
+impl ProcurementApi {
+    async fn create_supplier(
+        &self,
+        req: CreateSupplierRequest,
+    ) -> ApiResult<CreateSupplierResponse> {
+        let mut v = Violations::new();
+        v.code("code", &req.code);
+        v.text("name", &req.name, 200);
+        v.currency("currency", &req.currency);
+        v.check(
+            req.contact_email.is_empty() || req.contact_email.contains('@'),
+            "contact_email",
+            "must be an email address",
+        );
+        v.finish()?;
+        let txn = self.db.begin().await?;
+        if let Some(existing) = supplier::Entity::find()
+            .filter(supplier::Column::Code.eq(&req.code))
+            .one(&txn)
+            .await?
+        {
+            if existing.name != req.name || existing.currency != req.currency {
+                return Err(ApiError::AlreadyExists(format!(
+                    "supplier {} exists with other attributes",
+                    req.code
+                )));
+            }
+            return Ok(CreateSupplierResponse {
+                supplier: Some(supplier_to_wire(existing)),
+                created: false,
+            });
+        }
+        let s = supplier::ActiveModel {
+            supplier_id: Set(uuid::Uuid::now_v7().to_string()),
+            code: Set(req.code.clone()),
+            name: Set(req.name.clone()),
+            currency: Set(req.currency.clone()),
+            contact_email: Set(req.contact_email.clone()),
+            created_at_ms: Set(now_ms()),
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(CreateSupplierResponse {
+            supplier: Some(supplier_to_wire(s)),
+            created: true,
+        })
+    }
+
+    async fn set_term(&self, req: SetSupplierTermRequest) -> ApiResult<SetSupplierTermResponse> {
+        let Some(t) = req.term else {
+            return Err(ApiError::invalid("term", "is required"));
+        };
+        let mut v = Violations::new();
+        v.id("term.supplier_id", &t.supplier_id);
+        v.code("term.sku", &t.sku);
+        let cost = t.unit_cost.clone().unwrap_or_default();
+        v.non_negative("term.unit_cost.amount_minor", cost.amount_minor);
+        v.check(
+            t.lead_time_days >= 0,
+            "term.lead_time_days",
+            "must not be negative",
+        );
+        v.non_negative("term.minimum_order_quantity", t.minimum_order_quantity);
+        v.positive("term.pack_multiple", t.pack_multiple);
+        v.finish()?;
+        let txn = self.db.begin().await?;
+        let s = find_supplier(&txn, &t.supplier_id).await?;
+        if cost.currency != s.currency {
+            return Err(ApiError::invalid(
+                "term.unit_cost.currency",
+                format!("supplier {} invoices in {}", s.code, s.currency),
+            ));
+        }
+        let existing = term::Entity::find_by_id((t.supplier_id.clone(), t.sku.clone()))
+            .one(&txn)
+            .await?;
+        let am = term::ActiveModel {
+            supplier_id: Set(t.supplier_id.clone()),
+            sku: Set(t.sku.clone()),
+            unit_cost_minor: Set(cost.amount_minor),
+            lead_time_days: Set(t.lead_time_days),
+            minimum_order_quantity: Set(t.minimum_order_quantity),
+            pack_multiple: Set(t.pack_multiple),
+        };
+        let m = if existing.is_some() {
+            am.update(&txn).await?
+        } else {
+            am.insert(&txn).await?
+        };
+        txn.commit().await?;
+        Ok(SetSupplierTermResponse {
+            term: Some(term_to_wire(m, &s.currency)),
+        })
+    }
+
+    async fn create_po(
+        &self,
+        req: CreatePurchaseOrderRequest,
+    ) -> ApiResult<CreatePurchaseOrderResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.id("supplier_id", &req.supplier_id);
+        v.code("location", &req.location);
+        v.check(
+            !req.lines.is_empty(),
+            "lines",
+            "must hold at least one line",
+        );
+        let mut skus = std::collections::HashSet::new();
+        for (i, l) in req.lines.iter().enumerate() {
+            v.code(&format!("lines[{i}].sku"), &l.sku);
+            v.check(
+                skus.insert(l.sku.clone()),
+                format!("lines[{i}].sku"),
+                "is repeated",
+            );
+            v.positive(&format!("lines[{i}].quantity"), l.quantity);
+        }
+        v.finish()?;
+        let hash = idempotency::fingerprint(&req);
+        let txn = self.db.begin().await?;
+        if let Some(prev) = idempotency::lookup(
+            &txn,
+            "procurement.CreatePurchaseOrder",
+            &req.idempotency_key,
+            &hash,
+        )
+        .await?
+        {
+            return Ok(prev);
+        }
+        let s = find_supplier(&txn, &req.supplier_id).await?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut total: i64 = 0;
+        let mut lead_days = 0;
+        let mut lines = Vec::new();
+        let mut v = Violations::new();
+        for (i, l) in req.lines.iter().enumerate() {
+            let t = term::Entity::find_by_id((req.supplier_id.clone(), l.sku.clone()))
+                .one(&txn)
+                .await?;
+            let Some(t) = t else {
+                v.add(
+                    format!("lines[{i}].sku"),
+                    format!("supplier {} has no terms for {}", s.code, l.sku),
+                );
+                continue;
+            };
+            v.check(
+                l.quantity >= t.minimum_order_quantity,
+                format!("lines[{i}].quantity"),
+                format!(
+                    "below the minimum order quantity {}",
+                    t.minimum_order_quantity
+                ),
+            );
+            v.check(
+                l.quantity % t.pack_multiple == 0,
+                format!("lines[{i}].quantity"),
+                format!("must be a multiple of the pack size {}", t.pack_multiple),
+            );
+            let cost = l
+                .unit_cost
+                .as_ref()
+                .map_or(t.unit_cost_minor, |c| c.amount_minor);
+            total = total.saturating_add(cost.saturating_mul(l.quantity));
+            lead_days = lead_days.max(t.lead_time_days);
+            lines.push((l.sku.clone(), l.quantity, cost));
+        }
+        v.finish()?;
+        let now = now_ms();
+        po::ActiveModel {
+            purchase_order_id: Set(id.clone()),
+            supplier_id: Set(req.supplier_id.clone()),
+            location: Set(req.location.clone()),
+            status: Set("draft".into()),
+            currency: Set(s.currency.clone()),
+            total_minor: Set(total),
+            expected_at_ms: Set(now + i64::from(lead_days) * DAY_MS),
+            approved_by: Set(String::new()),
+            approved_at_ms: Set(None),
+            created_at_ms: Set(now),
+        }
+        .insert(&txn)
+        .await?;
+        for (sku, quantity, cost) in lines {
+            po_line::ActiveModel {
+                purchase_order_id: Set(id.clone()),
+                sku: Set(sku),
+                quantity: Set(quantity),
+                unit_cost_minor: Set(cost),
+                received_quantity: Set(0),
+            }
+            .insert(&txn)
+            .await?;
+        }
+        let response = CreatePurchaseOrderResponse {
+            purchase_order: Some(load_po(&txn, &id).await?),
+        };
+        idempotency::record(
+            &txn,
+            "procurement.CreatePurchaseOrder",
+            &req.idempotency_key,
+            &hash,
+            &response,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(response)
+    }
+
+    async fn approve(
+        &self,
+        req: ApprovePurchaseOrderRequest,
+    ) -> ApiResult<ApprovePurchaseOrderResponse> {
+        let mut v = Violations::new();
+        v.id("purchase_order_id", &req.purchase_order_id);
+        let approver = req.approver.clone().unwrap_or_default();
+        v.text("approver.id", &approver.id, 100);
+        v.finish()?;
+        let txn = self.db.begin().await?;
+        let p = po::Entity::find_by_id(req.purchase_order_id.clone())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("purchase order {}", req.purchase_order_id))
+            })?;
+        match p.status.as_str() {
+            "draft" => {}
+            "approved" if p.approved_by == approver.id => {
+                return Ok(ApprovePurchaseOrderResponse {
+                    purchase_order: Some(load_po(&txn, &p.purchase_order_id).await?),
+                });
+            }
+            other => {
+                return Err(ApiError::precondition(
+                    "NOT_DRAFT",
+                    format!("purchase order {} is {other}", p.purchase_order_id),
+                ));
+            }
+        }
+        if p.total_minor > crate::APPROVAL_THRESHOLD_MINOR
+            && !req.approver_roles.iter().any(|r| r == "approver")
+        {
+            return Err(ApiError::precondition(
+                "APPROVER_ROLE_REQUIRED",
+                format!(
+                    "purchase order total {} exceeds the approval threshold {}: the approver needs the approver role",
+                    p.total_minor,
+                    crate::APPROVAL_THRESHOLD_MINOR
+                ),
+            ));
+        }
+        let id = p.purchase_order_id.clone();
+        let mut am: po::ActiveModel = p.into();
+        am.status = Set("approved".into());
+        am.approved_by = Set(approver.id.clone());
+        am.approved_at_ms = Set(Some(now_ms()));
+        am.update(&txn).await?;
+        txn.commit().await?;
+        Ok(ApprovePurchaseOrderResponse {
+            purchase_order: Some(load_po(&self.db, &id).await?),
+        })
+    }
+
+    async fn cancel(
+        &self,
+        req: CancelPurchaseOrderRequest,
+    ) -> ApiResult<CancelPurchaseOrderResponse> {
+        let mut v = Violations::new();
+        v.id("purchase_order_id", &req.purchase_order_id);
+        v.finish()?;
+        let txn = self.db.begin().await?;
+        let p = po::Entity::find_by_id(req.purchase_order_id.clone())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("purchase order {}", req.purchase_order_id))
+            })?;
+        match p.status.as_str() {
+            "draft" | "approved" | "sent" => {
+                let mut am: po::ActiveModel = p.into();
+                am.status = Set("cancelled".into());
+                am.update(&txn).await?;
+            }
+            "cancelled" => {}
+            other => {
+                return Err(ApiError::precondition(
+                    "NOT_CANCELLABLE",
+                    format!("purchase order is {other}: receipts exist"),
+                ));
+            }
+        }
+        txn.commit().await?;
+        Ok(CancelPurchaseOrderResponse {
+            purchase_order: Some(load_po(&self.db, &req.purchase_order_id).await?),
+        })
+    }
+}
+
+fn planned<T>(what: &str) -> Result<Response<T>, Status> {
+    Err(ApiError::Unimplemented(format!(
+        "{what} is planned with the finance and procurement issue (#7)"
+    ))
+    .into())
+}
+
+#[tonic::async_trait]
+impl ProcurementService for ProcurementApi {
+    async fn create_supplier(
+        &self,
+        r: Request<CreateSupplierRequest>,
+    ) -> Result<Response<CreateSupplierResponse>, Status> {
+        respond(self.create_supplier(r.into_inner()).await)
+    }
+
+    async fn get_supplier(
+        &self,
+        r: Request<GetSupplierRequest>,
+    ) -> Result<Response<GetSupplierResponse>, Status> {
+        let req = r.into_inner();
+        respond(
+            async {
+                let mut v = Violations::new();
+                v.id("supplier_id", &req.supplier_id);
+                v.finish()?;
+                let s = find_supplier(&self.db, &req.supplier_id).await?;
+                let terms = term::Entity::find()
+                    .filter(term::Column::SupplierId.eq(&req.supplier_id))
+                    .order_by_asc(term::Column::Sku)
+                    .all(&self.db)
+                    .await?;
+                Ok(GetSupplierResponse {
+                    terms: terms
+                        .into_iter()
+                        .map(|t| term_to_wire(t, &s.currency))
+                        .collect(),
+                    supplier: Some(supplier_to_wire(s)),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn list_suppliers(
+        &self,
+        r: Request<ListSuppliersRequest>,
+    ) -> Result<Response<ListSuppliersResponse>, Status> {
+        let req = r.into_inner();
+        respond(
+            async {
+                let size = page_size(req.page_size)?;
+                let offset = page_offset(&req.page_token)?;
+                let rows = supplier::Entity::find()
+                    .order_by_asc(supplier::Column::Code)
+                    .offset(offset)
+                    .limit(size)
+                    .all(&self.db)
+                    .await?;
+                let next = next_page_token(offset, rows.len(), size);
+                Ok(ListSuppliersResponse {
+                    suppliers: rows.into_iter().map(supplier_to_wire).collect(),
+                    next_page_token: next,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn set_supplier_term(
+        &self,
+        r: Request<SetSupplierTermRequest>,
+    ) -> Result<Response<SetSupplierTermResponse>, Status> {
+        respond(self.set_term(r.into_inner()).await)
+    }
+
+    async fn set_reorder_policy(
+        &self,
+        _r: Request<SetReorderPolicyRequest>,
+    ) -> Result<Response<SetReorderPolicyResponse>, Status> {
+        planned("SetReorderPolicy")
+    }
+
+    async fn record_demand(
+        &self,
+        _r: Request<RecordDemandRequest>,
+    ) -> Result<Response<RecordDemandResponse>, Status> {
+        planned("RecordDemand")
+    }
+
+    async fn suggest_replenishment(
+        &self,
+        _r: Request<SuggestReplenishmentRequest>,
+    ) -> Result<Response<SuggestReplenishmentResponse>, Status> {
+        planned("SuggestReplenishment")
+    }
+
+    async fn create_purchase_order(
+        &self,
+        r: Request<CreatePurchaseOrderRequest>,
+    ) -> Result<Response<CreatePurchaseOrderResponse>, Status> {
+        respond(self.create_po(r.into_inner()).await)
+    }
+
+    async fn get_purchase_order(
+        &self,
+        r: Request<GetPurchaseOrderRequest>,
+    ) -> Result<Response<GetPurchaseOrderResponse>, Status> {
+        let req = r.into_inner();
+        respond(
+            async {
+                let mut v = Violations::new();
+                v.id("purchase_order_id", &req.purchase_order_id);
+                v.finish()?;
+                Ok(GetPurchaseOrderResponse {
+                    purchase_order: Some(load_po(&self.db, &req.purchase_order_id).await?),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn list_purchase_orders(
+        &self,
+        r: Request<ListPurchaseOrdersRequest>,
+    ) -> Result<Response<ListPurchaseOrdersResponse>, Status> {
+        let req = r.into_inner();
+        respond(
+            async {
+                let size = page_size(req.page_size)?;
+                let offset = page_offset(&req.page_token)?;
+                let mut q = po::Entity::find().order_by_asc(po::Column::CreatedAtMs);
+                if !req.supplier_id.is_empty() {
+                    q = q.filter(po::Column::SupplierId.eq(&req.supplier_id));
+                }
+                match PurchaseOrderStatus::try_from(req.status) {
+                    Ok(PurchaseOrderStatus::Unspecified) => {}
+                    Ok(s) => {
+                        let name = s
+                            .as_str_name()
+                            .trim_start_matches("PURCHASE_ORDER_STATUS_")
+                            .to_lowercase();
+                        q = q.filter(po::Column::Status.eq(name));
+                    }
+                    Err(_) => {
+                        return Err(ApiError::invalid("status", "unknown purchase order status"));
+                    }
+                }
+                let rows = q.offset(offset).limit(size).all(&self.db).await?;
+                let next = next_page_token(offset, rows.len(), size);
+                let mut purchase_orders = Vec::with_capacity(rows.len());
+                for p in rows {
+                    purchase_orders.push(load_po(&self.db, &p.purchase_order_id).await?);
+                }
+                Ok(ListPurchaseOrdersResponse {
+                    purchase_orders,
+                    next_page_token: next,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn approve_purchase_order(
+        &self,
+        r: Request<ApprovePurchaseOrderRequest>,
+    ) -> Result<Response<ApprovePurchaseOrderResponse>, Status> {
+        respond(self.approve(r.into_inner()).await)
+    }
+
+    async fn send_purchase_order(
+        &self,
+        _r: Request<SendPurchaseOrderRequest>,
+    ) -> Result<Response<SendPurchaseOrderResponse>, Status> {
+        planned("SendPurchaseOrder")
+    }
+
+    async fn receive_purchase_order(
+        &self,
+        _r: Request<ReceivePurchaseOrderRequest>,
+    ) -> Result<Response<ReceivePurchaseOrderResponse>, Status> {
+        planned("ReceivePurchaseOrder")
+    }
+
+    async fn cancel_purchase_order(
+        &self,
+        r: Request<CancelPurchaseOrderRequest>,
+    ) -> Result<Response<CancelPurchaseOrderResponse>, Status> {
+        respond(self.cancel(r.into_inner()).await)
+    }
+
+    async fn get_supplier_scorecard(
+        &self,
+        _r: Request<GetSupplierScorecardRequest>,
+    ) -> Result<Response<GetSupplierScorecardResponse>, Status> {
+        planned("GetSupplierScorecard")
+    }
+}

@@ -1,0 +1,97 @@
+//! Tables of the warehouse service.
+
+use erp_runtime::db::DdlMigration;
+use erp_runtime::entity;
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            erp_runtime::db::runtime_tables(),
+            Box::new(DdlMigration {
+                name: "m20261128_000001_warehouse",
+                up: r"
+CREATE TABLE sites (
+    code TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    region TEXT NOT NULL,
+    daily_capacity BIGINT NOT NULL,
+    cutoff_minute_of_day INTEGER NOT NULL,
+    utc_offset_minutes INTEGER NOT NULL,
+    online BOOLEAN NOT NULL,
+    status_reason TEXT NOT NULL,
+    cost_index INTEGER NOT NULL
+);
+CREATE TABLE fulfillments (
+    fulfillment_id TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    site TEXT NOT NULL REFERENCES sites (code),
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    service_level TEXT NOT NULL,
+    tracking_number TEXT NOT NULL,
+    saga_id TEXT NOT NULL,
+    status_reason TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    shipped_at_ms BIGINT
+);
+CREATE INDEX fulfillments_site ON fulfillments (site, status);
+CREATE INDEX fulfillments_order ON fulfillments (order_id);
+CREATE TABLE pick_tasks (
+    task_id TEXT PRIMARY KEY,
+    fulfillment_id TEXT NOT NULL REFERENCES fulfillments (fulfillment_id),
+    order_line_id TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    quantity BIGINT NOT NULL CHECK (quantity > 0),
+    picked_quantity BIGINT NOT NULL CHECK (picked_quantity >= 0),
+    status TEXT NOT NULL,
+    wave_id TEXT NOT NULL
+);
+CREATE INDEX pick_tasks_fulfillment ON pick_tasks (fulfillment_id)",
+                drops: &["pick_tasks", "fulfillments", "sites"],
+            }),
+        ]
+    }
+}
+
+entity!(site, "sites", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub code: String,
+    pub name: String,
+    pub region: String,
+    pub daily_capacity: i64,
+    pub cutoff_minute_of_day: i32,
+    pub utc_offset_minutes: i32,
+    pub online: bool,
+    pub status_reason: String,
+    pub cost_index: i32,
+});
+
+entity!(fulfillment, "fulfillments", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub fulfillment_id: String,
+    pub order_id: String,
+    pub site: String,
+    pub status: String,
+    pub priority: i32,
+    pub service_level: String,
+    pub tracking_number: String,
+    pub saga_id: String,
+    pub status_reason: String,
+    pub created_at_ms: i64,
+    pub shipped_at_ms: Option<i64>,
+});
+
+entity!(task, "pick_tasks", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub task_id: String,
+    pub fulfillment_id: String,
+    pub order_line_id: String,
+    pub sku: String,
+    pub quantity: i64,
+    pub picked_quantity: i64,
+    pub status: String,
+    pub wave_id: String,
+});
