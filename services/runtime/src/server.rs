@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tower::limit::ConcurrencyLimitLayer;
@@ -53,6 +54,7 @@ pub async fn serve(
         // queueing without bound.
         .load_shed(true)
         .layer(ConcurrencyLimitLayer::new(settings.concurrency_limit))
+        .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument))
         .trace_fn(move |request| {
             let span = tracing::info_span!(
                 "grpc",
@@ -110,4 +112,22 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutdown signal received");
+}
+
+/// tonic answers a request body that is not a valid protobuf message with INTERNAL; it is the
+/// client's input that is wrong, so say INVALID_ARGUMENT (the status travels in the headers of
+/// such a trailers-only response).
+fn undecodable_is_invalid_argument(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
+    let decode = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode"));
+    if internal && decode {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    response
 }

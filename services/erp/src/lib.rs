@@ -1,0 +1,118 @@
+//! The whole suite in one process: every service on its own port with its own database, sharing
+//! one event bus. Used by `erp up` and by the integration tests.
+
+#![forbid(unsafe_code)]
+
+pub mod seed;
+
+use std::sync::Arc;
+
+use erp_runtime::app::{Running, start};
+use erp_runtime::bus::Bus;
+use erp_runtime::config::{SERVICES, Settings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A running suite.
+pub struct Suite {
+    pub services: Vec<Running>,
+    pub settings: Arc<Settings>,
+    pub shutdown: CancellationToken,
+}
+
+impl Suite {
+    /// The `http://host:port` URL of a service.
+    pub fn url(&self, service: &str) -> String {
+        self.services
+            .iter()
+            .find(|r| r.name == service)
+            .map(|r| format!("http://{}", r.addr))
+            .unwrap_or_default()
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for r in self.services {
+            r.task.await??;
+        }
+        Ok(())
+    }
+}
+
+fn port_of(url: &str) -> anyhow::Result<u16> {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("peer url {url} has no port"))
+}
+
+/// Binds every service (on the ports of `settings.peers`, or on free ports when `ephemeral`),
+/// points the peers at the real addresses, then starts them all.
+pub async fn start_suite(settings: Settings, bus: Bus, ephemeral: bool) -> anyhow::Result<Suite> {
+    let mut settings = settings;
+    let mut listeners = Vec::new();
+    for service in SERVICES {
+        let port = if ephemeral {
+            0
+        } else {
+            port_of(settings.peers.get(service).unwrap_or_default())?
+        };
+        let listener = TcpListener::bind((settings.server.host.as_str(), port))
+            .await
+            .map_err(|e| anyhow::anyhow!("{service}: cannot bind port {port}: {e}"))?;
+        let addr = listener.local_addr()?;
+        settings.peers.set(service, format!("http://{addr}"));
+        listeners.push((service, listener));
+    }
+    let settings = Arc::new(settings);
+    let shutdown = CancellationToken::new();
+    let mut services = Vec::new();
+    for (service, listener) in listeners {
+        let s = settings.clone();
+        let b = bus.clone();
+        let t = shutdown.clone();
+        let running = match service {
+            "order" => start::<erp_order::Service>(s, listener, b, t).await?,
+            "inventory" => start::<erp_inventory::Service>(s, listener, b, t).await?,
+            "warehouse" => start::<erp_warehouse::Service>(s, listener, b, t).await?,
+            "carrier" => start::<erp_carrier::Service>(s, listener, b, t).await?,
+            "procurement" => start::<erp_procurement::Service>(s, listener, b, t).await?,
+            "finance" => start::<erp_finance::Service>(s, listener, b, t).await?,
+            _ => start::<erp_orchestrator::Service>(s, listener, b, t).await?,
+        };
+        services.push(running);
+    }
+    Ok(Suite {
+        services,
+        settings,
+        shutdown,
+    })
+}
+
+/// Applies the migrations of one service (or all of them) without serving.
+pub async fn migrate(settings: &Settings, only: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
+    use erp_runtime::db::connect_and_migrate as m;
+    let mut done = Vec::new();
+    for service in SERVICES {
+        if only.is_some_and(|o| o != service) {
+            continue;
+        }
+        let db = match service {
+            "order" => m::<erp_order::store::Migrator>(settings, service).await?,
+            "inventory" => m::<erp_inventory::store::migration::Migrator>(settings, service).await?,
+            "warehouse" => m::<erp_warehouse::store::Migrator>(settings, service).await?,
+            "carrier" => m::<erp_carrier::store::Migrator>(settings, service).await?,
+            "procurement" => m::<erp_procurement::store::Migrator>(settings, service).await?,
+            "finance" => m::<erp_finance::store::Migrator>(settings, service).await?,
+            _ => m::<erp_orchestrator::store::Migrator>(settings, service).await?,
+        };
+        db.close().await?;
+        done.push(service);
+    }
+    if let Some(o) = only
+        && done.is_empty()
+    {
+        anyhow::bail!("unknown service {o:?}; one of {}", SERVICES.join(", "));
+    }
+    Ok(done)
+}
