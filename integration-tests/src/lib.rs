@@ -9,7 +9,9 @@ use erp_runtime::testing::Backend;
 /// Starts the whole suite on free ports with `settings`.
 pub async fn suite(settings: Settings, bus: Bus) -> erp::Suite {
     let _ = erp_runtime::telemetry::init("erp-it", &settings.telemetry);
-    erp::start_suite(settings, bus, true).await.expect("suite starts")
+    erp::start_suite(settings, bus, true)
+        .await
+        .expect("suite starts")
 }
 
 /// Settings for a fresh suite on `backend`, plus extra `ERP__...` overrides.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use erp_integration_tests::{channel, settings, suite};
 use erp_proto::orchestrator::orchestrator_service_client::OrchestratorServiceClient;
 use erp_proto::orchestrator::{GetSagaRequest, ListSagasRequest};
-use erp_proto::order::order_service_client::OrderServiceClient;
 use erp_proto::order::GetOrderRequest;
+use erp_proto::order::order_service_client::OrderServiceClient;
 use erp_runtime::bus::Bus;
 use erp_runtime::config::{BusSettings, SERVICES};
 use erp_runtime::testing::{self, Backend};
@@ -18,7 +18,10 @@ use prost::Message;
 use tonic::Code;
 
 /// Waits until the orchestrator has the saga of `order_id`.
-async fn wait_for_saga(orch: &mut OrchestratorServiceClient<tonic::transport::Channel>, order_id: &str) -> erp_proto::orchestrator::Saga {
+async fn wait_for_saga(
+    orch: &mut OrchestratorServiceClient<tonic::transport::Channel>,
+    order_id: &str,
+) -> erp_proto::orchestrator::Saga {
     for _ in 0..200 {
         match orch
             .get_saga(GetSagaRequest {
@@ -28,7 +31,9 @@ async fn wait_for_saga(orch: &mut OrchestratorServiceClient<tonic::transport::Ch
             .await
         {
             Ok(r) => return r.into_inner().saga.unwrap(),
-            Err(s) if s.code() == Code::NotFound => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(s) if s.code() == Code::NotFound => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             Err(s) => panic!("get saga: {s:?}"),
         }
     }
@@ -37,7 +42,11 @@ async fn wait_for_saga(orch: &mut OrchestratorServiceClient<tonic::transport::Ch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_answers_junk_with_a_clear_status_and_stays_up() {
-    let s = suite(settings(&Backend::Sqlite, &[]), Bus::InProcess(Default::default())).await;
+    let s = suite(
+        settings(&Backend::Sqlite, &[]),
+        Bus::InProcess(Default::default()),
+    )
+    .await;
     let fds = prost_types::FileDescriptorSet::decode(erp_proto::FILE_DESCRIPTOR_SET).unwrap();
     let mut calls = 0;
     for file in &fds.file {
@@ -74,13 +83,19 @@ async fn every_rpc_answers_junk_with_a_clear_status_and_stays_up() {
     assert!(calls > 150, "only {calls} calls made");
     // Every service is still up and healthy.
     for service in SERVICES {
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&s.url(service)).await);
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::new(channel(&s.url(service)).await);
         let r = health
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
     }
     s.stop().await.unwrap();
 }
@@ -108,7 +123,11 @@ impl tonic::codec::Encoder for RawCodec {
     type Item = Vec<u8>;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
         use prost::bytes::BufMut;
         dst.put_slice(&item);
         Ok(())
@@ -119,7 +138,10 @@ impl tonic::codec::Decoder for RawCodec {
     type Item = Vec<u8>;
     type Error = tonic::Status;
 
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
         use prost::bytes::Buf;
         let mut out = vec![0; src.remaining()];
         src.copy_to_slice(&mut out);
@@ -132,14 +154,28 @@ async fn order_becomes_one_saga(backend: Backend, bus: Bus) {
     erp::seed::seed(&s).await.unwrap();
     let mut order = OrderServiceClient::new(channel(&s.url("order")).await);
     let mut orch = OrchestratorServiceClient::new(channel(&s.url("orchestrator")).await);
-    let first = order.create_order(erp::seed::sample_order("EXT-1", "MUG-BLUE", 2)).await.unwrap().into_inner();
+    let first = order
+        .create_order(erp::seed::sample_order("EXT-1", "MUG-BLUE", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(first.created);
     // The same order again: the same order, no second saga.
-    let again = order.create_order(erp::seed::sample_order("EXT-1", "MUG-BLUE", 2)).await.unwrap().into_inner();
+    let again = order
+        .create_order(erp::seed::sample_order("EXT-1", "MUG-BLUE", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!again.created);
-    assert_eq!(again.order.as_ref().unwrap().order_id, first.order.as_ref().unwrap().order_id);
+    assert_eq!(
+        again.order.as_ref().unwrap().order_id,
+        first.order.as_ref().unwrap().order_id
+    );
     // The same external id with other content is refused.
-    let err = order.create_order(erp::seed::sample_order("EXT-1", "MUG-BLUE", 3)).await.unwrap_err();
+    let err = order
+        .create_order(erp::seed::sample_order("EXT-1", "MUG-BLUE", 3))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
     let order_id = first.order.unwrap().order_id;
@@ -157,7 +193,10 @@ async fn order_becomes_one_saga(backend: Backend, bus: Bus) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(all.sagas.iter().filter(|x| x.order_id == order_id).count(), 1);
+    assert_eq!(
+        all.sagas.iter().filter(|x| x.order_id == order_id).count(),
+        1
+    );
     s.stop().await.unwrap();
 }
 
@@ -193,7 +232,11 @@ async fn records_survive_a_restart() {
     let s = suite(cfg.clone(), Bus::InProcess(Default::default())).await;
     erp::seed::seed(&s).await.unwrap();
     let mut order = OrderServiceClient::new(channel(&s.url("order")).await);
-    let created = order.create_order(erp::seed::sample_order("EXT-R", "TEE-M", 1)).await.unwrap().into_inner();
+    let created = order
+        .create_order(erp::seed::sample_order("EXT-R", "TEE-M", 1))
+        .await
+        .unwrap()
+        .into_inner();
     let order_id = created.order.unwrap().order_id;
     let mut orch = OrchestratorServiceClient::new(channel(&s.url("orchestrator")).await);
     wait_for_saga(&mut orch, &order_id).await;
@@ -201,7 +244,13 @@ async fn records_survive_a_restart() {
 
     let s = suite(cfg, Bus::InProcess(Default::default())).await;
     let mut order = OrderServiceClient::new(channel(&s.url("order")).await);
-    let got = order.get_order(GetOrderRequest { order_id: order_id.clone() }).await.unwrap().into_inner();
+    let got = order
+        .get_order(GetOrderRequest {
+            order_id: order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.order.unwrap().lines[0].sku, "TEE-M");
     let mut orch = OrchestratorServiceClient::new(channel(&s.url("orchestrator")).await);
     let saga = wait_for_saga(&mut orch, &order_id).await;

@@ -99,7 +99,9 @@ pub async fn migrate(settings: &Settings, only: Option<&str>) -> anyhow::Result<
         }
         let db = match service {
             "order" => m::<erp_order::store::Migrator>(settings, service).await?,
-            "inventory" => m::<erp_inventory::store::migration::Migrator>(settings, service).await?,
+            "inventory" => {
+                m::<erp_inventory::store::migration::Migrator>(settings, service).await?
+            }
             "warehouse" => m::<erp_warehouse::store::Migrator>(settings, service).await?,
             "carrier" => m::<erp_carrier::store::Migrator>(settings, service).await?,
             "procurement" => m::<erp_procurement::store::Migrator>(settings, service).await?,

@@ -45,32 +45,51 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate { service } => {
             for s in erp::migrate(&settings, service.as_deref()).await? {
-                println!("{s}: migrations applied ({})", erp_runtime::db::redact(&settings.database_url(s)));
+                println!(
+                    "{s}: migrations applied ({})",
+                    erp_runtime::db::redact(&settings.database_url(s))
+                );
             }
         }
         Command::Up { seed } => {
             let started = Instant::now();
             let bus = Bus::from_settings(&settings.bus).await?;
             let suite = erp::start_suite(settings, bus, false).await?;
-            println!("erp suite ready in {} ms (data under {})", started.elapsed().as_millis(), suite.settings.data_dir.display());
+            println!(
+                "erp suite ready in {} ms (data under {})",
+                started.elapsed().as_millis(),
+                suite.settings.data_dir.display()
+            );
             for r in &suite.services {
                 println!("  {:<13} {}", r.name, r.addr);
             }
             if seed {
                 erp::seed::seed(&suite).await?;
                 let mut order = OrderServiceClient::new(
-                    tonic::transport::Endpoint::from_shared(suite.url("order"))?.connect().await?,
+                    tonic::transport::Endpoint::from_shared(suite.url("order"))?
+                        .connect()
+                        .await?,
                 );
                 for (i, (sku, ..)) in erp::seed::CATALOG.iter().enumerate() {
                     let created = order
-                        .create_order(erp::seed::sample_order(&format!("DEMO-{}", i + 1), sku, 1 + i as i64))
+                        .create_order(erp::seed::sample_order(
+                            &format!("DEMO-{}", i + 1),
+                            sku,
+                            1 + i as i64,
+                        ))
                         .await?
                         .into_inner();
                     if let Some(o) = created.order {
-                        println!("  order {} ({sku}) accepted{}", o.order_id, if created.created { "" } else { " earlier" });
+                        println!(
+                            "  order {} ({sku}) accepted{}",
+                            o.order_id,
+                            if created.created { "" } else { " earlier" }
+                        );
                     }
                 }
-                println!("seeded: 3 items, 3 warehouses with stock, carrier parcelco, channels web/amazon-us/wholesale, supplier acme");
+                println!(
+                    "seeded: 3 items, 3 warehouses with stock, carrier parcelco, channels web/amazon-us/wholesale, supplier acme"
+                );
             }
             println!("try: grpcurl -plaintext {} list", suite.services[0].addr);
             erp_runtime::server::shutdown_signal().await;

@@ -3,12 +3,18 @@
 //! changes nothing the second time.
 
 use erp_proto::carrier::carrier_service_client::CarrierServiceClient;
-use erp_proto::carrier::{Carrier, PickupCutoff, RateBand, ServiceLevel, ServiceOffering, UpsertCarrierRequest};
+use erp_proto::carrier::{
+    Carrier, PickupCutoff, RateBand, ServiceLevel, ServiceOffering, UpsertCarrierRequest,
+};
 use erp_proto::common::{Address, Money};
 use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
-use erp_proto::inventory::{CreateItemRequest, CreateLocationRequest, Item, Location, ReceiveStockRequest};
+use erp_proto::inventory::{
+    CreateItemRequest, CreateLocationRequest, Item, Location, ReceiveStockRequest,
+};
 use erp_proto::order::order_service_client::OrderServiceClient;
-use erp_proto::order::{Channel, ChannelKind, CreateOrderRequest, OrderLineInput, UpsertChannelRequest};
+use erp_proto::order::{
+    Channel, ChannelKind, CreateOrderRequest, OrderLineInput, UpsertChannelRequest,
+};
 use erp_proto::procurement::CreateSupplierRequest;
 use erp_proto::procurement::procurement_service_client::ProcurementServiceClient;
 use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
@@ -36,7 +42,9 @@ pub const WAREHOUSES: [(&str, &str, &str, i32); 3] = [
 ];
 
 async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?.connect().await?)
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await?)
 }
 
 /// Seeds the catalog against a running suite.
@@ -146,7 +154,13 @@ pub async fn seed(suite: &crate::Suite) -> anyhow::Result<()> {
     let mut order = OrderServiceClient::new(channel(&suite.url("order")).await?);
     for (code, kind, commission, pattern, ship_complete) in [
         ("web", ChannelKind::WebStore, 0, "", false),
-        ("amazon-us", ChannelKind::Marketplace, 1500, r"^\d{3}-\d{7}-\d{7}$", false),
+        (
+            "amazon-us",
+            ChannelKind::Marketplace,
+            1500,
+            r"^\d{3}-\d{7}-\d{7}$",
+            false,
+        ),
         ("wholesale", ChannelKind::Wholesale, 0, "", true),
     ] {
         order

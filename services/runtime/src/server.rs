@@ -54,7 +54,9 @@ pub async fn serve(
         // queueing without bound.
         .load_shed(true)
         .layer(ConcurrencyLimitLayer::new(settings.concurrency_limit))
-        .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument))
+        .layer(tower::util::MapResponseLayer::new(
+            undecodable_is_invalid_argument,
+        ))
         .trace_fn(move |request| {
             let span = tracing::info_span!(
                 "grpc",
@@ -125,7 +127,9 @@ fn undecodable_is_invalid_argument(
     let decode = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode"));
+        .is_some_and(|m| {
+            m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode")
+        });
     if internal && decode {
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }
