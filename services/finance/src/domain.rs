@@ -98,7 +98,7 @@ mod tests {
         assert!(check_balanced(&[l("1100", 100, 0, "USD"), l("4000", 0, 100, "USD")]).is_ok());
         let err =
             check_balanced(&[l("1100", 100, 0, "USD"), l("4000", 0, 100, "EUR")]).unwrap_err();
-        assert!(err.contains("debits 100 != credits 0"), "{err}");
+        assert!(err.contains("EUR: debits 0 != credits 100"), "{err}");
         assert!(check_balanced(&[l("1100", 100, 100, "USD"), l("4000", 0, 0, "USD")]).is_err());
         assert!(check_balanced(&[l("1100", 0, 0, "USD")]).is_err());
     }
