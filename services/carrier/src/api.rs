@@ -3,7 +3,7 @@
 use erp_proto::carrier::carrier_service_server::CarrierService;
 use erp_proto::carrier::*;
 use erp_proto::common::Money;
-use erp_runtime::idempotency;
+use erp_runtime::idempotency::{self, Begun};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{from_timestamp, now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -306,13 +306,13 @@ impl CarrierApi {
         let weight = req.parcel.as_ref().map_or(0, |p| p.weight_grams);
         v.positive("parcel.weight_grams", weight);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "carrier.BuyLabel", &req.idempotency_key, &hash).await?
-        {
-            return Ok(prev);
-        }
+        let (txn, guard) =
+            match idempotency::begin(&self.db, "carrier.BuyLabel", &req.idempotency_key, &req)
+                .await?
+            {
+                Begun::Replay(previous) => return Ok(previous),
+                Begun::New(txn, guard) => (txn, guard),
+            };
         let c = carrier::Entity::find_by_id(req.carrier.clone())
             .one(&txn)
             .await?
@@ -363,15 +363,7 @@ impl CarrierApi {
         let response = BuyLabelResponse {
             shipment: Some(shipment_to_wire(&txn, s).await?),
         };
-        idempotency::record(
-            &txn,
-            "carrier.BuyLabel",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
 
@@ -380,13 +372,13 @@ impl CarrierApi {
         v.idempotency_key(&req.idempotency_key);
         v.id("shipment_id", &req.shipment_id);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "carrier.VoidLabel", &req.idempotency_key, &hash).await?
-        {
-            return Ok(prev);
-        }
+        let (txn, guard) =
+            match idempotency::begin(&self.db, "carrier.VoidLabel", &req.idempotency_key, &req)
+                .await?
+            {
+                Begun::Replay(previous) => return Ok(previous),
+                Begun::New(txn, guard) => (txn, guard),
+            };
         let s = shipment::Entity::find_by_id(req.shipment_id.clone())
             .one(&txn)
             .await?
@@ -409,15 +401,7 @@ impl CarrierApi {
         let response = VoidLabelResponse {
             shipment: Some(shipment_to_wire(&txn, s).await?),
         };
-        idempotency::record(
-            &txn,
-            "carrier.VoidLabel",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
 

@@ -81,9 +81,13 @@ async fn main() -> anyhow::Result<()> {
                         .into_inner();
                     if let Some(o) = created.order {
                         println!(
-                            "  order {} ({sku}) accepted{}",
+                            "  placed order {} ({sku}){}",
                             o.order_id,
-                            if created.created { "" } else { " earlier" }
+                            if created.created {
+                                ""
+                            } else {
+                                ", placed earlier"
+                            }
                         );
                     }
                 }

@@ -3,7 +3,7 @@
 use erp_proto::common::{Money, SourceDocument};
 use erp_proto::finance::finance_service_server::FinanceService;
 use erp_proto::finance::*;
-use erp_runtime::idempotency;
+use erp_runtime::idempotency::{self, Begun};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -194,13 +194,13 @@ impl FinanceApi {
             v.currency(&format!("lines[{i}].currency"), &l.currency);
         }
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "finance.PostJournal", &req.idempotency_key, &hash).await?
-        {
-            return Ok(prev);
-        }
+        let (txn, guard) =
+            match idempotency::begin(&self.db, "finance.PostJournal", &req.idempotency_key, &req)
+                .await?
+            {
+                Begun::Replay(previous) => return Ok(previous),
+                Begun::New(txn, guard) => (txn, guard),
+            };
         let id = insert_entry(&txn, &req.memo, req.source.as_ref(), &req.lines, "").await?;
         outbox::enqueue(
             &txn,
@@ -212,15 +212,7 @@ impl FinanceApi {
         let response = PostJournalResponse {
             entry: Some(load_entry(&txn, &id).await?),
         };
-        idempotency::record(
-            &txn,
-            "finance.PostJournal",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         self.outbox.wake();
         Ok(response)
     }
@@ -240,13 +232,17 @@ impl FinanceApi {
             "a reversal needs an actor id and a reason",
         );
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "finance.ReverseJournal", &req.idempotency_key, &hash).await?
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
+            "finance.ReverseJournal",
+            &req.idempotency_key,
+            &req,
+        )
+        .await?
         {
-            return Ok(prev);
-        }
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let original = load_entry(&txn, &req.entry_id).await?;
         if entry::Entity::find()
             .filter(entry::Column::ReversesEntryId.eq(&req.entry_id))
@@ -284,15 +280,7 @@ impl FinanceApi {
         let response = ReverseJournalResponse {
             entry: Some(load_entry(&txn, &id).await?),
         };
-        idempotency::record(
-            &txn,
-            "finance.ReverseJournal",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
 
@@ -344,18 +332,25 @@ impl FinanceApi {
         v.currency("amount.currency", &amount.currency);
         v.text("payment_method_token", &req.payment_method_token, 200);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) = idempotency::lookup(
-            &txn,
+        let (txn, guard) = match idempotency::begin::<_, AuthorizePaymentResponse>(
+            &self.db,
             "finance.AuthorizePayment",
             &req.idempotency_key,
-            &hash,
+            &req,
         )
         .await?
         {
-            return Ok(prev);
-        }
+            // A repeat of a declined authorization is the same decline.
+            Begun::Replay(previous) => {
+                return match previous.payment {
+                    Some(p) if p.status == PaymentStatus::Declined as i32 => {
+                        Err(declined(&req.order_id, p.decline_reason))
+                    }
+                    _ => Ok(previous),
+                };
+            }
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let answer = domain::fake_authorize(
             &req.payment_method_token,
             amount.amount_minor,
@@ -390,24 +385,9 @@ impl FinanceApi {
             payment: Some(payment_to_wire(model)),
         };
         // A decline is an answer too: the same key gets the same decline.
-        idempotency::record(
-            &txn,
-            "finance.AuthorizePayment",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         if let ProviderAnswer::Declined { reason } = answer {
-            let mut err = ApiError::precondition(
-                "PAYMENT_DECLINED",
-                format!("payment for order {} declined: {reason}", req.order_id),
-            );
-            if let ApiError::FailedPrecondition { metadata, .. } = &mut err {
-                metadata.insert("decline_reason".into(), reason);
-            }
-            return Err(err);
+            return Err(declined(&req.order_id, reason));
         }
         Ok(response)
     }
@@ -440,13 +420,17 @@ impl FinanceApi {
             v.positive("amount.amount_minor", a.amount_minor);
         }
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "finance.CapturePayment", &req.idempotency_key, &hash).await?
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
+            "finance.CapturePayment",
+            &req.idempotency_key,
+            &req,
+        )
+        .await?
         {
-            return Ok(prev);
-        }
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let p = self.find_payment(&txn, &req.payment_id, "").await?;
         if p.status != "authorized" {
             return Err(ApiError::precondition(
@@ -479,15 +463,7 @@ impl FinanceApi {
         let response = CapturePaymentResponse {
             payment: Some(payment_to_wire(p)),
         };
-        idempotency::record(
-            &txn,
-            "finance.CapturePayment",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
 
@@ -500,13 +476,13 @@ impl FinanceApi {
             "give payment_id or order_id",
         );
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "finance.VoidPayment", &req.idempotency_key, &hash).await?
-        {
-            return Ok(prev);
-        }
+        let (txn, guard) =
+            match idempotency::begin(&self.db, "finance.VoidPayment", &req.idempotency_key, &req)
+                .await?
+            {
+                Begun::Replay(previous) => return Ok(previous),
+                Begun::New(txn, guard) => (txn, guard),
+            };
         let p = self
             .find_payment(&txn, &req.payment_id, &req.order_id)
             .await?;
@@ -530,15 +506,7 @@ impl FinanceApi {
         let response = VoidPaymentResponse {
             payment: Some(payment_to_wire(p)),
         };
-        idempotency::record(
-            &txn,
-            "finance.VoidPayment",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
 
@@ -549,13 +517,17 @@ impl FinanceApi {
         let amount = req.amount.clone().unwrap_or_default();
         v.positive("amount.amount_minor", amount.amount_minor);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "finance.RefundPayment", &req.idempotency_key, &hash).await?
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
+            "finance.RefundPayment",
+            &req.idempotency_key,
+            &req,
+        )
+        .await?
         {
-            return Ok(prev);
-        }
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let p = self.find_payment(&txn, &req.payment_id, "").await?;
         if !matches!(p.status.as_str(), "captured" | "partially_refunded") {
             return Err(ApiError::precondition(
@@ -592,17 +564,20 @@ impl FinanceApi {
         let response = RefundPaymentResponse {
             payment: Some(payment_to_wire(p)),
         };
-        idempotency::record(
-            &txn,
-            "finance.RefundPayment",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
+}
+
+fn declined(order_id: &str, reason: String) -> ApiError {
+    let mut err = ApiError::precondition(
+        "PAYMENT_DECLINED",
+        format!("payment for order {order_id} declined: {reason}"),
+    );
+    if let ApiError::FailedPrecondition { metadata, .. } = &mut err {
+        metadata.insert("decline_reason".into(), reason);
+    }
+    err
 }
 
 fn planned<T>(what: &str) -> Result<Response<T>, Status> {

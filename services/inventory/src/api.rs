@@ -120,16 +120,19 @@ fn actor_id(actor: Option<&Actor>) -> String {
 /// Runs `f` in a transaction guarded by an idempotency key: a repeat answers the stored response.
 macro_rules! idempotent {
     ($self:ident, $scope:literal, $req:ident, |$txn:ident| $body:block) => {{
-        let hash = idempotency::fingerprint(&$req);
-        let $txn = $self.store.db.begin().await?;
-        if let Some(previous) =
-            idempotency::lookup(&$txn, $scope, &$req.idempotency_key, &hash).await?
+        let ($txn, guard) = match idempotency::begin(
+            &$self.store.db,
+            $scope,
+            &$req.idempotency_key,
+            &$req,
+        )
+        .await?
         {
-            return Ok(previous);
-        }
+            idempotency::Begun::Replay(previous) => return Ok(previous),
+            idempotency::Begun::New(txn, guard) => (txn, guard),
+        };
         let response = $body;
-        idempotency::record(&$txn, $scope, &$req.idempotency_key, &hash, &response).await?;
-        $txn.commit().await?;
+        guard.commit($txn, &response).await?;
         $self.store.outbox.wake();
         Ok(response)
     }};

@@ -3,7 +3,7 @@
 use erp_proto::common::{Address, Money};
 use erp_proto::order::order_service_server::OrderService;
 use erp_proto::order::*;
-use erp_runtime::idempotency;
+use erp_runtime::idempotency::{self, Begun};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, is_currency, next_page_token, page_offset, page_size};
@@ -549,13 +549,13 @@ impl OrderApi {
         v.idempotency_key(&req.idempotency_key);
         v.id("order_id", &req.order_id);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "order.CancelOrder", &req.idempotency_key, &hash).await?
-        {
-            return Ok(prev);
-        }
+        let (txn, guard) =
+            match idempotency::begin(&self.db, "order.CancelOrder", &req.idempotency_key, &req)
+                .await?
+            {
+                Begun::Replay(previous) => return Ok(previous),
+                Begun::New(txn, guard) => (txn, guard),
+            };
         let (o, lines) = load(&txn, &req.order_id).await?;
         for id in &req.line_ids {
             if !lines.iter().any(|l| &l.line_id == id) {
@@ -611,15 +611,7 @@ impl OrderApi {
         )
         .await?;
         let response = CancelOrderResponse { order: Some(order) };
-        idempotency::record(
-            &txn,
-            "order.CancelOrder",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         self.outbox.wake();
         Ok(response)
     }
@@ -645,13 +637,17 @@ impl OrderApi {
             }
         }
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "order.RecordAllocation", &req.idempotency_key, &hash).await?
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
+            "order.RecordAllocation",
+            &req.idempotency_key,
+            &req,
+        )
+        .await?
         {
-            return Ok(prev);
-        }
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let (o, lines) = load(&txn, &req.order_id).await?;
         if matches!(
             OrderState::parse(&o.status),
@@ -679,15 +675,7 @@ impl OrderApi {
         }
         let order = save_lines(&txn, o, changed, None).await?;
         let response = RecordAllocationResponse { order: Some(order) };
-        idempotency::record(
-            &txn,
-            "order.RecordAllocation",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
 
@@ -697,13 +685,13 @@ impl OrderApi {
         v.id("order_id", &req.order_id);
         v.text("tracking_number", &req.tracking_number, 100);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "order.MarkShipped", &req.idempotency_key, &hash).await?
-        {
-            return Ok(prev);
-        }
+        let (txn, guard) =
+            match idempotency::begin(&self.db, "order.MarkShipped", &req.idempotency_key, &req)
+                .await?
+            {
+                Begun::Replay(previous) => return Ok(previous),
+                Begun::New(txn, guard) => (txn, guard),
+            };
         let (o, lines) = load(&txn, &req.order_id).await?;
         if lines.iter().all(|l| l.allocated == 0) {
             return Err(ApiError::precondition(
@@ -731,15 +719,7 @@ impl OrderApi {
         )
         .await?;
         let response = MarkShippedResponse { order: Some(order) };
-        idempotency::record(
-            &txn,
-            "order.MarkShipped",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         self.outbox.wake();
         Ok(response)
     }
@@ -750,13 +730,13 @@ impl OrderApi {
         v.id("order_id", &req.order_id);
         v.code("reason", &req.reason);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "order.MarkFailed", &req.idempotency_key, &hash).await?
-        {
-            return Ok(prev);
-        }
+        let (txn, guard) =
+            match idempotency::begin(&self.db, "order.MarkFailed", &req.idempotency_key, &req)
+                .await?
+            {
+                Begun::Replay(previous) => return Ok(previous),
+                Begun::New(txn, guard) => (txn, guard),
+            };
         let (o, lines) = load(&txn, &req.order_id).await?;
         if lines.iter().any(|l| l.shipped > 0) {
             return Err(ApiError::precondition(
@@ -786,15 +766,7 @@ impl OrderApi {
         )
         .await?;
         let response = MarkFailedResponse { order: Some(order) };
-        idempotency::record(
-            &txn,
-            "order.MarkFailed",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         self.outbox.wake();
         Ok(response)
     }

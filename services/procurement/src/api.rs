@@ -3,7 +3,7 @@
 use erp_proto::common::Money;
 use erp_proto::procurement::procurement_service_server::ProcurementService;
 use erp_proto::procurement::*;
-use erp_runtime::idempotency;
+use erp_runtime::idempotency::{self, Begun};
 use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
 use erp_runtime::{ApiError, ApiResult};
@@ -234,18 +234,17 @@ impl ProcurementApi {
             v.positive(&format!("lines[{i}].quantity"), l.quantity);
         }
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) = idempotency::lookup(
-            &txn,
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
             "procurement.CreatePurchaseOrder",
             &req.idempotency_key,
-            &hash,
+            &req,
         )
         .await?
         {
-            return Ok(prev);
-        }
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let s = find_supplier(&txn, &req.supplier_id).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let mut total: i64 = 0;
@@ -314,15 +313,7 @@ impl ProcurementApi {
         let response = CreatePurchaseOrderResponse {
             purchase_order: Some(load_po(&txn, &id).await?),
         };
-        idempotency::record(
-            &txn,
-            "procurement.CreatePurchaseOrder",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
 

@@ -88,3 +88,52 @@ pub async fn exists<C: ConnectionTrait>(conn: &C, scope: &str, key: &str) -> Api
             .is_some(),
     )
 }
+
+/// What [`begin`] found: the answer to an earlier identical request, or a fresh transaction.
+pub enum Begun<R> {
+    Replay(R),
+    New(sea_orm::DatabaseTransaction, Guard),
+}
+
+/// The key of a mutation in progress; [`Guard::commit`] stores the response with the effect.
+pub struct Guard {
+    scope: &'static str,
+    key: String,
+    hash: String,
+}
+
+/// Opens the transaction of an idempotent mutation: a repeat of the same request (same key,
+/// same content) gets its stored response back, a reused key with other content is refused.
+pub async fn begin<Q: Message, R: Message + Default>(
+    db: &sea_orm::DatabaseConnection,
+    scope: &'static str,
+    key: &str,
+    request: &Q,
+) -> ApiResult<Begun<R>> {
+    let hash = fingerprint(request);
+    let txn = sea_orm::TransactionTrait::begin(db).await?;
+    if let Some(previous) = lookup(&txn, scope, key, &hash).await? {
+        return Ok(Begun::Replay(previous));
+    }
+    Ok(Begun::New(
+        txn,
+        Guard {
+            scope,
+            key: key.to_owned(),
+            hash,
+        },
+    ))
+}
+
+impl Guard {
+    /// Records the response and commits the effect with it.
+    pub async fn commit<R: Message>(
+        self,
+        txn: sea_orm::DatabaseTransaction,
+        response: &R,
+    ) -> ApiResult<()> {
+        record(&txn, self.scope, &self.key, &self.hash, response).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}

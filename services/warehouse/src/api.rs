@@ -2,7 +2,7 @@
 
 use erp_proto::warehouse::warehouse_service_server::WarehouseService;
 use erp_proto::warehouse::*;
-use erp_runtime::idempotency;
+use erp_runtime::idempotency::{self, Begun};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -259,18 +259,17 @@ impl WarehouseApi {
         }
         v.code("service_level", &req.service_level);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) = idempotency::lookup(
-            &txn,
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
             "warehouse.CreateFulfillment",
             &req.idempotency_key,
-            &hash,
+            &req,
         )
         .await?
         {
-            return Ok(prev);
-        }
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let s = site::Entity::find_by_id(req.site.clone())
             .one(&txn)
             .await?
@@ -314,15 +313,7 @@ impl WarehouseApi {
         let response = CreateFulfillmentResponse {
             fulfillment: Some(load(&txn, &id).await?),
         };
-        idempotency::record(
-            &txn,
-            "warehouse.CreateFulfillment",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
 
@@ -338,18 +329,17 @@ impl WarehouseApi {
             "give exactly one of fulfillment_id and order_id",
         );
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) = idempotency::lookup(
-            &txn,
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
             "warehouse.CancelFulfillment",
             &req.idempotency_key,
-            &hash,
+            &req,
         )
         .await?
         {
-            return Ok(prev);
-        }
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let rows = if req.fulfillment_id.is_empty() {
             fulfillment::Entity::find()
                 .filter(fulfillment::Column::OrderId.eq(&req.order_id))
@@ -394,15 +384,7 @@ impl WarehouseApi {
             out.push(load(&txn, &f.fulfillment_id).await?);
         }
         let response = CancelFulfillmentResponse { fulfillments: out };
-        idempotency::record(
-            &txn,
-            "warehouse.CancelFulfillment",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         Ok(response)
     }
 
@@ -412,13 +394,17 @@ impl WarehouseApi {
         v.id("task_id", &req.task_id);
         v.non_negative("picked_quantity", req.picked_quantity);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "warehouse.ConfirmPick", &req.idempotency_key, &hash).await?
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
+            "warehouse.ConfirmPick",
+            &req.idempotency_key,
+            &req,
+        )
+        .await?
         {
-            return Ok(prev);
-        }
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let t = task::Entity::find_by_id(req.task_id.clone())
             .one(&txn)
             .await?
@@ -461,15 +447,7 @@ impl WarehouseApi {
         let response = ConfirmPickResponse {
             task: Some(task_to_wire(t)),
         };
-        idempotency::record(
-            &txn,
-            "warehouse.ConfirmPick",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         self.outbox.wake();
         Ok(response)
     }
@@ -480,13 +458,17 @@ impl WarehouseApi {
         v.id("fulfillment_id", &req.fulfillment_id);
         v.text("tracking_number", &req.tracking_number, 100);
         v.finish()?;
-        let hash = idempotency::fingerprint(&req);
-        let txn = self.db.begin().await?;
-        if let Some(prev) =
-            idempotency::lookup(&txn, "warehouse.ConfirmShip", &req.idempotency_key, &hash).await?
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
+            "warehouse.ConfirmShip",
+            &req.idempotency_key,
+            &req,
+        )
+        .await?
         {
-            return Ok(prev);
-        }
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
         let f = fulfillment::Entity::find_by_id(req.fulfillment_id.clone())
             .one(&txn)
             .await?
@@ -520,15 +502,7 @@ impl WarehouseApi {
         let response = ConfirmShipResponse {
             fulfillment: Some(load(&txn, &req.fulfillment_id).await?),
         };
-        idempotency::record(
-            &txn,
-            "warehouse.ConfirmShip",
-            &req.idempotency_key,
-            &hash,
-            &response,
-        )
-        .await?;
-        txn.commit().await?;
+        guard.commit(txn, &response).await?;
         self.outbox.wake();
         Ok(response)
     }

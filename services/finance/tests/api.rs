@@ -1,0 +1,216 @@
+//! Finance API tests on SQLite and PostgreSQL: the journal only ever holds balanced entries,
+//! payments follow the provider's answers and never refund more than was captured.
+
+#![allow(clippy::unwrap_used)]
+
+use erp_proto::common::{Actor, Money};
+use erp_proto::finance::finance_service_client::FinanceServiceClient;
+use erp_proto::finance::*;
+use erp_runtime::error::status_reason;
+use erp_runtime::testing::{self, Backend};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn line(account: &str, debit: i64, credit: i64) -> JournalLine {
+    JournalLine {
+        account_code: account.into(),
+        debit_minor: debit,
+        credit_minor: credit,
+        currency: "USD".into(),
+        channel: "web".into(),
+        order_id: "o-1".into(),
+        memo: String::new(),
+    }
+}
+
+fn usd(amount_minor: i64) -> Option<Money> {
+    Some(Money {
+        amount_minor,
+        currency: "USD".into(),
+    })
+}
+
+async fn journal_and_payments(backend: Backend) {
+    let svc = testing::spawn::<erp_finance::Service>(&backend).await;
+    let mut c = FinanceServiceClient::new(svc.channel().await);
+
+    // Unbalanced: refused, nothing written.
+    let err = c
+        .post_journal(PostJournalRequest {
+            idempotency_key: "j0".into(),
+            memo: "sale".into(),
+            source: None,
+            lines: vec![line("1100", 1000, 0), line("4000", 0, 900)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("debits 1000 != credits 900"),
+        "{}",
+        err.message()
+    );
+    let unknown = c
+        .post_journal(PostJournalRequest {
+            idempotency_key: "j0b".into(),
+            memo: "sale".into(),
+            source: None,
+            lines: vec![line("1100", 1000, 0), line("9999", 0, 1000)],
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<_> = unknown
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["lines[1].account_code"]);
+
+    // A sale: receivable against revenue and tax; posted once whatever the retries.
+    let sale = PostJournalRequest {
+        idempotency_key: "j1".into(),
+        memo: "sale o-1".into(),
+        source: None,
+        lines: vec![
+            line("1100", 1070, 0),
+            line("4000", 0, 1000),
+            line("2200", 0, 70),
+        ],
+    };
+    let first = c.post_journal(sale.clone()).await.unwrap().into_inner();
+    let again = c.post_journal(sale).await.unwrap().into_inner();
+    assert_eq!(first, again);
+    let tb = c
+        .get_trial_balance(GetTrialBalanceRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tb.balanced);
+    assert_eq!(tb.totals[0].debit_minor, 1070);
+
+    // Reversal: balances and cancels; a second reversal is refused.
+    let entry_id = first.entry.unwrap().entry_id;
+    let actor = Some(Actor {
+        id: "controller".into(),
+        reason: "duplicate invoice".into(),
+    });
+    c.reverse_journal(ReverseJournalRequest {
+        idempotency_key: "rev1".into(),
+        entry_id: entry_id.clone(),
+        actor: actor.clone(),
+    })
+    .await
+    .unwrap();
+    let err = c
+        .reverse_journal(ReverseJournalRequest {
+            idempotency_key: "rev2".into(),
+            entry_id,
+            actor,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("ALREADY_REVERSED"));
+    let tb = c
+        .get_trial_balance(GetTrialBalanceRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tb.balanced);
+    assert!(
+        tb.rows.iter().all(|r| r.balance_minor == 0),
+        "{:?}",
+        tb.rows
+    );
+
+    // Payments: a decline is FAILED_PRECONDITION / PAYMENT_DECLINED, and stays one on repeat.
+    let declined = AuthorizePaymentRequest {
+        idempotency_key: "a0".into(),
+        order_id: "o-0".into(),
+        channel: "web".into(),
+        amount: usd(500),
+        payment_method_token: "tok_decline_insufficient_funds".into(),
+    };
+    for _ in 0..2 {
+        let err = c.authorize_payment(declined.clone()).await.unwrap_err();
+        assert_eq!(status_reason(&err).as_deref(), Some("PAYMENT_DECLINED"));
+    }
+    let auth = c
+        .authorize_payment(AuthorizePaymentRequest {
+            idempotency_key: "a1".into(),
+            order_id: "o-1".into(),
+            channel: "web".into(),
+            amount: usd(1070),
+            payment_method_token: "tok_visa".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(auth.status, PaymentStatus::Authorized as i32);
+    let over = c
+        .capture_payment(CapturePaymentRequest {
+            idempotency_key: "cap0".into(),
+            payment_id: auth.payment_id.clone(),
+            amount: usd(2000),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&over).as_deref(), Some("OVER_CAPTURE"));
+    let captured = c
+        .capture_payment(CapturePaymentRequest {
+            idempotency_key: "cap1".into(),
+            payment_id: auth.payment_id.clone(),
+            amount: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(captured.captured.unwrap().amount_minor, 1070);
+    let err = c
+        .void_payment(VoidPaymentRequest {
+            idempotency_key: "v1".into(),
+            payment_id: auth.payment_id.clone(),
+            order_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("PAYMENT_NOT_VOIDABLE"));
+    let refund = |key: &str, amount| RefundPaymentRequest {
+        idempotency_key: key.into(),
+        payment_id: auth.payment_id.clone(),
+        amount: usd(amount),
+        reason: "damaged".into(),
+    };
+    let p = c
+        .refund_payment(refund("r1", 70))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(p.status, PaymentStatus::PartiallyRefunded as i32);
+    let err = c.refund_payment(refund("r2", 1001)).await.unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("OVER_REFUND"));
+    let p = c
+        .refund_payment(refund("r3", 1000))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(p.status, PaymentStatus::Refunded as i32);
+    assert_eq!(p.refunded.unwrap().amount_minor, 1070);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_and_payments_on_every_backend() {
+    for backend in testing::backends() {
+        journal_and_payments(backend).await;
+    }
+}

@@ -1,0 +1,133 @@
+//! Warehouse API tests on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+use erp_proto::common::Actor;
+use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
+use erp_proto::warehouse::*;
+use erp_runtime::error::status_reason;
+use erp_runtime::testing::{self, Backend};
+
+fn fulfillment(key: &str, order: &str) -> CreateFulfillmentRequest {
+    CreateFulfillmentRequest {
+        idempotency_key: key.into(),
+        order_id: order.into(),
+        site: "east".into(),
+        lines: vec![FulfillmentLine {
+            order_line_id: format!("{order}-1"),
+            sku: "MUG".into(),
+            quantity: 2,
+        }],
+        service_level: "standard".into(),
+        priority: 1,
+        saga_id: String::new(),
+    }
+}
+
+async fn pick_pack_ship(backend: Backend) {
+    let svc = testing::spawn::<erp_warehouse::Service>(&backend).await;
+    let mut c = WarehouseServiceClient::new(svc.channel().await);
+    c.upsert_site(UpsertSiteRequest {
+        site: Some(Site {
+            code: "east".into(),
+            name: "East DC".into(),
+            region: "us-east".into(),
+            daily_capacity: 100,
+            cutoff_minute_of_day: 17 * 60,
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    let f1 = c
+        .create_fulfillment(fulfillment("f1", "o1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .create_fulfillment(fulfillment("f1", "o1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f1, again, "the same key creates one fulfillment");
+    let f1 = f1.fulfillment.unwrap();
+    let f2 = c
+        .create_fulfillment(fulfillment("f2", "o2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .fulfillment
+        .unwrap();
+
+    // Shipping before picking is refused.
+    let ship = |key: &str, id: &str| ConfirmShipRequest {
+        idempotency_key: key.into(),
+        fulfillment_id: id.into(),
+        tracking_number: "TRK1".into(),
+    };
+    let err = c
+        .confirm_ship(ship("s0", &f1.fulfillment_id))
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("NOT_READY_TO_SHIP"));
+    // Picking twice (a double scan) is harmless.
+    let pick = ConfirmPickRequest {
+        idempotency_key: "p1".into(),
+        task_id: f1.tasks[0].task_id.clone(),
+        picked_quantity: 2,
+        picker: "amy".into(),
+    };
+    c.confirm_pick(pick.clone()).await.unwrap();
+    c.confirm_pick(pick).await.unwrap();
+    let shipped = c
+        .confirm_ship(ship("s1", &f1.fulfillment_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .fulfillment
+        .unwrap();
+    assert_eq!(shipped.status, FulfillmentStatus::Shipped as i32);
+    let err = c
+        .cancel_fulfillment(CancelFulfillmentRequest {
+            idempotency_key: "c1".into(),
+            fulfillment_id: f1.fulfillment_id.clone(),
+            order_id: String::new(),
+            reason: "customer".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("ALREADY_SHIPPED"));
+
+    // Offline: exactly the unpicked fulfillments are listed, and new ones are refused.
+    let offline = c
+        .set_site_status(SetSiteStatusRequest {
+            code: "east".into(),
+            status: SiteStatus::Offline as i32,
+            actor: Some(Actor {
+                id: "ops".into(),
+                reason: "power outage".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = offline
+        .unpicked_fulfillments
+        .iter()
+        .map(|f| f.fulfillment_id.clone())
+        .collect();
+    assert_eq!(ids, std::slice::from_ref(&f2.fulfillment_id));
+    let err = c
+        .create_fulfillment(fulfillment("f3", "o3"))
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("SITE_OFFLINE"));
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pick_pack_ship_on_every_backend() {
+    for backend in testing::backends() {
+        pick_pack_ship(backend).await;
+    }
+}
