@@ -370,7 +370,14 @@ impl CarrierApi {
     async fn void(&self, req: VoidLabelRequest) -> ApiResult<VoidLabelResponse> {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
-        v.id("shipment_id", &req.shipment_id);
+        v.check(
+            req.shipment_id.is_empty() != req.order_id.is_empty(),
+            "shipment_id",
+            "give exactly one of shipment_id and order_id",
+        );
+        if !req.shipment_id.is_empty() {
+            v.id("shipment_id", &req.shipment_id);
+        }
         v.finish()?;
         let (txn, guard) =
             match idempotency::begin(&self.db, "carrier.VoidLabel", &req.idempotency_key, &req)
@@ -379,27 +386,47 @@ impl CarrierApi {
                 Begun::Replay(previous) => return Ok(previous),
                 Begun::New(txn, guard) => (txn, guard),
             };
-        let s = shipment::Entity::find_by_id(req.shipment_id.clone())
-            .one(&txn)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("shipment {}", req.shipment_id)))?;
-        let s = if s.status == ShipmentStatus::LabelCreated as i32 {
-            let mut am: shipment::ActiveModel = s.into();
-            am.status = Set(ShipmentStatus::Voided as i32);
-            am.update(&txn).await?
-        } else if s.status == ShipmentStatus::Voided as i32 {
-            s
+        idempotency::tombstone_forward(&txn, "carrier.BuyLabel", &req.idempotency_key).await?;
+        let rows = if req.order_id.is_empty() {
+            vec![
+                shipment::Entity::find_by_id(req.shipment_id.clone())
+                    .one(&txn)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("shipment {}", req.shipment_id)))?,
+            ]
         } else {
-            return Err(ApiError::precondition(
-                "ALREADY_PICKED_UP",
-                format!(
-                    "shipment {} was picked up by the carrier and cannot be voided",
-                    s.tracking_number
-                ),
-            ));
+            shipment::Entity::find()
+                .filter(shipment::Column::OrderId.eq(&req.order_id))
+                .order_by_asc(shipment::Column::CreatedAtMs)
+                .all(&txn)
+                .await?
         };
+        let mut voided = Vec::with_capacity(rows.len());
+        for s in rows {
+            let s = if s.status == ShipmentStatus::LabelCreated as i32 {
+                let mut am: shipment::ActiveModel = s.into();
+                am.status = Set(ShipmentStatus::Voided as i32);
+                am.update(&txn).await?
+            } else if s.status == ShipmentStatus::Voided as i32 {
+                s
+            } else {
+                return Err(ApiError::precondition(
+                    "ALREADY_PICKED_UP",
+                    format!(
+                        "shipment {} was picked up by the carrier and cannot be voided",
+                        s.tracking_number
+                    ),
+                ));
+            };
+            voided.push(shipment_to_wire(&txn, s).await?);
+        }
         let response = VoidLabelResponse {
-            shipment: Some(shipment_to_wire(&txn, s).await?),
+            shipment: if req.order_id.is_empty() {
+                voided.first().cloned()
+            } else {
+                None
+            },
+            shipments: voided,
         };
         guard.commit(txn, &response).await?;
         Ok(response)

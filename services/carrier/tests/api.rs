@@ -169,6 +169,7 @@ async fn rates_labels_tracking(backend: Backend) {
         .void_label(VoidLabelRequest {
             idempotency_key: "void-1".into(),
             shipment_id: first.shipment_id.clone(),
+            order_id: String::new(),
         })
         .await
         .unwrap_err();

@@ -217,5 +217,6 @@ pub fn sample_order(external_id: &str, sku: &str, quantity: i64) -> CreateOrderR
             quantity,
             unit_price: usd(1299),
         }],
+        payment_method_token: "tok_visa".into(),
     }
 }

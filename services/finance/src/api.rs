@@ -483,6 +483,8 @@ impl FinanceApi {
                 Begun::Replay(previous) => return Ok(previous),
                 Begun::New(txn, guard) => (txn, guard),
             };
+        idempotency::tombstone_forward(&txn, "finance.AuthorizePayment", &req.idempotency_key)
+            .await?;
         let p = self
             .find_payment(&txn, &req.payment_id, &req.order_id)
             .await?;

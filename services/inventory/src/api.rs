@@ -546,6 +546,8 @@ impl InventoryApi {
         v.text("order_id", &req.order_id, 100);
         v.finish()?;
         idempotent!(self, "inventory.ReleaseReservations", req, |txn| {
+            idempotency::tombstone_forward(&txn, "inventory.ReserveStock", &req.idempotency_key)
+                .await?;
             let released = self
                 .store
                 .release(

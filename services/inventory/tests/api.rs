@@ -322,3 +322,36 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     assert_ledger_consistent(&mut client).await;
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_before_its_forward_action_leaves_a_tombstone() {
+    for backend in testing::backends() {
+        let svc = testing::spawn::<erp_inventory::Service>(&backend).await;
+        let mut client = InventoryServiceClient::new(svc.channel().await);
+        seed(&mut client, 5).await;
+        // The saga timed out waiting for the reservation and compensated; the reservation
+        // request arrives afterwards.
+        let released = client
+            .release_reservations(ReleaseReservationsRequest {
+                idempotency_key: "saga-9:reserve_stock:compensate".into(),
+                order_id: "o9".into(),
+                reservation_ids: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(released.reservations.is_empty());
+        let err = client
+            .reserve_stock(reserve("saga-9:reserve_stock:forward", "o9", 2))
+            .await
+            .unwrap_err();
+        assert_eq!(status_reason(&err).as_deref(), Some("ALREADY_COMPENSATED"));
+        let l = level(&mut client).await;
+        assert_eq!(
+            (l.on_hand, l.reserved),
+            (5, 0),
+            "the late reservation held nothing"
+        );
+        svc.stop().await;
+    }
+}

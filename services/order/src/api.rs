@@ -199,6 +199,8 @@ fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
         updated_at: Some(to_timestamp(o.updated_at_ms)),
         promised_by: None,
         routing_decisions: vec![],
+        payment_method_token: o.payment_method_token,
+        tracking_number: o.tracking_number,
     }
 }
 
@@ -461,6 +463,7 @@ impl OrderApi {
             status: Set(OrderState::Accepted.as_str().to_owned()),
             status_reason: Set(String::new()),
             tracking_number: Set(String::new()),
+            payment_method_token: Set(req.payment_method_token.clone()),
             created_at_ms: Set(now),
             updated_at_ms: Set(now),
         }

@@ -61,6 +61,11 @@ CREATE TABLE order_lines (
 )",
                 drops: &["order_lines", "orders", "channels"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000002_order_payment_token",
+                up: "ALTER TABLE orders ADD COLUMN payment_method_token TEXT NOT NULL DEFAULT ''",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -113,6 +118,8 @@ pub mod order {
         pub status_reason: String,
         pub tracking_number: String,
         pub created_at_ms: i64,
+        /// Opaque token of the payment method (never card data).
+        pub payment_method_token: String,
         pub updated_at_ms: i64,
     }
 

@@ -52,6 +52,7 @@ fn order(channel: &str, ext: &str, qty: i64) -> CreateOrderRequest {
                 }),
             },
         ],
+        payment_method_token: "tok_visa".into(),
     }
 }
 

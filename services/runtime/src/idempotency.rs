@@ -30,6 +30,41 @@ pub mod entity {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// Stored instead of a request fingerprint when a compensation ran before its forward action.
+const TOMBSTONE: &str = "tombstone";
+
+/// Saga keys are `<saga>:<step>:forward` and `<saga>:<step>:compensate`.
+pub fn forward_key_of(compensation_key: &str) -> Option<String> {
+    compensation_key
+        .strip_suffix(":compensate")
+        .map(|stem| format!("{stem}:forward"))
+}
+
+/// Called by a compensation inside its transaction: if its forward action never arrived, leave
+/// a tombstone under the forward key so that a late arrival is refused instead of applied.
+pub async fn tombstone_forward<C: ConnectionTrait>(
+    conn: &C,
+    forward_scope: &str,
+    compensation_key: &str,
+) -> ApiResult<()> {
+    let Some(forward) = forward_key_of(compensation_key) else {
+        return Ok(());
+    };
+    if exists(conn, forward_scope, &forward).await? {
+        return Ok(());
+    }
+    entity::ActiveModel {
+        scope: Set(forward_scope.to_owned()),
+        idem_key: Set(forward),
+        request_hash: Set(TOMBSTONE.to_owned()),
+        response: Set(Vec::new()),
+        created_at_ms: Set(crate::time::now_ms()),
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
+}
+
 /// Fingerprint of a request, to tell a true repeat from a reused key.
 pub fn fingerprint<M: Message>(request: &M) -> String {
     hex::encode(Sha256::digest(request.encode_to_vec()))
@@ -48,6 +83,12 @@ pub async fn lookup<C: ConnectionTrait, R: Message + Default>(
     else {
         return Ok(None);
     };
+    if row.request_hash == TOMBSTONE {
+        return Err(ApiError::precondition(
+            "ALREADY_COMPENSATED",
+            format!("{scope} {key:?} was compensated before it arrived; refusing the late request"),
+        ));
+    }
     if row.request_hash != request_hash {
         return Err(ApiError::AlreadyExists(format!(
             "idempotency key {key:?} was already used for a different {scope} request"
@@ -135,5 +176,19 @@ impl Guard {
         record(&txn, self.scope, &self.key, &self.hash, response).await?;
         txn.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compensation_keys_map_to_their_forward_key() {
+        assert_eq!(
+            forward_key_of("s1:reserve_stock:compensate").as_deref(),
+            Some("s1:reserve_stock:forward")
+        );
+        assert_eq!(forward_key_of("manual-release-7"), None);
     }
 }

@@ -340,6 +340,8 @@ impl WarehouseApi {
             Begun::Replay(previous) => return Ok(previous),
             Begun::New(txn, guard) => (txn, guard),
         };
+        idempotency::tombstone_forward(&txn, "warehouse.CreateFulfillment", &req.idempotency_key)
+            .await?;
         let rows = if req.fulfillment_id.is_empty() {
             fulfillment::Entity::find()
                 .filter(fulfillment::Column::OrderId.eq(&req.order_id))
