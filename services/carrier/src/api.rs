@@ -22,11 +22,37 @@ const DAY_MS: i64 = 86_400_000;
 pub struct CarrierApi {
     db: DatabaseConnection,
     outbox: OutboxWaker,
+    /// Label requests the simulated flaky carriers have already timed out once.
+    timed_out: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl CarrierApi {
     pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
-        Self { db, outbox }
+        Self {
+            db,
+            outbox,
+            timed_out: Default::default(),
+        }
+    }
+
+    /// The simulated carrier adapter: carriers whose code starts with `flaky` time out on the
+    /// first label request of each idempotency key, as real carrier APIs do now and then; the
+    /// retry with the same key succeeds.
+    fn simulated_timeout(&self, carrier: &str, key: &str) -> ApiResult<()> {
+        if !carrier.starts_with("flaky") {
+            return Ok(());
+        }
+        let first = self
+            .timed_out
+            .lock()
+            .map(|mut seen| seen.insert(key.to_owned()))
+            .unwrap_or(false);
+        if first {
+            return Err(ApiError::Unavailable(format!(
+                "carrier {carrier} did not answer in time (simulated); retry with the same key"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -306,6 +332,7 @@ impl CarrierApi {
         let weight = req.parcel.as_ref().map_or(0, |p| p.weight_grams);
         v.positive("parcel.weight_grams", weight);
         v.finish()?;
+        self.simulated_timeout(&req.carrier, &req.idempotency_key)?;
         let (txn, guard) =
             match idempotency::begin(&self.db, "carrier.BuyLabel", &req.idempotency_key, &req)
                 .await?

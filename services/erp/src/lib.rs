@@ -18,6 +18,8 @@ pub struct Suite {
     pub services: Vec<Running>,
     pub settings: Arc<Settings>,
     pub shutdown: CancellationToken,
+    bus: Bus,
+    tokens: Vec<(&'static str, CancellationToken)>,
 }
 
 impl Suite {
@@ -28,6 +30,43 @@ impl Suite {
             .find(|r| r.name == service)
             .map(|r| format!("http://{}", r.addr))
             .unwrap_or_default()
+    }
+
+    /// Stops one service (a participant going down); the others keep running.
+    pub async fn stop_service(&mut self, service: &str) -> anyhow::Result<()> {
+        if let Some((_, token)) = self.tokens.iter().find(|(n, _)| *n == service) {
+            token.cancel();
+        }
+        if let Some(pos) = self.services.iter().position(|r| r.name == service) {
+            let running = self.services.remove(pos);
+            running.task.await??;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped service again on the same address.
+    pub async fn restart_service(&mut self, service: &'static str) -> anyhow::Result<()> {
+        let url = self
+            .settings
+            .peers
+            .get(service)
+            .unwrap_or_default()
+            .to_owned();
+        let addr = url.trim_start_matches("http://");
+        let listener = TcpListener::bind(addr).await?;
+        let token = self.shutdown.child_token();
+        let running = start_one(
+            service,
+            self.settings.clone(),
+            listener,
+            self.bus.clone(),
+            token.clone(),
+        )
+        .await?;
+        self.tokens.retain(|(n, _)| *n != service);
+        self.tokens.push((service, token));
+        self.services.push(running);
+        Ok(())
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
@@ -49,6 +88,17 @@ fn port_of(url: &str) -> anyhow::Result<u16> {
 /// Binds every service (on the ports of `settings.peers`, or on free ports when `ephemeral`),
 /// points the peers at the real addresses, then starts them all.
 pub async fn start_suite(settings: Settings, bus: Bus, ephemeral: bool) -> anyhow::Result<Suite> {
+    start_suite_without(settings, bus, ephemeral, &[]).await
+}
+
+/// Like [`start_suite`], but leaves the `skip` services unstarted (their ports are still chosen
+/// and written into the peers, so another process can serve them there).
+pub async fn start_suite_without(
+    settings: Settings,
+    bus: Bus,
+    ephemeral: bool,
+    skip: &[&str],
+) -> anyhow::Result<Suite> {
     let mut settings = settings;
     let mut listeners = Vec::new();
     for service in SERVICES {
@@ -67,25 +117,52 @@ pub async fn start_suite(settings: Settings, bus: Bus, ephemeral: bool) -> anyho
     let settings = Arc::new(settings);
     let shutdown = CancellationToken::new();
     let mut services = Vec::new();
+    let mut tokens = Vec::new();
     for (service, listener) in listeners {
-        let s = settings.clone();
-        let b = bus.clone();
-        let t = shutdown.clone();
-        let running = match service {
-            "order" => start::<erp_order::Service>(s, listener, b, t).await?,
-            "inventory" => start::<erp_inventory::Service>(s, listener, b, t).await?,
-            "warehouse" => start::<erp_warehouse::Service>(s, listener, b, t).await?,
-            "carrier" => start::<erp_carrier::Service>(s, listener, b, t).await?,
-            "procurement" => start::<erp_procurement::Service>(s, listener, b, t).await?,
-            "finance" => start::<erp_finance::Service>(s, listener, b, t).await?,
-            _ => start::<erp_orchestrator::Service>(s, listener, b, t).await?,
-        };
-        services.push(running);
+        if skip.contains(&service) {
+            // Left to another process (a test starts it as its own binary).
+            drop(listener);
+            continue;
+        }
+        let token = shutdown.child_token();
+        services.push(
+            start_one(
+                service,
+                settings.clone(),
+                listener,
+                bus.clone(),
+                token.clone(),
+            )
+            .await?,
+        );
+        tokens.push((service, token));
     }
     Ok(Suite {
         services,
         settings,
         shutdown,
+        bus,
+        tokens,
+    })
+}
+
+/// Starts one service by name on a bound listener.
+pub async fn start_one(
+    service: &str,
+    s: Arc<Settings>,
+    listener: TcpListener,
+    b: Bus,
+    t: CancellationToken,
+) -> anyhow::Result<Running> {
+    Ok(match service {
+        "order" => start::<erp_order::Service>(s, listener, b, t).await?,
+        "inventory" => start::<erp_inventory::Service>(s, listener, b, t).await?,
+        "warehouse" => start::<erp_warehouse::Service>(s, listener, b, t).await?,
+        "carrier" => start::<erp_carrier::Service>(s, listener, b, t).await?,
+        "procurement" => start::<erp_procurement::Service>(s, listener, b, t).await?,
+        "finance" => start::<erp_finance::Service>(s, listener, b, t).await?,
+        "orchestrator" => start::<erp_orchestrator::Service>(s, listener, b, t).await?,
+        other => anyhow::bail!("unknown service {other:?}"),
     })
 }
 

@@ -151,6 +151,24 @@ pub async fn seed(suite: &crate::Suite) -> anyhow::Result<()> {
             }),
         })
         .await?;
+    // A cheaper two-day carrier whose API times out once per label (the simulated adapter).
+    carrier
+        .upsert_carrier(UpsertCarrierRequest {
+            carrier: Some(Carrier {
+                code: "flakyship".into(),
+                name: "FlakyShip".into(),
+                services: vec![ServiceOffering {
+                    code: "twoday".into(),
+                    level: ServiceLevel::TwoDay as i32,
+                    transit_days: 2,
+                    rates: bands(1100),
+                    surcharge: usd(0),
+                }],
+                cutoffs: vec![],
+                active: true,
+            }),
+        })
+        .await?;
     let mut order = OrderServiceClient::new(channel(&suite.url("order")).await?);
     for (code, kind, commission, pattern, ship_complete) in [
         ("web", ChannelKind::WebStore, 0, "", false),

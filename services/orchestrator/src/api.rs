@@ -11,15 +11,22 @@ use sea_orm::{
 };
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+use tokio::sync::Notify;
+
 use crate::store::{saga, step};
 
 pub struct OrchestratorApi {
     db: DatabaseConnection,
+    wake: Arc<Notify>,
 }
 
 impl OrchestratorApi {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, wake: Arc<Notify>) -> Self {
+        Self { db, wake }
     }
 }
 
@@ -96,7 +103,257 @@ fn to_wire(m: saga::Model, steps: Vec<step::Model>) -> Saga {
     }
 }
 
+/// Who acted and why, required on every operator control.
+fn operator(action: Option<&OperatorAction>) -> ApiResult<(String, String)> {
+    let mut v = Violations::new();
+    let a = action.cloned().unwrap_or_default();
+    v.text("action.operator", &a.operator, 100);
+    v.text("action.reason", &a.reason, 500);
+    v.finish()?;
+    Ok((a.operator, a.reason))
+}
+
 impl OrchestratorApi {
+    async fn saga_by_id(&self, saga_id: &str) -> ApiResult<saga::Model> {
+        let mut v = Violations::new();
+        v.id("saga_id", saga_id);
+        v.finish()?;
+        saga::Entity::find_by_id(saga_id.to_owned())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("saga {saga_id}")))
+    }
+
+    async fn wire(&self, saga_id: &str) -> ApiResult<Saga> {
+        let m = self.saga_by_id(saga_id).await?;
+        let steps = self.timeline(saga_id).await?;
+        Ok(to_wire(m, steps))
+    }
+
+    async fn note<C: sea_orm::ConnectionTrait>(
+        c: &C,
+        saga_id: &str,
+        detail: String,
+    ) -> ApiResult<()> {
+        step::ActiveModel {
+            saga_id: Set(saga_id.to_owned()),
+            step: Set("operator".into()),
+            direction: Set("forward".into()),
+            outcome: Set("operator".into()),
+            attempt: Set(0),
+            detail: Set(detail),
+            recorded_at_ms: Set(now_ms()),
+            ..Default::default()
+        }
+        .insert(c)
+        .await?;
+        Ok(())
+    }
+
+    async fn signal(&self, req: SignalSagaRequest) -> ApiResult<SignalSagaResponse> {
+        let mut v = Violations::new();
+        v.id("saga_id", &req.saga_id);
+        v.check(
+            matches!(req.signal.as_str(), "SHIPPED"),
+            "signal",
+            "must be SHIPPED (cancel and pause have their own RPCs)",
+        );
+        v.idempotency_key(&req.idempotency_key);
+        v.finish()?;
+        let m = self.saga_by_id(&req.saga_id).await?;
+        if matches!(m.status.as_str(), "completed" | "compensated") {
+            return Err(ApiError::precondition(
+                "SAGA_FINISHED",
+                format!("saga {} is {}", m.saga_id, m.status),
+            ));
+        }
+        let txn = self.db.begin().await?;
+        crate::store::insert_signal(
+            &txn,
+            &req.saga_id,
+            &req.signal,
+            &req.payload_json,
+            &format!("rpc:{}", req.idempotency_key),
+        )
+        .await?;
+        txn.commit().await?;
+        self.wake.notify_one();
+        Ok(SignalSagaResponse {
+            saga: Some(self.wire(&req.saga_id).await?),
+        })
+    }
+
+    async fn pause(&self, req: PauseSagaRequest) -> ApiResult<PauseSagaResponse> {
+        let (who, why) = operator(req.action.as_ref())?;
+        let m = self.saga_by_id(&req.saga_id).await?;
+        if !crate::engine::ACTIVE.contains(&m.status.as_str()) {
+            return Err(ApiError::precondition(
+                "NOT_RUNNING",
+                format!(
+                    "saga {} is {}; only a running or waiting saga can be paused",
+                    m.saga_id, m.status
+                ),
+            ));
+        }
+        let txn = self.db.begin().await?;
+        let key = format!("pause:{}:{}", m.saga_id, now_ms());
+        crate::store::insert_signal(&txn, &m.saga_id, "PAUSE", &why, &key).await?;
+        Self::note(&txn, &m.saga_id, format!("pause requested by {who}: {why}")).await?;
+        txn.commit().await?;
+        self.wake.notify_one();
+        Ok(PauseSagaResponse {
+            saga: Some(self.wire(&req.saga_id).await?),
+        })
+    }
+
+    /// Moves a saga from `from` back to the status it had, due now.
+    async fn reactivate(
+        &self,
+        saga_id: &str,
+        from: &str,
+        who: &str,
+        why: &str,
+        verb: &str,
+    ) -> ApiResult<()> {
+        let m = self.saga_by_id(saga_id).await?;
+        if m.status != from {
+            return Err(ApiError::precondition(
+                format!("NOT_{}", from.to_uppercase()),
+                format!("saga {saga_id} is {}, not {from}", m.status),
+            ));
+        }
+        let back = if m.resume_status.is_empty() {
+            "running".to_owned()
+        } else {
+            m.resume_status.clone()
+        };
+        let mut data: serde_json::Value = serde_json::from_str(&m.data).unwrap_or_default();
+        if m.current_step == "await_shipment"
+            && let Some(obj) = data.as_object_mut()
+        {
+            // A new deadline for the wait that expired.
+            obj.insert("ship_deadline_ms".into(), 0.into());
+        }
+        let txn = self.db.begin().await?;
+        let r = saga::Entity::update_many()
+            .col_expr(saga::Column::Status, Expr::value(back.clone()))
+            .col_expr(saga::Column::Attempts, Expr::value(0))
+            .col_expr(saga::Column::NextAttemptAtMs, Expr::value(now_ms()))
+            .col_expr(saga::Column::ParkedReason, Expr::value(""))
+            .col_expr(saga::Column::SuggestedAction, Expr::value(""))
+            .col_expr(saga::Column::Data, Expr::value(data.to_string()))
+            .col_expr(saga::Column::UpdatedAtMs, Expr::value(now_ms()))
+            .filter(saga::Column::SagaId.eq(saga_id))
+            .filter(saga::Column::Status.eq(from))
+            .exec(&txn)
+            .await?;
+        if r.rows_affected != 1 {
+            return Err(ApiError::Aborted(format!(
+                "saga {saga_id} changed meanwhile; try again"
+            )));
+        }
+        Self::note(
+            &txn,
+            saga_id,
+            format!("{verb} by {who}: {why} (back to {back})"),
+        )
+        .await?;
+        txn.commit().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn retry(&self, req: RetrySagaRequest) -> ApiResult<RetrySagaResponse> {
+        let (who, why) = operator(req.action.as_ref())?;
+        self.reactivate(&req.saga_id, "parked", &who, &why, "retried")
+            .await?;
+        Ok(RetrySagaResponse {
+            saga: Some(self.wire(&req.saga_id).await?),
+        })
+    }
+
+    async fn resume(&self, req: ResumeSagaRequest) -> ApiResult<ResumeSagaResponse> {
+        let (who, why) = operator(req.action.as_ref())?;
+        self.reactivate(&req.saga_id, "paused", &who, &why, "resumed")
+            .await?;
+        Ok(ResumeSagaResponse {
+            saga: Some(self.wire(&req.saga_id).await?),
+        })
+    }
+
+    async fn cancel(&self, req: CancelSagaRequest) -> ApiResult<CancelSagaResponse> {
+        let (who, why) = operator(req.action.as_ref())?;
+        let m = self.saga_by_id(&req.saga_id).await?;
+        let steps =
+            crate::definition::steps(&m.definition, m.definition_version).unwrap_or_default();
+        let pivot = i32::try_from(crate::definition::pivot(steps)).unwrap_or(i32::MAX);
+        let forward = matches!(
+            m.status.as_str(),
+            "pending" | "running" | "waiting" | "paused" | "parked"
+        ) && m.resume_status != "compensating";
+        if !forward || m.step_index >= pivot {
+            return Err(ApiError::precondition(
+                "PAST_PIVOT",
+                format!(
+                    "saga {} is {} at {}: after the pivot (or once compensating) it can only finish",
+                    m.saga_id, m.status, m.current_step
+                ),
+            ));
+        }
+        let txn = self.db.begin().await?;
+        if matches!(m.status.as_str(), "paused" | "parked") {
+            // Nobody drives it now: make it runnable so the cancel signal is applied.
+            saga::Entity::update_many()
+                .col_expr(saga::Column::Status, Expr::value("running"))
+                .col_expr(saga::Column::NextAttemptAtMs, Expr::value(now_ms()))
+                .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
+                .filter(saga::Column::Status.eq(m.status.as_str()))
+                .exec(&txn)
+                .await?;
+        }
+        let key = format!("cancel:{}", m.saga_id);
+        crate::store::insert_signal(&txn, &m.saga_id, "CANCEL", &format!("{who}: {why}"), &key)
+            .await?;
+        Self::note(
+            &txn,
+            &m.saga_id,
+            format!("cancel requested by {who}: {why}"),
+        )
+        .await?;
+        txn.commit().await?;
+        self.wake.notify_one();
+        Ok(CancelSagaResponse {
+            saga: Some(self.wire(&req.saga_id).await?),
+        })
+    }
+
+    async fn exceptions(&self, req: ListExceptionsRequest) -> ApiResult<ListExceptionsResponse> {
+        let size = page_size(req.page_size)?;
+        let offset = page_offset(&req.page_token)?;
+        let rows = saga::Entity::find()
+            .filter(saga::Column::Status.eq("parked"))
+            .order_by_asc(saga::Column::UpdatedAtMs)
+            .offset(offset)
+            .limit(size)
+            .all(&self.db)
+            .await?;
+        let next = next_page_token(offset, rows.len(), size);
+        let mut exceptions = Vec::with_capacity(rows.len());
+        for m in rows {
+            let steps = self.timeline(&m.saga_id).await?;
+            exceptions.push(SagaException {
+                reason: m.parked_reason.clone(),
+                suggested_action: m.suggested_action.clone(),
+                parked_at: Some(to_timestamp(m.updated_at_ms)),
+                saga: Some(to_wire(m, steps)),
+            });
+        }
+        Ok(ListExceptionsResponse {
+            exceptions,
+            next_page_token: next,
+        })
+    }
+
     async fn timeline(&self, saga_id: &str) -> ApiResult<Vec<step::Model>> {
         Ok(step::Entity::find()
             .filter(step::Column::SagaId.eq(saga_id))
@@ -168,7 +425,7 @@ impl OrchestratorApi {
         v.id("order_id", &req.order_id);
         v.finish()?;
         let txn = self.db.begin().await?;
-        let (m, created) = crate::store::start_fulfillment(
+        let started = crate::store::start_fulfillment(
             &txn,
             &req.order_id,
             &erp_runtime::telemetry::current_traceparent().unwrap_or_default(),
@@ -176,19 +433,14 @@ impl OrchestratorApi {
         )
         .await?;
         txn.commit().await?;
+        let (m, created) = started;
+        self.wake.notify_one();
         let steps = self.timeline(&m.saga_id).await?;
         Ok(StartFulfillmentResponse {
             saga: Some(to_wire(m, steps)),
             created,
         })
     }
-}
-
-fn planned<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(ApiError::Unimplemented(format!(
-        "{what} is planned with the durable saga issue (#3)"
-    ))
-    .into())
 }
 
 #[tonic::async_trait]
@@ -216,43 +468,43 @@ impl OrchestratorService for OrchestratorApi {
 
     async fn signal_saga(
         &self,
-        _r: Request<SignalSagaRequest>,
+        r: Request<SignalSagaRequest>,
     ) -> Result<Response<SignalSagaResponse>, Status> {
-        planned("SignalSaga")
+        respond(self.signal(r.into_inner()).await)
     }
 
     async fn retry_saga(
         &self,
-        _r: Request<RetrySagaRequest>,
+        r: Request<RetrySagaRequest>,
     ) -> Result<Response<RetrySagaResponse>, Status> {
-        planned("RetrySaga")
+        respond(self.retry(r.into_inner()).await)
     }
 
     async fn pause_saga(
         &self,
-        _r: Request<PauseSagaRequest>,
+        r: Request<PauseSagaRequest>,
     ) -> Result<Response<PauseSagaResponse>, Status> {
-        planned("PauseSaga")
+        respond(self.pause(r.into_inner()).await)
     }
 
     async fn resume_saga(
         &self,
-        _r: Request<ResumeSagaRequest>,
+        r: Request<ResumeSagaRequest>,
     ) -> Result<Response<ResumeSagaResponse>, Status> {
-        planned("ResumeSaga")
+        respond(self.resume(r.into_inner()).await)
     }
 
     async fn cancel_saga(
         &self,
-        _r: Request<CancelSagaRequest>,
+        r: Request<CancelSagaRequest>,
     ) -> Result<Response<CancelSagaResponse>, Status> {
-        planned("CancelSaga")
+        respond(self.cancel(r.into_inner()).await)
     }
 
     async fn list_exceptions(
         &self,
-        _r: Request<ListExceptionsRequest>,
+        r: Request<ListExceptionsRequest>,
     ) -> Result<Response<ListExceptionsResponse>, Status> {
-        planned("ListExceptions")
+        respond(self.exceptions(r.into_inner()).await)
     }
 }

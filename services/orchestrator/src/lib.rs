@@ -1,14 +1,21 @@
-//! The orchestrator: saga instances and their append-only step log. This foundation stage
-//! records one fulfillment saga per accepted order (consumed from the order service's outbox,
-//! exactly once per order whatever the redeliveries) and lets operators read them; running the
-//! steps and the operator controls come with the saga issue.
+//! The orchestrator: runs the fulfillment saga of every accepted order (reserve stock,
+//! authorize payment, create the fulfillment, buy a label, wait for shipment, then the pivot:
+//! commit stock, capture, post the journal, mark shipped), compensating in reverse order on a
+//! business rejection. Saga state and the step log live in its own database; replicas share
+//! work through expiring leases; operators control sagas over gRPC.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod definition;
+pub mod engine;
+pub mod participants;
 pub mod store;
 
+use std::sync::Arc;
+
 use erp_runtime::bus::{Event, handler};
+use tokio::sync::Notify;
 
 /// Version of the fulfillment saga definition new instances are pinned to.
 pub const FULFILLMENT_VERSION: i32 = 1;
@@ -21,19 +28,42 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let db = ctx.db.clone();
-        ctx.bus
-            .subscribe(
-                "order.accepted",
-                "orchestrator",
-                handler(move |event: Event| {
-                    let db = db.clone();
-                    async move { store::on_order_accepted(&db, &event).await }
-                }),
-                ctx.shutdown.clone(),
-            )
-            .await?;
-        let api = api::OrchestratorApi::new(ctx.db.clone());
+        let wake = Arc::new(Notify::new());
+        for (topic, accepted) in [
+            ("order.accepted", true),
+            ("order.cancelled", false),
+            ("warehouse.shipped", false),
+        ] {
+            let db = ctx.db.clone();
+            let wake = wake.clone();
+            ctx.bus
+                .subscribe(
+                    topic,
+                    "orchestrator",
+                    handler(move |event: Event| {
+                        let db = db.clone();
+                        let wake = wake.clone();
+                        async move {
+                            if accepted {
+                                store::on_order_accepted(&db, &event, &wake).await
+                            } else {
+                                store::on_participant_event(&db, &event, &wake).await
+                            }
+                        }
+                    }),
+                    ctx.shutdown.clone(),
+                )
+                .await?;
+        }
+        let participants = participants::Participants::connect_lazy(&ctx.settings.peers)?;
+        let engine = Arc::new(engine::Engine::new(
+            ctx.db.clone(),
+            participants,
+            ctx.settings.orchestrator.clone(),
+            wake.clone(),
+        ));
+        engine.spawn(ctx.shutdown.clone());
+        let api = api::OrchestratorApi::new(ctx.db.clone(), wake);
         Ok(tonic::service::Routes::new(
             erp_proto::orchestrator::orchestrator_service_server::OrchestratorServiceServer::new(
                 api,

@@ -51,6 +51,26 @@ CREATE TABLE saga_steps (
 CREATE INDEX saga_steps_saga ON saga_steps (saga_id, seq)",
                 drops: &["saga_steps", "sagas"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000002_saga_engine",
+                up: r"
+ALTER TABLE sagas ADD COLUMN data TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE sagas ADD COLUMN step_index INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sagas ADD COLUMN resume_status TEXT NOT NULL DEFAULT '';
+ALTER TABLE sagas ADD COLUMN parked_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE sagas ADD COLUMN suggested_action TEXT NOT NULL DEFAULT '';
+CREATE TABLE saga_signals (
+    seq {SERIAL},
+    saga_id TEXT NOT NULL REFERENCES sagas (saga_id),
+    signal TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    idem_key TEXT NOT NULL UNIQUE,
+    consumed BOOLEAN NOT NULL,
+    recorded_at_ms BIGINT NOT NULL
+);
+CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
+                drops: &["saga_signals"],
+            }),
         ]
     }
 }
@@ -76,6 +96,14 @@ pub mod saga {
         pub next_attempt_at_ms: i64,
         pub created_at_ms: i64,
         pub updated_at_ms: i64,
+        /// The saga's context (what earlier steps learned), JSON.
+        pub data: String,
+        /// Forward: the next step to run. Compensating: the next step to undo.
+        pub step_index: i32,
+        /// The status to go back to on resume (paused) or retry (parked).
+        pub resume_status: String,
+        pub parked_reason: String,
+        pub suggested_action: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -83,6 +111,17 @@ pub mod saga {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+erp_runtime::entity!(signal, "saga_signals", {
+    #[sea_orm(primary_key)]
+    pub seq: i64,
+    pub saga_id: String,
+    pub signal: String,
+    pub payload: String,
+    pub idem_key: String,
+    pub consumed: bool,
+    pub recorded_at_ms: i64,
+});
 
 pub mod step {
     use sea_orm::entity::prelude::*;
@@ -130,7 +169,7 @@ pub async fn start_fulfillment<C: ConnectionTrait>(
         definition_version: Set(crate::FULFILLMENT_VERSION),
         order_id: Set(order_id.to_owned()),
         status: Set("pending".into()),
-        current_step: Set("reserve_stock".into()),
+        current_step: Set("load_order".into()),
         attempts: Set(0),
         last_error: Set(String::new()),
         traceparent: Set(traceparent.to_owned()),
@@ -139,6 +178,11 @@ pub async fn start_fulfillment<C: ConnectionTrait>(
         next_attempt_at_ms: Set(now),
         created_at_ms: Set(now),
         updated_at_ms: Set(now),
+        data: Set("{}".into()),
+        step_index: Set(0),
+        resume_status: Set(String::new()),
+        parked_reason: Set(String::new()),
+        suggested_action: Set(String::new()),
     }
     .insert(c)
     .await?;
@@ -161,6 +205,7 @@ pub async fn start_fulfillment<C: ConnectionTrait>(
 pub async fn on_order_accepted(
     db: &sea_orm::DatabaseConnection,
     event: &Event,
+    wake: &tokio::sync::Notify,
 ) -> anyhow::Result<()> {
     let order_id = event
         .payload
@@ -184,6 +229,7 @@ pub async fn on_order_accepted(
     .await
     .map_err(api_to_anyhow)?;
     txn.commit().await?;
+    wake.notify_one();
     if created {
         tracing::info!(order_id = %order_id, saga_id = %saga.saga_id, "fulfillment saga created");
     }
@@ -192,4 +238,78 @@ pub async fn on_order_accepted(
 
 fn api_to_anyhow(e: ApiError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
+}
+
+/// Records a signal for a saga; false when this idempotency key was recorded before.
+pub async fn insert_signal<C: ConnectionTrait>(
+    c: &C,
+    saga_id: &str,
+    name: &str,
+    payload: &str,
+    idem_key: &str,
+) -> ApiResult<bool> {
+    if signal::Entity::find()
+        .filter(signal::Column::IdemKey.eq(idem_key))
+        .one(c)
+        .await?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    signal::ActiveModel {
+        saga_id: Set(saga_id.to_owned()),
+        signal: Set(name.to_owned()),
+        payload: Set(payload.to_owned()),
+        idem_key: Set(idem_key.to_owned()),
+        consumed: Set(false),
+        recorded_at_ms: Set(now_ms()),
+        ..Default::default()
+    }
+    .insert(c)
+    .await?;
+    Ok(true)
+}
+
+/// Consumer of `warehouse.shipped` and `order.cancelled`: turns the fact into a saga signal.
+pub async fn on_participant_event(
+    db: &sea_orm::DatabaseConnection,
+    event: &Event,
+    wake: &tokio::sync::Notify,
+) -> anyhow::Result<()> {
+    let order_id = event
+        .payload
+        .get("order_id")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let txn = db.begin().await?;
+    if !outbox::mark_processed(&txn, "orchestrator", &event.id)
+        .await
+        .map_err(api_to_anyhow)?
+    {
+        return Ok(());
+    }
+    let saga = saga::Entity::find()
+        .filter(saga::Column::Definition.eq("fulfillment"))
+        .filter(saga::Column::OrderId.eq(&order_id))
+        .one(&txn)
+        .await?;
+    if let Some(saga) = saga {
+        let (name, payload) = match event.topic.as_str() {
+            "warehouse.shipped" => ("SHIPPED", event.payload.to_string()),
+            _ => ("CANCEL", "ORDER_CANCELLED by the customer".to_owned()),
+        };
+        insert_signal(
+            &txn,
+            &saga.saga_id,
+            name,
+            &payload,
+            &format!("event:{}", event.id),
+        )
+        .await
+        .map_err(api_to_anyhow)?;
+    }
+    txn.commit().await?;
+    wake.notify_one();
+    Ok(())
 }

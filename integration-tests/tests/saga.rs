@@ -1,0 +1,283 @@
+//! The fulfillment saga across the whole suite over real sockets, on SQLite and PostgreSQL:
+//! the happy path to the ledger, each business rejection compensated in reverse, a flaky
+//! carrier retried, a participant down and back, a cancel during the wait. After each, stock,
+//! payments and the journal reconcile with the orders' final states.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use erp_integration_tests::{Clients, settings, suite};
+use erp_proto::finance::PaymentStatus;
+use erp_proto::inventory::ReservationState;
+use erp_proto::orchestrator::{CancelSagaRequest, OperatorAction, SagaStatus, StepOutcome};
+use erp_proto::order::OrderStatus;
+use erp_runtime::bus::Bus;
+use erp_runtime::testing::{self, Backend};
+
+const FAST: &[(&str, &str)] = &[
+    ("ERP__ORCHESTRATOR__POLL_INTERVAL_MS", "50"),
+    ("ERP__ORCHESTRATOR__LEASE_MS", "3000"),
+];
+const T: Duration = Duration::from_secs(20);
+
+async fn start(backend: &Backend) -> (erp::Suite, Clients) {
+    let s = suite(settings(backend, FAST), Bus::InProcess(Default::default())).await;
+    erp::seed::seed(&s).await.unwrap();
+    let c = Clients::for_suite(&s);
+    (s, c)
+}
+
+async fn happy_path_and_rejections(backend: Backend) {
+    let (s, mut c) = start(&backend).await;
+    let (on_hand_before, _) = c.stock_totals().await;
+
+    // Happy path: wait for shipment, ship, complete through the pivot.
+    let ok = c.place("H-1", "MUG-BLUE", 2, "tok_visa", "standard").await;
+    // Out of stock: no warehouse holds 500 lamps.
+    let oos = c.place("H-2", "LAMP-01", 500, "tok_visa", "standard").await;
+    // Declined card.
+    let declined = c
+        .place(
+            "H-3",
+            "TEE-M",
+            1,
+            "tok_decline_insufficient_funds",
+            "standard",
+        )
+        .await;
+
+    c.wait_saga(&ok, &[SagaStatus::Waiting], T).await;
+    c.ship(&ok).await;
+    let done = c.wait_saga(&ok, &[SagaStatus::Completed], T).await;
+    let steps: Vec<_> = done
+        .timeline
+        .iter()
+        .filter(|e| e.outcome == StepOutcome::Succeeded as i32)
+        .map(|e| e.step.as_str())
+        .collect();
+    for step in [
+        "route",
+        "reserve_stock",
+        "authorize_payment",
+        "create_fulfillment",
+        "buy_label",
+        "await_shipment",
+        "commit_stock",
+        "capture_payment",
+        "post_journal",
+        "mark_shipped",
+    ] {
+        assert!(steps.contains(&step), "{step} missing from {steps:?}");
+    }
+    let o = c.order(&ok).await;
+    assert_eq!(o.status, OrderStatus::Shipped as i32);
+    assert!(!o.tracking_number.is_empty());
+    let p = c.payment(&ok).await.unwrap();
+    assert_eq!(p.status, PaymentStatus::Captured as i32);
+    assert_eq!(p.captured.unwrap().amount_minor, 2 * 1299);
+    let r = c.reservations(&ok).await;
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].state, ReservationState::Committed as i32);
+
+    let failed = c.wait_saga(&oos, &[SagaStatus::Compensated], T).await;
+    assert!(
+        failed.last_error.contains("INSUFFICIENT_STOCK"),
+        "{}",
+        failed.last_error
+    );
+    let o = c.order(&oos).await;
+    assert_eq!(o.status, OrderStatus::Failed as i32);
+    assert!(
+        o.status_reason.starts_with("INSUFFICIENT_STOCK"),
+        "{}",
+        o.status_reason
+    );
+    assert!(c.reservations(&oos).await.is_empty());
+    assert!(c.payment(&oos).await.is_none());
+
+    c.wait_saga(&declined, &[SagaStatus::Compensated], T).await;
+    let o = c.order(&declined).await;
+    assert_eq!(o.status, OrderStatus::Failed as i32);
+    assert!(
+        o.status_reason.starts_with("PAYMENT_DECLINED"),
+        "{}",
+        o.status_reason
+    );
+    let r = c.reservations(&declined).await;
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        r[0].state,
+        ReservationState::Released as i32,
+        "the reservation was released"
+    );
+
+    // Stock: exactly the shipped units left; nothing stays reserved.
+    let (on_hand_after, reserved) = c.stock_totals().await;
+    assert_eq!(on_hand_before - on_hand_after, 2);
+    assert_eq!(reserved, 0);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_out_of_stock_and_declined_on_every_backend() {
+    for backend in testing::backends() {
+        happy_path_and_rejections(backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_timeout_is_retried_with_the_same_key() {
+    let (s, mut c) = start(&Backend::Sqlite).await;
+    // Express orders go to the cheaper two-day carrier, whose API times out once per label.
+    let id = c.place("F-1", "TEE-M", 1, "tok_visa", "express").await;
+    let saga = c.wait_saga(&id, &[SagaStatus::Waiting], T).await;
+    let retried = saga
+        .timeline
+        .iter()
+        .any(|e| e.step == "buy_label" && e.outcome == StepOutcome::RetryableFailure as i32);
+    assert!(
+        retried,
+        "expected a retried label purchase: {:#?}",
+        saga.timeline
+    );
+    c.ship(&id).await;
+    c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    let shipments = c
+        .carrier
+        .list_shipments(erp_proto::carrier::ListShipmentsRequest {
+            order_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .shipments;
+    assert_eq!(shipments.len(), 1, "exactly one label");
+    assert_eq!(shipments[0].carrier, "flakyship");
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_down_then_back_lets_the_saga_finish() {
+    let (mut s, mut c) = start(&Backend::Sqlite).await;
+    s.stop_service("finance").await.unwrap();
+    let id = c.place("D-1", "MUG-BLUE", 1, "tok_visa", "standard").await;
+    // The saga keeps retrying the authorization while finance is down.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let saga = c.saga(&id).await;
+        let retrying = saga.as_ref().is_some_and(|s| {
+            s.timeline
+                .iter()
+                .filter(|e| {
+                    e.step == "authorize_payment"
+                        && e.outcome == StepOutcome::RetryableFailure as i32
+                })
+                .count()
+                >= 2
+        });
+        if retrying {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retries seen: {saga:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.restart_service("finance").await.unwrap();
+    c.wait_saga(&id, &[SagaStatus::Waiting], T).await;
+    c.ship(&id).await;
+    c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    let p = c.payment(&id).await.unwrap();
+    assert_eq!(p.status, PaymentStatus::Captured as i32);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+async fn cancel_during_wait(backend: Backend) {
+    let (s, mut c) = start(&backend).await;
+    let (on_hand_before, _) = c.stock_totals().await;
+    let id = c.place("C-1", "LAMP-01", 1, "tok_visa", "standard").await;
+    let saga = c.wait_saga(&id, &[SagaStatus::Waiting], T).await;
+    c.orchestrator
+        .cancel_saga(CancelSagaRequest {
+            saga_id: saga.saga_id.clone(),
+            action: Some(OperatorAction {
+                operator: "ops-1".into(),
+                reason: "customer called".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    let done = c.wait_saga(&id, &[SagaStatus::Compensated], T).await;
+    let undone: Vec<_> = done
+        .timeline
+        .iter()
+        .filter(|e| {
+            e.direction == 2 && e.outcome == StepOutcome::Succeeded as i32 && e.step != "saga"
+        })
+        .map(|e| e.step.as_str())
+        .collect();
+    assert_eq!(
+        undone,
+        [
+            "buy_label",
+            "create_fulfillment",
+            "authorize_payment",
+            "reserve_stock",
+            "load_order"
+        ],
+        "reverse order"
+    );
+    assert_eq!(c.order(&id).await.status, OrderStatus::Cancelled as i32);
+    assert_eq!(
+        c.payment(&id).await.unwrap().status,
+        PaymentStatus::Voided as i32
+    );
+    assert_eq!(
+        c.reservations(&id).await[0].state,
+        ReservationState::Released as i32
+    );
+    let shipments = c
+        .carrier
+        .list_shipments(erp_proto::carrier::ListShipmentsRequest {
+            order_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .shipments;
+    assert_eq!(
+        shipments[0].status,
+        erp_proto::carrier::ShipmentStatus::Voided as i32
+    );
+    let (on_hand_after, reserved) = c.stock_totals().await;
+    assert_eq!((on_hand_after, reserved), (on_hand_before, 0));
+    // After compensation, a cancel is refused with a reason.
+    let err = c
+        .orchestrator
+        .cancel_saga(CancelSagaRequest {
+            saga_id: saga.saga_id.clone(),
+            action: Some(OperatorAction {
+                operator: "ops-1".into(),
+                reason: "again".into(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_the_wait_compensates_everything_on_every_backend() {
+    for backend in testing::backends() {
+        cancel_during_wait(backend).await;
+    }
+}

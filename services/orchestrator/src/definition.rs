@@ -1,0 +1,149 @@
+//! Saga definitions: the ordered steps, which of them can be undone, the pivot after which the
+//! saga only moves forward, and each step's retry policy. Instances are pinned to the version
+//! they started with; a new version is a new list, never an edit of a released one.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reads the order (and item costs, weights and channel fees). Its compensation fails or
+    /// cancels the order with the reason: "cancel order" of the reference flow.
+    LoadOrder,
+    /// Chooses the warehouse that ships the order.
+    Route,
+    ReserveStock,
+    RecordAllocation,
+    AuthorizePayment,
+    CreateFulfillment,
+    /// Rate shopping: the cheapest option for the service level.
+    QuoteLabel,
+    BuyLabel,
+    /// Waits for the warehouse's ship confirmation, until a deadline.
+    AwaitShipment,
+    CommitStock,
+    CapturePayment,
+    PostJournal,
+    MarkShipped,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LoadOrder => "load_order",
+            Self::Route => "route",
+            Self::ReserveStock => "reserve_stock",
+            Self::RecordAllocation => "record_allocation",
+            Self::AuthorizePayment => "authorize_payment",
+            Self::CreateFulfillment => "create_fulfillment",
+            Self::QuoteLabel => "quote_label",
+            Self::BuyLabel => "buy_label",
+            Self::AwaitShipment => "await_shipment",
+            Self::CommitStock => "commit_stock",
+            Self::CapturePayment => "capture_payment",
+            Self::PostJournal => "post_journal",
+            Self::MarkShipped => "mark_shipped",
+        }
+    }
+
+    /// Whether undoing this step calls a participant.
+    pub fn compensable(self) -> bool {
+        matches!(
+            self,
+            Self::LoadOrder
+                | Self::ReserveStock
+                | Self::AuthorizePayment
+                | Self::CreateFulfillment
+                | Self::BuyLabel
+        )
+    }
+
+    pub fn policy(self) -> Policy {
+        match self {
+            // After the pivot the saga must finish: many attempts, then an operator.
+            Self::CommitStock | Self::CapturePayment | Self::PostJournal | Self::MarkShipped => {
+                Policy {
+                    max_attempts: 30,
+                    timeout: Duration::from_secs(10),
+                }
+            }
+            _ => Policy {
+                max_attempts: 6,
+                timeout: Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+/// Retries and timeout of one step.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub max_attempts: i32,
+    pub timeout: Duration,
+}
+
+pub const FULFILLMENT_V1: &[Step] = &[
+    Step::LoadOrder,
+    Step::Route,
+    Step::ReserveStock,
+    Step::RecordAllocation,
+    Step::AuthorizePayment,
+    Step::CreateFulfillment,
+    Step::QuoteLabel,
+    Step::BuyLabel,
+    Step::AwaitShipment,
+    Step::CommitStock,
+    Step::CapturePayment,
+    Step::PostJournal,
+    Step::MarkShipped,
+];
+
+/// The steps of a definition version, if this build knows it.
+pub fn steps(definition: &str, version: i32) -> Option<&'static [Step]> {
+    match (definition, version) {
+        ("fulfillment", 1) => Some(FULFILLMENT_V1),
+        _ => None,
+    }
+}
+
+/// Index of the pivot: the first step that cannot be compensated.
+pub fn pivot(steps: &[Step]) -> usize {
+    steps
+        .iter()
+        .position(|s| *s == Step::CommitStock)
+        .unwrap_or(steps.len())
+}
+
+/// Delay before attempt `attempt + 1`: exponential from 200 ms, capped at 30 s, with jitter
+/// (half to all of the delay) so that retries of many sagas do not arrive together.
+pub fn backoff(attempt: i32, jitter: f64) -> Duration {
+    let exp = 200u64.saturating_mul(1u64 << attempt.clamp(0, 20));
+    let capped = exp.min(30_000) as f64;
+    Duration::from_millis((capped * (0.5 + 0.5 * jitter.clamp(0.0, 1.0))) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pivot_splits_compensable_from_forward_only() {
+        let p = pivot(FULFILLMENT_V1);
+        assert_eq!(FULFILLMENT_V1[p], Step::CommitStock);
+        assert!(FULFILLMENT_V1[p..].iter().all(|s| !s.compensable()));
+        assert!(FULFILLMENT_V1[..p].iter().any(|s| s.compensable()));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        assert_eq!(backoff(0, 1.0), Duration::from_millis(200));
+        assert_eq!(backoff(0, 0.0), Duration::from_millis(100));
+        assert!(backoff(3, 1.0) > backoff(2, 1.0));
+        assert_eq!(backoff(40, 1.0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_versions_are_not_guessed() {
+        assert!(steps("fulfillment", 1).is_some());
+        assert!(steps("fulfillment", 2).is_none());
+    }
+}

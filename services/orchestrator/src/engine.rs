@@ -1,0 +1,667 @@
+//! The saga engine. Each replica polls for due sagas, claims one with a lease (a conditional
+//! UPDATE, so two replicas never run the same saga), and drives it step by step. Every
+//! transition is committed with its timeline entry before the next call, and only while the
+//! lease is still ours (fencing), so a replica that lost its lease cannot overwrite the one that
+//! took over. A killed replica's sagas are taken over when their lease expires.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use erp_runtime::config::OrchestratorSettings;
+use erp_runtime::time::now_ms;
+use sea_orm::sea_query::{Condition, Expr};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::definition::{self, Step};
+use crate::participants::{Ctx, OrderSnapshot, Participants, StepError};
+use crate::store::{saga, signal, step};
+
+/// Statuses a worker drives.
+pub const ACTIVE: [&str; 4] = ["pending", "running", "waiting", "compensating"];
+
+pub struct Engine {
+    pub db: DatabaseConnection,
+    pub participants: Participants,
+    pub replica: String,
+    pub settings: OrchestratorSettings,
+    pub wake: Arc<Notify>,
+    running: Mutex<HashSet<String>>,
+    permits: Arc<Semaphore>,
+}
+
+/// One timeline entry.
+struct Log {
+    step: &'static str,
+    direction: &'static str,
+    outcome: &'static str,
+    detail: String,
+}
+
+fn log(
+    step: &'static str,
+    direction: &'static str,
+    outcome: &'static str,
+    detail: impl Into<String>,
+) -> Option<Log> {
+    Some(Log {
+        step,
+        direction,
+        outcome,
+        detail: detail.into(),
+    })
+}
+
+struct State {
+    m: saga::Model,
+    ctx: Ctx,
+}
+
+impl Engine {
+    pub fn new(
+        db: DatabaseConnection,
+        participants: Participants,
+        settings: OrchestratorSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            db,
+            participants,
+            replica: format!("replica-{}", uuid::Uuid::now_v7()),
+            settings,
+            wake,
+            running: Mutex::new(HashSet::new()),
+            permits: Arc::new(Semaphore::new(64)),
+        }
+    }
+
+    /// Polls until `shutdown`; woken early by new sagas and signals.
+    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let poll = Duration::from_millis(self.settings.poll_interval_ms);
+            loop {
+                if let Err(e) = self.tick(&shutdown).await {
+                    tracing::warn!(replica = %self.replica, error = %format!("{e:#}"), "saga poll failed");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                }
+            }
+        })
+    }
+
+    fn lease_free(&self, now: i64) -> Condition {
+        Condition::any()
+            .add(saga::Column::LeaseUntilMs.lt(now))
+            .add(saga::Column::LeaseOwner.eq(self.replica.as_str()))
+    }
+
+    async fn tick(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut ids: Vec<String> = saga::Entity::find()
+            .filter(saga::Column::Status.is_in(ACTIVE))
+            .filter(saga::Column::NextAttemptAtMs.lte(now))
+            .filter(self.lease_free(now))
+            .order_by_asc(saga::Column::NextAttemptAtMs)
+            .limit(64)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| m.saga_id)
+            .collect();
+        // A signal (shipment confirmed, cancel, pause) makes a saga due at once.
+        let signalled: Vec<String> = signal::Entity::find()
+            .filter(signal::Column::Consumed.eq(false))
+            .limit(64)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|s| s.saga_id)
+            .collect();
+        ids.extend(signalled);
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            {
+                let running = self
+                    .running
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?;
+                if running.contains(&id) {
+                    continue;
+                }
+            }
+            if !self.claim(&id).await? {
+                continue;
+            }
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                break;
+            };
+            self.running
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .insert(id.clone());
+            let engine = self.clone();
+            tokio::spawn(async move {
+                engine.run(&id).await;
+                if let Ok(mut running) = engine.running.lock() {
+                    running.remove(&id);
+                }
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the lease of a saga that nobody holds (or that we hold).
+    async fn claim(&self, saga_id: &str) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let lease = i64::try_from(self.settings.lease_ms).unwrap_or(i64::MAX / 4);
+        let r = saga::Entity::update_many()
+            .col_expr(saga::Column::LeaseOwner, Expr::value(self.replica.clone()))
+            .col_expr(saga::Column::LeaseUntilMs, Expr::value(now + lease))
+            .filter(saga::Column::SagaId.eq(saga_id))
+            .filter(saga::Column::Status.is_in(ACTIVE))
+            .filter(self.lease_free(now))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected == 1)
+    }
+
+    async fn release(&self, saga_id: &str) {
+        let r = saga::Entity::update_many()
+            .col_expr(saga::Column::LeaseOwner, Expr::value(""))
+            .col_expr(saga::Column::LeaseUntilMs, Expr::value(0))
+            .filter(saga::Column::SagaId.eq(saga_id))
+            .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()))
+            .exec(&self.db)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(saga_id, error = %e, "releasing the lease failed; it will expire");
+        }
+    }
+
+    /// Commits the saga's new state and a timeline entry, only if we still hold the lease.
+    async fn save(
+        &self,
+        st: &mut State,
+        entry: Option<Log>,
+        consumed: &[i64],
+    ) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let lease = i64::try_from(self.settings.lease_ms).unwrap_or(i64::MAX / 4);
+        let txn = self.db.begin().await?;
+        let m = &st.m;
+        let r = saga::Entity::update_many()
+            .col_expr(saga::Column::Status, Expr::value(m.status.clone()))
+            .col_expr(
+                saga::Column::CurrentStep,
+                Expr::value(m.current_step.clone()),
+            )
+            .col_expr(saga::Column::Attempts, Expr::value(m.attempts))
+            .col_expr(saga::Column::LastError, Expr::value(m.last_error.clone()))
+            .col_expr(
+                saga::Column::NextAttemptAtMs,
+                Expr::value(m.next_attempt_at_ms),
+            )
+            .col_expr(saga::Column::StepIndex, Expr::value(m.step_index))
+            .col_expr(
+                saga::Column::ResumeStatus,
+                Expr::value(m.resume_status.clone()),
+            )
+            .col_expr(
+                saga::Column::ParkedReason,
+                Expr::value(m.parked_reason.clone()),
+            )
+            .col_expr(
+                saga::Column::SuggestedAction,
+                Expr::value(m.suggested_action.clone()),
+            )
+            .col_expr(
+                saga::Column::Data,
+                Expr::value(serde_json::to_string(&st.ctx)?),
+            )
+            .col_expr(saga::Column::UpdatedAtMs, Expr::value(now))
+            .col_expr(saga::Column::LeaseUntilMs, Expr::value(now + lease))
+            .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
+            .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()))
+            .exec(&txn)
+            .await?;
+        if r.rows_affected != 1 {
+            tracing::warn!(saga_id = %m.saga_id, replica = %self.replica, "lease lost; another replica owns this saga now");
+            return Ok(false);
+        }
+        if let Some(entry) = entry {
+            step::ActiveModel {
+                saga_id: Set(m.saga_id.clone()),
+                step: Set(entry.step.to_owned()),
+                direction: Set(entry.direction.to_owned()),
+                outcome: Set(entry.outcome.to_owned()),
+                attempt: Set(m.attempts.max(1)),
+                detail: Set(entry.detail),
+                recorded_at_ms: Set(now),
+                ..Default::default()
+            }
+            .insert(&txn)
+            .await?;
+        }
+        if !consumed.is_empty() {
+            signal::Entity::update_many()
+                .col_expr(signal::Column::Consumed, Expr::value(true))
+                .filter(signal::Column::Seq.is_in(consumed.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    async fn run(&self, saga_id: &str) {
+        let Ok(Some(m)) = saga::Entity::find_by_id(saga_id.to_owned())
+            .one(&self.db)
+            .await
+        else {
+            self.release(saga_id).await;
+            return;
+        };
+        let span = tracing::info_span!("saga", saga_id = %m.saga_id, order_id = %m.order_id);
+        erp_runtime::telemetry::adopt_traceparent(&span, &m.traceparent);
+        if let Err(e) = self.drive(m).instrument(span).await {
+            tracing::warn!(saga_id, error = %format!("{e:#}"), "saga run interrupted; it resumes on the next poll");
+        }
+        self.release(saga_id).await;
+    }
+
+    fn park(st: &mut State, reason: &str, detail: &str, action: &str) -> Option<Log> {
+        st.m.resume_status = st.m.status.clone();
+        st.m.status = "parked".into();
+        st.m.parked_reason = format!("{reason}: {detail}");
+        st.m.suggested_action = action.to_owned();
+        log(
+            "saga",
+            "forward",
+            "rejected",
+            format!("parked: {reason}: {detail}"),
+        )
+    }
+
+    fn start_compensation(st: &mut State, from: i64, reason: &str, detail: &str) {
+        if st.ctx.failure_reason.is_empty() {
+            st.ctx.failure_reason = reason.to_owned();
+            st.ctx.failure_detail = detail.to_owned();
+        }
+        st.m.status = "compensating".into();
+        st.m.step_index = i32::try_from(from).unwrap_or(-1);
+        st.m.attempts = 0;
+        st.m.next_attempt_at_ms = now_ms();
+    }
+
+    async fn drive(&self, m: saga::Model) -> anyhow::Result<()> {
+        let ctx: Ctx = serde_json::from_str(&m.data).unwrap_or_default();
+        let mut st = State { m, ctx };
+        if st.ctx.order.is_none() {
+            st.ctx.order = Some(OrderSnapshot {
+                order_id: st.m.order_id.clone(),
+                ..Default::default()
+            });
+        }
+        let Some(steps) = definition::steps(&st.m.definition, st.m.definition_version) else {
+            let detail = format!(
+                "{} v{} is not known to this build",
+                st.m.definition, st.m.definition_version
+            );
+            let entry = Self::park(
+                &mut st,
+                "UNKNOWN_DEFINITION",
+                &detail,
+                "run a replica that knows this definition version",
+            );
+            self.save(&mut st, entry, &[]).await?;
+            return Ok(());
+        };
+        let pivot = definition::pivot(steps) as i32;
+        loop {
+            // Signals first: they may pause, cancel, or release the wait for shipment.
+            let pending = signal::Entity::find()
+                .filter(signal::Column::SagaId.eq(st.m.saga_id.as_str()))
+                .filter(signal::Column::Consumed.eq(false))
+                .order_by_asc(signal::Column::Seq)
+                .all(&self.db)
+                .await?;
+            if !pending.is_empty() {
+                let consumed: Vec<i64> = pending.iter().map(|s| s.seq).collect();
+                let mut notes = Vec::new();
+                let mut pause = false;
+                for s in &pending {
+                    match s.signal.as_str() {
+                        "SHIPPED" => {
+                            st.ctx.shipped = true;
+                            notes.push("shipment confirmed by the warehouse".to_owned());
+                        }
+                        "CANCEL" => {
+                            let forward =
+                                matches!(st.m.status.as_str(), "pending" | "running" | "waiting");
+                            if forward && st.m.step_index < pivot {
+                                let reason = if s.payload.contains("ORDER_CANCELLED") {
+                                    "ORDER_CANCELLED"
+                                } else {
+                                    "CANCELLED_BY_OPERATOR"
+                                };
+                                // The step in flight may or may not have happened: undo it too.
+                                let from = i64::from(st.m.step_index).min(i64::from(pivot) - 1);
+                                Self::start_compensation(&mut st, from, reason, &s.payload);
+                                notes.push(format!("cancelled ({reason}), compensating"));
+                            } else {
+                                notes.push(
+                                    "cancel ignored: past the pivot or already compensating"
+                                        .to_owned(),
+                                );
+                            }
+                        }
+                        "PAUSE" => pause = true,
+                        other => notes.push(format!("unknown signal {other} ignored")),
+                    }
+                }
+                if pause && ACTIVE.contains(&st.m.status.as_str()) {
+                    st.m.resume_status = st.m.status.clone();
+                    st.m.status = "paused".into();
+                    notes.push("paused by an operator".to_owned());
+                }
+                if !self
+                    .save(
+                        &mut st,
+                        log("signal", "forward", "signalled", notes.join("; ")),
+                        &consumed,
+                    )
+                    .await?
+                {
+                    return Ok(());
+                }
+            }
+            match st.m.status.as_str() {
+                "pending" | "running" | "waiting" => {
+                    if !self.forward_step(&mut st, steps, pivot).await? {
+                        return Ok(());
+                    }
+                }
+                "compensating" => {
+                    if !self.compensate_step(&mut st, steps).await? {
+                        return Ok(());
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Runs the next forward step. Returns whether to keep going now.
+    async fn forward_step(
+        &self,
+        st: &mut State,
+        steps: &[Step],
+        pivot: i32,
+    ) -> anyhow::Result<bool> {
+        let i = st.m.step_index;
+        let Some(&step) = usize::try_from(i).ok().and_then(|i| steps.get(i)) else {
+            st.m.status = "completed".into();
+            st.m.current_step = "done".into();
+            self.save(st, log("saga", "forward", "succeeded", "completed"), &[])
+                .await?;
+            tracing::info!(saga_id = %st.m.saga_id, "saga completed");
+            return Ok(false);
+        };
+        st.m.current_step = step.name().to_owned();
+        let now = now_ms();
+        if step == Step::AwaitShipment {
+            if st.ctx.shipped {
+                st.m.status = "running".into();
+                st.m.step_index += 1;
+                st.m.attempts = 0;
+                let detail = format!("shipped, tracking {}", st.ctx.tracking_number);
+                return self
+                    .save(st, log(step.name(), "forward", "succeeded", detail), &[])
+                    .await;
+            }
+            if st.ctx.ship_deadline_ms == 0 {
+                st.ctx.ship_deadline_ms =
+                    now + i64::try_from(self.settings.ship_deadline_ms).unwrap_or(i64::MAX / 4);
+            }
+            if now >= st.ctx.ship_deadline_ms {
+                let entry = Self::park(
+                    st,
+                    "SHIP_DEADLINE_PASSED",
+                    "no ship confirmation before the deadline",
+                    "check the fulfillment at the warehouse, then SignalSaga SHIPPED, or CancelSaga",
+                );
+                self.save(st, entry, &[]).await?;
+                return Ok(false);
+            }
+            let newly = st.m.status != "waiting";
+            st.m.status = "waiting".into();
+            st.m.next_attempt_at_ms = st.ctx.ship_deadline_ms;
+            let entry = if newly {
+                log(
+                    step.name(),
+                    "forward",
+                    "started",
+                    "waiting for the warehouse's ship confirmation",
+                )
+            } else {
+                None
+            };
+            self.save(st, entry, &[]).await?;
+            return Ok(false);
+        }
+        let policy = step.policy();
+        st.m.status = "running".into();
+        st.m.attempts += 1;
+        if !self
+            .save(st, log(step.name(), "forward", "started", ""), &[])
+            .await?
+        {
+            return Ok(false);
+        }
+        let result = match tokio::time::timeout(
+            policy.timeout,
+            self.participants
+                .forward(step, &st.m.saga_id, &mut st.ctx, policy.timeout),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(StepError::Transient(format!(
+                "no answer within {:?}",
+                policy.timeout
+            ))),
+        };
+        match result {
+            Ok(()) => {
+                st.m.step_index += 1;
+                st.m.attempts = 0;
+                st.m.last_error.clear();
+                st.m.next_attempt_at_ms = now_ms();
+                let detail = summary(step, &st.ctx);
+                self.save(st, log(step.name(), "forward", "succeeded", detail), &[])
+                    .await
+            }
+            Err(StepError::Transient(e)) => {
+                st.m.last_error = e.clone();
+                if st.m.attempts >= policy.max_attempts {
+                    if i < pivot {
+                        // The last attempt may have happened: undo this step too.
+                        Self::start_compensation(
+                            st,
+                            i64::from(i),
+                            "RETRIES_EXHAUSTED",
+                            &format!("{}: {e}", step.name()),
+                        );
+                        let detail =
+                            format!("giving up after {} attempts: {e}", policy.max_attempts);
+                        return self
+                            .save(
+                                st,
+                                log(step.name(), "forward", "retryable_failure", detail),
+                                &[],
+                            )
+                            .await;
+                    }
+                    let entry = Self::park(
+                        st,
+                        "RETRIES_EXHAUSTED",
+                        &format!("{} after the pivot: {e}", step.name()),
+                        "bring the participant back, then RetrySaga (the saga only moves forward from here)",
+                    );
+                    self.save(st, entry, &[]).await?;
+                    return Ok(false);
+                }
+                let delay = definition::backoff(st.m.attempts - 1, rand::random::<f64>());
+                st.m.next_attempt_at_ms =
+                    now_ms() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
+                let detail = format!("{e}; retry in {} ms", delay.as_millis());
+                self.save(
+                    st,
+                    log(step.name(), "forward", "retryable_failure", detail),
+                    &[],
+                )
+                .await?;
+                Ok(false)
+            }
+            Err(StepError::Rejected { reason, detail }) => {
+                st.m.last_error = format!("{reason}: {detail}");
+                if i < pivot {
+                    Self::start_compensation(st, i64::from(i) - 1, &reason, &detail);
+                    let text = format!("{reason}: {detail}");
+                    return self
+                        .save(st, log(step.name(), "forward", "rejected", text), &[])
+                        .await;
+                }
+                let entry = Self::park(
+                    st,
+                    &reason,
+                    &detail,
+                    "fix the cause at the participant, then RetrySaga (no compensation after the pivot)",
+                );
+                self.save(st, entry, &[]).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Undoes the step at `step_index` and moves down. Returns whether to keep going now.
+    async fn compensate_step(&self, st: &mut State, steps: &[Step]) -> anyhow::Result<bool> {
+        let Some(&step) = usize::try_from(st.m.step_index)
+            .ok()
+            .and_then(|i| steps.get(i))
+        else {
+            st.m.status = "compensated".into();
+            st.m.current_step = "done".into();
+            // What the saga shows as its outcome: why it was undone.
+            st.m.last_error = format!("{}: {}", st.ctx.failure_reason, st.ctx.failure_detail);
+            let detail = format!(
+                "compensated: {} {}",
+                st.ctx.failure_reason, st.ctx.failure_detail
+            );
+            self.save(st, log("saga", "compensate", "succeeded", detail), &[])
+                .await?;
+            tracing::info!(saga_id = %st.m.saga_id, reason = %st.ctx.failure_reason, "saga compensated");
+            return Ok(false);
+        };
+        if !step.compensable() {
+            st.m.step_index -= 1;
+            return Ok(true);
+        }
+        let policy = step.policy();
+        st.m.current_step = step.name().to_owned();
+        st.m.attempts += 1;
+        if !self
+            .save(st, log(step.name(), "compensate", "started", ""), &[])
+            .await?
+        {
+            return Ok(false);
+        }
+        let result = match tokio::time::timeout(
+            policy.timeout,
+            self.participants
+                .compensate(step, &st.m.saga_id, &st.ctx, policy.timeout),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(StepError::Transient(format!(
+                "no answer within {:?}",
+                policy.timeout
+            ))),
+        };
+        match result {
+            Ok(()) => {
+                st.m.step_index -= 1;
+                st.m.attempts = 0;
+                st.m.last_error.clear();
+                self.save(st, log(step.name(), "compensate", "succeeded", ""), &[])
+                    .await
+            }
+            Err(StepError::Transient(e)) => {
+                st.m.last_error = e.clone();
+                if st.m.attempts >= policy.max_attempts * 3 {
+                    let entry = Self::park(
+                        st,
+                        "COMPENSATION_FAILED",
+                        &format!("{}: {e}", step.name()),
+                        "bring the participant back, then RetrySaga to finish compensating",
+                    );
+                    self.save(st, entry, &[]).await?;
+                    return Ok(false);
+                }
+                let delay = definition::backoff(st.m.attempts - 1, rand::random::<f64>());
+                st.m.next_attempt_at_ms =
+                    now_ms() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
+                let detail = format!("{e}; retry in {} ms", delay.as_millis());
+                self.save(
+                    st,
+                    log(step.name(), "compensate", "retryable_failure", detail),
+                    &[],
+                )
+                .await?;
+                Ok(false)
+            }
+            Err(StepError::Rejected { reason, detail }) => {
+                let entry = Self::park(
+                    st,
+                    "COMPENSATION_REJECTED",
+                    &format!("{}: {reason}: {detail}", step.name()),
+                    "undo the step by hand at the participant, then RetrySaga",
+                );
+                self.save(st, entry, &[]).await?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// What a step learned, for the timeline.
+fn summary(step: Step, ctx: &Ctx) -> String {
+    match step {
+        Step::Route => format!("ship from {}", ctx.location),
+        Step::ReserveStock => format!("{} reservation(s)", ctx.reservation_ids.len()),
+        Step::AuthorizePayment => format!("payment {}", ctx.payment_id),
+        Step::CreateFulfillment => format!("fulfillment {}", ctx.fulfillment_id),
+        Step::QuoteLabel => format!("{} {}", ctx.carrier, ctx.service),
+        Step::BuyLabel => format!(
+            "tracking {} cost {}",
+            ctx.tracking_number, ctx.label_cost_minor
+        ),
+        Step::PostJournal => format!("journal entry {}", ctx.journal_entry_id),
+        _ => String::new(),
+    }
+}

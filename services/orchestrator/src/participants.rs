@@ -1,0 +1,750 @@
+//! The participants of the fulfillment saga, called over gRPC. Every command carries the
+//! idempotency key `<saga>:<step>:<forward|compensate>`, so a retry after a timeout is answered
+//! with the first result, and a compensation that overtakes its action leaves a tombstone.
+
+use std::time::Duration;
+
+use erp_proto::carrier::carrier_service_client::CarrierServiceClient;
+use erp_proto::common::{Address, Money, Parcel};
+use erp_proto::finance::finance_service_client::FinanceServiceClient;
+use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
+use erp_proto::order::order_service_client::OrderServiceClient;
+use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
+use erp_proto::{carrier, finance, inventory, order, warehouse};
+use erp_runtime::config::Peers;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::definition::Step;
+
+/// What a step learned, persisted with the saga.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Ctx {
+    pub order: Option<OrderSnapshot>,
+    pub location: String,
+    pub reservation_ids: Vec<String>,
+    pub payment_id: String,
+    pub fulfillment_id: String,
+    pub carrier: String,
+    pub service: String,
+    pub shipment_id: String,
+    pub tracking_number: String,
+    pub label_cost_minor: i64,
+    pub shipped: bool,
+    pub ship_deadline_ms: i64,
+    pub journal_entry_id: String,
+    /// Why the saga compensates (machine-readable) and the detail.
+    pub failure_reason: String,
+    pub failure_detail: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OrderSnapshot {
+    pub order_id: String,
+    pub channel: String,
+    pub currency: String,
+    pub total_minor: i64,
+    pub service_level: String,
+    pub payment_method_token: String,
+    pub postal_code: String,
+    pub country_code: String,
+    pub commission_bps: i32,
+    pub fixed_fee_minor: i64,
+    pub lines: Vec<LineSnapshot>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LineSnapshot {
+    pub line_id: String,
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price_minor: i64,
+    pub unit_cost_minor: i64,
+    pub weight_grams: i64,
+}
+
+/// How a step failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    /// May succeed if tried again (the participant is down, slow, overloaded, conflicting).
+    Transient(String),
+    /// The participant said no; retrying the same request would get the same answer.
+    Rejected { reason: String, detail: String },
+}
+
+impl StepError {
+    pub fn rejected(reason: &str, detail: impl Into<String>) -> Self {
+        Self::Rejected {
+            reason: reason.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<Status> for StepError {
+    fn from(s: Status) -> Self {
+        match s.code() {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Internal => Self::Transient(format!("{:?}: {}", s.code(), s.message())),
+            code => Self::Rejected {
+                reason: erp_runtime::error::status_reason(&s)
+                    .unwrap_or_else(|| format!("{code:?}").to_uppercase()),
+                detail: s.message().to_owned(),
+            },
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Participants {
+    order: OrderServiceClient<Channel>,
+    inventory: InventoryServiceClient<Channel>,
+    warehouse: WarehouseServiceClient<Channel>,
+    carrier: CarrierServiceClient<Channel>,
+    finance: FinanceServiceClient<Channel>,
+}
+
+fn lazy(url: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// A request carrying the caller's trace context and a deadline.
+fn req<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    if let Some(tp) = erp_runtime::telemetry::current_traceparent()
+        && let Ok(value) = tp.parse()
+    {
+        request.metadata_mut().insert("traceparent", value);
+    }
+    request
+}
+
+fn key(saga_id: &str, step: Step, forward: bool) -> String {
+    format!(
+        "{saga_id}:{}:{}",
+        step.name(),
+        if forward { "forward" } else { "compensate" }
+    )
+}
+
+fn money(amount_minor: i64, currency: &str) -> Option<Money> {
+    Some(Money {
+        amount_minor,
+        currency: currency.to_owned(),
+    })
+}
+
+fn missing(what: &str) -> StepError {
+    StepError::rejected(
+        "SAGA_STATE",
+        format!("{what} is missing from the saga context"),
+    )
+}
+
+impl Participants {
+    /// Clients that connect on first use and reconnect after a participant restarts.
+    pub fn connect_lazy(peers: &Peers) -> anyhow::Result<Self> {
+        Ok(Self {
+            order: OrderServiceClient::new(lazy(&peers.order)?),
+            inventory: InventoryServiceClient::new(lazy(&peers.inventory)?),
+            warehouse: WarehouseServiceClient::new(lazy(&peers.warehouse)?),
+            carrier: CarrierServiceClient::new(lazy(&peers.carrier)?),
+            finance: FinanceServiceClient::new(lazy(&peers.finance)?),
+        })
+    }
+
+    /// Runs the forward action of `step`.
+    pub async fn forward(
+        &self,
+        step: Step,
+        saga_id: &str,
+        ctx: &mut Ctx,
+        t: Duration,
+    ) -> Result<(), StepError> {
+        let k = key(saga_id, step, true);
+        match step {
+            Step::LoadOrder => self.load_order(ctx, t).await,
+            Step::Route => self.route(ctx, t).await,
+            Step::ReserveStock => {
+                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                let r = self
+                    .inventory
+                    .clone()
+                    .reserve_stock(req(
+                        inventory::ReserveStockRequest {
+                            idempotency_key: k,
+                            order_id: o.order_id.clone(),
+                            lines: o
+                                .lines
+                                .iter()
+                                .map(|l| inventory::ReserveLine {
+                                    order_line_id: l.line_id.clone(),
+                                    sku: l.sku.clone(),
+                                    location: ctx.location.clone(),
+                                    quantity: l.quantity,
+                                })
+                                .collect(),
+                            mode: inventory::ReserveMode::AllOrNothing as i32,
+                            expires_at: None,
+                        },
+                        t,
+                    ))
+                    .await?
+                    .into_inner();
+                ctx.reservation_ids = r
+                    .reservations
+                    .into_iter()
+                    .map(|r| r.reservation_id)
+                    .collect();
+                Ok(())
+            }
+            Step::RecordAllocation => {
+                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                self.order
+                    .clone()
+                    .record_allocation(req(
+                        order::RecordAllocationRequest {
+                            idempotency_key: k,
+                            order_id: o.order_id.clone(),
+                            allocations: o
+                                .lines
+                                .iter()
+                                .map(|l| order::LineAllocation {
+                                    line_id: l.line_id.clone(),
+                                    location: ctx.location.clone(),
+                                    allocated: l.quantity,
+                                    backordered: 0,
+                                })
+                                .collect(),
+                        },
+                        t,
+                    ))
+                    .await?;
+                Ok(())
+            }
+            Step::AuthorizePayment => {
+                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                let p = self
+                    .finance
+                    .clone()
+                    .authorize_payment(req(
+                        finance::AuthorizePaymentRequest {
+                            idempotency_key: k,
+                            order_id: o.order_id.clone(),
+                            channel: o.channel.clone(),
+                            amount: money(o.total_minor, &o.currency),
+                            payment_method_token: o.payment_method_token.clone(),
+                        },
+                        t,
+                    ))
+                    .await?
+                    .into_inner();
+                ctx.payment_id = p.payment.map(|p| p.payment_id).unwrap_or_default();
+                Ok(())
+            }
+            Step::CreateFulfillment => {
+                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                let f = self
+                    .warehouse
+                    .clone()
+                    .create_fulfillment(req(
+                        warehouse::CreateFulfillmentRequest {
+                            idempotency_key: k,
+                            order_id: o.order_id.clone(),
+                            site: ctx.location.clone(),
+                            lines: o
+                                .lines
+                                .iter()
+                                .map(|l| warehouse::FulfillmentLine {
+                                    order_line_id: l.line_id.clone(),
+                                    sku: l.sku.clone(),
+                                    quantity: l.quantity,
+                                })
+                                .collect(),
+                            service_level: o.service_level.clone(),
+                            priority: if o.service_level == "express" { 1 } else { 5 },
+                            saga_id: saga_id.to_owned(),
+                        },
+                        t,
+                    ))
+                    .await?
+                    .into_inner();
+                ctx.fulfillment_id = f.fulfillment.map(|f| f.fulfillment_id).unwrap_or_default();
+                Ok(())
+            }
+            Step::QuoteLabel => self.quote(ctx, t).await,
+            Step::BuyLabel => {
+                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                let s = self
+                    .carrier
+                    .clone()
+                    .buy_label(req(
+                        carrier::BuyLabelRequest {
+                            idempotency_key: k,
+                            order_id: o.order_id.clone(),
+                            fulfillment_id: ctx.fulfillment_id.clone(),
+                            carrier: ctx.carrier.clone(),
+                            service: ctx.service.clone(),
+                            origin_site: ctx.location.clone(),
+                            origin_region: ctx.location.clone(),
+                            destination: Some(destination(o)),
+                            parcel: Some(parcel(o)),
+                        },
+                        t,
+                    ))
+                    .await?
+                    .into_inner()
+                    .shipment
+                    .ok_or_else(|| StepError::Transient("BuyLabel answered no shipment".into()))?;
+                ctx.shipment_id = s.shipment_id;
+                ctx.tracking_number = s.tracking_number;
+                ctx.label_cost_minor = s.cost.map_or(0, |c| c.amount_minor);
+                Ok(())
+            }
+            Step::AwaitShipment => Ok(()),
+            Step::CommitStock => {
+                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                self.inventory
+                    .clone()
+                    .commit_reservations(req(
+                        inventory::CommitReservationsRequest {
+                            idempotency_key: k,
+                            order_id: o.order_id.clone(),
+                            reservation_ids: ctx.reservation_ids.clone(),
+                        },
+                        t,
+                    ))
+                    .await?;
+                Ok(())
+            }
+            Step::CapturePayment => {
+                self.finance
+                    .clone()
+                    .capture_payment(req(
+                        finance::CapturePaymentRequest {
+                            idempotency_key: k,
+                            payment_id: ctx.payment_id.clone(),
+                            amount: None,
+                        },
+                        t,
+                    ))
+                    .await?;
+                Ok(())
+            }
+            Step::PostJournal => {
+                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                let e = self
+                    .finance
+                    .clone()
+                    .post_journal(req(
+                        finance::PostJournalRequest {
+                            idempotency_key: k,
+                            memo: format!("shipment of order {}", o.order_id),
+                            source: Some(erp_proto::common::SourceDocument {
+                                kind: "saga".into(),
+                                id: saga_id.to_owned(),
+                            }),
+                            lines: journal_lines(o, ctx.label_cost_minor),
+                        },
+                        t,
+                    ))
+                    .await?
+                    .into_inner();
+                ctx.journal_entry_id = e.entry.map(|e| e.entry_id).unwrap_or_default();
+                Ok(())
+            }
+            Step::MarkShipped => {
+                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                self.order
+                    .clone()
+                    .mark_shipped(req(
+                        order::MarkShippedRequest {
+                            idempotency_key: k,
+                            order_id: o.order_id.clone(),
+                            tracking_number: ctx.tracking_number.clone(),
+                        },
+                        t,
+                    ))
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Undoes `step`. Safe to call when the forward action never happened.
+    pub async fn compensate(
+        &self,
+        step: Step,
+        saga_id: &str,
+        ctx: &Ctx,
+        t: Duration,
+    ) -> Result<(), StepError> {
+        let k = key(saga_id, step, false);
+        let order_id = ctx
+            .order
+            .as_ref()
+            .map(|o| o.order_id.clone())
+            .unwrap_or_default();
+        match step {
+            Step::ReserveStock => {
+                self.inventory
+                    .clone()
+                    .release_reservations(req(
+                        inventory::ReleaseReservationsRequest {
+                            idempotency_key: k,
+                            order_id,
+                            reservation_ids: vec![],
+                        },
+                        t,
+                    ))
+                    .await?;
+            }
+            Step::AuthorizePayment => {
+                match self
+                    .finance
+                    .clone()
+                    .void_payment(req(
+                        finance::VoidPaymentRequest {
+                            idempotency_key: k,
+                            payment_id: String::new(),
+                            order_id,
+                        },
+                        t,
+                    ))
+                    .await
+                {
+                    // Nothing was authorized: nothing to void.
+                    Err(s) if s.code() == Code::NotFound => {}
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            Step::CreateFulfillment => {
+                self.warehouse
+                    .clone()
+                    .cancel_fulfillment(req(
+                        warehouse::CancelFulfillmentRequest {
+                            idempotency_key: k,
+                            fulfillment_id: String::new(),
+                            order_id,
+                            reason: ctx.failure_reason.clone(),
+                        },
+                        t,
+                    ))
+                    .await?;
+            }
+            Step::BuyLabel => {
+                self.carrier
+                    .clone()
+                    .void_label(req(
+                        carrier::VoidLabelRequest {
+                            idempotency_key: k,
+                            shipment_id: String::new(),
+                            order_id,
+                        },
+                        t,
+                    ))
+                    .await?;
+            }
+            Step::LoadOrder => {
+                if order_id.is_empty() || ctx.failure_reason == "ORDER_CANCELLED" {
+                    // The order was never read, or the customer cancelled it already.
+                    return Ok(());
+                }
+                let mut client = self.order.clone();
+                let result = if ctx.failure_reason == "CANCELLED_BY_OPERATOR" {
+                    client
+                        .cancel_order(req(
+                            order::CancelOrderRequest {
+                                idempotency_key: k,
+                                order_id,
+                                line_ids: vec![],
+                                actor: Some(erp_proto::common::Actor {
+                                    id: "orchestrator".into(),
+                                    reason: ctx.failure_detail.clone(),
+                                }),
+                            },
+                            t,
+                        ))
+                        .await
+                        .map(|_| ())
+                } else {
+                    client
+                        .mark_failed(req(
+                            order::MarkFailedRequest {
+                                idempotency_key: k,
+                                order_id,
+                                reason: ctx.failure_reason.clone(),
+                                detail: ctx.failure_detail.clone(),
+                            },
+                            t,
+                        ))
+                        .await
+                        .map(|_| ())
+                };
+                result?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn load_order(&self, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
+        // The order id was put in the context when the saga was created.
+        let order_id = ctx
+            .order
+            .as_ref()
+            .map(|o| o.order_id.clone())
+            .ok_or_else(|| missing("order id"))?;
+        let o = self
+            .order
+            .clone()
+            .get_order(req(order::GetOrderRequest { order_id }, t))
+            .await?
+            .into_inner()
+            .order
+            .ok_or_else(|| StepError::Transient("GetOrder answered no order".into()))?;
+        if o.status == order::OrderStatus::Cancelled as i32 {
+            return Err(StepError::rejected(
+                "ORDER_CANCELLED",
+                "the order was cancelled before fulfillment",
+            ));
+        }
+        let channels = self
+            .order
+            .clone()
+            .list_channels(req(order::ListChannelsRequest {}, t))
+            .await?
+            .into_inner()
+            .channels;
+        let channel = channels.iter().find(|c| c.code == o.channel);
+        let mut lines = Vec::with_capacity(o.lines.len());
+        for l in &o.lines {
+            let item = self
+                .inventory
+                .clone()
+                .get_item(req(inventory::GetItemRequest { sku: l.sku.clone() }, t))
+                .await?
+                .into_inner()
+                .item
+                .unwrap_or_default();
+            lines.push(LineSnapshot {
+                line_id: l.line_id.clone(),
+                sku: l.sku.clone(),
+                quantity: l.quantities.map_or(0, |q| q.ordered - q.cancelled),
+                unit_price_minor: l.unit_price.as_ref().map_or(0, |p| p.amount_minor),
+                unit_cost_minor: item.unit_cost.map_or(0, |c| c.amount_minor),
+                weight_grams: item.weight_grams,
+            });
+        }
+        let ship_to = o.ship_to.unwrap_or_default();
+        ctx.order = Some(OrderSnapshot {
+            order_id: o.order_id,
+            channel: o.channel,
+            currency: o.currency,
+            total_minor: o.total.map_or(0, |m| m.amount_minor),
+            service_level: o.service_level,
+            payment_method_token: o.payment_method_token,
+            postal_code: ship_to.postal_code,
+            country_code: ship_to.country_code,
+            commission_bps: channel.map_or(0, |c| c.commission_bps),
+            fixed_fee_minor: channel.map_or(0, |c| c.fixed_fee_minor),
+            lines,
+        });
+        Ok(())
+    }
+
+    /// The first warehouse (by code) that can ship every line now; routing rules come with the
+    /// order orchestration work.
+    async fn route(&self, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
+        let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+        let skus: Vec<String> = o.lines.iter().map(|l| l.sku.clone()).collect();
+        let availability = self
+            .inventory
+            .clone()
+            .get_availability(req(
+                inventory::GetAvailabilityRequest { skus, as_of: None },
+                t,
+            ))
+            .await?
+            .into_inner();
+        let mut candidates: Vec<String> = availability
+            .items
+            .iter()
+            .flat_map(|i| i.locations.iter().map(|l| l.location.clone()))
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        let available = |sku: &str, loc: &str| -> i64 {
+            availability
+                .items
+                .iter()
+                .filter(|i| i.sku == sku)
+                .flat_map(|i| i.locations.iter())
+                .filter(|l| l.location == loc)
+                .map(|l| l.available)
+                .sum()
+        };
+        let chosen = candidates
+            .into_iter()
+            .find(|loc| o.lines.iter().all(|l| available(&l.sku, loc) >= l.quantity));
+        match chosen {
+            Some(loc) => {
+                ctx.location = loc;
+                Ok(())
+            }
+            None => Err(StepError::rejected(
+                "INSUFFICIENT_STOCK",
+                format!(
+                    "no warehouse can ship {} now",
+                    o.lines
+                        .iter()
+                        .map(|l| format!("{} x{}", l.sku, l.quantity))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
+    async fn quote(&self, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
+        let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+        let q = self
+            .carrier
+            .clone()
+            .quote_rates(req(
+                carrier::QuoteRatesRequest {
+                    origin_site: ctx.location.clone(),
+                    origin_region: ctx.location.clone(),
+                    destination: Some(destination(o)),
+                    parcel: Some(parcel(o)),
+                    promised_by: None,
+                    ship_at: None,
+                },
+                t,
+            ))
+            .await?
+            .into_inner();
+        let fast_enough = |level: i32| {
+            o.service_level != "express" || level >= carrier::ServiceLevel::TwoDay as i32
+        };
+        // Options come cheapest first.
+        let Some(option) = q.options.into_iter().find(|x| fast_enough(x.level)) else {
+            return Err(StepError::rejected(
+                "NO_CARRIER",
+                format!(
+                    "no carrier service meets the {} service level",
+                    o.service_level
+                ),
+            ));
+        };
+        ctx.carrier = option.carrier;
+        ctx.service = option.service;
+        Ok(())
+    }
+}
+
+fn destination(o: &OrderSnapshot) -> Address {
+    Address {
+        postal_code: o.postal_code.clone(),
+        country_code: o.country_code.clone(),
+        ..Default::default()
+    }
+}
+
+fn parcel(o: &OrderSnapshot) -> Parcel {
+    Parcel {
+        weight_grams: o
+            .lines
+            .iter()
+            .map(|l| l.weight_grams * l.quantity)
+            .sum::<i64>()
+            .max(100),
+        ..Default::default()
+    }
+}
+
+/// The balanced entry of a shipment: the sale (payment clearing against revenue), cost of goods
+/// against inventory, the channel's fees, and the label against carrier payables.
+pub fn journal_lines(o: &OrderSnapshot, label_cost_minor: i64) -> Vec<finance::JournalLine> {
+    let line = |account: &str, debit: i64, credit: i64, memo: &str| finance::JournalLine {
+        account_code: account.into(),
+        debit_minor: debit,
+        credit_minor: credit,
+        currency: o.currency.clone(),
+        channel: o.channel.clone(),
+        order_id: o.order_id.clone(),
+        memo: memo.into(),
+    };
+    let mut lines = vec![
+        line("1200", o.total_minor, 0, "payment captured"),
+        line("4000", 0, o.total_minor, "sales revenue"),
+    ];
+    let cogs: i64 = o.lines.iter().map(|l| l.unit_cost_minor * l.quantity).sum();
+    if cogs > 0 {
+        lines.push(line("5000", cogs, 0, "cost of goods sold"));
+        lines.push(line("1300", 0, cogs, "inventory shipped"));
+    }
+    let fees = o.total_minor * i64::from(o.commission_bps) / 10_000 + o.fixed_fee_minor;
+    if fees > 0 {
+        lines.push(line("5100", fees, 0, "channel commission and fees"));
+        lines.push(line("1200", 0, fees, "fees withheld from payout"));
+    }
+    if label_cost_minor > 0 {
+        lines.push(line("5200", label_cost_minor, 0, "shipping label"));
+        lines.push(line("2100", 0, label_cost_minor, "owed to the carrier"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipment_entry_balances() {
+        let o = OrderSnapshot {
+            order_id: "o".into(),
+            channel: "amazon-us".into(),
+            currency: "USD".into(),
+            total_minor: 2599,
+            commission_bps: 1500,
+            fixed_fee_minor: 99,
+            lines: vec![LineSnapshot {
+                quantity: 2,
+                unit_cost_minor: 450,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let lines = journal_lines(&o, 735);
+        let d: i64 = lines.iter().map(|l| l.debit_minor).sum();
+        let c: i64 = lines.iter().map(|l| l.credit_minor).sum();
+        assert_eq!(d, c);
+        assert_eq!(lines.len(), 8);
+    }
+
+    #[test]
+    fn status_classification() {
+        assert!(matches!(
+            StepError::from(Status::unavailable("down")),
+            StepError::Transient(_)
+        ));
+        assert!(matches!(
+            StepError::from(Status::failed_precondition("no")),
+            StepError::Rejected { .. }
+        ));
+    }
+}
