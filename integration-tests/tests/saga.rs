@@ -281,3 +281,104 @@ async fn cancel_during_the_wait_compensates_everything_on_every_backend() {
         cancel_during_wait(backend).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
+    let mut fast: Vec<(&str, &str)> = FAST.to_vec();
+    fast.push(("ERP__ORCHESTRATOR__SHIP_DEADLINE_MS", "300"));
+    let s = suite(
+        settings(&Backend::Sqlite, &fast),
+        Bus::InProcess(Default::default()),
+    )
+    .await;
+    erp::seed::seed(&s).await.unwrap();
+    let mut c = Clients::for_suite(&s);
+    let id = c.place("P-1", "MUG-BLUE", 1, "tok_visa", "standard").await;
+    let parked = c.wait_saga(&id, &[SagaStatus::Parked], T).await;
+    assert_eq!(parked.current_step, "await_shipment");
+    let exceptions = c
+        .orchestrator
+        .list_exceptions(erp_proto::orchestrator::ListExceptionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .exceptions;
+    assert_eq!(exceptions.len(), 1);
+    assert!(
+        exceptions[0].reason.starts_with("SHIP_DEADLINE_PASSED"),
+        "{}",
+        exceptions[0].reason
+    );
+    assert!(
+        exceptions[0]
+            .suggested_action
+            .contains("SignalSaga SHIPPED")
+    );
+
+    // Operator controls need an operator and a reason.
+    let err = c
+        .orchestrator
+        .retry_saga(erp_proto::orchestrator::RetrySagaRequest {
+            saga_id: parked.saga_id.clone(),
+            action: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // The warehouse ships late; the operator retries; the saga goes through the pivot.
+    c.ship(&id).await;
+    let action = Some(OperatorAction {
+        operator: "ops-2".into(),
+        reason: "parcel found, shipped".into(),
+    });
+    c.orchestrator
+        .retry_saga(erp_proto::orchestrator::RetrySagaRequest {
+            saga_id: parked.saga_id.clone(),
+            action: action.clone(),
+        })
+        .await
+        .unwrap();
+    let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    assert!(
+        done.timeline
+            .iter()
+            .any(|e| e.detail.contains("retried by ops-2"))
+    );
+    assert_eq!(c.order(&id).await.status, OrderStatus::Shipped as i32);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_a_saga_and_resume_lets_it_finish() {
+    let (s, mut c) = start(&Backend::Sqlite).await;
+    let id = c.place("Z-1", "TEE-M", 1, "tok_visa", "standard").await;
+    let waiting = c.wait_saga(&id, &[SagaStatus::Waiting], T).await;
+    let action = Some(OperatorAction {
+        operator: "ops-3".into(),
+        reason: "address check".into(),
+    });
+    c.orchestrator
+        .pause_saga(erp_proto::orchestrator::PauseSagaRequest {
+            saga_id: waiting.saga_id.clone(),
+            action: action.clone(),
+        })
+        .await
+        .unwrap();
+    c.wait_saga(&id, &[SagaStatus::Paused], T).await;
+    // Shipping while paused does not move it.
+    c.ship(&id).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(c.saga(&id).await.unwrap().status, SagaStatus::Paused as i32);
+    c.orchestrator
+        .resume_saga(erp_proto::orchestrator::ResumeSagaRequest {
+            saga_id: waiting.saga_id.clone(),
+            action,
+        })
+        .await
+        .unwrap();
+    c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod seed;
+pub mod testkit;
 
 use std::sync::Arc;
 

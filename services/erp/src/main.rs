@@ -29,6 +29,12 @@ enum Command {
         #[arg(long)]
         seed: bool,
     },
+    /// Run one service as its own process (the distributed mode): binds server.host:server.port,
+    /// uses database.url and the bus from the configuration.
+    Serve {
+        /// order, inventory, warehouse, carrier, procurement, finance or orchestrator.
+        service: String,
+    },
     /// Apply database migrations for one service, or all of them.
     Migrate {
         /// order, inventory, warehouse, carrier, procurement, finance or orchestrator.
@@ -50,6 +56,31 @@ async fn main() -> anyhow::Result<()> {
                     erp_runtime::db::redact(&settings.database_url(s))
                 );
             }
+        }
+        Command::Serve { service } => {
+            let service: &'static str = erp_runtime::config::SERVICES
+                .into_iter()
+                .find(|s| *s == service)
+                .ok_or_else(|| anyhow::anyhow!("unknown service {service:?}"))?;
+            let listener = tokio::net::TcpListener::bind((
+                settings.server.host.as_str(),
+                settings.server.port,
+            ))
+            .await?;
+            let bus = Bus::from_settings(&settings.bus).await?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let running = erp::start_one(
+                service,
+                std::sync::Arc::new(settings),
+                listener,
+                bus,
+                shutdown.clone(),
+            )
+            .await?;
+            println!("{service} listening on {}", running.addr);
+            erp_runtime::server::shutdown_signal().await;
+            shutdown.cancel();
+            running.task.await??;
         }
         Command::Up { seed } => {
             let started = Instant::now();

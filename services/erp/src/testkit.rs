@@ -1,0 +1,253 @@
+//! Clients for every service and the operations tests and demos drive: place an order, wait
+//! for its saga, ship it as a warehouse would, and check that stock, payments and the journal
+//! reconcile.
+
+use std::time::{Duration, Instant};
+
+use erp_proto::carrier::carrier_service_client::CarrierServiceClient;
+use erp_proto::finance::finance_service_client::FinanceServiceClient;
+use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
+use erp_proto::orchestrator::orchestrator_service_client::OrchestratorServiceClient;
+use erp_proto::order::order_service_client::OrderServiceClient;
+use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
+use erp_proto::{carrier, finance, inventory, orchestrator, order, warehouse};
+use tonic::transport::Channel;
+
+/// A client for every service the tests drive.
+#[derive(Clone)]
+pub struct Clients {
+    pub order: OrderServiceClient<Channel>,
+    pub inventory: InventoryServiceClient<Channel>,
+    pub warehouse: WarehouseServiceClient<Channel>,
+    pub carrier: CarrierServiceClient<Channel>,
+    pub finance: FinanceServiceClient<Channel>,
+    pub orchestrator: OrchestratorServiceClient<Channel>,
+}
+
+fn lazy(url: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("url")
+        .connect_lazy()
+}
+
+impl Clients {
+    /// Lazily connected clients: a service that is down now can come back later.
+    pub fn for_suite(suite: &crate::Suite) -> Self {
+        let peers = &suite.settings.peers;
+        Self {
+            order: OrderServiceClient::new(lazy(&peers.order)),
+            inventory: InventoryServiceClient::new(lazy(&peers.inventory)),
+            warehouse: WarehouseServiceClient::new(lazy(&peers.warehouse)),
+            carrier: CarrierServiceClient::new(lazy(&peers.carrier)),
+            finance: FinanceServiceClient::new(lazy(&peers.finance)),
+            orchestrator: OrchestratorServiceClient::new(lazy(&peers.orchestrator)),
+        }
+    }
+
+    /// Places a web order and returns its id.
+    pub async fn place(
+        &mut self,
+        external: &str,
+        sku: &str,
+        qty: i64,
+        token: &str,
+        level: &str,
+    ) -> String {
+        let mut req = crate::seed::sample_order(external, sku, qty);
+        req.payment_method_token = token.into();
+        req.service_level = level.into();
+        self.order
+            .create_order(req)
+            .await
+            .expect("order accepted")
+            .into_inner()
+            .order
+            .expect("order")
+            .order_id
+    }
+
+    /// The saga of an order, once it exists.
+    pub async fn saga(&mut self, order_id: &str) -> Option<orchestrator::Saga> {
+        self.orchestrator
+            .get_saga(orchestrator::GetSagaRequest {
+                saga_id: String::new(),
+                order_id: order_id.into(),
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().saga)
+    }
+
+    /// Waits until the order's saga reaches one of `statuses`.
+    pub async fn wait_saga(
+        &mut self,
+        order_id: &str,
+        statuses: &[orchestrator::SagaStatus],
+        within: Duration,
+    ) -> orchestrator::Saga {
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(s) = self.saga(order_id).await {
+                if statuses.iter().any(|x| *x as i32 == s.status) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("saga of {order_id} did not reach {statuses:?} within {within:?}; last: {last:#?}");
+    }
+
+    /// Picks and ships the order's fulfillment as a warehouse would: confirm every pick, then
+    /// the shipment with the label's tracking number.
+    pub async fn ship(&mut self, order_id: &str) {
+        let fulfillments = self
+            .warehouse
+            .list_fulfillments(warehouse::ListFulfillmentsRequest {
+                order_id: order_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list fulfillments")
+            .into_inner()
+            .fulfillments;
+        let shipments = self
+            .carrier
+            .list_shipments(carrier::ListShipmentsRequest {
+                order_id: order_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list shipments")
+            .into_inner()
+            .shipments;
+        let tracking = shipments
+            .iter()
+            .find(|s| s.status == carrier::ShipmentStatus::LabelCreated as i32)
+            .map(|s| s.tracking_number.clone())
+            .expect("a label was bought");
+        for f in fulfillments
+            .iter()
+            .filter(|f| f.status != warehouse::FulfillmentStatus::Cancelled as i32)
+        {
+            for t in &f.tasks {
+                self.warehouse
+                    .confirm_pick(warehouse::ConfirmPickRequest {
+                        idempotency_key: format!("pick-{}", t.task_id),
+                        task_id: t.task_id.clone(),
+                        picked_quantity: t.quantity,
+                        picker: "picker-1".into(),
+                    })
+                    .await
+                    .expect("pick");
+            }
+            self.warehouse
+                .confirm_ship(warehouse::ConfirmShipRequest {
+                    idempotency_key: format!("ship-{}", f.fulfillment_id),
+                    fulfillment_id: f.fulfillment_id.clone(),
+                    tracking_number: tracking.clone(),
+                })
+                .await
+                .expect("ship");
+        }
+    }
+
+    pub async fn order(&mut self, order_id: &str) -> order::Order {
+        self.order
+            .get_order(order::GetOrderRequest {
+                order_id: order_id.into(),
+            })
+            .await
+            .expect("get order")
+            .into_inner()
+            .order
+            .expect("order")
+    }
+
+    pub async fn reservations(&mut self, order_id: &str) -> Vec<inventory::Reservation> {
+        self.inventory
+            .list_reservations(inventory::ListReservationsRequest {
+                order_id: order_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("reservations")
+            .into_inner()
+            .reservations
+    }
+
+    pub async fn payment(&mut self, order_id: &str) -> Option<finance::Payment> {
+        self.finance
+            .get_payment(finance::GetPaymentRequest {
+                payment_id: String::new(),
+                order_id: order_id.into(),
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().payment)
+    }
+
+    /// Totals of every stock bucket across the catalog and warehouses.
+    pub async fn stock_totals(&mut self) -> (i64, i64) {
+        let mut on_hand = 0;
+        let mut reserved = 0;
+        for (sku, ..) in crate::seed::CATALOG {
+            let levels = self
+                .inventory
+                .get_stock(inventory::GetStockRequest {
+                    sku: sku.into(),
+                    location: String::new(),
+                })
+                .await
+                .expect("stock")
+                .into_inner()
+                .levels;
+            on_hand += levels.iter().map(|l| l.on_hand).sum::<i64>();
+            reserved += levels.iter().map(|l| l.reserved).sum::<i64>();
+        }
+        (on_hand, reserved)
+    }
+
+    /// The invariants that must hold after any scenario: the stock ledger replays to the
+    /// buckets, the journal balances, reserved stock equals the active reservations.
+    pub async fn assert_reconciled(&mut self) {
+        let verify = self
+            .inventory
+            .verify_ledger(inventory::VerifyLedgerRequest {})
+            .await
+            .expect("verify")
+            .into_inner();
+        assert!(
+            verify.consistent,
+            "stock ledger mismatches: {:?}",
+            verify.mismatches
+        );
+        let tb = self
+            .finance
+            .get_trial_balance(finance::GetTrialBalanceRequest {})
+            .await
+            .expect("trial balance")
+            .into_inner();
+        assert!(tb.balanced, "journal unbalanced: {:?}", tb.totals);
+        let active: i64 = self
+            .inventory
+            .list_reservations(inventory::ListReservationsRequest {
+                state: inventory::ReservationState::Active as i32,
+                page_size: 500,
+                ..Default::default()
+            })
+            .await
+            .expect("reservations")
+            .into_inner()
+            .reservations
+            .iter()
+            .map(|r| r.quantity)
+            .sum();
+        let (_, reserved) = self.stock_totals().await;
+        assert_eq!(
+            active, reserved,
+            "reserved stock differs from active reservations"
+        );
+    }
+}
