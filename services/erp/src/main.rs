@@ -29,6 +29,16 @@ enum Command {
         #[arg(long)]
         seed: bool,
     },
+    /// Start the suite, seed it, push a mix of orders through the fulfillment saga while
+    /// playing the warehouse, print what happened, then keep serving (unless --exit).
+    Demo {
+        /// How many orders to place.
+        #[arg(long, default_value_t = 40)]
+        orders: usize,
+        /// Stop after the report instead of serving on.
+        #[arg(long)]
+        exit: bool,
+    },
     /// Run one service as its own process (the distributed mode): binds server.host:server.port,
     /// uses database.url and the bus from the configuration.
     Serve {
@@ -55,6 +65,32 @@ async fn main() -> anyhow::Result<()> {
                     "{s}: migrations applied ({})",
                     erp_runtime::db::redact(&settings.database_url(s))
                 );
+            }
+        }
+        Command::Demo { orders, exit } => {
+            let bus = Bus::from_settings(&settings.bus).await?;
+            let suite = erp::start_suite(settings, bus, false).await?;
+            println!(
+                "erp suite up (data under {})",
+                suite.settings.data_dir.display()
+            );
+            for r in &suite.services {
+                println!("  {:<13} {}", r.name, r.addr);
+            }
+            erp::seed::seed(&suite).await?;
+            let report = erp::demo::run(&suite, orders).await?;
+            println!("{report}");
+            let reconciles = report.reconciles();
+            if !exit {
+                println!(
+                    "serving on; try: grpcurl -plaintext {} list   (Ctrl-C stops)",
+                    suite.services[0].addr
+                );
+                erp_runtime::server::shutdown_signal().await;
+            }
+            suite.stop().await?;
+            if !reconciles {
+                anyhow::bail!("the demo's totals do not reconcile");
             }
         }
         Command::Serve { service } => {
