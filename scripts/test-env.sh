@@ -57,9 +57,12 @@ if ! "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
     run_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
   fi
   log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-  # A test cluster: durability settings relaxed for speed (benchmarks use their own cluster).
+  # The test cluster relaxes durability for speed; ERP_TEST_PG_DURABLE=1 (the benchmark's own
+  # cluster) keeps PostgreSQL's defaults, fsync on.
+  durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  if [ "${ERP_TEST_PG_DURABLE:-0}" = "1" ]; then durability=""; fi
   run_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_STATE/pg.log" -w -t 60 start \
-    -o "-p $PG_PORT -k $PG_SOCK -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >&2
+    -o "-p $PG_PORT -k $PG_SOCK -c listen_addresses=127.0.0.1 -c max_connections=400 $durability" >&2
 fi
 
 if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then

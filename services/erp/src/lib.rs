@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod demo;
 pub mod seed;
 pub mod testkit;

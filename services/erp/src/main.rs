@@ -39,6 +39,25 @@ enum Command {
         #[arg(long)]
         exit: bool,
     },
+    /// Measure completed sagas per second and saga latency (prints figures, never fails on time).
+    Bench {
+        /// embedded (this process, SQLite) or distributed (seven processes, PostgreSQL + Redis).
+        #[arg(long, default_value = "embedded")]
+        mode: String,
+        #[arg(long, default_value_t = 200)]
+        orders: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// PostgreSQL server URL for distributed mode, e.g. postgres://postgres@127.0.0.1:55433.
+        #[arg(long, default_value = "")]
+        postgres: String,
+        /// Redis URL for distributed mode.
+        #[arg(long, default_value = "")]
+        redis: String,
+        /// The machine's measured PostgreSQL commit ceiling (commits/s), for the ratio.
+        #[arg(long)]
+        pg_ceiling: Option<f64>,
+    },
     /// Run one service as its own process (the distributed mode): binds server.host:server.port,
     /// uses database.url and the bus from the configuration.
     Serve {
@@ -92,6 +111,46 @@ async fn main() -> anyhow::Result<()> {
             if !reconciles {
                 anyhow::bail!("the demo's totals do not reconcile");
             }
+        }
+        Command::Bench {
+            mode,
+            orders,
+            concurrency,
+            postgres,
+            redis,
+            pg_ceiling,
+        } => {
+            let figures = match mode.as_str() {
+                "embedded" => {
+                    let dir =
+                        std::env::temp_dir().join(format!("erp-bench-{}", uuid::Uuid::now_v7()));
+                    let mut settings = settings;
+                    settings.data_dir = dir.clone();
+                    settings.database.url = String::new();
+                    let bus = Bus::from_settings(&settings.bus).await?;
+                    let suite = erp::start_suite(settings, bus, true).await?;
+                    erp::seed::seed(&suite).await?;
+                    let mut c = erp::testkit::Clients::for_suite(&suite);
+                    erp::bench::stock_up(&mut c, 1_000_000).await?;
+                    let f = erp::bench::run(&c, orders, concurrency).await?;
+                    suite.stop().await?;
+                    let _ = std::fs::remove_dir_all(dir);
+                    f
+                }
+                "distributed" => {
+                    erp::bench::distributed(&postgres, &redis, orders, concurrency).await?
+                }
+                other => anyhow::bail!("--mode must be embedded or distributed, not {other}"),
+            };
+            erp::bench::print(
+                &mode,
+                &figures,
+                if mode == "distributed" {
+                    pg_ceiling
+                } else {
+                    None
+                },
+            );
         }
         Command::Serve { service } => {
             let service: &'static str = erp_runtime::config::SERVICES

@@ -49,8 +49,13 @@ async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
 
 /// Seeds the catalog against a running suite.
 pub async fn seed(suite: &crate::Suite) -> anyhow::Result<()> {
-    let mut inventory = InventoryServiceClient::new(channel(&suite.url("inventory")).await?);
-    let mut warehouse = WarehouseServiceClient::new(channel(&suite.url("warehouse")).await?);
+    seed_peers(&suite.settings.peers).await
+}
+
+/// Seeds the catalog against services wherever they run.
+pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()> {
+    let mut inventory = InventoryServiceClient::new(channel(&peers.inventory).await?);
+    let mut warehouse = WarehouseServiceClient::new(channel(&peers.warehouse).await?);
     for (sku, name, cost, weight) in CATALOG {
         inventory
             .create_item(CreateItemRequest {
@@ -107,7 +112,7 @@ pub async fn seed(suite: &crate::Suite) -> anyhow::Result<()> {
                 .await?;
         }
     }
-    let mut carrier = CarrierServiceClient::new(channel(&suite.url("carrier")).await?);
+    let mut carrier = CarrierServiceClient::new(channel(&peers.carrier).await?);
     let bands = |base: i64| -> Vec<RateBand> {
         (1..=10)
             .flat_map(|zone| {
@@ -169,7 +174,7 @@ pub async fn seed(suite: &crate::Suite) -> anyhow::Result<()> {
             }),
         })
         .await?;
-    let mut order = OrderServiceClient::new(channel(&suite.url("order")).await?);
+    let mut order = OrderServiceClient::new(channel(&peers.order).await?);
     for (code, kind, commission, pattern, ship_complete) in [
         ("web", ChannelKind::WebStore, 0, "", false),
         (
@@ -198,7 +203,7 @@ pub async fn seed(suite: &crate::Suite) -> anyhow::Result<()> {
             })
             .await?;
     }
-    let mut procurement = ProcurementServiceClient::new(channel(&suite.url("procurement")).await?);
+    let mut procurement = ProcurementServiceClient::new(channel(&peers.procurement).await?);
     procurement
         .create_supplier(CreateSupplierRequest {
             code: "acme".into(),

@@ -33,7 +33,10 @@ fn lazy(url: &str) -> Channel {
 impl Clients {
     /// Lazily connected clients: a service that is down now can come back later.
     pub fn for_suite(suite: &crate::Suite) -> Self {
-        let peers = &suite.settings.peers;
+        Self::for_peers(&suite.settings.peers)
+    }
+
+    pub fn for_peers(peers: &erp_runtime::config::Peers) -> Self {
         Self {
             order: OrderServiceClient::new(lazy(&peers.order)),
             inventory: InventoryServiceClient::new(lazy(&peers.inventory)),

@@ -226,12 +226,16 @@ impl Consumer {
                 }
             }
         };
+        // The client's default response timeout (500 ms) is shorter than the blocking read: a
+        // read cut off by it loses the reply while the server has already delivered the
+        // messages, which then wait in the pending list for XAUTOCLAIM.
+        blocking.set_response_timeout(Duration::from_secs(10));
         let mut last_claim = std::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            if last_claim.elapsed() >= self.redeliver_after / 2 {
+            if last_claim.elapsed() >= self.redeliver_after / 4 {
                 last_claim = std::time::Instant::now();
                 if let Err(e) = self.claim_stale().await {
                     tracing::warn!(stream = %self.stream, error = %e, "claiming stale messages failed");
