@@ -382,3 +382,58 @@ async fn pause_holds_a_saga_and_resume_lets_it_finish() {
     c.assert_reconciled().await;
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_of_an_unknown_definition_version_is_parked_not_guessed() {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let (s, mut c) = start(&Backend::Sqlite).await;
+    let orch = s
+        .services
+        .iter()
+        .find(|r| r.name == "orchestrator")
+        .unwrap()
+        .db
+        .clone();
+    // A saga written by a newer build (version 2) that this build does not know.
+    let now = erp_runtime::time::now_ms();
+    let order_id = uuid::Uuid::now_v7().to_string();
+    erp_orchestrator::store::saga::ActiveModel {
+        saga_id: Set(uuid::Uuid::now_v7().to_string()),
+        definition: Set("fulfillment".into()),
+        definition_version: Set(2),
+        order_id: Set(order_id.clone()),
+        status: Set("pending".into()),
+        current_step: Set("load_order".into()),
+        attempts: Set(0),
+        last_error: Set(String::new()),
+        traceparent: Set(String::new()),
+        lease_owner: Set(String::new()),
+        lease_until_ms: Set(0),
+        next_attempt_at_ms: Set(now),
+        created_at_ms: Set(now),
+        updated_at_ms: Set(now),
+        data: Set("{}".into()),
+        step_index: Set(0),
+        resume_status: Set(String::new()),
+        parked_reason: Set(String::new()),
+        suggested_action: Set(String::new()),
+    }
+    .insert(&orch)
+    .await
+    .unwrap();
+    let parked = c.wait_saga(&order_id, &[SagaStatus::Parked], T).await;
+    assert_eq!(parked.definition_version, 2, "still pinned to its version");
+    let exceptions = c
+        .orchestrator
+        .list_exceptions(erp_proto::orchestrator::ListExceptionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .exceptions;
+    assert!(
+        exceptions[0].reason.starts_with("UNKNOWN_DEFINITION"),
+        "{}",
+        exceptions[0].reason
+    );
+    s.stop().await.unwrap();
+}

@@ -127,6 +127,15 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
         "the kill should land while sagas are in flight: {stages:?}"
     );
 
+    // Orders placed while no orchestrator runs still get their saga (from the outbox, via the
+    // stream, once a replica is back).
+    for i in 0..2 {
+        orders.push(
+            c.place(&format!("K-down-{i}"), "TEE-M", 1, "tok_visa", "standard")
+                .await,
+        );
+    }
+
     // Two replicas now: they share the sagas through leases, and the dead one's leases expire.
     let orchestrator = spawn_orchestrator(&suite.settings, true);
     let second = spawn_orchestrator(&suite.settings, false);
