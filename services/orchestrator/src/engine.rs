@@ -405,6 +405,26 @@ impl Engine {
         }
     }
 
+    /// Schedules the next attempt of `step` after a backoff with jitter.
+    async fn retry_later(
+        &self,
+        st: &mut State,
+        step: Step,
+        direction: &'static str,
+        error: &str,
+    ) -> anyhow::Result<bool> {
+        let delay = definition::backoff(st.m.attempts - 1, rand::random::<f64>());
+        st.m.next_attempt_at_ms = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
+        let detail = format!("{error}; retry in {} ms", delay.as_millis());
+        self.save(
+            st,
+            log(step.name(), direction, "retryable_failure", detail),
+            &[],
+        )
+        .await?;
+        Ok(false)
+    }
+
     /// Runs the next forward step. Returns whether to keep going now.
     async fn forward_step(
         &self,
@@ -472,19 +492,12 @@ impl Engine {
         {
             return Ok(false);
         }
-        let result = match tokio::time::timeout(
+        let result = bounded(
             policy.timeout,
             self.participants
                 .forward(step, &st.m.saga_id, &mut st.ctx, policy.timeout),
         )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(StepError::Transient(format!(
-                "no answer within {:?}",
-                policy.timeout
-            ))),
-        };
+        .await;
         match result {
             Ok(()) => {
                 st.m.step_index += 1;
@@ -525,17 +538,7 @@ impl Engine {
                     self.save(st, entry, &[]).await?;
                     return Ok(false);
                 }
-                let delay = definition::backoff(st.m.attempts - 1, rand::random::<f64>());
-                st.m.next_attempt_at_ms =
-                    now_ms() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
-                let detail = format!("{e}; retry in {} ms", delay.as_millis());
-                self.save(
-                    st,
-                    log(step.name(), "forward", "retryable_failure", detail),
-                    &[],
-                )
-                .await?;
-                Ok(false)
+                self.retry_later(st, step, "forward", &e).await
             }
             Err(StepError::Rejected { reason, detail }) => {
                 st.m.last_error = format!("{reason}: {detail}");
@@ -590,19 +593,12 @@ impl Engine {
         {
             return Ok(false);
         }
-        let result = match tokio::time::timeout(
+        let result = bounded(
             policy.timeout,
             self.participants
                 .compensate(step, &st.m.saga_id, &st.ctx, policy.timeout),
         )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(StepError::Transient(format!(
-                "no answer within {:?}",
-                policy.timeout
-            ))),
-        };
+        .await;
         match result {
             Ok(()) => {
                 st.m.step_index -= 1;
@@ -623,17 +619,7 @@ impl Engine {
                     self.save(st, entry, &[]).await?;
                     return Ok(false);
                 }
-                let delay = definition::backoff(st.m.attempts - 1, rand::random::<f64>());
-                st.m.next_attempt_at_ms =
-                    now_ms() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
-                let detail = format!("{e}; retry in {} ms", delay.as_millis());
-                self.save(
-                    st,
-                    log(step.name(), "compensate", "retryable_failure", detail),
-                    &[],
-                )
-                .await?;
-                Ok(false)
+                self.retry_later(st, step, "compensate", &e).await
             }
             Err(StepError::Rejected { reason, detail }) => {
                 let entry = Self::park(
@@ -647,6 +633,20 @@ impl Engine {
             }
         }
     }
+}
+
+/// A participant call that gives up (as a transient failure) after the step's timeout.
+async fn bounded(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<(), StepError>>,
+) -> Result<(), StepError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StepError::Transient(format!(
+                "no answer within {timeout:?}"
+            )))
+        })
 }
 
 /// What a step learned, for the timeline.
