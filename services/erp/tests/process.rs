@@ -145,3 +145,45 @@ async fn up_prints_addresses_survives_sigkill_and_stops_on_sigterm() {
     }
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[test]
+fn migrate_creates_every_database_and_is_repeatable() {
+    let data_dir = std::env::temp_dir().join(format!("erp-migrate-{}", std::process::id()));
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_erp"))
+            .arg("migrate")
+            .env("ERP__DATA_DIR", &data_dir)
+            .env("ERP__TELEMETRY__LOG_FILTER", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for service in SERVICES {
+            assert!(
+                text.contains(&format!("{service}: migrations applied")),
+                "{text}"
+            );
+            assert!(data_dir.join(format!("{service}.db")).exists());
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_erp"))
+        .args(["migrate", "--service", "nope"])
+        .env("ERP__DATA_DIR", &data_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service"));
+    // A bad setting stops the process with the key named.
+    let out = Command::new(env!("CARGO_BIN_EXE_erp"))
+        .arg("migrate")
+        .env("ERP__SERVER__CONCURRENCY_LIMIT", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.concurrency_limit"));
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
