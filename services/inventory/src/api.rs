@@ -367,6 +367,19 @@ impl InventoryApi {
         idempotent!(self, "inventory.ReceiveStock", req, |txn| {
             let source = source_of(req.source.as_ref(), "receipt", "receiving");
             let mut changes = vec![(domain::Bucket::OnHand, req.quantity)];
+            let mut reason = domain::Reason::Receipt;
+            if source.kind == "transfer" {
+                if !req.from_inbound {
+                    return Err(ApiError::invalid(
+                        "from_inbound",
+                        "a transfer arrives from inbound",
+                    ));
+                }
+                self.store
+                    .receive_transfer(&txn, &source.id, &req.sku, &req.location, req.quantity)
+                    .await?;
+                reason = domain::Reason::TransferIn;
+            }
             if req.from_inbound {
                 changes.push((domain::Bucket::Inbound, -req.quantity));
                 self.store
@@ -375,14 +388,7 @@ impl InventoryApi {
             }
             let level = self
                 .store
-                .change(
-                    &txn,
-                    &req.sku,
-                    &req.location,
-                    &changes,
-                    domain::Reason::Receipt,
-                    &source,
-                )
+                .change(&txn, &req.sku, &req.location, &changes, reason, &source)
                 .await?;
             ReceiveStockResponse {
                 level: Some(level_to_wire(&level)),
@@ -472,6 +478,163 @@ impl InventoryApi {
                 )
                 .await?;
             RecordInboundResponse {
+                level: Some(level_to_wire(&level)),
+            }
+        })
+    }
+
+    async fn transfer_stock(&self, req: TransferStockRequest) -> ApiResult<TransferStockResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("sku", &req.sku);
+        v.code("from_location", &req.from_location);
+        v.code("to_location", &req.to_location);
+        v.check(
+            req.from_location != req.to_location,
+            "to_location",
+            "must differ from from_location",
+        );
+        v.positive("quantity", req.quantity);
+        v.check(req.expected_at.is_some(), "expected_at", "is required");
+        v.finish()?;
+        let expected = req
+            .expected_at
+            .as_ref()
+            .map(from_timestamp)
+            .unwrap_or_default();
+        idempotent!(self, "inventory.TransferStock", req, |txn| {
+            let (t, from, to) = self
+                .store
+                .transfer(
+                    &txn,
+                    &req.sku,
+                    &req.from_location,
+                    &req.to_location,
+                    req.quantity,
+                    expected,
+                    "transfer",
+                )
+                .await?;
+            TransferStockResponse {
+                transfer_id: t.transfer_id,
+                from_level: Some(level_to_wire(&from)),
+                to_level: Some(level_to_wire(&to)),
+            }
+        })
+    }
+
+    async fn record_cycle_count(
+        &self,
+        req: RecordCycleCountRequest,
+    ) -> ApiResult<RecordCycleCountResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("sku", &req.sku);
+        v.code("location", &req.location);
+        v.non_negative("counted_quantity", req.counted_quantity);
+        v.check(
+            req.actor.as_ref().is_some_and(|a| !a.id.trim().is_empty()),
+            "actor.id",
+            "a count needs the counter",
+        );
+        v.finish()?;
+        let actor = actor_id(req.actor.as_ref());
+        let reason = req
+            .actor
+            .as_ref()
+            .map(|a| a.reason.clone())
+            .unwrap_or_default();
+        idempotent!(self, "inventory.RecordCycleCount", req, |txn| {
+            let (expected, level, accuracy) = self
+                .store
+                .cycle_count(
+                    &txn,
+                    &req.sku,
+                    &req.location,
+                    req.counted_quantity,
+                    &actor,
+                    &reason,
+                )
+                .await?;
+            RecordCycleCountResponse {
+                expected_quantity: expected,
+                variance: req.counted_quantity - expected,
+                level: Some(level_to_wire(&level)),
+                location_accuracy_bps: accuracy,
+            }
+        })
+    }
+
+    async fn record_return(&self, req: RecordReturnRequest) -> ApiResult<RecordReturnResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("sku", &req.sku);
+        v.code("location", &req.location);
+        v.positive("quantity", req.quantity);
+        v.finish()?;
+        idempotent!(self, "inventory.RecordReturn", req, |txn| {
+            let source = source_of(req.source.as_ref(), "return", "receiving");
+            let level = self
+                .store
+                .change(
+                    &txn,
+                    &req.sku,
+                    &req.location,
+                    &[(domain::Bucket::ReturnsPending, req.quantity)],
+                    domain::Reason::Return,
+                    &source,
+                )
+                .await?;
+            RecordReturnResponse {
+                level: Some(level_to_wire(&level)),
+            }
+        })
+    }
+
+    async fn inspect_return(&self, req: InspectReturnRequest) -> ApiResult<InspectReturnResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("sku", &req.sku);
+        v.code("location", &req.location);
+        v.positive("quantity", req.quantity);
+        let disposition =
+            ReturnDisposition::try_from(req.disposition).unwrap_or(ReturnDisposition::Unspecified);
+        v.check(
+            disposition != ReturnDisposition::Unspecified,
+            "disposition",
+            "must be RESTOCK or QUARANTINE",
+        );
+        v.finish()?;
+        let (to, reason) = if disposition == ReturnDisposition::Restock {
+            (domain::Bucket::OnHand, domain::Reason::Return)
+        } else {
+            (domain::Bucket::Quarantined, domain::Reason::Quarantine)
+        };
+        idempotent!(self, "inventory.InspectReturn", req, |txn| {
+            let source = Source {
+                kind: "inspection".into(),
+                id: req
+                    .actor
+                    .as_ref()
+                    .map(|a| a.reason.clone())
+                    .unwrap_or_default(),
+                actor: actor_id(req.actor.as_ref()),
+            };
+            let level = self
+                .store
+                .change(
+                    &txn,
+                    &req.sku,
+                    &req.location,
+                    &[
+                        (domain::Bucket::ReturnsPending, -req.quantity),
+                        (to, req.quantity),
+                    ],
+                    reason,
+                    &source,
+                )
+                .await?;
+            InspectReturnResponse {
                 level: Some(level_to_wire(&level)),
             }
         })
@@ -776,22 +939,30 @@ impl InventoryService for InventoryApi {
 
     async fn transfer_stock(
         &self,
-        _request: Request<TransferStockRequest>,
+        request: Request<TransferStockRequest>,
     ) -> Result<Response<TransferStockResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "TransferStock is planned with the inventory issue (#4)".into(),
-        )
-        .into())
+        respond(self.transfer_stock(request.into_inner()).await)
     }
 
     async fn record_cycle_count(
         &self,
-        _request: Request<RecordCycleCountRequest>,
+        request: Request<RecordCycleCountRequest>,
     ) -> Result<Response<RecordCycleCountResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "RecordCycleCount is planned with the inventory issue (#4)".into(),
-        )
-        .into())
+        respond(self.record_cycle_count(request.into_inner()).await)
+    }
+
+    async fn record_return(
+        &self,
+        request: Request<RecordReturnRequest>,
+    ) -> Result<Response<RecordReturnResponse>, Status> {
+        respond(self.record_return(request.into_inner()).await)
+    }
+
+    async fn inspect_return(
+        &self,
+        request: Request<InspectReturnRequest>,
+    ) -> Result<Response<InspectReturnResponse>, Status> {
+        respond(self.inspect_return(request.into_inner()).await)
     }
 
     async fn reserve_stock(

@@ -45,6 +45,11 @@ pub enum Reason {
     Shipment,
     Adjustment,
     Inbound,
+    TransferOut,
+    TransferIn,
+    CycleCount,
+    Return,
+    Quarantine,
 }
 
 impl Reason {
@@ -56,6 +61,11 @@ impl Reason {
             Self::Shipment => "shipment",
             Self::Adjustment => "adjustment",
             Self::Inbound => "inbound",
+            Self::TransferOut => "transfer_out",
+            Self::TransferIn => "transfer_in",
+            Self::CycleCount => "cycle_count",
+            Self::Return => "return",
+            Self::Quarantine => "quarantine",
         }
     }
 }
@@ -150,6 +160,17 @@ pub enum InventoryError {
     ReservationNotActive { id: String, state: &'static str },
     #[error("order {0} has no reservations")]
     NoReservations(String),
+    #[error(
+        "sku {sku} at {location}: counted {counted} but {reserved} are reserved; release or re-allocate reservations first"
+    )]
+    CountBelowReserved {
+        sku: String,
+        location: String,
+        counted: i64,
+        reserved: i64,
+    },
+    #[error("transfer {0}: {1}")]
+    Transfer(String, String),
 }
 
 impl From<InventoryError> for ApiError {
@@ -172,6 +193,10 @@ impl From<InventoryError> for ApiError {
                 ApiError::precondition("RESERVATION_NOT_ACTIVE", message)
             }
             InventoryError::NoReservations(_) => ApiError::NotFound(message),
+            InventoryError::CountBelowReserved { .. } => {
+                ApiError::precondition("COUNT_BELOW_RESERVED", message)
+            }
+            InventoryError::Transfer(..) => ApiError::precondition("TRANSFER_STATE", message),
         }
     }
 }

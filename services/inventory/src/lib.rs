@@ -10,6 +10,9 @@ pub mod api;
 pub mod domain;
 pub mod store;
 
+/// How often expired reservations are looked for.
+const EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The inventory service for the runtime.
 pub struct Service;
 
@@ -19,7 +22,24 @@ impl erp_runtime::Service for Service {
     type Migrator = store::migration::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let api = api::InventoryApi::new(store::Store::new(ctx.db.clone(), ctx.outbox.clone()));
+        let store = store::Store::new(ctx.db.clone(), ctx.outbox.clone());
+        // Abandoned holds return to stock when their expiry passes.
+        let expiring = store.clone();
+        let shutdown = ctx.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                match expiring.expire_due(erp_runtime::time::now_ms()).await {
+                    Ok(n) if n > 0 => tracing::info!(expired = n, "reservations expired"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "expiring reservations failed"),
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(EXPIRY_INTERVAL) => {}
+                }
+            }
+        });
+        let api = api::InventoryApi::new(store);
         Ok(tonic::service::Routes::new(
             erp_proto::inventory::inventory_service_server::InventoryServiceServer::new(api),
         ))

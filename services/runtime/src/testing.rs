@@ -109,7 +109,12 @@ impl TestService {
 
 /// Starts `S` alone on 127.0.0.1:0 with an in-process bus.
 pub async fn spawn<S: Service>(backend: &Backend) -> TestService {
-    let (settings, _dir) = settings(backend, &[]);
+    spawn_env::<S>(backend, &[]).await
+}
+
+/// Like [`spawn`], with `ERP__...` overrides.
+pub async fn spawn_env<S: Service>(backend: &Backend, extra: &[(&str, &str)]) -> TestService {
+    let (settings, _dir) = settings(backend, extra);
     spawn_with::<S>(Arc::new(settings), Bus::InProcess(Default::default())).await
 }
 

@@ -135,3 +135,29 @@ pub mod reservation {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+erp_runtime::entity!(transfer, "transfers", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub transfer_id: String,
+    pub sku: String,
+    pub from_location: String,
+    pub to_location: String,
+    pub quantity: i64,
+    /// in_transit or received.
+    pub state: String,
+    pub expected_at_ms: i64,
+    pub created_at_ms: i64,
+});
+
+erp_runtime::entity!(cycle_count, "cycle_counts", {
+    #[sea_orm(primary_key)]
+    pub seq: i64,
+    pub sku: String,
+    pub location: String,
+    pub expected_quantity: i64,
+    pub counted_quantity: i64,
+    pub variance: i64,
+    pub actor: String,
+    pub reason: String,
+    pub counted_at_ms: i64,
+});

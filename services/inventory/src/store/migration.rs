@@ -84,6 +84,33 @@ CREATE INDEX reservations_order ON reservations (order_id, state)",
                     "items",
                 ],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000002_transfers_and_counts",
+                up: r"
+CREATE TABLE transfers (
+    transfer_id TEXT PRIMARY KEY,
+    sku TEXT NOT NULL,
+    from_location TEXT NOT NULL,
+    to_location TEXT NOT NULL,
+    quantity BIGINT NOT NULL CHECK (quantity > 0),
+    state TEXT NOT NULL,
+    expected_at_ms BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE cycle_counts (
+    seq {SERIAL},
+    sku TEXT NOT NULL,
+    location TEXT NOT NULL,
+    expected_quantity BIGINT NOT NULL,
+    counted_quantity BIGINT NOT NULL,
+    variance BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    counted_at_ms BIGINT NOT NULL
+);
+CREATE INDEX cycle_counts_location ON cycle_counts (location, counted_at_ms)",
+                drops: &["cycle_counts", "transfers"],
+            }),
         ]
     }
 }

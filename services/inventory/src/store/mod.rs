@@ -19,7 +19,7 @@ use sea_orm::{
 use serde::Serialize;
 
 use crate::domain::{Bucket, InventoryError, Levels, Reason, ReservationState};
-use entities::{inbound, item, ledger, location, reservation, stock_level};
+use entities::{cycle_count, inbound, item, ledger, location, reservation, stock_level, transfer};
 
 /// Where a change came from, recorded on its ledger entries.
 #[derive(Debug, Clone, Default)]
@@ -584,6 +584,152 @@ impl Store {
             self.outbox.wake();
         }
         Ok(count)
+    }
+
+    /// Ships stock from one location towards another: out of on hand at the origin, into
+    /// inbound (with its expected date) at the destination.
+    pub async fn transfer<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        sku: &str,
+        from: &str,
+        to: &str,
+        quantity: i64,
+        expected_at_ms: i64,
+        actor: &str,
+    ) -> ApiResult<(transfer::Model, stock_level::Model, stock_level::Model)> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let source = Source {
+            kind: "transfer".into(),
+            id: id.clone(),
+            actor: actor.to_owned(),
+        };
+        let from_level = self
+            .change(
+                c,
+                sku,
+                from,
+                &[(Bucket::OnHand, -quantity)],
+                Reason::TransferOut,
+                &source,
+            )
+            .await?;
+        let to_level = self
+            .record_inbound(c, sku, to, quantity, expected_at_ms, &source)
+            .await?;
+        let t = transfer::ActiveModel {
+            transfer_id: Set(id),
+            sku: Set(sku.to_owned()),
+            from_location: Set(from.to_owned()),
+            to_location: Set(to.to_owned()),
+            quantity: Set(quantity),
+            state: Set("in_transit".into()),
+            expected_at_ms: Set(expected_at_ms),
+            created_at_ms: Set(now_ms()),
+        }
+        .insert(c)
+        .await?;
+        Ok((t, from_level, to_level))
+    }
+
+    /// Checks that a receipt matches an in-transit transfer and marks it received.
+    pub async fn receive_transfer<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        transfer_id: &str,
+        sku: &str,
+        loc: &str,
+        quantity: i64,
+    ) -> ApiResult<()> {
+        let t = transfer::Entity::find_by_id(transfer_id.to_owned())
+            .one(c)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("transfer {transfer_id}")))?;
+        let problem = if t.state != "in_transit" {
+            Some(format!("is {}", t.state))
+        } else if t.sku != sku || t.to_location != loc {
+            Some(format!(
+                "carries {} to {}, not {sku} to {loc}",
+                t.sku, t.to_location
+            ))
+        } else if t.quantity != quantity {
+            Some(format!("carries {} units, not {quantity}", t.quantity))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(InventoryError::Transfer(transfer_id.to_owned(), p).into());
+        }
+        let mut am: transfer::ActiveModel = t.into();
+        am.state = Set("received".into());
+        am.update(c).await?;
+        Ok(())
+    }
+
+    /// Records a count: the variance adjusts on hand (reason cycle_count), and the count feeds
+    /// the location's accuracy. Returns (expected, level, accuracy in basis points).
+    pub async fn cycle_count<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        sku: &str,
+        loc: &str,
+        counted: i64,
+        actor: &str,
+        reason: &str,
+    ) -> ApiResult<(i64, stock_level::Model, i32)> {
+        self.ensure_row(c, sku, loc).await?;
+        let current = self
+            .levels_of(c, sku, loc)
+            .await?
+            .ok_or_else(|| ApiError::Internal(format!("stock row {sku}@{loc} vanished")))?;
+        if counted < current.reserved {
+            return Err(InventoryError::CountBelowReserved {
+                sku: sku.to_owned(),
+                location: loc.to_owned(),
+                counted,
+                reserved: current.reserved,
+            }
+            .into());
+        }
+        let variance = counted - current.on_hand;
+        let level = if variance == 0 {
+            current.clone()
+        } else {
+            let source = Source {
+                kind: "cycle_count".into(),
+                id: reason.to_owned(),
+                actor: actor.to_owned(),
+            };
+            self.change(
+                c,
+                sku,
+                loc,
+                &[(Bucket::OnHand, variance)],
+                Reason::CycleCount,
+                &source,
+            )
+            .await?
+        };
+        cycle_count::ActiveModel {
+            sku: Set(sku.to_owned()),
+            location: Set(loc.to_owned()),
+            expected_quantity: Set(current.on_hand),
+            counted_quantity: Set(counted),
+            variance: Set(variance),
+            actor: Set(actor.to_owned()),
+            reason: Set(reason.to_owned()),
+            counted_at_ms: Set(now_ms()),
+            ..Default::default()
+        }
+        .insert(c)
+        .await?;
+        let counts = cycle_count::Entity::find()
+            .filter(cycle_count::Column::Location.eq(loc))
+            .all(c)
+            .await?;
+        let exact = counts.iter().filter(|x| x.variance == 0).count();
+        let accuracy = i32::try_from(exact * 10_000 / counts.len().max(1)).unwrap_or(0);
+        Ok((current.on_hand, level, accuracy))
     }
 
     /// Replays the ledger from zero and compares with the buckets.
