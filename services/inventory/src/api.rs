@@ -512,7 +512,6 @@ impl InventoryApi {
                     &req.to_location,
                     req.quantity,
                     expected,
-                    "transfer",
                 )
                 .await?;
             TransferStockResponse {

@@ -596,13 +596,12 @@ impl Store {
         to: &str,
         quantity: i64,
         expected_at_ms: i64,
-        actor: &str,
     ) -> ApiResult<(transfer::Model, stock_level::Model, stock_level::Model)> {
         let id = uuid::Uuid::now_v7().to_string();
         let source = Source {
             kind: "transfer".into(),
             id: id.clone(),
-            actor: actor.to_owned(),
+            actor: "transfer".into(),
         };
         let from_level = self
             .change(
