@@ -206,3 +206,262 @@ async fn seed_and_run(
     stock_up(&mut c, 1_000_000).await?;
     run(&c, orders, concurrency).await
 }
+
+/// Figures of one flash sale.
+pub struct Flash {
+    pub batch: usize,
+    pub attempts: usize,
+    pub reserved_ok: usize,
+    pub refused: usize,
+    pub errors: usize,
+    pub units_reserved: i64,
+    pub units: i64,
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+impl Flash {
+    pub fn decisions_per_second(&self) -> f64 {
+        (self.reserved_ok + self.refused) as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn oversold(&self) -> i64 {
+        (self.units_reserved - self.units).max(0)
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        Figures {
+            completed: 0,
+            failed: 0,
+            elapsed: self.elapsed,
+            latencies: self.latencies.clone(),
+        }
+        .percentile(p)
+    }
+}
+
+/// A flash sale against the inventory service on PostgreSQL: `attempts` reservations of one
+/// unit each for `units` units of one item at one warehouse, from `clients` concurrent clients.
+pub async fn flash_sale(
+    postgres: &str,
+    batch: usize,
+    attempts: usize,
+    units: i64,
+    clients: usize,
+) -> anyhow::Result<Flash> {
+    use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
+    use erp_proto::inventory::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    anyhow::ensure!(
+        postgres.starts_with("postgres"),
+        "--postgres is required for the flash sale"
+    );
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let mut env = std::collections::HashMap::new();
+    env.insert(
+        "ERP__DATABASE__URL".to_owned(),
+        format!(
+            "{}/f{}_{{service}}",
+            postgres.trim_end_matches('/'),
+            &tag[tag.len() - 10..]
+        ),
+    );
+    env.insert("ERP__DATABASE__MAX_CONNECTIONS".to_owned(), "32".to_owned());
+    env.insert(
+        "ERP__SERVER__CONCURRENCY_LIMIT".to_owned(),
+        "100000".to_owned(),
+    );
+    env.insert(
+        "ERP__INVENTORY__RESERVATION_BATCH".to_owned(),
+        batch.to_string(),
+    );
+    env.insert("ERP__TELEMETRY__LOG_FILTER".to_owned(), "warn".to_owned());
+    let settings = Arc::new(erp_runtime::config::Settings::load_with(None, Some(env))?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = erp_runtime::app::start::<erp_inventory::Service>(
+        settings.clone(),
+        listener,
+        erp_runtime::bus::Bus::InProcess(Default::default()),
+        shutdown.clone(),
+    )
+    .await?;
+    let url = format!("http://{}", running.addr);
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(url.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    let mut c = InventoryServiceClient::new(channels[0].clone());
+    c.create_item(CreateItemRequest {
+        item: Some(Item {
+            sku: "HOT-1".into(),
+            name: "Limited edition sneaker".into(),
+            unit_cost: Some(erp_proto::common::Money {
+                amount_minor: 4000,
+                currency: "USD".into(),
+            }),
+            ..Default::default()
+        }),
+    })
+    .await?;
+    c.create_location(CreateLocationRequest {
+        location: Some(Location {
+            code: "east".into(),
+            name: "East DC".into(),
+            region: "us-east".into(),
+            ..Default::default()
+        }),
+    })
+    .await?;
+    c.receive_stock(ReceiveStockRequest {
+        idempotency_key: "flash-stock".into(),
+        sku: "HOT-1".into(),
+        location: "east".into(),
+        quantity: units,
+        source: None,
+        from_inbound: false,
+    })
+    .await?;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let mut client = InventoryServiceClient::new(channels[k % channels.len()].clone());
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = (0usize, 0usize, 0usize, Vec::new());
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= attempts {
+                    break;
+                }
+                let t0 = Instant::now();
+                let r = client
+                    .reserve_stock(ReserveStockRequest {
+                        idempotency_key: format!("flash-{i}"),
+                        order_id: format!("order-{i}"),
+                        lines: vec![ReserveLine {
+                            order_line_id: format!("order-{i}-1"),
+                            sku: "HOT-1".into(),
+                            location: "east".into(),
+                            quantity: 1,
+                        }],
+                        mode: ReserveMode::AllOrNothing as i32,
+                        expires_at: None,
+                    })
+                    .await;
+                out.3.push(t0.elapsed());
+                match r {
+                    Ok(_) => out.0 += 1,
+                    Err(s)
+                        if erp_runtime::error::status_reason(&s).as_deref()
+                            == Some("INSUFFICIENT_STOCK") =>
+                    {
+                        out.1 += 1
+                    }
+                    Err(_) => out.2 += 1,
+                }
+            }
+            out
+        }));
+    }
+    let mut flash = Flash {
+        batch,
+        attempts,
+        reserved_ok: 0,
+        refused: 0,
+        errors: 0,
+        units_reserved: 0,
+        units,
+        elapsed: Duration::ZERO,
+        latencies: Vec::with_capacity(attempts),
+    };
+    for t in tasks {
+        let (ok, refused, errors, latencies) = t.await?;
+        flash.reserved_ok += ok;
+        flash.refused += refused;
+        flash.errors += errors;
+        flash.latencies.extend(latencies);
+    }
+    flash.elapsed = started.elapsed();
+    let level = c
+        .get_stock(GetStockRequest {
+            sku: "HOT-1".into(),
+            location: "east".into(),
+        })
+        .await?
+        .into_inner()
+        .levels;
+    flash.units_reserved = level.first().map_or(0, |l| l.reserved);
+    let verify = c.verify_ledger(VerifyLedgerRequest {}).await?.into_inner();
+    anyhow::ensure!(
+        verify.consistent,
+        "ledger replay differs after the flash sale"
+    );
+    shutdown.cancel();
+    let _ = running.task.await;
+    Ok(flash)
+}
+
+/// GetAvailability reads per second for `seconds` from `clients` concurrent clients.
+pub async fn availability_reads(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    use erp_proto::inventory::GetAvailabilityRequest;
+    use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await?;
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut c = InventoryServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                if c.get_availability(GetAvailabilityRequest {
+                    skus: vec!["MUG-BLUE".into()],
+                    as_of: None,
+                })
+                .await
+                .is_ok()
+                {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await?;
+    }
+    Ok(total as f64 / seconds as f64)
+}
+
+pub fn print_flash(f: &Flash, hot_row_ceiling: Option<f64>) {
+    println!(
+        "flash sale batch={:<4} {} attempts for {} units: {} reserved, {} refused, {} errors, oversold {} | {:>7.0} decisions/s, p50 {:>5.1} ms, p99 {:>6.1} ms",
+        f.batch,
+        f.attempts,
+        f.units,
+        f.reserved_ok,
+        f.refused,
+        f.errors,
+        f.oversold(),
+        f.decisions_per_second(),
+        f.percentile(0.5).as_secs_f64() * 1000.0,
+        f.percentile(0.99).as_secs_f64() * 1000.0,
+    );
+    if let Some(c) = hot_row_ceiling {
+        println!(
+            "flash sale batch={:<4} ratio to the single-hot-row UPDATE ceiling ({c:.0} commits/s): {:.2}x",
+            f.batch,
+            f.decisions_per_second() / c
+        );
+    }
+}

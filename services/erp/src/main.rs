@@ -41,7 +41,8 @@ enum Command {
     },
     /// Measure completed sagas per second and saga latency (prints figures, never fails on time).
     Bench {
-        /// embedded (this process, SQLite) or distributed (seven processes, PostgreSQL + Redis).
+        /// embedded (this process, SQLite), distributed (seven processes, PostgreSQL + Redis), or
+        /// flash (a flash sale of `orders` one-unit reservations for 500 units on PostgreSQL).
         #[arg(long, default_value = "embedded")]
         mode: String,
         #[arg(long, default_value_t = 200)]
@@ -140,7 +141,21 @@ async fn main() -> anyhow::Result<()> {
                 "distributed" => {
                     erp::bench::distributed(&postgres, &redis, orders, concurrency).await?
                 }
-                other => anyhow::bail!("--mode must be embedded or distributed, not {other}"),
+                "flash" => {
+                    // The same flash sale one transaction per reservation, then group-committed.
+                    for batch in [1, 128] {
+                        let f = erp::bench::flash_sale(&postgres, batch, orders, 500, concurrency)
+                            .await?;
+                        erp::bench::print_flash(&f, pg_ceiling);
+                        if f.oversold() > 0 {
+                            anyhow::bail!("oversold {} units", f.oversold());
+                        }
+                    }
+                    return Ok(());
+                }
+                other => {
+                    anyhow::bail!("--mode must be embedded, distributed or flash, not {other}")
+                }
             };
             erp::bench::print(
                 &mode,

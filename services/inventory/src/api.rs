@@ -19,11 +19,12 @@ use crate::store::{Source, Store, levels};
 
 pub struct InventoryApi {
     store: Store,
+    batcher: crate::batcher::Batcher,
 }
 
 impl InventoryApi {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, batcher: crate::batcher::Batcher) -> Self {
+        Self { store, batcher }
     }
 }
 
@@ -84,7 +85,7 @@ fn bucket_to_wire(b: domain::Bucket) -> Bucket {
     }
 }
 
-fn reservation_to_wire(m: reservation::Model) -> Reservation {
+pub(crate) fn reservation_to_wire(m: reservation::Model) -> Reservation {
     let state = match DomainState::parse(&m.state) {
         Some(DomainState::Active) => ReservationState::Active,
         Some(DomainState::Committed) => ReservationState::Committed,
@@ -659,7 +660,11 @@ impl InventoryApi {
             v.code(&format!("lines[{i}].location"), &line.location);
             v.positive(&format!("lines[{i}].quantity"), line.quantity);
         }
-        let mode = ReserveMode::try_from(req.mode).unwrap_or(ReserveMode::Unspecified);
+        v.check(
+            ReserveMode::try_from(req.mode).is_ok(),
+            "mode",
+            "must be ALL_OR_NOTHING or PARTIAL",
+        );
         if let Some(expires) = &req.expires_at {
             v.check(
                 from_timestamp(expires) > now_ms(),
@@ -668,35 +673,7 @@ impl InventoryApi {
             );
         }
         v.finish()?;
-        let lines: Vec<_> = req
-            .lines
-            .iter()
-            .map(|l| {
-                (
-                    l.order_line_id.clone(),
-                    l.sku.clone(),
-                    l.location.clone(),
-                    l.quantity,
-                )
-            })
-            .collect();
-        let expires = req.expires_at.as_ref().map(from_timestamp);
-        idempotent!(self, "inventory.ReserveStock", req, |txn| {
-            let (made, short) = self
-                .store
-                .reserve(
-                    &txn,
-                    &req.order_id,
-                    &lines,
-                    mode == ReserveMode::Partial,
-                    expires,
-                )
-                .await?;
-            ReserveStockResponse {
-                reservations: made.into_iter().map(reservation_to_wire).collect(),
-                short_lines: short,
-            }
-        })
+        self.batcher.reserve(req).await
     }
 
     async fn release_reservations(

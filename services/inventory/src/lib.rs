@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod batcher;
 pub mod domain;
 pub mod store;
 
@@ -39,7 +40,12 @@ impl erp_runtime::Service for Service {
                 }
             }
         });
-        let api = api::InventoryApi::new(store);
+        let batcher = batcher::Batcher::spawn(
+            store.clone(),
+            ctx.settings.inventory.reservation_batch,
+            ctx.shutdown.clone(),
+        );
+        let api = api::InventoryApi::new(store, batcher);
         Ok(tonic::service::Routes::new(
             erp_proto::inventory::inventory_service_server::InventoryServiceServer::new(api),
         ))

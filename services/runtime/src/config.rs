@@ -20,6 +20,14 @@ pub struct Settings {
     /// Where each service listens, as seen by the others (and by `erp up`, which binds these ports).
     pub peers: Peers,
     pub orchestrator: OrchestratorSettings,
+    pub inventory: InventorySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventorySettings {
+    /// Reservations applied per transaction at most (group commit); 1 disables batching.
+    pub reservation_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +198,9 @@ procurement = "http://127.0.0.1:50055"
 finance = "http://127.0.0.1:50056"
 orchestrator = "http://127.0.0.1:50057"
 
+[inventory]
+reservation_batch = 128
+
 [orchestrator]
 lease_ms = 15000
 poll_interval_ms = 200
@@ -289,6 +300,9 @@ impl Settings {
                     message: format!("must be an http:// URL, got {peer:?}"),
                 });
             }
+        }
+        if !(1..=1000).contains(&self.inventory.reservation_batch) {
+            return Err(invalid("inventory.reservation_batch", "must be 1..=1000"));
         }
         if self.orchestrator.lease_ms == 0 {
             return Err(invalid("orchestrator.lease_ms", "must be positive"));
