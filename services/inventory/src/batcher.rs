@@ -1,20 +1,29 @@
 //! Group commit for reservations. A flash sale sends thousands of reservations for one item at
 //! once; one transaction each would serialize every order on the hot row's lock and on a commit
-//! (fsync) each. Instead, requests queue here and a worker applies up to `inventory.reservation_batch` of them in
-//! one transaction, each inside its own savepoint (a refused request rolls back alone), and
-//! answers them all after the single commit. Each decision still goes through the same
-//! conditional UPDATE, so the no-oversell guarantee does not depend on the batching; and no
-//! answer is sent before the commit that makes it true.
+//! (fsync) each. Instead, requests queue here and a worker takes up to
+//! `inventory.reservation_batch` of them into one transaction: single-line requests for the
+//! same (sku, location) are decided together from one read, in arrival order, and applied with
+//! one conditional UPDATE (which still refuses to go below zero, so a concurrent writer makes
+//! the group fall back to one-by-one) and bulk inserts; other requests run one by one in
+//! savepoints. No answer is sent before the commit that makes it true.
 
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use std::collections::{BTreeMap, HashMap};
+
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use erp_proto::inventory::{ReserveMode, ReserveStockRequest, ReserveStockResponse};
-use erp_runtime::time::from_timestamp;
+use erp_runtime::outbox;
+use erp_runtime::time::{from_timestamp, now_ms};
 use erp_runtime::{ApiError, ApiResult, idempotency};
 
-use crate::store::Store;
+use crate::domain::{Bucket, InventoryError, Reason, ReservationState};
+use crate::store::entities::{ledger, reservation, stock_level};
+use crate::store::{StockChanged, Store};
 
 const SCOPE: &str = "inventory.ReserveStock";
 
@@ -78,39 +87,339 @@ async fn apply(store: &Store, batch: Vec<Job>) {
             return;
         }
     };
-    let mut answers = Vec::with_capacity(batch.len());
-    for job in batch {
-        let result = match txn.begin().await {
-            Ok(savepoint) => match reserve_one(store, &savepoint, &job.request).await {
-                Ok(response) => match savepoint.commit().await {
-                    Ok(()) => Ok(response),
-                    Err(e) => Err(e.into()),
-                },
-                Err(e) => {
-                    let _ = savepoint.rollback().await;
-                    Err(e)
-                }
-            },
-            Err(e) => Err(e.into()),
-        };
-        answers.push((job.reply, result));
-    }
+    let requests: Vec<&ReserveStockRequest> = batch.iter().map(|j| &j.request).collect();
+    let answers = match decide(store, &txn, &requests).await {
+        Ok(answers) => answers,
+        Err(e) => {
+            let _ = txn.rollback().await;
+            for job in batch {
+                let _ = job.reply.send(Err(ApiError::Aborted(format!(
+                    "reservation batch failed: {e}"
+                ))));
+            }
+            return;
+        }
+    };
     match txn.commit().await {
         Ok(()) => {
             store.outbox.wake();
-            for (reply, result) in answers {
-                let _ = reply.send(result);
+            for (job, result) in batch.into_iter().zip(answers) {
+                let _ = job.reply.send(result);
             }
         }
         Err(e) => {
             // Nothing of the batch happened: every caller may retry with its key.
             let e = ApiError::from(e);
-            for (reply, _) in answers {
-                let _ = reply.send(Err(ApiError::Aborted(format!(
+            for job in batch {
+                let _ = job.reply.send(Err(ApiError::Aborted(format!(
                     "reservation batch not committed: {e}"
                 ))));
             }
         }
+    }
+}
+
+/// Decides every request of a batch inside `txn`. Single-line requests are coalesced per
+/// (sku, location): one read, decisions in arrival order, one conditional UPDATE for all the
+/// accepted units, bulk inserts. Anything else (several lines) goes one by one in a savepoint.
+/// The error case is a database failure that spoils the transaction.
+async fn decide(
+    store: &Store,
+    txn: &sea_orm::DatabaseTransaction,
+    requests: &[&ReserveStockRequest],
+) -> ApiResult<Vec<ApiResult<ReserveStockResponse>>> {
+    let n = requests.len();
+    let mut answers: Vec<Option<ApiResult<ReserveStockResponse>>> = (0..n).map(|_| None).collect();
+    let hashes: Vec<String> = requests
+        .iter()
+        .map(|r| idempotency::fingerprint(*r))
+        .collect();
+    // Repeats of a key already in this batch are answered like the first one, after it.
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    let mut copies = Vec::new();
+    // Keys answered before this batch.
+    let keys: Vec<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
+    let stored: HashMap<String, idempotency::entity::Model> = idempotency::entity::Entity::find()
+        .filter(idempotency::entity::Column::Scope.eq(SCOPE))
+        .filter(idempotency::entity::Column::IdemKey.is_in(keys))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|row| (row.idem_key.clone(), row))
+        .collect();
+    let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    let mut slow = Vec::new();
+    for (i, req) in requests.iter().enumerate() {
+        if let Some(&first) = first_of.get(req.idempotency_key.as_str()) {
+            copies.push((i, first));
+            continue;
+        }
+        first_of.insert(&req.idempotency_key, i);
+        if let Some(row) = stored.get(&req.idempotency_key) {
+            answers[i] = Some(idempotency::judge(
+                row,
+                SCOPE,
+                &req.idempotency_key,
+                &hashes[i],
+            ));
+        } else if let [line] = req.lines.as_slice() {
+            groups
+                .entry((line.sku.clone(), line.location.clone()))
+                .or_default()
+                .push(i);
+        } else {
+            slow.push(i);
+        }
+    }
+    for ((sku, loc), idxs) in groups {
+        let savepoint = txn.begin().await?;
+        match coalesce(store, &savepoint, &sku, &loc, &idxs, requests, &hashes).await {
+            Ok(Some(results)) => {
+                savepoint.commit().await?;
+                for (i, r) in idxs.into_iter().zip(results) {
+                    answers[i] = Some(r);
+                }
+            }
+            Ok(None) => {
+                // Someone else changed the row between our read and our update: one by one.
+                savepoint.rollback().await?;
+                slow.extend(idxs);
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                for i in idxs {
+                    answers[i] = Some(Err(ApiError::Aborted(e.to_string())));
+                }
+            }
+        }
+    }
+    for i in slow {
+        let savepoint = txn.begin().await?;
+        let result = reserve_one(store, &savepoint, requests[i]).await;
+        if result.is_ok() {
+            savepoint.commit().await?;
+        } else {
+            savepoint.rollback().await?;
+        }
+        answers[i] = Some(result);
+    }
+    for (i, first) in copies {
+        answers[i] = Some(match &answers[first] {
+            Some(Ok(response)) if hashes[i] == hashes[first] => Ok(response.clone()),
+            Some(Ok(_)) => Err(ApiError::AlreadyExists(format!(
+                "idempotency key {:?} was already used for a different reservation",
+                requests[i].idempotency_key
+            ))),
+            // The first was refused: decide the repeat again, on its own.
+            _ => {
+                let savepoint = txn.begin().await?;
+                let result = reserve_one(store, &savepoint, requests[i]).await;
+                if result.is_ok() {
+                    savepoint.commit().await?;
+                } else {
+                    savepoint.rollback().await?;
+                }
+                result
+            }
+        });
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(ApiError::Internal("reservation left undecided".into()))))
+        .collect())
+}
+
+/// One (sku, location) of a batch. `None` when the row changed under us (fall back).
+async fn coalesce<C: ConnectionTrait>(
+    store: &Store,
+    c: &C,
+    sku: &str,
+    loc: &str,
+    idxs: &[usize],
+    requests: &[&ReserveStockRequest],
+    hashes: &[String],
+) -> ApiResult<Option<Vec<ApiResult<ReserveStockResponse>>>> {
+    let refuse_all = |e: ApiError| -> ApiResult<Option<Vec<ApiResult<ReserveStockResponse>>>> {
+        let message = e.to_string();
+        Ok(Some(
+            idxs.iter()
+                .map(|_| Err(clone_error(&e, &message)))
+                .collect(),
+        ))
+    };
+    let location = match store.location(c, loc).await {
+        Ok(l) => l,
+        Err(e) => return refuse_all(e),
+    };
+    if !location.online {
+        return refuse_all(InventoryError::LocationOffline(loc.to_owned()).into());
+    }
+    if let Err(e) = store.ensure_row(c, sku, loc).await {
+        return refuse_all(e);
+    }
+    let before = store
+        .levels_of(c, sku, loc)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("stock row {sku}@{loc} vanished")))?;
+    let mut available = before.on_hand - before.reserved;
+    let mut results = Vec::with_capacity(idxs.len());
+    let mut takes = Vec::with_capacity(idxs.len());
+    for &i in idxs {
+        let req = requests[i];
+        let line = &req.lines[0];
+        let partial = ReserveMode::try_from(req.mode) == Ok(ReserveMode::Partial);
+        let take = if partial {
+            std::cmp::min(line.quantity, available)
+        } else {
+            line.quantity
+        };
+        if take > available {
+            results.push(Some(Err(InventoryError::InsufficientStock {
+                sku: sku.to_owned(),
+                location: loc.to_owned(),
+                requested: line.quantity,
+                available,
+            }
+            .into())));
+            takes.push(0);
+            continue;
+        }
+        available -= take;
+        takes.push(take);
+        results.push(None);
+    }
+    let total: i64 = takes.iter().sum();
+    if total > 0 {
+        let updated = stock_level::Entity::update_many()
+            .col_expr(
+                stock_level::Column::Reserved,
+                Expr::col(stock_level::Column::Reserved).add(total),
+            )
+            .filter(stock_level::Column::Sku.eq(sku))
+            .filter(stock_level::Column::Location.eq(loc))
+            .filter(
+                Expr::col(stock_level::Column::OnHand)
+                    .sub(Expr::col(stock_level::Column::Reserved))
+                    .gte(total),
+            )
+            .exec(c)
+            .await?;
+        if updated.rows_affected != 1 {
+            return Ok(None);
+        }
+    }
+    let now = now_ms();
+    let mut balance = before.reserved;
+    let mut ledger_rows = Vec::new();
+    let mut reservation_rows = Vec::new();
+    let mut key_rows = Vec::new();
+    let mut out = Vec::with_capacity(idxs.len());
+    for ((&i, take), refused) in idxs.iter().zip(takes).zip(results) {
+        if let Some(err) = refused {
+            out.push(err);
+            continue;
+        }
+        let req = requests[i];
+        let line = &req.lines[0];
+        let mut made = Vec::new();
+        if take > 0 {
+            balance += take;
+            ledger_rows.push(ledger::ActiveModel {
+                sku: Set(sku.to_owned()),
+                location: Set(loc.to_owned()),
+                bucket: Set(Bucket::Reserved.as_str().to_owned()),
+                delta: Set(take),
+                balance_after: Set(balance),
+                reason: Set(Reason::Reservation.as_str().to_owned()),
+                source_kind: Set("order".into()),
+                source_id: Set(req.order_id.clone()),
+                actor: Set("inventory".into()),
+                recorded_at_ms: Set(now),
+                ..Default::default()
+            });
+            let model = reservation::Model {
+                reservation_id: uuid::Uuid::now_v7().to_string(),
+                order_id: req.order_id.clone(),
+                order_line_id: line.order_line_id.clone(),
+                sku: sku.to_owned(),
+                location: loc.to_owned(),
+                quantity: take,
+                state: ReservationState::Active.as_str().to_owned(),
+                expires_at_ms: req.expires_at.as_ref().map(from_timestamp),
+                created_at_ms: now,
+            };
+            reservation_rows.push(reservation::ActiveModel::from(model.clone()));
+            made.push(model);
+        }
+        let response = ReserveStockResponse {
+            reservations: made
+                .into_iter()
+                .map(crate::api::reservation_to_wire)
+                .collect(),
+            short_lines: if take < line.quantity {
+                vec![line.order_line_id.clone()]
+            } else {
+                vec![]
+            },
+        };
+        key_rows.push(idempotency::row(
+            SCOPE,
+            &req.idempotency_key,
+            &hashes[i],
+            &response,
+        ));
+        out.push(Ok(response));
+    }
+    if !ledger_rows.is_empty() {
+        ledger::Entity::insert_many(ledger_rows).exec(c).await?;
+        reservation::Entity::insert_many(reservation_rows)
+            .exec(c)
+            .await?;
+    }
+    if !key_rows.is_empty() {
+        idempotency::entity::Entity::insert_many(key_rows)
+            .exec(c)
+            .await?;
+    }
+    if total > 0 {
+        let after = crate::store::levels(&before);
+        outbox::enqueue(
+            c,
+            "inventory.stock_changed",
+            &format!("{sku}@{loc}"),
+            &StockChanged {
+                sku,
+                location: loc,
+                on_hand: after.on_hand,
+                reserved: after.reserved + total,
+                inbound: after.inbound,
+                available: after.on_hand - after.reserved - total,
+                reason: Reason::Reservation.as_str(),
+            },
+        )
+        .await?;
+        store.check_low_stock(c, sku).await?;
+    }
+    Ok(Some(out))
+}
+
+/// Errors are not `Clone`; a refusal shared by a whole group is rebuilt for each request.
+fn clone_error(e: &ApiError, message: &str) -> ApiError {
+    match e {
+        ApiError::FailedPrecondition {
+            reason, metadata, ..
+        } => ApiError::FailedPrecondition {
+            reason: reason.clone(),
+            message: message.to_owned(),
+            metadata: metadata.clone(),
+        },
+        ApiError::NotFound(_) => ApiError::NotFound(message.to_owned()),
+        ApiError::InvalidArgument(v) => ApiError::InvalidArgument(v.clone()),
+        ApiError::AlreadyExists(_) => ApiError::AlreadyExists(message.to_owned()),
+        ApiError::Unavailable(_) => ApiError::Unavailable(message.to_owned()),
+        ApiError::Aborted(_) => ApiError::Aborted(message.to_owned()),
+        ApiError::Unimplemented(_) => ApiError::Unimplemented(message.to_owned()),
+        ApiError::Internal(_) => ApiError::Internal(message.to_owned()),
     }
 }
 

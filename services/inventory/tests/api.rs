@@ -606,3 +606,58 @@ async fn beyond_the_concurrency_limit_requests_are_shed_not_queued() {
     assert_ledger_consistent(&mut c).await;
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_arriving_together_reserve_once() {
+    for backend in testing::backends() {
+        let svc = testing::spawn::<erp_inventory::Service>(&backend).await;
+        let channel = svc.channel().await;
+        let mut c = InventoryServiceClient::new(channel.clone());
+        seed(&mut c, 30).await;
+        // 40 distinct keys, each sent three times at once (a client retrying eagerly), for 30
+        // units: the repeats land in the same batches as their originals.
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            for _ in 0..3 {
+                let mut c = InventoryServiceClient::new(channel.clone());
+                tasks.push(tokio::spawn(async move {
+                    (
+                        i,
+                        c.reserve_stock(reserve(&format!("dup-{i}"), &format!("o-{i}"), 1))
+                            .await,
+                    )
+                }));
+            }
+        }
+        let mut answers: std::collections::BTreeMap<i32, Vec<Result<ReserveStockResponse, Code>>> =
+            Default::default();
+        for t in tasks {
+            let (i, r) = t.await.unwrap();
+            answers
+                .entry(i)
+                .or_default()
+                .push(r.map(|r| r.into_inner()).map_err(|s| s.code()));
+        }
+        let mut granted = 0;
+        for (i, rs) in &answers {
+            let oks: Vec<_> = rs.iter().filter_map(|r| r.as_ref().ok()).collect();
+            if !oks.is_empty() {
+                granted += 1;
+                assert_eq!(
+                    oks.len(),
+                    3,
+                    "key {i}: a granted reservation is granted to every repeat"
+                );
+                assert!(
+                    oks.iter().all(|r| *r == oks[0]),
+                    "key {i}: repeats answer the same reservation"
+                );
+            }
+        }
+        assert_eq!(granted, 30, "backend {}", backend.name());
+        let l = level(&mut c).await;
+        assert_eq!((l.reserved, l.available), (30, 0));
+        assert_ledger_consistent(&mut c).await;
+        svc.stop().await;
+    }
+}

@@ -83,6 +83,17 @@ pub async fn lookup<C: ConnectionTrait, R: Message + Default>(
     else {
         return Ok(None);
     };
+    judge(&row, scope, key, request_hash).map(Some)
+}
+
+/// The answer a stored key gives to a request with `request_hash` (for callers that looked many
+/// keys up at once).
+pub fn judge<R: Message + Default>(
+    row: &entity::Model,
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+) -> ApiResult<R> {
     if row.request_hash == TOMBSTONE {
         return Err(ApiError::precondition(
             "ALREADY_COMPENSATED",
@@ -95,8 +106,23 @@ pub async fn lookup<C: ConnectionTrait, R: Message + Default>(
         )));
     }
     R::decode(row.response.as_slice())
-        .map(Some)
         .map_err(|e| ApiError::Internal(format!("stored response for {scope} {key}: {e}")))
+}
+
+/// A row recording `response` under `(scope, key)`, for bulk inserts.
+pub fn row<R: Message>(
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+    response: &R,
+) -> entity::ActiveModel {
+    entity::ActiveModel {
+        scope: Set(scope.to_owned()),
+        idem_key: Set(key.to_owned()),
+        request_hash: Set(request_hash.to_owned()),
+        response: Set(response.encode_to_vec()),
+        created_at_ms: Set(crate::time::now_ms()),
+    }
 }
 
 /// Records the response of `(scope, key)`; call inside the transaction that made the effect.

@@ -36,14 +36,14 @@ pub struct Store {
 }
 
 #[derive(Serialize)]
-struct StockChanged<'a> {
-    sku: &'a str,
-    location: &'a str,
-    on_hand: i64,
-    reserved: i64,
-    inbound: i64,
-    available: i64,
-    reason: &'a str,
+pub(crate) struct StockChanged<'a> {
+    pub sku: &'a str,
+    pub location: &'a str,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub inbound: i64,
+    pub available: i64,
+    pub reason: &'a str,
 }
 
 #[derive(Serialize)]
@@ -97,7 +97,12 @@ impl Store {
     }
 
     /// Makes sure the stock row of (sku, location) exists, after checking both are known.
-    async fn ensure_row<C: ConnectionTrait>(&self, c: &C, sku: &str, loc: &str) -> ApiResult<()> {
+    pub(crate) async fn ensure_row<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        sku: &str,
+        loc: &str,
+    ) -> ApiResult<()> {
         self.item(c, sku).await?;
         self.location(c, loc).await?;
         stock_level::Entity::insert(stock_level::ActiveModel {
@@ -244,7 +249,11 @@ impl Store {
         Ok(after)
     }
 
-    async fn check_low_stock<C: ConnectionTrait>(&self, c: &C, sku: &str) -> ApiResult<()> {
+    pub(crate) async fn check_low_stock<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        sku: &str,
+    ) -> ApiResult<()> {
         let item = self.item(c, sku).await?;
         if item.low_stock_threshold <= 0 {
             return Ok(());
