@@ -210,6 +210,8 @@ async fn seed_and_run(
 /// Figures of one flash sale.
 pub struct Flash {
     pub batch: usize,
+    /// GetAvailability reads per second on the hot item after the sale.
+    pub reads_per_second: f64,
     pub attempts: usize,
     pub reserved_ok: usize,
     pub refused: usize,
@@ -373,6 +375,7 @@ pub async fn flash_sale(
     }
     let mut flash = Flash {
         batch,
+        reads_per_second: 0.0,
         attempts,
         reserved_ok: 0,
         refused: 0,
@@ -410,7 +413,12 @@ pub async fn flash_sale(
 }
 
 /// GetAvailability reads per second for `seconds` from `clients` concurrent clients.
-pub async fn availability_reads(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+pub async fn availability_reads(
+    url: &str,
+    sku: &str,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
     use erp_proto::inventory::GetAvailabilityRequest;
     use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
@@ -420,11 +428,12 @@ pub async fn availability_reads(url: &str, clients: usize, seconds: u64) -> anyh
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let mut c = InventoryServiceClient::new(channel.clone());
+        let sku = sku.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < stop {
                 if c.get_availability(GetAvailabilityRequest {
-                    skus: vec!["MUG-BLUE".into()],
+                    skus: vec![sku.clone()],
                     as_of: None,
                 })
                 .await
@@ -456,6 +465,10 @@ pub fn print_flash(f: &Flash, hot_row_ceiling: Option<f64>) {
         f.decisions_per_second(),
         f.percentile(0.5).as_secs_f64() * 1000.0,
         f.percentile(0.99).as_secs_f64() * 1000.0,
+    );
+    println!(
+        "flash sale batch={:<4} GetAvailability: {:.0} reads/s (32 clients, 3 s)",
+        f.batch, f.reads_per_second
     );
     if let Some(c) = hot_row_ceiling {
         println!(
