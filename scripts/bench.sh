@@ -39,7 +39,7 @@ HOT=$("$PG_BIN/pgbench" -n -c 32 -j 2 -T 10 -f /tmp/erp-pgbench-hot.sql "$PG_URL
 echo "hot-row commits/s: $HOT"
 
 echo "== flash sale: 10,000 one-unit reservations for 500 units, 128 clients, PostgreSQL with fsync"
-target/release/erp bench --mode flash --orders 10000 --concurrency 128 --postgres "$PG_URL" --pg-ceiling "$HOT"
+target/release/erp bench --mode flash --orders 10000 --concurrency 128 --postgres "$PG_URL" --redis "$ERP_TEST_REDIS_URL" --pg-ceiling "$HOT"
 
 echo "== embedded (SQLite, one process)"
 target/release/erp bench --mode embedded --orders "$ORDERS" --concurrency "$CONCURRENCY"

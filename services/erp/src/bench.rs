@@ -212,6 +212,7 @@ pub struct Flash {
     pub batch: usize,
     /// GetAvailability reads per second on the hot item after the sale.
     pub reads_per_second: f64,
+    pub cached: bool,
     pub attempts: usize,
     pub reserved_ok: usize,
     pub refused: usize,
@@ -246,6 +247,7 @@ impl Flash {
 /// unit each for `units` units of one item at one warehouse, from `clients` concurrent clients.
 pub async fn flash_sale(
     postgres: &str,
+    redis: &str,
     batch: usize,
     attempts: usize,
     units: i64,
@@ -279,6 +281,15 @@ pub async fn flash_sale(
         batch.to_string(),
     );
     env.insert("ERP__TELEMETRY__LOG_FILTER".to_owned(), "warn".to_owned());
+    if redis.starts_with("redis://") {
+        // Distributed-mode settings turn the availability cache on.
+        env.insert("ERP__BUS__KIND".to_owned(), "redis".to_owned());
+        env.insert("ERP__BUS__REDIS_URL".to_owned(), redis.to_owned());
+        env.insert(
+            "ERP__BUS__STREAM_PREFIX".to_owned(),
+            format!("erp-flash-{tag}"),
+        );
+    }
     let settings = Arc::new(erp_runtime::config::Settings::load_with(None, Some(env))?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -376,6 +387,7 @@ pub async fn flash_sale(
     let mut flash = Flash {
         batch,
         reads_per_second: 0.0,
+        cached: redis.starts_with("redis://"),
         attempts,
         reserved_ok: 0,
         refused: 0,
@@ -467,8 +479,10 @@ pub fn print_flash(f: &Flash, hot_row_ceiling: Option<f64>) {
         f.percentile(0.99).as_secs_f64() * 1000.0,
     );
     println!(
-        "flash sale batch={:<4} GetAvailability: {:.0} reads/s (32 clients, 3 s)",
-        f.batch, f.reads_per_second
+        "flash sale batch={:<4} GetAvailability: {:.0} reads/s (32 clients, 3 s, {})",
+        f.batch,
+        f.reads_per_second,
+        if f.cached { "Redis cache" } else { "no cache" }
     );
     if let Some(c) = hot_row_ceiling {
         println!(

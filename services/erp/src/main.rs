@@ -142,10 +142,18 @@ async fn main() -> anyhow::Result<()> {
                     erp::bench::distributed(&postgres, &redis, orders, concurrency).await?
                 }
                 "flash" => {
-                    // The same flash sale one transaction per reservation, then group-committed.
-                    for batch in [1, 128] {
-                        let f = erp::bench::flash_sale(&postgres, batch, orders, 500, concurrency)
-                            .await?;
+                    // The same flash sale one transaction per reservation, then group-committed
+                    // (with the availability cache when --redis is given).
+                    for (batch, cache) in [(1, ""), (128, redis.as_str())] {
+                        let f = erp::bench::flash_sale(
+                            &postgres,
+                            cache,
+                            batch,
+                            orders,
+                            500,
+                            concurrency,
+                        )
+                        .await?;
                         erp::bench::print_flash(&f, pg_ceiling);
                         if f.oversold() > 0 {
                             anyhow::bail!("oversold {} units", f.oversold());

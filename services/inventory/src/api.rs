@@ -294,6 +294,7 @@ impl InventoryApi {
         )
         .await?;
         txn.commit().await?;
+        self.store.cache.invalidate_all().await;
         self.store.outbox.wake();
         Ok(SetLocationStatusResponse {
             location: Some(location_to_wire(model)),
@@ -333,10 +334,33 @@ impl InventoryApi {
         }
         v.finish()?;
         let as_of = req.as_of.as_ref().map(from_timestamp);
-        let map = self
-            .store
-            .availability(&self.store.db, &req.skus, as_of)
-            .await?;
+        let map =
+            if as_of.is_none() && !matches!(self.store.cache, crate::cache::AtpCache::Disabled) {
+                let mut map = std::collections::BTreeMap::new();
+                for sku in &req.skus {
+                    let figures = match self.store.cache.get(sku).await {
+                        Ok(figures) => figures,
+                        Err(generations) => {
+                            let figures = self
+                                .store
+                                .availability(&self.store.db, std::slice::from_ref(sku), None)
+                                .await?
+                                .remove(sku)
+                                .unwrap_or_default();
+                            if let Some(g) = generations {
+                                self.store.cache.put(sku, g, &figures).await;
+                            }
+                            figures
+                        }
+                    };
+                    map.insert(sku.clone(), figures);
+                }
+                map
+            } else {
+                self.store
+                    .availability(&self.store.db, &req.skus, as_of)
+                    .await?
+            };
         let items = req
             .skus
             .iter()
@@ -896,49 +920,84 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<ReceiveStockRequest>,
     ) -> Result<Response<ReceiveStockResponse>, Status> {
-        respond(self.receive_stock(request.into_inner()).await)
+        respond(
+            self.store
+                .cache
+                .tracked(self.receive_stock(request.into_inner()))
+                .await,
+        )
     }
 
     async fn adjust_stock(
         &self,
         request: Request<AdjustStockRequest>,
     ) -> Result<Response<AdjustStockResponse>, Status> {
-        respond(self.adjust_stock(request.into_inner()).await)
+        respond(
+            self.store
+                .cache
+                .tracked(self.adjust_stock(request.into_inner()))
+                .await,
+        )
     }
 
     async fn record_inbound(
         &self,
         request: Request<RecordInboundRequest>,
     ) -> Result<Response<RecordInboundResponse>, Status> {
-        respond(self.record_inbound(request.into_inner()).await)
+        respond(
+            self.store
+                .cache
+                .tracked(self.record_inbound(request.into_inner()))
+                .await,
+        )
     }
 
     async fn transfer_stock(
         &self,
         request: Request<TransferStockRequest>,
     ) -> Result<Response<TransferStockResponse>, Status> {
-        respond(self.transfer_stock(request.into_inner()).await)
+        respond(
+            self.store
+                .cache
+                .tracked(self.transfer_stock(request.into_inner()))
+                .await,
+        )
     }
 
     async fn record_cycle_count(
         &self,
         request: Request<RecordCycleCountRequest>,
     ) -> Result<Response<RecordCycleCountResponse>, Status> {
-        respond(self.record_cycle_count(request.into_inner()).await)
+        respond(
+            self.store
+                .cache
+                .tracked(self.record_cycle_count(request.into_inner()))
+                .await,
+        )
     }
 
     async fn record_return(
         &self,
         request: Request<RecordReturnRequest>,
     ) -> Result<Response<RecordReturnResponse>, Status> {
-        respond(self.record_return(request.into_inner()).await)
+        respond(
+            self.store
+                .cache
+                .tracked(self.record_return(request.into_inner()))
+                .await,
+        )
     }
 
     async fn inspect_return(
         &self,
         request: Request<InspectReturnRequest>,
     ) -> Result<Response<InspectReturnResponse>, Status> {
-        respond(self.inspect_return(request.into_inner()).await)
+        respond(
+            self.store
+                .cache
+                .tracked(self.inspect_return(request.into_inner()))
+                .await,
+        )
     }
 
     async fn reserve_stock(
@@ -952,14 +1011,24 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<ReleaseReservationsRequest>,
     ) -> Result<Response<ReleaseReservationsResponse>, Status> {
-        respond(self.release_reservations(request.into_inner()).await)
+        respond(
+            self.store
+                .cache
+                .tracked(self.release_reservations(request.into_inner()))
+                .await,
+        )
     }
 
     async fn commit_reservations(
         &self,
         request: Request<CommitReservationsRequest>,
     ) -> Result<Response<CommitReservationsResponse>, Status> {
-        respond(self.commit_reservations(request.into_inner()).await)
+        respond(
+            self.store
+                .cache
+                .tracked(self.commit_reservations(request.into_inner()))
+                .await,
+        )
     }
 
     async fn list_reservations(

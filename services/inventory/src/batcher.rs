@@ -57,7 +57,7 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                apply(&store, batch).await;
+                store.cache.tracked(apply(&store, batch)).await;
             }
         });
         Self { queue }
@@ -290,6 +290,7 @@ async fn coalesce<C: ConnectionTrait>(
     }
     let total: i64 = takes.iter().sum();
     if total > 0 {
+        store.cache.invalidate(sku).await;
         let updated = stock_level::Entity::update_many()
             .col_expr(
                 stock_level::Column::Reserved,

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod batcher;
+pub mod cache;
 pub mod domain;
 pub mod store;
 
@@ -23,13 +24,18 @@ impl erp_runtime::Service for Service {
     type Migrator = store::migration::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let store = store::Store::new(ctx.db.clone(), ctx.outbox.clone());
+        let cache = cache::AtpCache::from_settings(&ctx.settings).await?;
+        let store = store::Store::new(ctx.db.clone(), ctx.outbox.clone(), cache);
         // Abandoned holds return to stock when their expiry passes.
         let expiring = store.clone();
         let shutdown = ctx.shutdown.clone();
         tokio::spawn(async move {
             loop {
-                match expiring.expire_due(erp_runtime::time::now_ms()).await {
+                let expired = expiring
+                    .cache
+                    .tracked(expiring.expire_due(erp_runtime::time::now_ms()))
+                    .await;
+                match expired {
                     Ok(n) if n > 0 => tracing::info!(expired = n, "reservations expired"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "expiring reservations failed"),

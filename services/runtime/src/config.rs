@@ -28,6 +28,10 @@ pub struct Settings {
 pub struct InventorySettings {
     /// Reservations applied per transaction at most (group commit); 1 disables batching.
     pub reservation_batch: usize,
+    /// Lifetime of cached availability figures in Redis (distributed mode, `bus.kind = "redis"`);
+    /// 0 disables the cache. Stock changes invalidate before they answer; the lifetime only
+    /// bounds staleness if Redis itself fails mid-invalidation.
+    pub availability_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +204,7 @@ orchestrator = "http://127.0.0.1:50057"
 
 [inventory]
 reservation_batch = 128
+availability_cache_ms = 2000
 
 [orchestrator]
 lease_ms = 15000

@@ -33,6 +33,7 @@ pub struct Source {
 pub struct Store {
     pub db: DatabaseConnection,
     pub outbox: OutboxWaker,
+    pub cache: crate::cache::AtpCache,
 }
 
 #[derive(Serialize)]
@@ -74,8 +75,8 @@ pub fn levels(row: &stock_level::Model) -> Levels {
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
-        Self { db, outbox }
+    pub fn new(db: DatabaseConnection, outbox: OutboxWaker, cache: crate::cache::AtpCache) -> Self {
+        Self { db, outbox, cache }
     }
 
     pub async fn item<C: ConnectionTrait>(&self, c: &C, sku: &str) -> ApiResult<item::Model> {
@@ -206,6 +207,7 @@ impl Store {
             }
             .into());
         }
+        self.cache.invalidate(sku).await;
         let now = now_ms();
         let after_levels = levels(&after);
         for &(bucket, delta) in changes {
