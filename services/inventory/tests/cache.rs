@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use erp_proto::common::Money;
 use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
 use erp_proto::inventory::*;
-use erp_runtime::testing::{self, Backend};
+use erp_runtime::testing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_availability_is_never_above_the_truth_after_a_reservation_answers() {
