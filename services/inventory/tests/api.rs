@@ -661,3 +661,60 @@ async fn duplicate_keys_arriving_together_reserve_once() {
         svc.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_changes_and_low_stock_leave_as_events() {
+    use erp_runtime::bus::{Bus, Event, InProcessBus, handler};
+    let bus = Bus::InProcess(InProcessBus::default());
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Event>>> = Default::default();
+    for topic in ["inventory.stock_changed", "inventory.low_stock"] {
+        let seen = seen.clone();
+        bus.subscribe(
+            topic,
+            "test",
+            handler(move |e: Event| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(e);
+                    Ok(())
+                }
+            }),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    }
+    let (settings, _) = testing::settings(&Backend::Sqlite, &[]);
+    let svc =
+        testing::spawn_with::<erp_inventory::Service>(std::sync::Arc::new(settings), bus).await;
+    let mut c = InventoryServiceClient::new(svc.channel().await);
+    // Threshold 5: receiving 10 is no alarm; reserving 6 leaves 4 and is.
+    seed(&mut c, 10).await;
+    c.reserve_stock(reserve("low", "o-low", 6)).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let low: Vec<Event> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.topic == "inventory.low_stock")
+            .cloned()
+            .collect();
+        if let Some(e) = low.first() {
+            assert_eq!(low.len(), 1);
+            assert_eq!(e.payload["network_available"], 4);
+            assert_eq!(e.payload["threshold"], 5);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no low-stock event");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let changed = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.topic == "inventory.stock_changed")
+        .count();
+    assert_eq!(changed, 2, "one for the receipt, one for the reservation");
+    svc.stop().await;
+}
