@@ -419,6 +419,7 @@ pub async fn flash_sale(
         verify.consistent,
         "ledger replay differs after the flash sale"
     );
+    flash.reads_per_second = availability_reads(&url, "HOT-1", 32, 3).await?;
     shutdown.cancel();
     let _ = running.task.await;
     Ok(flash)
@@ -444,14 +445,18 @@ pub async fn availability_reads(
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < stop {
-                if c.get_availability(GetAvailabilityRequest {
-                    skus: vec![sku.clone()],
-                    as_of: None,
-                })
-                .await
-                .is_ok()
+                match c
+                    .get_availability(GetAvailabilityRequest {
+                        skus: vec![sku.clone()],
+                        as_of: None,
+                    })
+                    .await
                 {
-                    n += 1;
+                    Ok(_) => n += 1,
+                    Err(e) => {
+                        eprintln!("GetAvailability failed: {e}");
+                        break;
+                    }
                 }
             }
             n
