@@ -718,3 +718,28 @@ async fn stock_changes_and_low_stock_leave_as_events() {
     assert_eq!(changed, 2, "one for the receipt, one for the reservation");
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_mode_takes_what_is_there_and_names_the_short_lines() {
+    for backend in testing::backends() {
+        let svc = testing::spawn::<erp_inventory::Service>(&backend).await;
+        let mut c = InventoryServiceClient::new(svc.channel().await);
+        seed(&mut c, 5).await;
+        let mut req = reserve("p1", "o-p", 8);
+        req.mode = ReserveMode::Partial as i32;
+        let r = c.reserve_stock(req).await.unwrap().into_inner();
+        assert_eq!(r.reservations.len(), 1);
+        assert_eq!(r.reservations[0].quantity, 5);
+        assert_eq!(r.short_lines, ["o-p-1"]);
+        // Nothing left: a partial request gets no reservation, and is still answered.
+        let mut req = reserve("p2", "o-q", 2);
+        req.mode = ReserveMode::Partial as i32;
+        let r = c.reserve_stock(req).await.unwrap().into_inner();
+        assert!(r.reservations.is_empty());
+        assert_eq!(r.short_lines, ["o-q-1"]);
+        let l = level(&mut c).await;
+        assert_eq!((l.reserved, l.available), (5, 0));
+        assert_ledger_consistent(&mut c).await;
+        svc.stop().await;
+    }
+}
