@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine or a warm one:
 #   1. installs the pinned tools (buf) into a cache under $HOME and lints the protos,
 #   2. installs and starts PostgreSQL and Redis when missing (scripts/test-env.sh),
-#   3. checks formatting and clippy, then runs every Rust test against SQLite and PostgreSQL.
+#   3. checks formatting and clippy, then runs every Rust test against SQLite and PostgreSQL,
+#   4. lints and renders the Helm chart and validates the manifests against Kubernetes schemas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +29,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked -- --test-threads="${ERP_TEST_THREADS:-4}"
+
+step "Helm chart and Kubernetes manifests"
+scripts/check-charts.sh

@@ -65,6 +65,8 @@ enum Command {
         /// order, inventory, warehouse, carrier, procurement, finance or orchestrator.
         service: String,
     },
+    /// Load and validate the configuration (defaults, file, environment), print where things go.
+    CheckConfig,
     /// Apply database migrations for one service, or all of them.
     Migrate {
         /// order, inventory, warehouse, carrier, procurement, finance or orchestrator.
@@ -79,6 +81,20 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     let _telemetry = erp_runtime::telemetry::init("erp", &settings.telemetry)?;
     match cli.command {
+        Command::CheckConfig => {
+            println!("configuration ok");
+            println!(
+                "  bus: {:?}, stream prefix {}",
+                settings.bus.kind, settings.bus.stream_prefix
+            );
+            for s in erp_runtime::config::SERVICES {
+                println!(
+                    "  {s:<13} {}  db {}",
+                    settings.peers.get(s).unwrap_or_default(),
+                    erp_runtime::db::redact(&settings.database_url(s))
+                );
+            }
+        }
         Command::Migrate { service } => {
             for s in erp::migrate(&settings, service.as_deref()).await? {
                 println!(

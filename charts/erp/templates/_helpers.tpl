@@ -1,0 +1,80 @@
+{{/* Names, labels and the per-service view of the values. */}}
+
+{{- define "erp.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "erp.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one service: (dict "root" $ "name" "order") */}}
+{{- define "erp.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .name }}
+{{- end -}}
+
+{{/* The fully qualified gRPC service name registered with health. */}}
+{{- define "erp.grpcName" -}}
+{{- $names := dict "order" "erp.order.v1.OrderService" "inventory" "erp.inventory.v1.InventoryService" "warehouse" "erp.warehouse.v1.WarehouseService" "carrier" "erp.carrier.v1.CarrierService" "procurement" "erp.procurement.v1.ProcurementService" "finance" "erp.finance.v1.FinanceService" "orchestrator" "erp.orchestrator.v1.OrchestratorService" -}}
+{{- get $names . -}}
+{{- end -}}
+
+{{/* defaults merged with services.<name>: (dict "root" $ "name" "order") */}}
+{{- define "erp.service" -}}
+{{- $override := get .root.Values.services .name | default dict -}}
+{{- $merged := mergeOverwrite (deepCopy .root.Values.defaults) (deepCopy $override) -}}
+{{- toYaml $merged -}}
+{{- end -}}
+
+{{- define "erp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "erp.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "erp.databaseSecret" -}}
+{{- default (printf "%s-database" (include "erp.fullname" .)) .Values.database.existingSecret -}}
+{{- end -}}
+
+{{- define "erp.redisSecret" -}}
+{{- default (printf "%s-redis" (include "erp.fullname" .)) .Values.redis.existingSecret -}}
+{{- end -}}
+
+{{- define "erp.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Environment every erp process gets: where the database, Redis and the peers are. */}}
+{{- define "erp.commonEnv" -}}
+- name: ERP__DATABASE__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "erp.databaseSecret" . }}
+      key: {{ .Values.database.secretKey }}
+- name: ERP__DATABASE__MAX_CONNECTIONS
+  value: {{ .Values.database.maxConnections | quote }}
+- name: ERP__BUS__KIND
+  value: redis
+- name: ERP__BUS__REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "erp.redisSecret" . }}
+      key: {{ .Values.redis.secretKey }}
+{{- $root := . }}
+{{- range $name := list "order" "inventory" "warehouse" "carrier" "procurement" "finance" "orchestrator" }}
+- name: ERP__PEERS__{{ upper $name }}
+  value: {{ printf "http://%s-%s:%d" (include "erp.fullname" $root) $name (int $root.Values.port) | quote }}
+{{- end }}
+{{- end -}}
