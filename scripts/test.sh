@@ -3,7 +3,8 @@
 #   1. installs the pinned tools (buf) into a cache under $HOME and lints the protos,
 #   2. installs and starts PostgreSQL and Redis when missing (scripts/test-env.sh),
 #   3. checks formatting and clippy, then runs every Rust test against SQLite and PostgreSQL,
-#   4. lints and renders the Helm chart and validates the manifests against Kubernetes schemas.
+#   4. lints and renders the Helm chart and validates the manifests against Kubernetes schemas,
+#   5. runs the README's grpcurl runbook against a fresh `erp up --seed` and checks the results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,3 +33,6 @@ cargo test --workspace --locked -- --test-threads="${ERP_TEST_THREADS:-4}"
 
 step "Helm chart and Kubernetes manifests"
 scripts/check-charts.sh
+
+step "README runbook with the real grpcurl"
+scripts/runbook-test.sh
