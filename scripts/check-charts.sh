@@ -11,7 +11,7 @@ export PATH="$(scripts/install-tools.sh helm | tail -1):$PATH"
 # kubernetes-validate in a virtualenv cached beside the other tools.
 VENV="$TOOLS_DIR/venv"
 KV_VERSION=1.37.0
-if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KV_VERSION"; then
+if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep "$KV_VERSION" >/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "kubernetes-validate==$KV_VERSION" >&2
 fi
