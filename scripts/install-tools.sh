@@ -3,7 +3,7 @@
 # (and CI, which keeps $HOME between runs) reuse. Each tool is pinned; a cached binary of the
 # pinned version is never rebuilt.
 #
-#   scripts/install-tools.sh [buf] [grpcurl] [helm]     (no argument: all of them)
+#   scripts/install-tools.sh [buf] [grpcurl] [helm] [jaeger]     (no argument: all of them)
 #
 # Prints the directory holding the binaries on its last line, so callers can do
 #   export PATH="$(scripts/install-tools.sh buf | tail -1):$PATH"
@@ -17,10 +17,12 @@ declare -A MODULE=(
   [buf]="github.com/bufbuild/buf/cmd/buf@v1.75.0"
   [grpcurl]="github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3"
   [helm]="helm.sh/helm/v3/cmd/helm@v3.22.0"
+  # Built inside its module (go install refuses it: its go.mod has replace directives).
+  [jaeger]="github.com/jaegertracing/jaeger/cmd/jaeger@v1.76.0"
 )
 
 wanted=("$@")
-if [ ${#wanted[@]} -eq 0 ]; then wanted=(buf grpcurl helm); fi
+if [ ${#wanted[@]} -eq 0 ]; then wanted=(buf grpcurl helm jaeger); fi
 
 for tool in "${wanted[@]}"; do
   spec="${MODULE[$tool]:?unknown tool $tool}"
@@ -29,7 +31,14 @@ for tool in "${wanted[@]}"; do
     continue
   fi
   echo "installing $tool ($spec)" >&2
-  GOBIN="$BIN" GOFLAGS=-mod=mod go install "$spec" >&2
+  if [ "$tool" = jaeger ]; then
+    module="${spec%%/cmd/*}@${spec##*@}"
+    package="./cmd/${spec#*/cmd/}"; package="${package%@*}"
+    dir="$(go mod download -json "$module" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+    (cd "$dir" && go build -o "$BIN/$tool" "$package") >&2
+  else
+    GOBIN="$BIN" GOFLAGS=-mod=mod go install "$spec" >&2
+  fi
   echo "$spec" > "$stamp"
 done
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one:
 #   1. installs the pinned tools (buf) into a cache under $HOME and lints the protos,
-#   2. installs and starts PostgreSQL and Redis when missing (scripts/test-env.sh),
+#   2. installs and starts PostgreSQL and Redis when missing (scripts/test-env.sh), and builds
+#      Jaeger for the trace test,
 #   3. checks formatting and clippy, then runs every Rust test against SQLite and PostgreSQL,
 #   4. lints and renders the Helm chart and validates the manifests against Kubernetes schemas,
 #   5. runs the README's grpcurl runbook against a fresh `erp up --seed` and checks the results.
@@ -16,6 +17,10 @@ export PATH="$TOOLS_BIN:$PATH"
 
 step "buf lint (STANDARD)"
 (cd proto && buf lint)
+
+step "Jaeger (the trace test's collector)"
+export ERP_TEST_JAEGER_BIN="$(scripts/install-tools.sh jaeger | tail -1)/jaeger"
+export ERP_TEST_REQUIRE_JAEGER=1
 
 step "PostgreSQL and Redis"
 eval "$(scripts/test-env.sh)"

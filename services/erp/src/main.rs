@@ -79,7 +79,12 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
-    let _telemetry = erp_runtime::telemetry::init("erp", &settings.telemetry)?;
+    // A single service reports under its own name; the all-in-one process as "erp".
+    let service_name = match &cli.command {
+        Command::Serve { service } => service.clone(),
+        _ => "erp".to_owned(),
+    };
+    let _telemetry = erp_runtime::telemetry::init(&service_name, &settings.telemetry)?;
     match cli.command {
         Command::CheckConfig => {
             println!("configuration ok");

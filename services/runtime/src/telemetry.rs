@@ -28,7 +28,8 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber. Call once per process; a second call is a no-op.
+/// Installs the global subscriber (logs on stderr, so stdout carries only what a command
+/// prints). Call once per process; a second call is a no-op.
 pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_new(&settings.log_filter)?;
@@ -64,7 +65,11 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().compact())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     if result.is_err() {
