@@ -103,6 +103,15 @@ async fn apply(store: &Store, batch: Vec<Job>) {
     match txn.commit().await {
         Ok(()) => {
             store.outbox.wake();
+            let refused = answers
+                .iter()
+                .filter(|a| matches!(a, Err(e) if e.reason() == Some("INSUFFICIENT_STOCK")))
+                .count();
+            metrics::counter!("inventory_reservation_decisions_total", "outcome" => "refused")
+                .increment(refused as u64);
+            metrics::counter!("inventory_reservation_decisions_total", "outcome" => "answered")
+                .increment((answers.len() - refused) as u64);
+            metrics::histogram!("inventory_reservation_batch_size").record(answers.len() as f64);
             for (job, result) in batch.into_iter().zip(answers) {
                 let _ = job.reply.send(result);
             }

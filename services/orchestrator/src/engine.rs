@@ -34,6 +34,7 @@ pub struct Engine {
     pub wake: Arc<Notify>,
     running: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
+    last_report: std::sync::atomic::AtomicI64,
 }
 
 /// One timeline entry.
@@ -78,6 +79,7 @@ impl Engine {
             wake,
             running: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(64)),
+            last_report: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -106,6 +108,7 @@ impl Engine {
 
     async fn tick(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let now = now_ms();
+        self.report_statuses(now).await;
         let mut ids: Vec<String> = saga::Entity::find()
             .filter(saga::Column::Status.is_in(ACTIVE))
             .filter(saga::Column::NextAttemptAtMs.lte(now))
@@ -162,6 +165,35 @@ impl Engine {
             });
         }
         Ok(())
+    }
+
+    /// Sagas per status as a gauge, at most every five seconds.
+    async fn report_statuses(&self, now: i64) {
+        let last = self.last_report.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last < 5_000 {
+            return;
+        }
+        self.last_report
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        for status in [
+            "pending",
+            "running",
+            "waiting",
+            "compensating",
+            "completed",
+            "compensated",
+            "parked",
+            "paused",
+        ] {
+            if let Ok(n) = sea_orm::PaginatorTrait::count(
+                saga::Entity::find().filter(saga::Column::Status.eq(status)),
+                &self.db,
+            )
+            .await
+            {
+                metrics::gauge!("sagas", "status" => status).set(n as f64);
+            }
+        }
     }
 
     /// Takes the lease of a saga that nobody holds (or that we hold).
@@ -241,6 +273,15 @@ impl Engine {
         if r.rows_affected != 1 {
             tracing::warn!(saga_id = %m.saga_id, replica = %self.replica, "lease lost; another replica owns this saga now");
             return Ok(false);
+        }
+        if let Some(entry) = &entry {
+            metrics::counter!(
+                "saga_steps_total",
+                "step" => entry.step,
+                "direction" => entry.direction,
+                "outcome" => entry.outcome
+            )
+            .increment(1);
         }
         if let Some(entry) = entry {
             step::ActiveModel {

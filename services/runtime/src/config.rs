@@ -101,6 +101,8 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// OTLP/gRPC endpoint (e.g. `http://otel-collector:4317`). Empty: no export.
     pub otlp_endpoint: String,
+    /// Address of the Prometheus endpoint (`GET /metrics`), e.g. `0.0.0.0:9464`. Empty: none.
+    pub metrics_addr: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +194,7 @@ redeliver_after_ms = 30000
 log_filter = "info"
 log_format = "pretty"
 otlp_endpoint = ""
+metrics_addr = ""
 
 [peers]
 order = "http://127.0.0.1:50051"
@@ -292,6 +295,18 @@ impl Settings {
             return Err(invalid(
                 "telemetry.otlp_endpoint",
                 "must be an http:// or https:// URL",
+            ));
+        }
+        if !self.telemetry.metrics_addr.is_empty()
+            && self
+                .telemetry
+                .metrics_addr
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(invalid(
+                "telemetry.metrics_addr",
+                "must be host:port, e.g. 0.0.0.0:9464",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter).is_err() {

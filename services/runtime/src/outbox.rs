@@ -129,8 +129,15 @@ impl Relay {
         tokio::spawn(async move {
             loop {
                 match self.publish_pending().await {
-                    Ok(n) if n > 0 => continue,
-                    Ok(_) => {}
+                    Ok(n) if n > 0 => {
+                        metrics::counter!("outbox_published_total", "service" => self.service)
+                            .increment(n as u64);
+                        continue;
+                    }
+                    Ok(_) => {
+                        metrics::gauge!("outbox_pending_events", "service" => self.service)
+                            .set(0.0);
+                    }
                     Err(e) => {
                         tracing::warn!(service = self.service, error = %e, "outbox relay failed, will retry")
                     }

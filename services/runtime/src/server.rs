@@ -54,6 +54,10 @@ pub async fn serve(
         // queueing without bound.
         .load_shed(true)
         .layer(ConcurrencyLimitLayer::new(settings.concurrency_limit))
+        // Metrics outside the status remapping, so they count the codes clients see.
+        .layer(MetricsLayer {
+            service: grpc_service_name,
+        })
         .layer(tower::util::MapResponseLayer::new(
             undecodable_is_invalid_argument,
         ))
@@ -134,4 +138,75 @@ fn undecodable_is_invalid_argument(
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }
     response
+}
+
+/// Counts and times every request per gRPC method and status code (Prometheus names
+/// `grpc_server_requests_total` and `grpc_server_request_duration_seconds`).
+#[derive(Clone)]
+pub struct MetricsLayer {
+    service: &'static str,
+}
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = Metered<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Metered {
+            inner,
+            service: self.service,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metered<S> {
+    inner: S,
+    service: &'static str,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Metered<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let service = self.service;
+        let started = std::time::Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            // Errors travel as trailers-only responses with grpc-status in the headers; a
+            // success carries grpc-status 0 in the trailers.
+            let code = match &response {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_owned(),
+                Err(_) => "transport".to_owned(),
+            };
+            metrics::counter!("grpc_server_requests_total", "service" => service, "method" => method.clone(), "code" => code)
+                .increment(1);
+            metrics::histogram!("grpc_server_request_duration_seconds", "service" => service, "method" => method)
+                .record(started.elapsed().as_secs_f64());
+            response
+        })
+    }
 }

@@ -76,6 +76,16 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
         // Already initialised (several services in one test process).
         return Ok(TelemetryGuard { provider: None });
     }
+    if !settings.metrics_addr.is_empty() {
+        let addr: std::net::SocketAddr = settings.metrics_addr.parse()?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .set_buckets(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])?
+            .install()?;
+        tracing::info!(%addr, "prometheus metrics on /metrics");
+    }
     Ok(TelemetryGuard { provider })
 }
 
