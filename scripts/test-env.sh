@@ -37,6 +37,9 @@ pg_bin() {
 [ -n "$(pg_bin)" ] || need_pkg postgresql
 command -v redis-server >/dev/null || need_pkg redis-server
 command -v psql >/dev/null || need_pkg postgresql-client
+# The runbook test uses jq, the trace test asks Jaeger's query API with curl.
+command -v jq >/dev/null || need_pkg jq
+command -v curl >/dev/null || need_pkg curl
 
 PG_BIN=$(pg_bin)
 # Outside $HOME: the postgres user must be able to reach it.
