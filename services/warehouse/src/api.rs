@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::store::{fulfillment, site, task};
+use crate::store::{fulfillment, site, task, wave};
 
 pub struct WarehouseApi {
     db: DatabaseConnection,
@@ -133,7 +133,135 @@ async fn set_fulfillment_status<C: ConnectionTrait>(
     Ok(())
 }
 
+/// The site's local calendar day of `ms`, which daily capacity counts against.
+fn site_day(ms: i64, utc_offset_minutes: i32) -> String {
+    let local = ms + i64::from(utc_offset_minutes) * 60_000;
+    chrono::DateTime::from_timestamp_millis(local)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+/// Units already released at a site on a day.
+async fn released_on<C: ConnectionTrait>(c: &C, site: &str, day: &str) -> ApiResult<i64> {
+    Ok(wave::Entity::find()
+        .filter(wave::Column::Site.eq(site))
+        .filter(wave::Column::SiteDay.eq(day))
+        .all(c)
+        .await?
+        .iter()
+        .map(|w| w.units)
+        .sum())
+}
+
 impl WarehouseApi {
+    /// Releases open pick tasks, most urgent first, whole tasks only, never beyond what is
+    /// left of the site's daily capacity. The site row is locked (PostgreSQL) or the single
+    /// SQLite writer serializes, so concurrent releases cannot both spend the same capacity.
+    async fn release_wave(&self, req: ReleaseWaveRequest) -> ApiResult<ReleaseWaveResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("site", &req.site);
+        v.non_negative("max_units", req.max_units);
+        v.finish()?;
+        let (txn, guard) = match idempotency::begin(
+            &self.db,
+            "warehouse.ReleaseWave",
+            &req.idempotency_key,
+            &req,
+        )
+        .await?
+        {
+            Begun::Replay(previous) => return Ok(previous),
+            Begun::New(txn, guard) => (txn, guard),
+        };
+        let s = site::Entity::find_by_id(req.site.clone())
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("site {}", req.site)))?;
+        if !s.online {
+            return Err(ApiError::precondition(
+                "SITE_OFFLINE",
+                format!("site {} is offline", s.code),
+            ));
+        }
+        let now = now_ms();
+        let day = site_day(now, s.utc_offset_minutes);
+        let remaining = s.daily_capacity - released_on(&txn, &s.code, &day).await?;
+        let limit = if req.max_units > 0 {
+            remaining.min(req.max_units)
+        } else {
+            remaining
+        };
+        let open: Vec<fulfillment::Model> = fulfillment::Entity::find()
+            .filter(fulfillment::Column::Site.eq(&s.code))
+            .filter(fulfillment::Column::Status.eq("open"))
+            .order_by_asc(fulfillment::Column::Priority)
+            .order_by_asc(fulfillment::Column::CreatedAtMs)
+            .all(&txn)
+            .await?;
+        let wave_id = uuid::Uuid::now_v7().to_string();
+        let mut units = 0;
+        let mut task_ids = Vec::new();
+        for f in open {
+            let tasks = task::Entity::find()
+                .filter(task::Column::FulfillmentId.eq(&f.fulfillment_id))
+                .filter(task::Column::Status.eq("open"))
+                .all(&txn)
+                .await?;
+            let need: i64 = tasks.iter().map(|t| t.quantity).sum();
+            // A fulfillment is released whole, so a parcel is never split across days.
+            if need == 0 || units + need > limit {
+                continue;
+            }
+            units += need;
+            task::Entity::update_many()
+                .col_expr(
+                    task::Column::Status,
+                    sea_orm::sea_query::Expr::value("released"),
+                )
+                .col_expr(
+                    task::Column::WaveId,
+                    sea_orm::sea_query::Expr::value(wave_id.clone()),
+                )
+                .filter(task::Column::FulfillmentId.eq(&f.fulfillment_id))
+                .filter(task::Column::Status.eq("open"))
+                .exec(&txn)
+                .await?;
+            set_fulfillment_status(&txn, &f.fulfillment_id, "released", "").await?;
+            task_ids.extend(tasks.into_iter().map(|t| t.task_id));
+        }
+        if units == 0 {
+            return Err(ApiError::precondition(
+                "CAPACITY_EXHAUSTED",
+                format!(
+                    "site {}: {remaining} of {} units left today and no open fulfillment fits",
+                    s.code, s.daily_capacity
+                ),
+            ));
+        }
+        wave::ActiveModel {
+            wave_id: Set(wave_id.clone()),
+            site: Set(s.code.clone()),
+            site_day: Set(day),
+            units: Set(units),
+            released_at_ms: Set(now),
+        }
+        .insert(&txn)
+        .await?;
+        let response = ReleaseWaveResponse {
+            wave: Some(Wave {
+                wave_id,
+                site: s.code,
+                task_ids,
+                units,
+                released_at: Some(to_timestamp(now)),
+            }),
+        };
+        guard.commit(txn, &response).await?;
+        Ok(response)
+    }
+
     async fn upsert_site(&self, req: UpsertSiteRequest) -> ApiResult<UpsertSiteResponse> {
         let Some(s) = req.site else {
             return Err(ApiError::invalid("site", "is required"));
@@ -540,9 +668,11 @@ impl WarehouseService for WarehouseApi {
                     .one(&self.db)
                     .await?
                     .ok_or_else(|| ApiError::not_found(format!("site {}", req.code)))?;
+                let today = site_day(now_ms(), s.utc_offset_minutes);
+                let released_today = released_on(&self.db, &s.code, &today).await?;
                 Ok(GetSiteResponse {
                     site: Some(site_to_wire(s)),
-                    released_today: 0,
+                    released_today,
                 })
             }
             .await,
@@ -653,9 +783,9 @@ impl WarehouseService for WarehouseApi {
 
     async fn release_wave(
         &self,
-        _r: Request<ReleaseWaveRequest>,
+        r: Request<ReleaseWaveRequest>,
     ) -> Result<Response<ReleaseWaveResponse>, Status> {
-        planned("ReleaseWave")
+        respond(self.release_wave(r.into_inner()).await)
     }
 
     async fn confirm_pick(

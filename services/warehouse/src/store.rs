@@ -52,6 +52,19 @@ CREATE TABLE pick_tasks (
 CREATE INDEX pick_tasks_fulfillment ON pick_tasks (fulfillment_id)",
                 drops: &["pick_tasks", "fulfillments", "sites"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000002_waves",
+                up: r"
+CREATE TABLE waves (
+    wave_id TEXT PRIMARY KEY,
+    site TEXT NOT NULL REFERENCES sites (code),
+    site_day TEXT NOT NULL,
+    units BIGINT NOT NULL CHECK (units > 0),
+    released_at_ms BIGINT NOT NULL
+);
+CREATE INDEX waves_site_day ON waves (site, site_day)",
+                drops: &["waves"],
+            }),
         ]
     }
 }
@@ -94,4 +107,14 @@ entity!(task, "pick_tasks", {
     pub picked_quantity: i64,
     pub status: String,
     pub wave_id: String,
+});
+
+entity!(wave, "waves", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub wave_id: String,
+    pub site: String,
+    /// The site's local calendar day (YYYY-MM-DD) the wave counts against.
+    pub site_day: String,
+    pub units: i64,
+    pub released_at_ms: i64,
 });

@@ -131,3 +131,143 @@ async fn pick_pack_ship_on_every_backend() {
         pick_pack_ship(backend).await;
     }
 }
+
+async fn waves_respect_capacity(backend: Backend) {
+    let svc = testing::spawn::<erp_warehouse::Service>(&backend).await;
+    let channel = svc.channel().await;
+    let mut c = WarehouseServiceClient::new(channel.clone());
+    c.upsert_site(UpsertSiteRequest {
+        site: Some(Site {
+            code: "east".into(),
+            name: "East DC".into(),
+            region: "us-east".into(),
+            daily_capacity: 10,
+            cutoff_minute_of_day: 17 * 60,
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    // Four fulfillments of 4 units; the urgent one (priority 1) was created last.
+    let mut ids = Vec::new();
+    for (i, priority) in [5, 5, 5, 1].into_iter().enumerate() {
+        let mut req = fulfillment(&format!("w{i}"), &format!("wo{i}"));
+        req.lines[0].quantity = 4;
+        req.priority = priority;
+        ids.push(
+            c.create_fulfillment(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .fulfillment
+                .unwrap()
+                .fulfillment_id,
+        );
+    }
+    let wave = c
+        .release_wave(ReleaseWaveRequest {
+            idempotency_key: "wave-1".into(),
+            site: "east".into(),
+            max_units: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .wave
+        .unwrap();
+    assert_eq!(wave.units, 8, "two whole fulfillments fit in 10");
+    let released: Vec<String> = {
+        let mut out = Vec::new();
+        for id in &ids {
+            let f = c
+                .get_fulfillment(GetFulfillmentRequest {
+                    fulfillment_id: id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .fulfillment
+                .unwrap();
+            if f.status == FulfillmentStatus::Released as i32 {
+                out.push(id.clone());
+            }
+        }
+        out
+    };
+    assert_eq!(
+        released,
+        [ids[0].clone(), ids[3].clone()],
+        "the urgent one goes first"
+    );
+    let err = c
+        .release_wave(ReleaseWaveRequest {
+            idempotency_key: "wave-2".into(),
+            site: "east".into(),
+            max_units: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("CAPACITY_EXHAUSTED"));
+    let site = c
+        .get_site(GetSiteRequest {
+            code: "east".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(site.released_today, 8);
+
+    // Many operators releasing at once never exceed the day's capacity.
+    c.upsert_site(UpsertSiteRequest {
+        site: Some(Site {
+            code: "west".into(),
+            name: "West DC".into(),
+            region: "us-west".into(),
+            daily_capacity: 12,
+            cutoff_minute_of_day: 17 * 60,
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    for i in 0..10 {
+        let mut req = fulfillment(&format!("x{i}"), &format!("xo{i}"));
+        req.site = "west".into();
+        c.create_fulfillment(req).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let mut c = WarehouseServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            c.release_wave(ReleaseWaveRequest {
+                idempotency_key: format!("west-{i}"),
+                site: "west".into(),
+                max_units: 4,
+            })
+            .await
+            .map(|r| r.into_inner().wave.unwrap().units)
+            .unwrap_or(0)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 12, "backend {}", backend.name());
+    let site = c
+        .get_site(GetSiteRequest {
+            code: "west".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(site.released_today, 12);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_never_exceed_daily_capacity_on_every_backend() {
+    for backend in testing::backends() {
+        waves_respect_capacity(backend).await;
+    }
+}
