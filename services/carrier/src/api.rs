@@ -3,7 +3,8 @@
 use erp_proto::carrier::carrier_service_server::CarrierService;
 use erp_proto::carrier::*;
 use erp_proto::common::Money;
-use erp_runtime::idempotency::{self, Begun};
+use erp_runtime::error::respond;
+use erp_runtime::idempotency::{self};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{from_timestamp, now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -54,10 +55,6 @@ impl CarrierApi {
         }
         Ok(())
     }
-}
-
-fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
 }
 
 fn decode_offerings(m: &carrier::Model) -> ApiResult<Vec<Offering>> {
@@ -223,7 +220,6 @@ impl CarrierApi {
             .iter()
             .map(|x| (x.site.clone(), x.cutoff_minute_of_day))
             .collect();
-        let to_json = |x: &dyn erased::Json| x.json();
         let txn = self.db.begin().await?;
         let existing = carrier::Entity::find_by_id(c.code.clone())
             .one(&txn)
@@ -333,13 +329,7 @@ impl CarrierApi {
         v.positive("parcel.weight_grams", weight);
         v.finish()?;
         self.simulated_timeout(&req.carrier, &req.idempotency_key)?;
-        let (txn, guard) =
-            match idempotency::begin(&self.db, "carrier.BuyLabel", &req.idempotency_key, &req)
-                .await?
-            {
-                Begun::Replay(previous) => return Ok(previous),
-                Begun::New(txn, guard) => (txn, guard),
-            };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "carrier.BuyLabel", req);
         let c = carrier::Entity::find_by_id(req.carrier.clone())
             .one(&txn)
             .await?
@@ -406,13 +396,7 @@ impl CarrierApi {
             v.id("shipment_id", &req.shipment_id);
         }
         v.finish()?;
-        let (txn, guard) =
-            match idempotency::begin(&self.db, "carrier.VoidLabel", &req.idempotency_key, &req)
-                .await?
-            {
-                Begun::Replay(previous) => return Ok(previous),
-                Begun::New(txn, guard) => (txn, guard),
-            };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "carrier.VoidLabel", req);
         idempotency::tombstone_forward(&txn, "carrier.BuyLabel", &req.idempotency_key).await?;
         let rows = if req.order_id.is_empty() {
             vec![
@@ -543,19 +527,9 @@ fn chrono_days(ms: i64) -> String {
     }
 }
 
-mod erased {
-    use erp_runtime::{ApiError, ApiResult};
-
-    /// Serializes a stored document.
-    pub trait Json {
-        fn json(&self) -> ApiResult<String>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> ApiResult<String> {
-            serde_json::to_string(self).map_err(|e| ApiError::Internal(e.to_string()))
-        }
-    }
+/// Serializes a document stored as JSON in a column.
+fn to_json<T: serde::Serialize>(value: &T) -> ApiResult<String> {
+    serde_json::to_string(value).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[tonic::async_trait]

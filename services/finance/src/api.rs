@@ -3,6 +3,7 @@
 use erp_proto::common::{Money, SourceDocument};
 use erp_proto::finance::finance_service_server::FinanceService;
 use erp_proto::finance::*;
+use erp_runtime::error::{planned, respond};
 use erp_runtime::idempotency::{self, Begun};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, to_timestamp};
@@ -26,10 +27,6 @@ impl FinanceApi {
     pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
         Self { db, outbox }
     }
-}
-
-fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
 }
 
 fn type_name(t: AccountType) -> Option<&'static str> {
@@ -194,13 +191,7 @@ impl FinanceApi {
             v.currency(&format!("lines[{i}].currency"), &l.currency);
         }
         v.finish()?;
-        let (txn, guard) =
-            match idempotency::begin(&self.db, "finance.PostJournal", &req.idempotency_key, &req)
-                .await?
-            {
-                Begun::Replay(previous) => return Ok(previous),
-                Begun::New(txn, guard) => (txn, guard),
-            };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.PostJournal", req);
         let id = insert_entry(&txn, &req.memo, req.source.as_ref(), &req.lines, "").await?;
         outbox::enqueue(
             &txn,
@@ -232,17 +223,7 @@ impl FinanceApi {
             "a reversal needs an actor id and a reason",
         );
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "finance.ReverseJournal",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.ReverseJournal", req);
         let original = load_entry(&txn, &req.entry_id).await?;
         if entry::Entity::find()
             .filter(entry::Column::ReversesEntryId.eq(&req.entry_id))
@@ -420,17 +401,7 @@ impl FinanceApi {
             v.positive("amount.amount_minor", a.amount_minor);
         }
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "finance.CapturePayment",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.CapturePayment", req);
         let p = self.find_payment(&txn, &req.payment_id, "").await?;
         if p.status != "authorized" {
             return Err(ApiError::precondition(
@@ -476,13 +447,7 @@ impl FinanceApi {
             "give payment_id or order_id",
         );
         v.finish()?;
-        let (txn, guard) =
-            match idempotency::begin(&self.db, "finance.VoidPayment", &req.idempotency_key, &req)
-                .await?
-            {
-                Begun::Replay(previous) => return Ok(previous),
-                Begun::New(txn, guard) => (txn, guard),
-            };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.VoidPayment", req);
         idempotency::tombstone_forward(&txn, "finance.AuthorizePayment", &req.idempotency_key)
             .await?;
         let p = self
@@ -519,17 +484,7 @@ impl FinanceApi {
         let amount = req.amount.clone().unwrap_or_default();
         v.positive("amount.amount_minor", amount.amount_minor);
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "finance.RefundPayment",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.RefundPayment", req);
         let p = self.find_payment(&txn, &req.payment_id, "").await?;
         if !matches!(p.status.as_str(), "captured" | "partially_refunded") {
             return Err(ApiError::precondition(
@@ -582,12 +537,8 @@ fn declined(order_id: &str, reason: String) -> ApiError {
     err
 }
 
-fn planned<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(ApiError::Unimplemented(format!(
-        "{what} is planned with the finance and procurement issue (#7)"
-    ))
-    .into())
-}
+/// Where the RPCs this service does not serve yet are planned.
+const PLANNED: &str = "the finance and procurement issue (#7)";
 
 #[tonic::async_trait]
 impl FinanceService for FinanceApi {
@@ -777,7 +728,7 @@ impl FinanceService for FinanceApi {
         &self,
         _r: Request<RecordChargebackRequest>,
     ) -> Result<Response<RecordChargebackResponse>, Status> {
-        planned("RecordChargeback")
+        planned("RecordChargeback", PLANNED)
     }
 
     async fn get_payment(
@@ -809,27 +760,27 @@ impl FinanceService for FinanceApi {
         &self,
         _r: Request<SetTaxRateRequest>,
     ) -> Result<Response<SetTaxRateResponse>, Status> {
-        planned("SetTaxRate")
+        planned("SetTaxRate", PLANNED)
     }
 
     async fn calculate_tax(
         &self,
         _r: Request<CalculateTaxRequest>,
     ) -> Result<Response<CalculateTaxResponse>, Status> {
-        planned("CalculateTax")
+        planned("CalculateTax", PLANNED)
     }
 
     async fn channel_profitability(
         &self,
         _r: Request<ChannelProfitabilityRequest>,
     ) -> Result<Response<ChannelProfitabilityResponse>, Status> {
-        planned("ChannelProfitability")
+        planned("ChannelProfitability", PLANNED)
     }
 
     async fn reconcile_settlement(
         &self,
         _r: Request<ReconcileSettlementRequest>,
     ) -> Result<Response<ReconcileSettlementResponse>, Status> {
-        planned("ReconcileSettlement")
+        planned("ReconcileSettlement", PLANNED)
     }
 }

@@ -3,6 +3,7 @@
 use erp_proto::common::{Actor, SourceDocument};
 use erp_proto::inventory::inventory_service_server::InventoryService;
 use erp_proto::inventory::*;
+use erp_runtime::error::respond;
 use erp_runtime::idempotency;
 use erp_runtime::time::{from_timestamp, now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -13,7 +14,7 @@ use sea_orm::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, InventoryError, ReservationState as DomainState};
+use crate::domain::{self, ReservationState as DomainState};
 use crate::store::entities::{item, ledger, location, reservation, stock_level};
 use crate::store::{Source, Store, levels};
 
@@ -26,10 +27,6 @@ impl InventoryApi {
     pub fn new(store: Store, batcher: crate::batcher::Batcher) -> Self {
         Self { store, batcher }
     }
-}
-
-fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
 }
 
 fn item_to_wire(m: item::Model) -> Item {
@@ -118,20 +115,20 @@ fn actor_id(actor: Option<&Actor>) -> String {
     actor.map(|a| a.id.clone()).unwrap_or_default()
 }
 
+/// The fields every stock movement carries: key, sku, location and a positive quantity.
+fn movement(key: &str, sku: &str, location: &str, quantity: i64) -> Violations {
+    let mut v = Violations::new();
+    v.idempotency_key(key);
+    v.code("sku", sku);
+    v.code("location", location);
+    v.positive("quantity", quantity);
+    v
+}
+
 /// Runs `f` in a transaction guarded by an idempotency key: a repeat answers the stored response.
 macro_rules! idempotent {
     ($self:ident, $scope:literal, $req:ident, |$txn:ident| $body:block) => {{
-        let ($txn, guard) = match idempotency::begin(
-            &$self.store.db,
-            $scope,
-            &$req.idempotency_key,
-            &$req,
-        )
-        .await?
-        {
-            idempotency::Begun::Replay(previous) => return Ok(previous),
-            idempotency::Begun::New(txn, guard) => (txn, guard),
-        };
+        let ($txn, guard) = erp_runtime::begin_idempotent!(&$self.store.db, $scope, $req);
         let response = $body;
         guard.commit($txn, &response).await?;
         $self.store.outbox.wake();
@@ -383,12 +380,7 @@ impl InventoryApi {
     }
 
     async fn receive_stock(&self, req: ReceiveStockRequest) -> ApiResult<ReceiveStockResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.code("sku", &req.sku);
-        v.code("location", &req.location);
-        v.positive("quantity", req.quantity);
-        v.finish()?;
+        movement(&req.idempotency_key, &req.sku, &req.location, req.quantity).finish()?;
         idempotent!(self, "inventory.ReceiveStock", req, |txn| {
             let source = source_of(req.source.as_ref(), "receipt", "receiving");
             let mut changes = vec![(domain::Bucket::OnHand, req.quantity)];
@@ -477,11 +469,7 @@ impl InventoryApi {
     }
 
     async fn record_inbound(&self, req: RecordInboundRequest) -> ApiResult<RecordInboundResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.code("sku", &req.sku);
-        v.code("location", &req.location);
-        v.positive("quantity", req.quantity);
+        let mut v = movement(&req.idempotency_key, &req.sku, &req.location, req.quantity);
         v.check(req.expected_at.is_some(), "expected_at", "is required");
         v.finish()?;
         let expected = req
@@ -590,12 +578,7 @@ impl InventoryApi {
     }
 
     async fn record_return(&self, req: RecordReturnRequest) -> ApiResult<RecordReturnResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.code("sku", &req.sku);
-        v.code("location", &req.location);
-        v.positive("quantity", req.quantity);
-        v.finish()?;
+        movement(&req.idempotency_key, &req.sku, &req.location, req.quantity).finish()?;
         idempotent!(self, "inventory.RecordReturn", req, |txn| {
             let source = source_of(req.source.as_ref(), "return", "receiving");
             let level = self
@@ -616,11 +599,7 @@ impl InventoryApi {
     }
 
     async fn inspect_return(&self, req: InspectReturnRequest) -> ApiResult<InspectReturnResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.code("sku", &req.sku);
-        v.code("location", &req.location);
-        v.positive("quantity", req.quantity);
+        let mut v = movement(&req.idempotency_key, &req.sku, &req.location, req.quantity);
         let disposition =
             ReturnDisposition::try_from(req.disposition).unwrap_or(ReturnDisposition::Unspecified);
         v.check(
@@ -1051,9 +1030,4 @@ impl InventoryService for InventoryApi {
     ) -> Result<Response<VerifyLedgerResponse>, Status> {
         respond(self.verify_ledger().await)
     }
-}
-
-#[allow(dead_code)]
-fn _assert_error_conversion(e: InventoryError) -> ApiError {
-    e.into()
 }

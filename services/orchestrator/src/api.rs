@@ -2,6 +2,7 @@
 
 use erp_proto::orchestrator::orchestrator_service_server::OrchestratorService;
 use erp_proto::orchestrator::*;
+use erp_runtime::error::respond;
 use erp_runtime::time::{now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
 use erp_runtime::{ApiError, ApiResult};
@@ -28,10 +29,6 @@ impl OrchestratorApi {
     pub fn new(db: DatabaseConnection, wake: Arc<Notify>) -> Self {
         Self { db, wake }
     }
-}
-
-fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
 }
 
 fn status_from(s: &str) -> SagaStatus {

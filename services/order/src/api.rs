@@ -3,7 +3,8 @@
 use erp_proto::common::{Address, Money};
 use erp_proto::order::order_service_server::OrderService;
 use erp_proto::order::*;
-use erp_runtime::idempotency::{self, Begun};
+use erp_runtime::error::{planned, respond};
+use erp_runtime::idempotency::{self};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, is_currency, next_page_token, page_offset, page_size};
@@ -27,10 +28,6 @@ impl OrderApi {
     pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
         Self { db, outbox }
     }
-}
-
-fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
 }
 
 /// The address as stored (JSON).
@@ -552,13 +549,7 @@ impl OrderApi {
         v.idempotency_key(&req.idempotency_key);
         v.id("order_id", &req.order_id);
         v.finish()?;
-        let (txn, guard) =
-            match idempotency::begin(&self.db, "order.CancelOrder", &req.idempotency_key, &req)
-                .await?
-            {
-                Begun::Replay(previous) => return Ok(previous),
-                Begun::New(txn, guard) => (txn, guard),
-            };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.CancelOrder", req);
         let (o, lines) = load(&txn, &req.order_id).await?;
         for id in &req.line_ids {
             if !lines.iter().any(|l| &l.line_id == id) {
@@ -640,17 +631,7 @@ impl OrderApi {
             }
         }
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "order.RecordAllocation",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.RecordAllocation", req);
         let (o, lines) = load(&txn, &req.order_id).await?;
         if matches!(
             OrderState::parse(&o.status),
@@ -688,13 +669,7 @@ impl OrderApi {
         v.id("order_id", &req.order_id);
         v.text("tracking_number", &req.tracking_number, 100);
         v.finish()?;
-        let (txn, guard) =
-            match idempotency::begin(&self.db, "order.MarkShipped", &req.idempotency_key, &req)
-                .await?
-            {
-                Begun::Replay(previous) => return Ok(previous),
-                Begun::New(txn, guard) => (txn, guard),
-            };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.MarkShipped", req);
         let (o, lines) = load(&txn, &req.order_id).await?;
         if lines.iter().all(|l| l.allocated == 0) {
             return Err(ApiError::precondition(
@@ -733,13 +708,7 @@ impl OrderApi {
         v.id("order_id", &req.order_id);
         v.code("reason", &req.reason);
         v.finish()?;
-        let (txn, guard) =
-            match idempotency::begin(&self.db, "order.MarkFailed", &req.idempotency_key, &req)
-                .await?
-            {
-                Begun::Replay(previous) => return Ok(previous),
-                Begun::New(txn, guard) => (txn, guard),
-            };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.MarkFailed", req);
         let (o, lines) = load(&txn, &req.order_id).await?;
         if lines.iter().any(|l| l.shipped > 0) {
             return Err(ApiError::precondition(
@@ -867,29 +836,20 @@ impl OrderService for OrderApi {
         &self,
         _r: Request<PutRoutingRulesRequest>,
     ) -> Result<Response<PutRoutingRulesResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "routing rules are planned with the order orchestration issue (#5)".into(),
-        )
-        .into())
+        planned("PutRoutingRules", "the order orchestration issue (#5)")
     }
 
     async fn get_routing_rules(
         &self,
         _r: Request<GetRoutingRulesRequest>,
     ) -> Result<Response<GetRoutingRulesResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "routing rules are planned with the order orchestration issue (#5)".into(),
-        )
-        .into())
+        planned("GetRoutingRules", "the order orchestration issue (#5)")
     }
 
     async fn route_order(
         &self,
         _r: Request<RouteOrderRequest>,
     ) -> Result<Response<RouteOrderResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "routing is planned with the order orchestration issue (#5)".into(),
-        )
-        .into())
+        planned("RouteOrder", "the order orchestration issue (#5)")
     }
 }

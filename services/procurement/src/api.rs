@@ -3,7 +3,7 @@
 use erp_proto::common::Money;
 use erp_proto::procurement::procurement_service_server::ProcurementService;
 use erp_proto::procurement::*;
-use erp_runtime::idempotency::{self, Begun};
+use erp_runtime::error::{planned, respond};
 use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
 use erp_runtime::{ApiError, ApiResult};
@@ -25,10 +25,6 @@ impl ProcurementApi {
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db }
     }
-}
-
-fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
 }
 
 fn supplier_to_wire(s: supplier::Model) -> Supplier {
@@ -234,17 +230,8 @@ impl ProcurementApi {
             v.positive(&format!("lines[{i}].quantity"), l.quantity);
         }
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "procurement.CreatePurchaseOrder",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) =
+            erp_runtime::begin_idempotent!(&self.db, "procurement.CreatePurchaseOrder", req);
         let s = find_supplier(&txn, &req.supplier_id).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let mut total: i64 = 0;
@@ -406,12 +393,8 @@ impl ProcurementApi {
     }
 }
 
-fn planned<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(ApiError::Unimplemented(format!(
-        "{what} is planned with the finance and procurement issue (#7)"
-    ))
-    .into())
-}
+/// Where the RPCs this service does not serve yet are planned.
+const PLANNED: &str = "the finance and procurement issue (#7)";
 
 #[tonic::async_trait]
 impl ProcurementService for ProcurementApi {
@@ -486,21 +469,21 @@ impl ProcurementService for ProcurementApi {
         &self,
         _r: Request<SetReorderPolicyRequest>,
     ) -> Result<Response<SetReorderPolicyResponse>, Status> {
-        planned("SetReorderPolicy")
+        planned("SetReorderPolicy", PLANNED)
     }
 
     async fn record_demand(
         &self,
         _r: Request<RecordDemandRequest>,
     ) -> Result<Response<RecordDemandResponse>, Status> {
-        planned("RecordDemand")
+        planned("RecordDemand", PLANNED)
     }
 
     async fn suggest_replenishment(
         &self,
         _r: Request<SuggestReplenishmentRequest>,
     ) -> Result<Response<SuggestReplenishmentResponse>, Status> {
-        planned("SuggestReplenishment")
+        planned("SuggestReplenishment", PLANNED)
     }
 
     async fn create_purchase_order(
@@ -580,14 +563,14 @@ impl ProcurementService for ProcurementApi {
         &self,
         _r: Request<SendPurchaseOrderRequest>,
     ) -> Result<Response<SendPurchaseOrderResponse>, Status> {
-        planned("SendPurchaseOrder")
+        planned("SendPurchaseOrder", PLANNED)
     }
 
     async fn receive_purchase_order(
         &self,
         _r: Request<ReceivePurchaseOrderRequest>,
     ) -> Result<Response<ReceivePurchaseOrderResponse>, Status> {
-        planned("ReceivePurchaseOrder")
+        planned("ReceivePurchaseOrder", PLANNED)
     }
 
     async fn cancel_purchase_order(
@@ -601,6 +584,6 @@ impl ProcurementService for ProcurementApi {
         &self,
         _r: Request<GetSupplierScorecardRequest>,
     ) -> Result<Response<GetSupplierScorecardResponse>, Status> {
-        planned("GetSupplierScorecard")
+        planned("GetSupplierScorecard", PLANNED)
     }
 }

@@ -205,6 +205,19 @@ impl Guard {
     }
 }
 
+/// Opens the transaction of an idempotent mutation with [`begin`], returning early from the
+/// calling handler with the stored response when the request is a repeat:
+/// `let (txn, guard) = begin_idempotent!(&self.db, "warehouse.ConfirmPick", req);`
+#[macro_export]
+macro_rules! begin_idempotent {
+    ($db:expr, $scope:expr, $req:expr) => {
+        match $crate::idempotency::begin($db, $scope, &$req.idempotency_key, &$req).await? {
+            $crate::idempotency::Begun::Replay(previous) => return Ok(previous),
+            $crate::idempotency::Begun::New(txn, guard) => (txn, guard),
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,8 @@
 
 use erp_proto::warehouse::warehouse_service_server::WarehouseService;
 use erp_proto::warehouse::*;
-use erp_runtime::idempotency::{self, Begun};
+use erp_runtime::error::{planned, respond};
+use erp_runtime::idempotency::{self};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -24,10 +25,6 @@ impl WarehouseApi {
     pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
         Self { db, outbox }
     }
-}
-
-fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
 }
 
 fn site_to_wire(m: site::Model) -> Site {
@@ -163,17 +160,7 @@ impl WarehouseApi {
         v.code("site", &req.site);
         v.non_negative("max_units", req.max_units);
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "warehouse.ReleaseWave",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "warehouse.ReleaseWave", req);
         let s = site::Entity::find_by_id(req.site.clone())
             .lock_exclusive()
             .one(&txn)
@@ -387,17 +374,8 @@ impl WarehouseApi {
         }
         v.code("service_level", &req.service_level);
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "warehouse.CreateFulfillment",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) =
+            erp_runtime::begin_idempotent!(&self.db, "warehouse.CreateFulfillment", req);
         let s = site::Entity::find_by_id(req.site.clone())
             .one(&txn)
             .await?
@@ -457,17 +435,8 @@ impl WarehouseApi {
             "give exactly one of fulfillment_id and order_id",
         );
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "warehouse.CancelFulfillment",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) =
+            erp_runtime::begin_idempotent!(&self.db, "warehouse.CancelFulfillment", req);
         idempotency::tombstone_forward(&txn, "warehouse.CreateFulfillment", &req.idempotency_key)
             .await?;
         let rows = if req.fulfillment_id.is_empty() {
@@ -524,17 +493,7 @@ impl WarehouseApi {
         v.id("task_id", &req.task_id);
         v.non_negative("picked_quantity", req.picked_quantity);
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "warehouse.ConfirmPick",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "warehouse.ConfirmPick", req);
         let t = task::Entity::find_by_id(req.task_id.clone())
             .one(&txn)
             .await?
@@ -588,17 +547,7 @@ impl WarehouseApi {
         v.id("fulfillment_id", &req.fulfillment_id);
         v.text("tracking_number", &req.tracking_number, 100);
         v.finish()?;
-        let (txn, guard) = match idempotency::begin(
-            &self.db,
-            "warehouse.ConfirmShip",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            Begun::Replay(previous) => return Ok(previous),
-            Begun::New(txn, guard) => (txn, guard),
-        };
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "warehouse.ConfirmShip", req);
         let f = fulfillment::Entity::find_by_id(req.fulfillment_id.clone())
             .one(&txn)
             .await?
@@ -638,12 +587,8 @@ impl WarehouseApi {
     }
 }
 
-fn planned<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(ApiError::Unimplemented(format!(
-        "{what} is planned with the warehouse and carrier execution issue (#6)"
-    ))
-    .into())
-}
+/// Where the RPCs this service does not serve yet are planned.
+const PLANNED: &str = "the warehouse and carrier execution issue (#6)";
 
 #[tonic::async_trait]
 impl WarehouseService for WarehouseApi {
@@ -799,7 +744,7 @@ impl WarehouseService for WarehouseApi {
         &self,
         _r: Request<ConfirmPackRequest>,
     ) -> Result<Response<ConfirmPackResponse>, Status> {
-        planned("ConfirmPack")
+        planned("ConfirmPack", PLANNED)
     }
 
     async fn confirm_ship(
@@ -813,13 +758,13 @@ impl WarehouseService for WarehouseApi {
         &self,
         _r: Request<ReportExceptionRequest>,
     ) -> Result<Response<ReportExceptionResponse>, Status> {
-        planned("ReportException")
+        planned("ReportException", PLANNED)
     }
 
     async fn record_receipt(
         &self,
         _r: Request<RecordReceiptRequest>,
     ) -> Result<Response<RecordReceiptResponse>, Status> {
-        planned("RecordReceipt")
+        planned("RecordReceipt", PLANNED)
     }
 }
