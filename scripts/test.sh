@@ -34,7 +34,8 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
-cargo test --workspace --locked -- --test-threads="${ERP_TEST_THREADS:-4}"
+# The tests arm watchdogs of their own; this bounds anything else (a stuck build script).
+timeout --kill-after=30s 3600 cargo test --workspace --locked -- --test-threads="${ERP_TEST_THREADS:-4}"
 
 step "Helm chart and Kubernetes manifests"
 scripts/check-charts.sh

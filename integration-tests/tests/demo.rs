@@ -9,6 +9,10 @@ use erp_runtime::testing::Backend;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_ships_compensates_and_reconciles() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "the_demo_ships_compensates_and_reconciles",
+        std::time::Duration::from_secs(300),
+    );
     let s = suite(
         settings(
             &Backend::Sqlite,

@@ -23,6 +23,10 @@ fn scrape(addr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_describe_requests_sagas_reservations_and_the_outbox() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "metrics_describe_requests_sagas_reservations_and_the_outbox",
+        std::time::Duration::from_secs(300),
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -122,6 +122,10 @@ async fn happy_path_and_rejections(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_out_of_stock_and_declined_on_every_backend() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "happy_path_out_of_stock_and_declined_on_every_backend",
+        std::time::Duration::from_secs(300),
+    );
     for backend in testing::backends() {
         happy_path_and_rejections(backend).await;
     }
@@ -129,6 +133,10 @@ async fn happy_path_out_of_stock_and_declined_on_every_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_carrier_timeout_is_retried_with_the_same_key() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "a_carrier_timeout_is_retried_with_the_same_key",
+        std::time::Duration::from_secs(300),
+    );
     let (s, mut c) = start(&Backend::Sqlite).await;
     // Express orders go to the cheaper two-day carrier, whose API times out once per label.
     let id = c.place("F-1", "TEE-M", 1, "tok_visa", "express").await;
@@ -162,6 +170,10 @@ async fn a_carrier_timeout_is_retried_with_the_same_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_down_then_back_lets_the_saga_finish() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "a_participant_down_then_back_lets_the_saga_finish",
+        std::time::Duration::from_secs(300),
+    );
     let (mut s, mut c) = start(&Backend::Sqlite).await;
     s.stop_service("finance").await.unwrap();
     let id = c.place("D-1", "MUG-BLUE", 1, "tok_visa", "standard").await;
@@ -277,6 +289,10 @@ async fn cancel_during_wait(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_during_the_wait_compensates_everything_on_every_backend() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "cancel_during_the_wait_compensates_everything_on_every_backend",
+        std::time::Duration::from_secs(300),
+    );
     for backend in testing::backends() {
         cancel_during_wait(backend).await;
     }
@@ -284,6 +300,10 @@ async fn cancel_during_the_wait_compensates_everything_on_every_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "a_missed_ship_deadline_parks_and_an_operator_recovers_it",
+        std::time::Duration::from_secs(300),
+    );
     let mut fast: Vec<(&str, &str)> = FAST.to_vec();
     fast.push(("ERP__ORCHESTRATOR__SHIP_DEADLINE_MS", "300"));
     let s = suite(
@@ -352,6 +372,10 @@ async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_a_saga_and_resume_lets_it_finish() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "pause_holds_a_saga_and_resume_lets_it_finish",
+        std::time::Duration::from_secs(300),
+    );
     let (s, mut c) = start(&Backend::Sqlite).await;
     let id = c.place("Z-1", "TEE-M", 1, "tok_visa", "standard").await;
     let waiting = c.wait_saga(&id, &[SagaStatus::Waiting], T).await;
@@ -385,6 +409,10 @@ async fn pause_holds_a_saga_and_resume_lets_it_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_of_an_unknown_definition_version_is_parked_not_guessed() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "an_instance_of_an_unknown_definition_version_is_parked_not_guessed",
+        std::time::Duration::from_secs(300),
+    );
     use sea_orm::{ActiveModelTrait, ActiveValue::Set};
     let (s, mut c) = start(&Backend::Sqlite).await;
     let orch = s

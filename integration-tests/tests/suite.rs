@@ -42,6 +42,10 @@ async fn wait_for_saga(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_answers_junk_with_a_clear_status_and_stays_up() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "every_rpc_answers_junk_with_a_clear_status_and_stays_up",
+        std::time::Duration::from_secs(300),
+    );
     let s = suite(
         settings(&Backend::Sqlite, &[]),
         Bus::InProcess(Default::default()),
@@ -202,6 +206,10 @@ async fn order_becomes_one_saga(backend: Backend, bus: Bus) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_becomes_one_saga_on_the_in_process_bus() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "order_becomes_one_saga_on_the_in_process_bus",
+        std::time::Duration::from_secs(300),
+    );
     for backend in testing::backends() {
         order_becomes_one_saga(backend, Bus::InProcess(Default::default())).await;
     }
@@ -209,6 +217,10 @@ async fn order_becomes_one_saga_on_the_in_process_bus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_becomes_one_saga_over_redis_streams_on_postgres() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "order_becomes_one_saga_over_redis_streams_on_postgres",
+        std::time::Duration::from_secs(300),
+    );
     let Some(redis_url) = testing::redis_url() else {
         return;
     };
@@ -228,6 +240,10 @@ async fn order_becomes_one_saga_over_redis_streams_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_survive_a_restart() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "records_survive_a_restart",
+        std::time::Duration::from_secs(300),
+    );
     let cfg = settings(&Backend::Sqlite, &[]);
     let s = suite(cfg.clone(), Bus::InProcess(Default::default())).await;
     erp::seed::seed(&s).await.unwrap();
@@ -240,6 +256,7 @@ async fn records_survive_a_restart() {
     let order_id = created.order.unwrap().order_id;
     let mut orch = OrchestratorServiceClient::new(channel(&s.url("orchestrator")).await);
     wait_for_saga(&mut orch, &order_id).await;
+    drop((order, orch));
     s.stop().await.unwrap();
 
     let s = suite(cfg, Bus::InProcess(Default::default())).await;

@@ -59,6 +59,10 @@ fn spawn_orchestrator(s: &Settings, own_port: bool) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything",
+        std::time::Duration::from_secs(300),
+    );
     let Some(redis_url) = testing::redis_url() else {
         return;
     };

@@ -85,6 +85,10 @@ fn start(data_dir: &std::path::Path, ports: &[u16], seed: bool) -> Up {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_prints_addresses_survives_sigkill_and_stops_on_sigterm() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "up_prints_addresses_survives_sigkill_and_stops_on_sigterm",
+        std::time::Duration::from_secs(300),
+    );
     let data_dir = std::env::temp_dir().join(format!("erp-process-{}", std::process::id()));
     let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
 

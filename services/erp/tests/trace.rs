@@ -40,6 +40,10 @@ impl Drop for Kill {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_is_one_trace_across_every_service_it_touched() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "one_order_is_one_trace_across_every_service_it_touched",
+        std::time::Duration::from_secs(300),
+    );
     let Ok(jaeger) = std::env::var("ERP_TEST_JAEGER_BIN") else {
         assert!(
             std::env::var("ERP_TEST_REQUIRE_JAEGER").as_deref() != Ok("1"),

@@ -14,7 +14,6 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use erp_proto::inventory::{ReserveMode, ReserveStockRequest, ReserveStockResponse};
 use erp_runtime::outbox;
@@ -39,9 +38,10 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the worker; `max_batch` requests at most per transaction.
-    pub fn spawn(store: Store, max_batch: usize, shutdown: CancellationToken) -> Self {
+    pub fn spawn(store: Store, max_batch: usize, ctx: &erp_runtime::ServiceContext) -> Self {
         let (queue, mut jobs) = mpsc::channel::<Job>(8192);
-        tokio::spawn(async move {
+        let shutdown = ctx.shutdown.clone();
+        ctx.spawn(async move {
             loop {
                 let first = tokio::select! {
                     () = shutdown.cancelled() => break,

@@ -29,7 +29,7 @@ impl erp_runtime::Service for Service {
         // Abandoned holds return to stock when their expiry passes.
         let expiring = store.clone();
         let shutdown = ctx.shutdown.clone();
-        tokio::spawn(async move {
+        ctx.spawn(async move {
             loop {
                 let expired = expiring
                     .cache
@@ -49,7 +49,7 @@ impl erp_runtime::Service for Service {
         let batcher = batcher::Batcher::spawn(
             store.clone(),
             ctx.settings.inventory.reservation_batch,
-            ctx.shutdown.clone(),
+            &ctx,
         );
         let api = api::InventoryApi::new(store, batcher);
         Ok(tonic::service::Routes::new(

@@ -680,6 +680,7 @@ async fn stock_changes_and_low_stock_leave_as_events() {
                 }
             }),
             tokio_util::sync::CancellationToken::new(),
+            &tokio_util::task::TaskTracker::new(),
         )
         .await
         .unwrap();

@@ -17,6 +17,7 @@ use sea_orm::{
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::definition::{self, Step};
@@ -34,6 +35,10 @@ pub struct Engine {
     pub wake: Arc<Notify>,
     running: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
+    /// Every saga run is tracked, so a stopped orchestrator has no call left in flight.
+    tasks: TaskTracker,
+    /// Runs stop between steps once this is cancelled; the next owner resumes from the log.
+    shutdown: CancellationToken,
     last_report: std::sync::atomic::AtomicI64,
 }
 
@@ -70,6 +75,8 @@ impl Engine {
         participants: Participants,
         settings: OrchestratorSettings,
         wake: Arc<Notify>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             db,
@@ -79,13 +86,16 @@ impl Engine {
             wake,
             running: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(64)),
+            tasks,
+            shutdown,
             last_report: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
     /// Polls until `shutdown`; woken early by new sagas and signals.
-    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
+    pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let shutdown = self.shutdown.clone();
+        self.tasks.clone().spawn(async move {
             let poll = Duration::from_millis(self.settings.poll_interval_ms);
             loop {
                 if let Err(e) = self.tick(&shutdown).await {
@@ -156,7 +166,7 @@ impl Engine {
                 .map_err(|_| anyhow::anyhow!("poisoned"))?
                 .insert(id.clone());
             let engine = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 engine.run(&id).await;
                 if let Ok(mut running) = engine.running.lock() {
                     running.remove(&id);
@@ -373,6 +383,11 @@ impl Engine {
         };
         let pivot = definition::pivot(steps) as i32;
         loop {
+            if self.shutdown.is_cancelled() {
+                // Everything done so far is committed; another replica (or this one restarted)
+                // continues from the log once the lease is released.
+                return Ok(());
+            }
             // Signals first: they may pause, cancel, or release the wait for shipment.
             let pending = signal::Entity::find()
                 .filter(signal::Column::SagaId.eq(st.m.saga_id.as_str()))

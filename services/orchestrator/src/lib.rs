@@ -52,6 +52,7 @@ impl erp_runtime::Service for Service {
                         }
                     }),
                     ctx.shutdown.clone(),
+                    &ctx.tasks,
                 )
                 .await?;
         }
@@ -61,8 +62,10 @@ impl erp_runtime::Service for Service {
             participants,
             ctx.settings.orchestrator.clone(),
             wake.clone(),
+            ctx.tasks.clone(),
+            ctx.shutdown.clone(),
         ));
-        engine.spawn(ctx.shutdown.clone());
+        engine.spawn();
         let api = api::OrchestratorApi::new(ctx.db.clone(), wake);
         Ok(tonic::service::Routes::new(
             erp_proto::orchestrator::orchestrator_service_server::OrchestratorServiceServer::new(

@@ -11,6 +11,7 @@ use sea_orm_migration::MigratorTrait;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 
 use crate::bus::Bus;
@@ -26,6 +27,20 @@ pub struct ServiceContext {
     pub bus: Bus,
     pub outbox: OutboxWaker,
     pub shutdown: CancellationToken,
+    /// Background work of the service. A stopped service has no task left running: its
+    /// [`Running::task`] ends only after every task spawned here ended (or the grace period).
+    pub tasks: TaskTracker,
+}
+
+impl ServiceContext {
+    /// Spawns background work that must stop (at `shutdown`) before the service counts as stopped.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
 }
 
 /// One of the seven services.
@@ -65,7 +80,8 @@ pub async fn start<S: Service>(
         waker: outbox.clone(),
         interval: Duration::from_millis(settings.bus.relay_interval_ms),
     };
-    let relay_task = relay.spawn(shutdown.clone());
+    let tasks = TaskTracker::new();
+    tasks.spawn(relay.run(shutdown.clone()));
     let ctx = ServiceContext {
         name: S::NAME,
         settings: settings.clone(),
@@ -73,6 +89,7 @@ pub async fn start<S: Service>(
         bus,
         outbox,
         shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
     };
     let routes = S::build(ctx).await?;
     let addr = listener.local_addr()?;
@@ -80,7 +97,17 @@ pub async fn start<S: Service>(
     let task = tokio::spawn(async move {
         let served =
             crate::server::serve(S::GRPC_NAME, listener, routes, &server_settings, shutdown).await;
-        let _ = relay_task.await;
+        // Background work (relay, consumers, workers) has seen the same cancellation; wait for it
+        // so that a stopped service leaves nothing behind touching its database.
+        tasks.close();
+        let grace = Duration::from_millis(server_settings.shutdown_grace_ms);
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                service = S::NAME,
+                left = tasks.len(),
+                "background tasks did not stop within the grace period"
+            );
+        }
         served
     });
     tracing::info!(service = S::NAME, %addr, "serving");

@@ -14,6 +14,7 @@ use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{BusKind, BusSettings};
 
@@ -32,7 +33,8 @@ pub struct Event {
     pub source: String,
 }
 
-type Subscribers = HashMap<String, Vec<(String, Handler)>>;
+/// Per topic: the consumer group, its handler, and the token that stops it.
+type Subscribers = HashMap<String, Vec<(String, Handler, CancellationToken)>>;
 
 pub type Handler = Arc<dyn Fn(Event) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
@@ -66,21 +68,23 @@ impl Bus {
         }
     }
 
-    /// Subscribes consumer `group` to `topic`. In Redis mode this spawns a consumer loop that
-    /// stops at `shutdown`.
+    /// Subscribes consumer `group` to `topic` until `shutdown`. In Redis mode this spawns a
+    /// consumer loop on `tasks`. In both modes, events published while the consumer is stopped
+    /// wait (in the publisher's outbox, or in the stream) until it subscribes again.
     pub async fn subscribe(
         &self,
         topic: &str,
         group: &str,
         handler: Handler,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) -> anyhow::Result<()> {
         match self {
             Self::InProcess(bus) => {
-                bus.subscribe(topic, group, handler).await;
+                bus.subscribe(topic, group, handler, shutdown).await;
                 Ok(())
             }
-            Self::Redis(bus) => bus.subscribe(topic, group, handler, shutdown).await,
+            Self::Redis(bus) => bus.subscribe(topic, group, handler, shutdown, tasks).await,
         }
     }
 }
@@ -92,24 +96,34 @@ pub struct InProcessBus {
 }
 
 impl InProcessBus {
-    async fn subscribe(&self, topic: &str, group: &str, handler: Handler) {
-        self.subscribers
-            .write()
-            .await
-            .entry(topic.to_owned())
-            .or_default()
-            .push((group.to_owned(), handler));
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        handler: Handler,
+        shutdown: CancellationToken,
+    ) {
+        let mut subscribers = self.subscribers.write().await;
+        let groups = subscribers.entry(topic.to_owned()).or_default();
+        // A group subscribing again (its service restarted) replaces its stopped self.
+        groups.retain(|(g, _, stop)| g != group || !stop.is_cancelled());
+        groups.push((group.to_owned(), handler, shutdown));
     }
 
     async fn publish(&self, event: &Event) -> anyhow::Result<()> {
-        let handlers: Vec<(String, Handler)> = self
+        let handlers: Vec<(String, Handler, CancellationToken)> = self
             .subscribers
             .read()
             .await
             .get(&event.topic)
             .cloned()
             .unwrap_or_default();
-        for (group, handler) in handlers {
+        for (group, handler, stopped) in handlers {
+            if stopped.is_cancelled() {
+                // Like a consumer group whose service is down: the event stays unpublished in
+                // the outbox and is delivered once the group subscribes again.
+                anyhow::bail!("consumer {group} of {} is stopped", event.topic);
+            }
             handler(event.clone()).await.map_err(|e| {
                 anyhow::anyhow!(
                     "consumer {group} failed on {} {}: {e:#}",
@@ -175,6 +189,7 @@ impl RedisBus {
         group: &str,
         handler: Handler,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) -> anyhow::Result<()> {
         let stream = self.stream(topic);
         let mut conn = self.conn.clone();
@@ -196,7 +211,7 @@ impl RedisBus {
             handler,
             redeliver_after: self.redeliver_after,
         };
-        tokio::spawn(consumer.run(shutdown));
+        tasks.spawn(consumer.run(shutdown));
         Ok(())
     }
 }

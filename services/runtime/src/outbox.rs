@@ -125,30 +125,28 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                match self.publish_pending().await {
-                    Ok(n) if n > 0 => {
-                        metrics::counter!("outbox_published_total", "service" => self.service)
-                            .increment(n as u64);
-                        continue;
-                    }
-                    Ok(_) => {
-                        metrics::gauge!("outbox_pending_events", "service" => self.service)
-                            .set(0.0);
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = self.service, error = %e, "outbox relay failed, will retry")
-                    }
+    /// Publishes until `shutdown`; woken at once by [`OutboxWaker`], else every `interval`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.publish_pending().await {
+                Ok(n) if n > 0 => {
+                    metrics::counter!("outbox_published_total", "service" => self.service)
+                        .increment(n as u64);
+                    continue;
                 }
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = self.waker.0.notified() => {}
-                    () = tokio::time::sleep(self.interval) => {}
+                Ok(_) => {
+                    metrics::gauge!("outbox_pending_events", "service" => self.service).set(0.0);
+                }
+                Err(e) => {
+                    tracing::warn!(service = self.service, error = %e, "outbox relay failed, will retry")
                 }
             }
-        })
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.waker.0.notified() => {}
+                () = tokio::time::sleep(self.interval) => {}
+            }
+        }
     }
 
     /// Publishes one batch; returns how many were published.

@@ -59,6 +59,51 @@ pub fn redis_url() -> Option<String> {
     }
 }
 
+/// Fails the whole test process, loudly, when a test runs past its deadline, instead of letting
+/// a hang eat the CI budget. A plain OS thread, so it fires even when every runtime worker is
+/// stuck. Before exiting it prints every thread's stack (through `gdb` when it is installed),
+/// which is what a hang needs to be diagnosed from a CI log. Dropping the guard disarms it.
+pub struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+/// Arms a [`Watchdog`] for the test `name`.
+pub fn watchdog(name: &'static str, limit: std::time::Duration) -> Watchdog {
+    let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+            use std::io::Write as _;
+            // Straight to the file descriptor: the test harness captures eprintln! and would
+            // drop it when the process exits.
+            let _ = writeln!(
+                std::io::stderr(),
+                "WATCHDOG: test {name} still running after {} s; thread stacks follow",
+                limit.as_secs()
+            );
+            let pid = std::process::id().to_string();
+            let dumped = std::process::Command::new("timeout")
+                .args(["120", "gdb", "-p", &pid, "-batch", "-nx"])
+                .args(["-ex", "set pagination off", "-ex", "thread apply all bt 30"])
+                .stdin(std::process::Stdio::null())
+                .status();
+            if !matches!(dumped, Ok(s) if s.success()) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "WATCHDOG: no stack dump (gdb missing or not permitted)"
+                );
+            }
+            std::process::exit(102);
+        }
+    });
+    Watchdog(Some(disarm))
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Settings for one test: a private data directory, a private database per service.
 pub fn settings(backend: &Backend, extra: &[(&str, &str)]) -> (Settings, PathBuf) {
     let run = uuid::Uuid::now_v7().simple().to_string();
