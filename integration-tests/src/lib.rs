@@ -28,3 +28,20 @@ pub async fn channel(url: &str) -> tonic::transport::Channel {
 }
 
 pub use erp::testkit::Clients;
+
+/// Saga timings for tests: quick polls, short leases.
+pub const FAST: &[(&str, &str)] = &[
+    ("ERP__ORCHESTRATOR__POLL_INTERVAL_MS", "50"),
+    ("ERP__ORCHESTRATOR__LEASE_MS", "3000"),
+];
+
+/// How long a test waits for a saga to reach a state.
+pub const T: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The whole suite on `backend` with [`FAST`] timings and the seeded catalog, and its clients.
+pub async fn seeded(backend: &Backend) -> (erp::Suite, Clients) {
+    let s = suite(settings(backend, FAST), Bus::InProcess(Default::default())).await;
+    erp::seed::seed(&s).await.expect("seed");
+    let c = Clients::for_suite(&s);
+    (s, c)
+}

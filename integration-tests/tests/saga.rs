@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use erp_integration_tests::{Clients, settings, suite};
+use erp_integration_tests::{Clients, FAST, T, seeded, settings, suite};
 use erp_proto::finance::PaymentStatus;
 use erp_proto::inventory::ReservationState;
 use erp_proto::orchestrator::{CancelSagaRequest, OperatorAction, SagaStatus, StepOutcome};
@@ -15,21 +15,8 @@ use erp_proto::order::OrderStatus;
 use erp_runtime::bus::Bus;
 use erp_runtime::testing::{self, Backend};
 
-const FAST: &[(&str, &str)] = &[
-    ("ERP__ORCHESTRATOR__POLL_INTERVAL_MS", "50"),
-    ("ERP__ORCHESTRATOR__LEASE_MS", "3000"),
-];
-const T: Duration = Duration::from_secs(20);
-
-async fn start(backend: &Backend) -> (erp::Suite, Clients) {
-    let s = suite(settings(backend, FAST), Bus::InProcess(Default::default())).await;
-    erp::seed::seed(&s).await.unwrap();
-    let c = Clients::for_suite(&s);
-    (s, c)
-}
-
 async fn happy_path_and_rejections(backend: Backend) {
-    let (s, mut c) = start(&backend).await;
+    let (s, mut c) = seeded(&backend).await;
     let (on_hand_before, _) = c.stock_totals().await;
 
     // Happy path: wait for shipment, ship, complete through the pivot.
@@ -61,6 +48,8 @@ async fn happy_path_and_rejections(backend: Backend) {
         "reserve_stock",
         "authorize_payment",
         "create_fulfillment",
+        "await_pack",
+        "quote_label",
         "buy_label",
         "await_shipment",
         "commit_stock",
@@ -137,10 +126,12 @@ async fn a_carrier_timeout_is_retried_with_the_same_key() {
         "a_carrier_timeout_is_retried_with_the_same_key",
         std::time::Duration::from_secs(300),
     );
-    let (s, mut c) = start(&Backend::Sqlite).await;
+    let (s, mut c) = seeded(&Backend::Sqlite).await;
     // Express orders go to the cheaper two-day carrier, whose API times out once per label.
     let id = c.place("F-1", "TEE-M", 1, "tok_visa", "express").await;
-    let saga = c.wait_saga(&id, &[SagaStatus::Waiting], T).await;
+    c.wait_step(&id, "await_pack").await;
+    c.pick_and_pack(&id).await;
+    let saga = c.wait_step(&id, "await_shipment").await;
     let retried = saga
         .timeline
         .iter()
@@ -150,7 +141,7 @@ async fn a_carrier_timeout_is_retried_with_the_same_key() {
         "expected a retried label purchase: {:#?}",
         saga.timeline
     );
-    c.ship(&id).await;
+    c.confirm_ship(&id).await;
     c.wait_saga(&id, &[SagaStatus::Completed], T).await;
     let shipments = c
         .carrier
@@ -174,7 +165,7 @@ async fn a_participant_down_then_back_lets_the_saga_finish() {
         "a_participant_down_then_back_lets_the_saga_finish",
         std::time::Duration::from_secs(300),
     );
-    let (mut s, mut c) = start(&Backend::Sqlite).await;
+    let (mut s, mut c) = seeded(&Backend::Sqlite).await;
     s.stop_service("finance").await.unwrap();
     let id = c.place("D-1", "MUG-BLUE", 1, "tok_visa", "standard").await;
     // The saga keeps retrying the authorization while finance is down.
@@ -211,10 +202,13 @@ async fn a_participant_down_then_back_lets_the_saga_finish() {
 }
 
 async fn cancel_during_wait(backend: Backend) {
-    let (s, mut c) = start(&backend).await;
+    let (s, mut c) = seeded(&backend).await;
     let (on_hand_before, _) = c.stock_totals().await;
     let id = c.place("C-1", "LAMP-01", 1, "tok_visa", "standard").await;
-    let saga = c.wait_saga(&id, &[SagaStatus::Waiting], T).await;
+    c.wait_step(&id, "await_pack").await;
+    c.pick_and_pack(&id).await;
+    // Everything before the pivot is done: stock held, payment authorized, packed, labelled.
+    let saga = c.wait_step(&id, "await_shipment").await;
     c.orchestrator
         .cancel_saga(CancelSagaRequest {
             saga_id: saga.saga_id.clone(),
@@ -305,7 +299,7 @@ async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
         std::time::Duration::from_secs(300),
     );
     let mut fast: Vec<(&str, &str)> = FAST.to_vec();
-    fast.push(("ERP__ORCHESTRATOR__SHIP_DEADLINE_MS", "300"));
+    fast.push(("ERP__ORCHESTRATOR__SHIP_DEADLINE_MS", "1500"));
     let s = suite(
         settings(&Backend::Sqlite, &fast),
         Bus::InProcess(Default::default()),
@@ -315,7 +309,8 @@ async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
     let mut c = Clients::for_suite(&s);
     let id = c.place("P-1", "MUG-BLUE", 1, "tok_visa", "standard").await;
     let parked = c.wait_saga(&id, &[SagaStatus::Parked], T).await;
-    assert_eq!(parked.current_step, "await_shipment");
+    // Nobody packed it in time.
+    assert_eq!(parked.current_step, "await_pack");
     let exceptions = c
         .orchestrator
         .list_exceptions(erp_proto::orchestrator::ListExceptionsRequest::default())
@@ -330,9 +325,9 @@ async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
         exceptions[0].reason
     );
     assert!(
-        exceptions[0]
-            .suggested_action
-            .contains("SignalSaga SHIPPED")
+        exceptions[0].suggested_action.contains("RetrySaga"),
+        "{}",
+        exceptions[0].suggested_action
     );
 
     // Operator controls need an operator and a reason.
@@ -346,8 +341,9 @@ async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
-    // The warehouse ships late; the operator retries; the saga goes through the pivot.
-    c.ship(&id).await;
+    // The warehouse packs late; the operator retries; the label is bought for the carton, the
+    // warehouse ships, and the saga goes through the pivot.
+    c.pick_and_pack(&id).await;
     let action = Some(OperatorAction {
         operator: "ops-2".into(),
         reason: "parcel found, shipped".into(),
@@ -359,6 +355,7 @@ async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
         })
         .await
         .unwrap();
+    c.confirm_ship(&id).await;
     let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
     assert!(
         done.timeline
@@ -376,7 +373,7 @@ async fn pause_holds_a_saga_and_resume_lets_it_finish() {
         "pause_holds_a_saga_and_resume_lets_it_finish",
         std::time::Duration::from_secs(300),
     );
-    let (s, mut c) = start(&Backend::Sqlite).await;
+    let (s, mut c) = seeded(&Backend::Sqlite).await;
     let id = c.place("Z-1", "TEE-M", 1, "tok_visa", "standard").await;
     let waiting = c.wait_saga(&id, &[SagaStatus::Waiting], T).await;
     let action = Some(OperatorAction {
@@ -391,8 +388,8 @@ async fn pause_holds_a_saga_and_resume_lets_it_finish() {
         .await
         .unwrap();
     c.wait_saga(&id, &[SagaStatus::Paused], T).await;
-    // Shipping while paused does not move it.
-    c.ship(&id).await;
+    // Packing while paused does not move it (no label is bought).
+    c.pick_and_pack(&id).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(c.saga(&id).await.unwrap().status, SagaStatus::Paused as i32);
     c.orchestrator
@@ -402,6 +399,7 @@ async fn pause_holds_a_saga_and_resume_lets_it_finish() {
         })
         .await
         .unwrap();
+    c.confirm_ship(&id).await;
     c.wait_saga(&id, &[SagaStatus::Completed], T).await;
     c.assert_reconciled().await;
     s.stop().await.unwrap();
@@ -414,7 +412,7 @@ async fn an_instance_of_an_unknown_definition_version_is_parked_not_guessed() {
         std::time::Duration::from_secs(300),
     );
     use sea_orm::{ActiveModelTrait, ActiveValue::Set};
-    let (s, mut c) = start(&Backend::Sqlite).await;
+    let (s, mut c) = seeded(&Backend::Sqlite).await;
     let orch = s
         .services
         .iter()
@@ -422,13 +420,13 @@ async fn an_instance_of_an_unknown_definition_version_is_parked_not_guessed() {
         .unwrap()
         .db
         .clone();
-    // A saga written by a newer build (version 2) that this build does not know.
+    // A saga written by a newer build (version 99) that this build does not know.
     let now = erp_runtime::time::now_ms();
     let order_id = uuid::Uuid::now_v7().to_string();
     erp_orchestrator::store::saga::ActiveModel {
         saga_id: Set(uuid::Uuid::now_v7().to_string()),
         definition: Set("fulfillment".into()),
-        definition_version: Set(2),
+        definition_version: Set(99),
         order_id: Set(order_id.clone()),
         status: Set("pending".into()),
         current_step: Set("load_order".into()),
@@ -450,7 +448,7 @@ async fn an_instance_of_an_unknown_definition_version_is_parked_not_guessed() {
     .await
     .unwrap();
     let parked = c.wait_saga(&order_id, &[SagaStatus::Parked], T).await;
-    assert_eq!(parked.definition_version, 2, "still pinned to its version");
+    assert_eq!(parked.definition_version, 99, "still pinned to its version");
     let exceptions = c
         .orchestrator
         .list_exceptions(erp_proto::orchestrator::ListExceptionsRequest::default())

@@ -184,7 +184,10 @@ async fn order_becomes_one_saga(backend: Backend, bus: Bus) {
 
     let order_id = first.order.unwrap().order_id;
     let saga = wait_for_saga(&mut orch, &order_id).await;
-    assert_eq!(saga.definition_version, 1);
+    assert_eq!(
+        saga.definition_version,
+        erp_orchestrator::FULFILLMENT_VERSION
+    );
     assert_eq!(saga.timeline[0].step, "accept_order");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let all = orch

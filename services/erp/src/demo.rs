@@ -1,14 +1,15 @@
 //! `erp demo`: the suite doing real fulfillment work on the embedded default. Seeds a catalog,
 //! pushes a mix of orders from three channels (some for more than exists, some with cards that
-//! decline, express ones through a carrier that times out once), plays the warehouse (picks and
-//! ships what is waiting), and prints what happened, with stock and ledger totals that must
+//! decline, express ones through a carrier that times out once), plays the warehouse (picks,
+//! packs and ships what is waiting; finds a damaged unit now and then, which re-routes the order
+//! to another warehouse), and prints what happened, with stock and ledger totals that must
 //! reconcile.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use erp_proto::orchestrator::{ListSagasRequest, SagaStatus, StepOutcome};
-use erp_proto::{finance, inventory};
+use erp_proto::{finance, inventory, warehouse};
 
 use crate::testkit::Clients;
 
@@ -22,6 +23,10 @@ pub struct Report {
     pub compensated: BTreeMap<String, usize>,
     pub parked: usize,
     pub carrier_retries: usize,
+    /// Orders re-routed after the warehouse reported a damaged unit.
+    pub rerouted: usize,
+    /// Units the warehouses reported damaged (moved from on hand to quarantine).
+    pub quarantined: i64,
     pub on_hand_before: i64,
     pub on_hand_after: i64,
     pub reserved_after: i64,
@@ -34,7 +39,7 @@ pub struct Report {
 impl Report {
     /// Whether stock and money reconcile with the orders' outcomes.
     pub fn reconciles(&self) -> bool {
-        self.on_hand_before - self.on_hand_after == self.units_shipped
+        self.on_hand_before - self.on_hand_after == self.units_shipped + self.quarantined
             && self.reserved_after == 0
             && self.ledger_consistent
             && self.journal_balanced
@@ -65,11 +70,17 @@ impl std::fmt::Display for Report {
         writeln!(f, "  carrier timeouts retried: {}", self.carrier_retries)?;
         writeln!(
             f,
-            "  stock on hand      {} -> {} (shipped {}): {}",
+            "  re-routed          {:>4}  (damaged unit found at the first warehouse)",
+            self.rerouted
+        )?;
+        writeln!(
+            f,
+            "  stock on hand      {} -> {} (shipped {}, quarantined {}): {}",
             self.on_hand_before,
             self.on_hand_after,
             self.units_shipped,
-            ok(self.on_hand_before - self.on_hand_after == self.units_shipped)
+            self.quarantined,
+            ok(self.on_hand_before - self.on_hand_after == self.units_shipped + self.quarantined)
         )?;
         writeln!(
             f,
@@ -127,25 +138,61 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
             placed.push(o.order_id);
         }
     }
-    // Play the warehouse until every saga is finished.
+    // Play the warehouse until every saga is finished: pick and pack what waits for packing
+    // (every 10th order's first pick finds a damaged unit instead), ship what has its label.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut shipped_by_us = std::collections::HashSet::new();
+    let mut packed = std::collections::HashSet::new();
+    let mut shipped = std::collections::HashSet::new();
+    let mut damaged = std::collections::HashSet::new();
     loop {
         let mut open = 0;
-        for id in &placed {
+        for (i, id) in placed.iter().enumerate() {
             let Some(saga) = c.saga(id).await else {
                 open += 1;
                 continue;
             };
             match SagaStatus::try_from(saga.status).unwrap_or(SagaStatus::Unspecified) {
-                SagaStatus::Waiting if !shipped_by_us.contains(id) => {
-                    c.ship(id).await;
-                    shipped_by_us.insert(id.clone());
-                    open += 1;
+                SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Parked => continue,
+                SagaStatus::Waiting if saga.current_step == "await_pack" => {
+                    let fulfillments = c.open_fulfillments(id).await;
+                    match fulfillments.first() {
+                        Some(f) if i % 10 == 4 && damaged.insert(id.clone()) => {
+                            let task = &f.tasks[0];
+                            c.warehouse
+                                .report_exception(warehouse::ReportExceptionRequest {
+                                    idempotency_key: format!("damaged-{}", task.task_id),
+                                    task_id: task.task_id.clone(),
+                                    reason: warehouse::ExceptionReason::Damaged as i32,
+                                    quantity: 1,
+                                    note: "crushed box".into(),
+                                    reporter: "picker-1".into(),
+                                })
+                                .await?;
+                            report.quarantined += 1;
+                        }
+                        Some(f) if packed.insert(f.fulfillment_id.clone()) => {
+                            c.pick_and_pack(id).await;
+                        }
+                        _ => {}
+                    }
                 }
-                SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Parked => {}
-                _ => open += 1,
+                SagaStatus::Waiting
+                    if saga.current_step == "await_shipment" && shipped.insert(id.clone()) =>
+                {
+                    let tracking = c.wait_label(id).await;
+                    for f in c.open_fulfillments(id).await {
+                        c.warehouse
+                            .confirm_ship(warehouse::ConfirmShipRequest {
+                                idempotency_key: format!("ship-{}", f.fulfillment_id),
+                                fulfillment_id: f.fulfillment_id,
+                                tracking_number: tracking.clone(),
+                            })
+                            .await?;
+                    }
+                }
+                _ => {}
             }
+            open += 1;
         }
         if open == 0 {
             break;
@@ -170,6 +217,11 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
             .iter()
             .filter(|e| e.step == "buy_label" && e.outcome == StepOutcome::RetryableFailure as i32)
             .count();
+        report.rerouted += usize::from(
+            saga.timeline
+                .iter()
+                .any(|e| e.detail.starts_with("re-route")),
+        );
         match SagaStatus::try_from(saga.status).unwrap_or(SagaStatus::Unspecified) {
             SagaStatus::Completed => {
                 let o = c.order(&saga.order_id).await;

@@ -102,11 +102,9 @@ impl Clients {
         panic!("saga of {order_id} did not reach {statuses:?} within {within:?}; last: {last:#?}");
     }
 
-    /// Picks and ships the order's fulfillment as a warehouse would: confirm every pick, then
-    /// the shipment with the label's tracking number.
-    pub async fn ship(&mut self, order_id: &str) {
-        let fulfillments = self
-            .warehouse
+    /// The order's fulfillments the floor can work on (not shipped, cancelled or in exception).
+    pub async fn open_fulfillments(&mut self, order_id: &str) -> Vec<warehouse::Fulfillment> {
+        self.warehouse
             .list_fulfillments(warehouse::ListFulfillmentsRequest {
                 order_id: order_id.into(),
                 ..Default::default()
@@ -114,46 +112,126 @@ impl Clients {
             .await
             .expect("list fulfillments")
             .into_inner()
-            .fulfillments;
-        let shipments = self
-            .carrier
-            .list_shipments(carrier::ListShipmentsRequest {
-                order_id: order_id.into(),
-                ..Default::default()
+            .fulfillments
+            .into_iter()
+            .filter(|f| {
+                use warehouse::FulfillmentStatus as S;
+                [S::Open, S::Released, S::Picked, S::Packed]
+                    .iter()
+                    .any(|s| *s as i32 == f.status)
+            })
+            .collect()
+    }
+
+    /// Picks every task of the order's open fulfillment and packs it in a carton, as the
+    /// warehouse floor would. Returns the fulfillment id.
+    pub async fn pick_and_pack(&mut self, order_id: &str) -> String {
+        let mut open = Vec::new();
+        for _ in 0..200 {
+            open = self.open_fulfillments(order_id).await;
+            if !open.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let f = open.into_iter().next().expect("an open fulfillment");
+        for t in &f.tasks {
+            self.warehouse
+                .confirm_pick(warehouse::ConfirmPickRequest {
+                    idempotency_key: format!("pick-{}", t.task_id),
+                    task_id: t.task_id.clone(),
+                    picked_quantity: t.quantity,
+                    picker: "picker-1".into(),
+                })
+                .await
+                .expect("pick");
+        }
+        self.warehouse
+            .confirm_pack(warehouse::ConfirmPackRequest {
+                idempotency_key: format!("pack-{}", f.fulfillment_id),
+                fulfillment_id: f.fulfillment_id.clone(),
+                parcel: Some(erp_proto::common::Parcel {
+                    weight_grams: 1_200,
+                    length_mm: 300,
+                    width_mm: 200,
+                    height_mm: 150,
+                }),
+                packer: "packer-1".into(),
             })
             .await
-            .expect("list shipments")
-            .into_inner()
-            .shipments;
-        let tracking = shipments
-            .iter()
-            .find(|s| s.status == carrier::ShipmentStatus::LabelCreated as i32)
-            .map(|s| s.tracking_number.clone())
-            .expect("a label was bought");
-        for f in fulfillments
-            .iter()
-            .filter(|f| f.status != warehouse::FulfillmentStatus::Cancelled as i32)
-        {
-            for t in &f.tasks {
-                self.warehouse
-                    .confirm_pick(warehouse::ConfirmPickRequest {
-                        idempotency_key: format!("pick-{}", t.task_id),
-                        task_id: t.task_id.clone(),
-                        picked_quantity: t.quantity,
-                        picker: "picker-1".into(),
-                    })
-                    .await
-                    .expect("pick");
+            .expect("pack");
+        f.fulfillment_id
+    }
+
+    /// The tracking number of the order's live label, once the saga bought it.
+    pub async fn wait_label(&mut self, order_id: &str) -> String {
+        for _ in 0..400 {
+            let shipments = self
+                .carrier
+                .list_shipments(carrier::ListShipmentsRequest {
+                    order_id: order_id.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list shipments")
+                .into_inner()
+                .shipments;
+            if let Some(s) = shipments
+                .iter()
+                .find(|s| s.status == carrier::ShipmentStatus::LabelCreated as i32)
+            {
+                return s.tracking_number.clone();
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no label was bought for order {order_id} within 20 s");
+    }
+
+    /// Confirms the shipment of the order's packed fulfillment with its label's tracking number.
+    pub async fn confirm_ship(&mut self, order_id: &str) {
+        let tracking = self.wait_label(order_id).await;
+        let packed: Vec<_> = self
+            .open_fulfillments(order_id)
+            .await
+            .into_iter()
+            .filter(|f| f.status == warehouse::FulfillmentStatus::Packed as i32)
+            .collect();
+        assert!(
+            !packed.is_empty(),
+            "order {order_id} has no packed fulfillment"
+        );
+        for f in packed {
             self.warehouse
                 .confirm_ship(warehouse::ConfirmShipRequest {
                     idempotency_key: format!("ship-{}", f.fulfillment_id),
-                    fulfillment_id: f.fulfillment_id.clone(),
+                    fulfillment_id: f.fulfillment_id,
                     tracking_number: tracking.clone(),
                 })
                 .await
                 .expect("ship");
         }
+    }
+
+    /// Picks, packs and ships the order as a warehouse would: the saga buys the label for the
+    /// packed carton, and the shipment is confirmed with its tracking number.
+    pub async fn ship(&mut self, order_id: &str) {
+        self.pick_and_pack(order_id).await;
+        self.confirm_ship(order_id).await;
+    }
+
+    /// Waits until the order's saga waits at `step` (`await_pack`, `await_shipment`).
+    pub async fn wait_step(&mut self, order_id: &str, step: &str) -> orchestrator::Saga {
+        let mut last = None;
+        for _ in 0..400 {
+            if let Some(s) = self.saga(order_id).await {
+                if s.status == orchestrator::SagaStatus::Waiting as i32 && s.current_step == step {
+                    return s;
+                }
+                last = Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("saga of {order_id} did not wait at {step} within 20 s; last: {last:#?}");
     }
 
     pub async fn order(&mut self, order_id: &str) -> order::Order {

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,14 +19,6 @@ const SERVICES: [&str; 7] = [
     "finance",
     "orchestrator",
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Up {
     child: Child,
@@ -90,7 +81,7 @@ async fn up_prints_addresses_survives_sigkill_and_stops_on_sigterm() {
         std::time::Duration::from_secs(300),
     );
     let data_dir = std::env::temp_dir().join(format!("erp-process-{}", std::process::id()));
-    let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
+    let ports = erp_runtime::testing::free_ports(7);
 
     let mut up = start(&data_dir, &ports, true);
     assert_eq!(up.addresses.len(), 7, "{:?}", up.addresses);

@@ -15,14 +15,6 @@ use erp_proto::orchestrator::SagaStatus;
 use erp_runtime::config::SERVICES;
 use erp_runtime::testing;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Kill(Vec<Child>);
 
 impl Drop for Kill {
@@ -79,7 +71,7 @@ async fn one_order_is_one_trace_across_every_service_it_touched() {
     let mut peers = erp_runtime::config::Settings::load_with(None, Some(Default::default()))
         .unwrap()
         .peers;
-    let ports: Vec<u16> = SERVICES.iter().map(|_| free_port()).collect();
+    let ports = testing::free_ports(SERVICES.len());
     for (s, p) in SERVICES.iter().zip(&ports) {
         peers.set(s, format!("http://127.0.0.1:{p}"));
     }
@@ -97,8 +89,10 @@ async fn one_order_is_one_trace_across_every_service_it_touched() {
             .env("ERP__ORCHESTRATOR__POLL_INTERVAL_MS", "50")
             .env("ERP__TELEMETRY__OTLP_ENDPOINT", "http://127.0.0.1:4317")
             .env("ERP__TELEMETRY__LOG_FILTER", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stdout(Stdio::piped());
+        // Kept in a file: when a service does not come up, its own words say why.
+        let log = std::env::temp_dir().join(format!("erp-trace-{tag}-{service}.log"));
+        cmd.stderr(std::fs::File::create(&log).unwrap());
         for s in SERVICES {
             cmd.env(
                 format!("ERP__PEERS__{}", s.to_uppercase()),
@@ -110,7 +104,11 @@ async fn one_order_is_one_trace_across_every_service_it_touched() {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert!(line.contains("listening"), "{service}: {line}");
+        assert!(
+            line.contains("listening"),
+            "{service} did not start: {line}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         children.0.push(child);
     }
 

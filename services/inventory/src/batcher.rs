@@ -430,6 +430,7 @@ fn clone_error(e: &ApiError, message: &str) -> ApiError {
         ApiError::Aborted(_) => ApiError::Aborted(message.to_owned()),
         ApiError::Unimplemented(_) => ApiError::Unimplemented(message.to_owned()),
         ApiError::Internal(_) => ApiError::Internal(message.to_owned()),
+        ApiError::Upstream(s) => ApiError::Upstream(s.clone()),
     }
 }
 

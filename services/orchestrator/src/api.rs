@@ -225,7 +225,7 @@ impl OrchestratorApi {
             m.resume_status.clone()
         };
         let mut data: serde_json::Value = serde_json::from_str(&m.data).unwrap_or_default();
-        if m.current_step == "await_shipment"
+        if matches!(m.current_step.as_str(), "await_pack" | "await_shipment")
             && let Some(obj) = data.as_object_mut()
         {
             // A new deadline for the wait that expired.

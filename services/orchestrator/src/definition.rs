@@ -15,6 +15,8 @@ pub enum Step {
     RecordAllocation,
     AuthorizePayment,
     CreateFulfillment,
+    /// Waits for the packer's carton (v2): its weight and size are what the label is bought for.
+    AwaitPack,
     /// Rate shopping: the cheapest option for the service level.
     QuoteLabel,
     BuyLabel,
@@ -35,6 +37,7 @@ impl Step {
             Self::RecordAllocation => "record_allocation",
             Self::AuthorizePayment => "authorize_payment",
             Self::CreateFulfillment => "create_fulfillment",
+            Self::AwaitPack => "await_pack",
             Self::QuoteLabel => "quote_label",
             Self::BuyLabel => "buy_label",
             Self::AwaitShipment => "await_shipment",
@@ -46,6 +49,20 @@ impl Step {
     }
 
     /// Whether undoing this step calls a participant.
+    /// Whether the step is tied to the warehouse that was chosen: a re-route (after a short
+    /// pick) undoes exactly these, keeping the order read and the payment authorized.
+    pub fn site_bound(self) -> bool {
+        matches!(
+            self,
+            Self::ReserveStock | Self::CreateFulfillment | Self::BuyLabel
+        )
+    }
+
+    /// Whether the step waits for a signal rather than calling a participant.
+    pub fn is_wait(self) -> bool {
+        matches!(self, Self::AwaitPack | Self::AwaitShipment)
+    }
+
     pub fn compensable(self) -> bool {
         matches!(
             self,
@@ -97,10 +114,30 @@ pub const FULFILLMENT_V1: &[Step] = &[
     Step::MarkShipped,
 ];
 
+/// Version 2: the label is bought after packing, for the packer's carton, and a stock exception
+/// at the warehouse re-routes the order (or backorders it) instead of stalling it.
+pub const FULFILLMENT_V2: &[Step] = &[
+    Step::LoadOrder,
+    Step::Route,
+    Step::ReserveStock,
+    Step::RecordAllocation,
+    Step::AuthorizePayment,
+    Step::CreateFulfillment,
+    Step::AwaitPack,
+    Step::QuoteLabel,
+    Step::BuyLabel,
+    Step::AwaitShipment,
+    Step::CommitStock,
+    Step::CapturePayment,
+    Step::PostJournal,
+    Step::MarkShipped,
+];
+
 /// The steps of a definition version, if this build knows it.
 pub fn steps(definition: &str, version: i32) -> Option<&'static [Step]> {
     match (definition, version) {
         ("fulfillment", 1) => Some(FULFILLMENT_V1),
+        ("fulfillment", 2) => Some(FULFILLMENT_V2),
         _ => None,
     }
 }
@@ -144,6 +181,23 @@ mod tests {
     #[test]
     fn unknown_versions_are_not_guessed() {
         assert!(steps("fulfillment", 1).is_some());
-        assert!(steps("fulfillment", 2).is_none());
+        assert!(steps("fulfillment", 2).is_some());
+        assert!(steps("fulfillment", 3).is_none());
+        assert!(steps("returns", 1).is_none());
+    }
+
+    #[test]
+    fn v2_packs_before_the_label_and_keeps_the_pivot() {
+        let at = |s: Step| FULFILLMENT_V2.iter().position(|x| *x == s).unwrap();
+        assert!(at(Step::AwaitPack) < at(Step::QuoteLabel));
+        assert!(at(Step::BuyLabel) < at(Step::AwaitShipment));
+        assert_eq!(pivot(FULFILLMENT_V2), at(Step::CommitStock));
+        // Everything a re-route undoes comes after routing and before the pivot.
+        for (i, s) in FULFILLMENT_V2.iter().enumerate() {
+            if s.site_bound() {
+                assert!(i > at(Step::Route) && i < pivot(FULFILLMENT_V2));
+                assert!(s.compensable());
+            }
+        }
     }
 }

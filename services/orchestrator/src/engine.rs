@@ -21,8 +21,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::definition::{self, Step};
-use crate::participants::{Ctx, OrderSnapshot, Participants, StepError};
+use crate::participants::{Carton, Ctx, OrderSnapshot, Participants, StepError, Writeoff};
 use crate::store::{saga, signal, step};
+
+/// How often a backordered saga tries to route again.
+const BACKORDER_RECHECK_MS: i64 = 2_000;
 
 /// Statuses a worker drives.
 pub const ACTIVE: [&str; 4] = ["pending", "running", "waiting", "compensating"];
@@ -353,6 +356,10 @@ impl Engine {
             st.ctx.failure_detail = detail.to_owned();
         }
         st.m.status = "compensating".into();
+        // After a re-route the saga stands before steps it completed in an earlier round (the
+        // payment authorization): undo from the highest one ever completed.
+        let from = from.max(i64::from(st.ctx.completed) - 1);
+        st.ctx.rerouting = false;
         st.m.step_index = i32::try_from(from).unwrap_or(-1);
         st.m.attempts = 0;
         st.m.next_attempt_at_ms = now_ms();
@@ -425,6 +432,35 @@ impl Engine {
                                 );
                             }
                         }
+                        "PACKED" => {
+                            let p: serde_json::Value =
+                                serde_json::from_str(&s.payload).unwrap_or_default();
+                            let f = p["fulfillment_id"].as_str().unwrap_or_default();
+                            if f == st.ctx.fulfillment_id && !st.ctx.rerouting {
+                                let carton = Carton {
+                                    weight_grams: p["weight_grams"].as_i64().unwrap_or(0),
+                                    length_mm: p["length_mm"].as_i64().unwrap_or(0),
+                                    width_mm: p["width_mm"].as_i64().unwrap_or(0),
+                                    height_mm: p["height_mm"].as_i64().unwrap_or(0),
+                                };
+                                notes.push(format!(
+                                    "packed: {} g, {}x{}x{} mm",
+                                    carton.weight_grams,
+                                    carton.length_mm,
+                                    carton.width_mm,
+                                    carton.height_mm
+                                ));
+                                st.ctx.packed = true;
+                                st.ctx.parcel = Some(carton);
+                            } else {
+                                notes.push(format!(
+                                    "pack of fulfillment {f} ignored: not the current one"
+                                ));
+                            }
+                        }
+                        "EXCEPTION" => {
+                            notes.push(self.on_exception(&mut st, &s.payload, pivot));
+                        }
                         "PAUSE" => pause = true,
                         other => notes.push(format!("unknown signal {other} ignored")),
                     }
@@ -446,6 +482,11 @@ impl Engine {
                 }
             }
             match st.m.status.as_str() {
+                "pending" | "running" | "waiting" if st.ctx.rerouting => {
+                    if !self.reroute_step(&mut st, steps).await? {
+                        return Ok(());
+                    }
+                }
                 "pending" | "running" | "waiting" => {
                     if !self.forward_step(&mut st, steps, pivot).await? {
                         return Ok(());
@@ -499,16 +540,30 @@ impl Engine {
         };
         st.m.current_step = step.name().to_owned();
         let now = now_ms();
-        if step == Step::AwaitShipment {
-            if st.ctx.shipped {
+        if step.is_wait() {
+            let (done, detail, waiting_for) = match step {
+                Step::AwaitPack => (
+                    st.ctx.packed,
+                    "packed".to_owned(),
+                    "waiting for the packer's carton",
+                ),
+                _ => (
+                    st.ctx.shipped,
+                    format!("shipped, tracking {}", st.ctx.tracking_number),
+                    "waiting for the warehouse's ship confirmation",
+                ),
+            };
+            if done {
                 st.m.status = "running".into();
                 st.m.step_index += 1;
                 st.m.attempts = 0;
-                let detail = format!("shipped, tracking {}", st.ctx.tracking_number);
+                // The next wait has a deadline of its own.
+                st.ctx.ship_deadline_ms = 0;
                 return self
                     .save(st, log(step.name(), "forward", "succeeded", detail), &[])
                     .await;
             }
+            // One deadline for the warehouse's whole job, packing and shipping.
             if st.ctx.ship_deadline_ms == 0 {
                 st.ctx.ship_deadline_ms =
                     now + i64::try_from(self.settings.ship_deadline_ms).unwrap_or(i64::MAX / 4);
@@ -517,8 +572,12 @@ impl Engine {
                 let entry = Self::park(
                     st,
                     "SHIP_DEADLINE_PASSED",
-                    "no ship confirmation before the deadline",
-                    "check the fulfillment at the warehouse, then SignalSaga SHIPPED, or CancelSaga",
+                    &format!("{waiting_for}: nothing before the deadline"),
+                    if step == Step::AwaitPack {
+                        "check the fulfillment at the warehouse (pick and pack it), then RetrySaga, or CancelSaga"
+                    } else {
+                        "check the fulfillment at the warehouse, then SignalSaga SHIPPED, or CancelSaga"
+                    },
                 );
                 self.save(st, entry, &[]).await?;
                 return Ok(false);
@@ -527,12 +586,7 @@ impl Engine {
             st.m.status = "waiting".into();
             st.m.next_attempt_at_ms = st.ctx.ship_deadline_ms;
             let entry = if newly {
-                log(
-                    step.name(),
-                    "forward",
-                    "started",
-                    "waiting for the warehouse's ship confirmation",
-                )
+                log(step.name(), "forward", "started", waiting_for)
             } else {
                 None
             };
@@ -542,10 +596,14 @@ impl Engine {
         let policy = step.policy();
         st.m.status = "running".into();
         st.m.attempts += 1;
-        if !self
-            .save(st, log(step.name(), "forward", "started", ""), &[])
-            .await?
-        {
+        // A backordered saga routes again every few seconds: one timeline entry says so, not
+        // one per check.
+        let entry = if st.ctx.backordered {
+            None
+        } else {
+            log(step.name(), "forward", "started", "")
+        };
+        if !self.save(st, entry, &[]).await? {
             return Ok(false);
         }
         let result = bounded(
@@ -557,6 +615,8 @@ impl Engine {
         match result {
             Ok(()) => {
                 st.m.step_index += 1;
+                st.ctx.backordered = false;
+                st.ctx.completed = st.ctx.completed.max(st.m.step_index);
                 st.m.attempts = 0;
                 st.m.last_error.clear();
                 st.m.next_attempt_at_ms = now_ms();
@@ -596,6 +656,11 @@ impl Engine {
                 }
                 self.retry_later(st, step, "forward", &e).await
             }
+            Err(StepError::Rejected { reason, detail })
+                if step == Step::Route && reason == "INSUFFICIENT_STOCK" && st.ctx.round > 0 =>
+            {
+                self.backordered(st, &detail).await
+            }
             Err(StepError::Rejected { reason, detail }) => {
                 st.m.last_error = format!("{reason}: {detail}");
                 if i < pivot {
@@ -615,6 +680,239 @@ impl Engine {
                 Ok(false)
             }
         }
+    }
+
+    /// A stock exception reported by the warehouse (could not locate, damaged, short pick).
+    /// Before the pivot it starts a re-route: the warehouse's units are written off, the
+    /// site-bound steps undone, and the order routed again without that site. Returns the note
+    /// for the timeline.
+    fn on_exception(&self, st: &mut State, payload: &str, pivot: i32) -> String {
+        let p: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        let text = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+        let (reason, site, sku) = (text("reason"), text("site"), text("sku"));
+        let quantity = p["quantity"].as_i64().unwrap_or(0);
+        let what = format!("{reason}: {quantity} x {sku} at {site}");
+        if reason == "carton_problem" {
+            return format!("{what}; waiting for the fulfillment to be packed again");
+        }
+        if text("fulfillment_id") != st.ctx.fulfillment_id {
+            return format!(
+                "{what} on fulfillment {} ignored: not the current one (count the site)",
+                text("fulfillment_id")
+            );
+        }
+        let forward = matches!(st.m.status.as_str(), "pending" | "running" | "waiting");
+        if !forward || st.m.step_index >= pivot {
+            return format!(
+                "{what} ignored: the saga is {} at step {}",
+                st.m.status, st.m.current_step
+            );
+        }
+        st.ctx.writeoffs.push(Writeoff {
+            site: site.clone(),
+            sku,
+            quantity,
+            damaged: reason == "damaged",
+            exception_id: text("exception_id"),
+        });
+        if !st.ctx.excluded_sites.contains(&site) {
+            st.ctx.excluded_sites.push(site);
+        }
+        if !st.ctx.rerouting {
+            st.ctx.rerouting = true;
+            // Undo from the step the saga stands at (a wait, or a call that may have happened).
+            st.m.step_index = st.m.step_index.min(pivot - 1);
+            st.m.attempts = 0;
+            if st.m.status == "waiting" {
+                st.m.status = "running".into();
+            }
+            st.m.next_attempt_at_ms = now_ms();
+        }
+        format!("{what}; re-routing without that site")
+    }
+
+    /// One move of a re-route: undo the next site-bound step going down, and once at the
+    /// route step, write the exception's units off and route again in a new round.
+    async fn reroute_step(&self, st: &mut State, steps: &[Step]) -> anyhow::Result<bool> {
+        let route = steps
+            .iter()
+            .position(|s| *s == Step::Route)
+            .and_then(|i| i32::try_from(i).ok())
+            .unwrap_or(0);
+        let policy = Step::ReserveStock.policy();
+        if st.m.step_index > route {
+            let Some(&step) = usize::try_from(st.m.step_index)
+                .ok()
+                .and_then(|i| steps.get(i))
+            else {
+                st.m.step_index -= 1;
+                return Ok(true);
+            };
+            if !step.site_bound() {
+                st.m.step_index -= 1;
+                return Ok(true);
+            }
+            st.m.current_step = step.name().to_owned();
+            st.m.status = "running".into();
+            st.m.attempts += 1;
+            let result = bounded(
+                policy.timeout,
+                self.participants
+                    .compensate(step, &st.m.saga_id, &st.ctx, policy.timeout),
+            )
+            .await;
+            return match result {
+                Ok(()) => {
+                    st.m.step_index -= 1;
+                    st.m.attempts = 0;
+                    st.m.last_error.clear();
+                    self.save(
+                        st,
+                        log(
+                            step.name(),
+                            "compensate",
+                            "succeeded",
+                            "undone for a re-route",
+                        ),
+                        &[],
+                    )
+                    .await
+                }
+                Err(StepError::Transient(e)) => {
+                    st.m.last_error = e.clone();
+                    self.retry_later(st, step, "compensate", &e).await
+                }
+                Err(StepError::Rejected { reason, detail }) => {
+                    let entry = Self::park(
+                        st,
+                        "REROUTE_FAILED",
+                        &format!("{}: {reason}: {detail}", step.name()),
+                        "undo the step by hand at the participant, then RetrySaga",
+                    );
+                    self.save(st, entry, &[]).await?;
+                    Ok(false)
+                }
+            };
+        }
+        // The hold on the units is released: write off what the warehouse could not ship.
+        let mut notes = Vec::new();
+        for (i, w) in st.ctx.writeoffs.clone().iter().enumerate() {
+            match bounded(
+                policy.timeout,
+                self.participants
+                    .write_off(&st.m.saga_id, st.ctx.round, i, w, policy.timeout),
+            )
+            .await
+            {
+                Ok(()) => notes.push(format!(
+                    "{} x {} at {} {}",
+                    w.quantity,
+                    w.sku,
+                    w.site,
+                    if w.damaged {
+                        "quarantined"
+                    } else {
+                        "written off"
+                    }
+                )),
+                Err(StepError::Transient(e)) => {
+                    st.m.attempts += 1;
+                    st.m.last_error = e.clone();
+                    return self.retry_later(st, Step::Route, "forward", &e).await;
+                }
+                // Stock already moved by someone else (a cycle count): nothing to write off.
+                Err(StepError::Rejected { reason, detail }) => notes.push(format!(
+                    "{} x {} at {} not written off ({reason}: {detail}); count the site",
+                    w.quantity, w.sku, w.site
+                )),
+            }
+        }
+        let c = &mut st.ctx;
+        c.round += 1;
+        c.rerouting = false;
+        c.writeoffs.clear();
+        c.location.clear();
+        c.reservation_ids.clear();
+        c.fulfillment_id.clear();
+        c.carrier.clear();
+        c.service.clear();
+        c.shipment_id.clear();
+        c.tracking_number.clear();
+        c.label_cost_minor = 0;
+        c.packed = false;
+        c.parcel = None;
+        c.shipped = false;
+        c.ship_deadline_ms = 0;
+        let detail = format!(
+            "re-route {} without {}{}{}",
+            c.round,
+            c.excluded_sites.join(", "),
+            if notes.is_empty() { "" } else { "; " },
+            notes.join("; ")
+        );
+        st.m.step_index = route;
+        st.m.status = "running".into();
+        st.m.attempts = 0;
+        st.m.next_attempt_at_ms = now_ms();
+        self.save(st, log("route", "forward", "started", detail), &[])
+            .await
+    }
+
+    /// No other warehouse can ship the order after a stock exception: its lines are recorded
+    /// as backordered and routing is tried again until stock arrives (or someone cancels).
+    async fn backordered(&self, st: &mut State, detail: &str) -> anyhow::Result<bool> {
+        let first = !st.ctx.backordered;
+        if first {
+            let policy = Step::RecordAllocation.policy();
+            match bounded(
+                policy.timeout,
+                self.participants
+                    .backorder(&st.m.saga_id, &st.ctx, policy.timeout),
+            )
+            .await
+            {
+                Ok(()) => st.ctx.backordered = true,
+                Err(StepError::Transient(e)) => {
+                    st.m.last_error = e.clone();
+                    return self.retry_later(st, Step::Route, "forward", &e).await;
+                }
+                Err(StepError::Rejected { reason, detail }) => {
+                    // The order was closed meanwhile (cancelled): undo the rest.
+                    Self::start_compensation(st, i64::from(st.m.step_index), &reason, &detail);
+                    return self
+                        .save(
+                            st,
+                            log(
+                                "route",
+                                "forward",
+                                "rejected",
+                                format!("{reason}: {detail}"),
+                            ),
+                            &[],
+                        )
+                        .await;
+                }
+            }
+        }
+        st.m.status = "waiting".into();
+        st.m.attempts = 0;
+        st.m.last_error = format!("BACKORDERED: {detail}");
+        st.m.next_attempt_at_ms = now_ms() + BACKORDER_RECHECK_MS;
+        let entry = if first {
+            log(
+                "route",
+                "forward",
+                "started",
+                format!(
+                    "backordered: {detail}; routing again every {} s until stock arrives",
+                    BACKORDER_RECHECK_MS / 1000
+                ),
+            )
+        } else {
+            None
+        };
+        self.save(st, entry, &[]).await?;
+        Ok(false)
     }
 
     /// Undoes the step at `step_index` and moves down. Returns whether to keep going now.

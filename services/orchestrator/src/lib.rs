@@ -18,7 +18,7 @@ use erp_runtime::bus::{Event, handler};
 use tokio::sync::Notify;
 
 /// Version of the fulfillment saga definition new instances are pinned to.
-pub const FULFILLMENT_VERSION: i32 = 1;
+pub const FULFILLMENT_VERSION: i32 = 2;
 
 pub struct Service;
 
@@ -33,6 +33,8 @@ impl erp_runtime::Service for Service {
             ("order.accepted", true),
             ("order.cancelled", false),
             ("warehouse.shipped", false),
+            ("warehouse.packed", false),
+            ("warehouse.exception", false),
         ] {
             let db = ctx.db.clone();
             let wake = wake.clone();

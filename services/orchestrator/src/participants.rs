@@ -38,6 +38,44 @@ pub struct Ctx {
     /// Why the saga compensates (machine-readable) and the detail.
     pub failure_reason: String,
     pub failure_detail: String,
+    /// Re-routes so far: each one uses fresh idempotency keys for the site-bound steps.
+    pub round: u32,
+    /// Sites that reported a stock exception for this order; routing skips them.
+    pub excluded_sites: Vec<String>,
+    /// Undoing the site-bound steps after a stock exception, before routing again.
+    pub rerouting: bool,
+    /// Units to write off where they were found missing or damaged, once the hold on them
+    /// is released.
+    pub writeoffs: Vec<Writeoff>,
+    /// The order's lines are recorded as backordered (no warehouse can ship them yet).
+    pub backordered: bool,
+    /// The packer's carton, once packed (v2).
+    pub packed: bool,
+    pub parcel: Option<Carton>,
+    /// How many steps ever succeeded (the highest index + 1): a compensation starts there even
+    /// when a re-route moved the saga back, so that a kept payment authorization is voided too.
+    pub completed: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Writeoff {
+    pub site: String,
+    pub sku: String,
+    pub quantity: i64,
+    /// Damaged units go to quarantine; units that could not be found leave on hand.
+    pub damaged: bool,
+    /// Reported by (an id for the audit trail).
+    pub exception_id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Carton {
+    pub weight_grams: i64,
+    pub length_mm: i64,
+    pub width_mm: i64,
+    pub height_mm: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -130,12 +168,15 @@ fn req<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     request
 }
 
-fn key(saga_id: &str, step: Step, forward: bool) -> String {
-    format!(
-        "{saga_id}:{}:{}",
-        step.name(),
-        if forward { "forward" } else { "compensate" }
-    )
+/// `<saga>:<step>:<direction>`; after a re-route `<saga>:r<round>:<step>:<direction>`, so the
+/// new warehouse's reservation, fulfillment and label are new requests, not replays.
+fn key(saga_id: &str, round: u32, step: Step, forward: bool) -> String {
+    let direction = if forward { "forward" } else { "compensate" };
+    if round == 0 {
+        format!("{saga_id}:{}:{direction}", step.name())
+    } else {
+        format!("{saga_id}:r{round}:{}:{direction}", step.name())
+    }
 }
 
 fn money(amount_minor: i64, currency: &str) -> Option<Money> {
@@ -172,7 +213,7 @@ impl Participants {
         ctx: &mut Ctx,
         t: Duration,
     ) -> Result<(), StepError> {
-        let k = key(saga_id, step, true);
+        let k = key(saga_id, ctx.round, step, true);
         match step {
             Step::LoadOrder => self.load_order(ctx, t).await,
             Step::Route => self.route(ctx, t).await,
@@ -209,28 +250,9 @@ impl Participants {
                     .collect();
                 Ok(())
             }
-            Step::RecordAllocation => {
-                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
-                self.order
-                    .clone()
-                    .record_allocation(req(
-                        order::RecordAllocationRequest {
-                            idempotency_key: k,
-                            order_id: o.order_id.clone(),
-                            allocations: o
-                                .lines
-                                .iter()
-                                .map(|l| order::LineAllocation {
-                                    line_id: l.line_id.clone(),
-                                    location: ctx.location.clone(),
-                                    allocated: l.quantity,
-                                    backordered: 0,
-                                })
-                                .collect(),
-                        },
-                        t,
-                    ))
-                    .await?;
+            Step::RecordAllocation => self.allocate(k, ctx, false, t).await,
+            Step::AuthorizePayment if !ctx.payment_id.is_empty() => {
+                // A re-route keeps the authorization of the first round.
                 Ok(())
             }
             Step::AuthorizePayment => {
@@ -299,7 +321,7 @@ impl Participants {
                             origin_site: ctx.location.clone(),
                             origin_region: ctx.location.clone(),
                             destination: Some(destination(o)),
-                            parcel: Some(parcel(o)),
+                            parcel: Some(parcel(o, ctx.parcel.as_ref())),
                         },
                         t,
                     ))
@@ -312,7 +334,7 @@ impl Participants {
                 ctx.label_cost_minor = s.cost.map_or(0, |c| c.amount_minor);
                 Ok(())
             }
-            Step::AwaitShipment => Ok(()),
+            Step::AwaitPack | Step::AwaitShipment => Ok(()),
             Step::CommitStock => {
                 let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
                 self.inventory
@@ -390,7 +412,7 @@ impl Participants {
         ctx: &Ctx,
         t: Duration,
     ) -> Result<(), StepError> {
-        let k = key(saga_id, step, false);
+        let k = key(saga_id, ctx.round, step, false);
         let order_id = ctx
             .order
             .as_ref()
@@ -501,6 +523,90 @@ impl Participants {
         Ok(())
     }
 
+    /// Writes off units a warehouse reported missing (out of on hand) or damaged (on hand to
+    /// quarantine), once the saga's hold on them is released. Keys make it safe to repeat.
+    pub async fn write_off(
+        &self,
+        saga_id: &str,
+        round: u32,
+        index: usize,
+        w: &Writeoff,
+        t: Duration,
+    ) -> Result<(), StepError> {
+        let mut moves = vec![("out", inventory::Bucket::OnHand, -w.quantity)];
+        if w.damaged {
+            moves.push(("quarantine", inventory::Bucket::Quarantined, w.quantity));
+        }
+        for (op, bucket, delta) in moves {
+            self.inventory
+                .clone()
+                .adjust_stock(req(
+                    inventory::AdjustStockRequest {
+                        idempotency_key: format!("{saga_id}:r{round}:writeoff:{index}:{op}"),
+                        sku: w.sku.clone(),
+                        location: w.site.clone(),
+                        bucket: bucket as i32,
+                        delta,
+                        actor: Some(erp_proto::common::Actor {
+                            id: "orchestrator".into(),
+                            reason: format!(
+                                "{} at {} (warehouse exception {})",
+                                if w.damaged { "damaged" } else { "not found" },
+                                w.site,
+                                w.exception_id
+                            ),
+                        }),
+                    },
+                    t,
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records every line of the order as backordered: no warehouse can ship it now.
+    pub async fn backorder(&self, saga_id: &str, ctx: &Ctx, t: Duration) -> Result<(), StepError> {
+        let k = format!("{saga_id}:r{}:backorder", ctx.round);
+        self.allocate(k, ctx, true, t).await
+    }
+
+    /// Tells the order service where every line ships from, or that it is backordered.
+    async fn allocate(
+        &self,
+        key: String,
+        ctx: &Ctx,
+        backorder: bool,
+        t: Duration,
+    ) -> Result<(), StepError> {
+        let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+        let allocations = o
+            .lines
+            .iter()
+            .map(|l| order::LineAllocation {
+                line_id: l.line_id.clone(),
+                location: if backorder {
+                    String::new()
+                } else {
+                    ctx.location.clone()
+                },
+                allocated: if backorder { 0 } else { l.quantity },
+                backordered: if backorder { l.quantity } else { 0 },
+            })
+            .collect();
+        self.order
+            .clone()
+            .record_allocation(req(
+                order::RecordAllocationRequest {
+                    idempotency_key: key,
+                    order_id: o.order_id.clone(),
+                    allocations,
+                },
+                t,
+            ))
+            .await?;
+        Ok(())
+    }
+
     async fn load_order(&self, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
         // The order id was put in the context when the saga was created.
         let order_id = ctx
@@ -599,6 +705,7 @@ impl Participants {
         };
         let chosen = candidates
             .into_iter()
+            .filter(|loc| !ctx.excluded_sites.contains(loc))
             .find(|loc| o.lines.iter().all(|l| available(&l.sku, loc) >= l.quantity));
         match chosen {
             Some(loc) => {
@@ -629,7 +736,7 @@ impl Participants {
                     origin_site: ctx.location.clone(),
                     origin_region: ctx.location.clone(),
                     destination: Some(destination(o)),
-                    parcel: Some(parcel(o)),
+                    parcel: Some(parcel(o, ctx.parcel.as_ref())),
                     promised_by: None,
                     ship_at: None,
                 },
@@ -664,7 +771,16 @@ fn destination(o: &OrderSnapshot) -> Address {
     }
 }
 
-fn parcel(o: &OrderSnapshot) -> Parcel {
+/// The packer's carton when there is one; else an estimate from the catalog weights.
+fn parcel(o: &OrderSnapshot, packed: Option<&Carton>) -> Parcel {
+    if let Some(c) = packed {
+        return Parcel {
+            weight_grams: c.weight_grams,
+            length_mm: c.length_mm,
+            width_mm: c.width_mm,
+            height_mm: c.height_mm,
+        };
+    }
     Parcel {
         weight_grams: o
             .lines

@@ -270,7 +270,8 @@ pub async fn insert_signal<C: ConnectionTrait>(
     Ok(true)
 }
 
-/// Consumer of `warehouse.shipped` and `order.cancelled`: turns the fact into a saga signal.
+/// Consumer of `warehouse.packed`, `warehouse.exception`, `warehouse.shipped` and
+/// `order.cancelled`: turns the fact into a saga signal.
 pub async fn on_participant_event(
     db: &sea_orm::DatabaseConnection,
     event: &Event,
@@ -297,6 +298,8 @@ pub async fn on_participant_event(
     if let Some(saga) = saga {
         let (name, payload) = match event.topic.as_str() {
             "warehouse.shipped" => ("SHIPPED", event.payload.to_string()),
+            "warehouse.packed" => ("PACKED", event.payload.to_string()),
+            "warehouse.exception" => ("EXCEPTION", event.payload.to_string()),
             _ => ("CANCEL", "ORDER_CANCELLED by the customer".to_owned()),
         };
         insert_signal(

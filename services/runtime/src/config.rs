@@ -21,6 +21,15 @@ pub struct Settings {
     pub peers: Peers,
     pub orchestrator: OrchestratorSettings,
     pub inventory: InventorySettings,
+    pub warehouse: WarehouseSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseSettings {
+    /// Every this many milliseconds each online site releases a wave of its open pick tasks
+    /// (most urgent first, within the day's remaining capacity); 0 leaves releases to operators.
+    pub auto_wave_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +217,9 @@ orchestrator = "http://127.0.0.1:50057"
 [inventory]
 reservation_batch = 128
 availability_cache_ms = 2000
+
+[warehouse]
+auto_wave_interval_ms = 0
 
 [orchestrator]
 lease_ms = 15000

@@ -38,6 +38,10 @@ pub enum ApiError {
     Unimplemented(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A peer service's answer, passed on with its code, message and details (a refusal of
+    /// the inventory service during a receipt, say).
+    #[error("{}", .0.message())]
+    Upstream(Status),
 }
 
 fn describe(violations: &[(String, String)]) -> String {
@@ -104,6 +108,7 @@ impl From<ApiError> for Status {
             ApiError::Aborted(_) => Status::aborted(message),
             ApiError::Unimplemented(_) => Status::unimplemented(message),
             ApiError::Internal(_) => Status::internal(message),
+            ApiError::Upstream(status) => status,
         }
     }
 }

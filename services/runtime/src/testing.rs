@@ -59,6 +59,18 @@ pub fn redis_url() -> Option<String> {
     }
 }
 
+/// `n` distinct free ports on 127.0.0.1 for processes a test starts: all bound at once (so they
+/// differ), released on return, just before the processes bind them.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let holders: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    holders
+        .iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
+}
+
 /// Fails the whole test process, loudly, when a test runs past its deadline, instead of letting
 /// a hang eat the CI budget. A plain OS thread, so it fires even when every runtime worker is
 /// stuck. Before exiting it prints every thread's stack (through `gdb` when it is installed),

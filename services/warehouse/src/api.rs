@@ -2,7 +2,7 @@
 
 use erp_proto::warehouse::warehouse_service_server::WarehouseService;
 use erp_proto::warehouse::*;
-use erp_runtime::error::{planned, respond};
+use erp_runtime::error::respond;
 use erp_runtime::idempotency::{self};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
@@ -14,16 +14,77 @@ use sea_orm::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::store::{fulfillment, site, task, wave};
+use crate::store::{exception, fulfillment, receipt, site, task, wave};
+
+type Inventory = erp_proto::inventory::inventory_service_client::InventoryServiceClient<
+    tonic::transport::Channel,
+>;
 
 pub struct WarehouseApi {
     db: DatabaseConnection,
     outbox: OutboxWaker,
+    /// Receipts move stock in the inventory service.
+    inventory: Inventory,
 }
 
 impl WarehouseApi {
-    pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
-        Self { db, outbox }
+    pub fn new(db: DatabaseConnection, outbox: OutboxWaker, inventory: Inventory) -> Self {
+        Self {
+            db,
+            outbox,
+            inventory,
+        }
+    }
+}
+
+/// The packer's carton as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Carton {
+    weight_grams: i64,
+    length_mm: i64,
+    width_mm: i64,
+    height_mm: i64,
+}
+
+fn parcel_of(json: &str) -> Option<erp_proto::common::Parcel> {
+    let c: Carton = serde_json::from_str(json).ok()?;
+    Some(erp_proto::common::Parcel {
+        weight_grams: c.weight_grams,
+        length_mm: c.length_mm,
+        width_mm: c.width_mm,
+        height_mm: c.height_mm,
+    })
+}
+
+fn reason_code(r: ExceptionReason) -> &'static str {
+    match r {
+        ExceptionReason::CouldNotLocate => "could_not_locate",
+        ExceptionReason::Damaged => "damaged",
+        ExceptionReason::ShortPick => "short_pick",
+        ExceptionReason::CartonProblem => "carton_problem",
+        ExceptionReason::Unspecified => "unspecified",
+    }
+}
+
+fn reason_of(s: &str) -> ExceptionReason {
+    match s {
+        "could_not_locate" => ExceptionReason::CouldNotLocate,
+        "damaged" => ExceptionReason::Damaged,
+        "short_pick" => ExceptionReason::ShortPick,
+        "carton_problem" => ExceptionReason::CartonProblem,
+        _ => ExceptionReason::Unspecified,
+    }
+}
+
+fn exception_to_wire(e: exception::Model) -> WarehouseException {
+    WarehouseException {
+        exception_id: e.exception_id,
+        task_id: e.task_id,
+        fulfillment_id: e.fulfillment_id,
+        reason: reason_of(&e.reason) as i32,
+        quantity: e.quantity,
+        note: e.note,
+        reported_at: Some(to_timestamp(e.reported_at_ms)),
     }
 }
 
@@ -100,7 +161,7 @@ async fn load<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<Fulfillment> {
         priority: f.priority,
         service_level: f.service_level,
         tasks: tasks.into_iter().map(task_to_wire).collect(),
-        parcel: None,
+        parcel: parcel_of(&f.parcel),
         tracking_number: f.tracking_number,
         saga_id: f.saga_id,
         created_at: Some(to_timestamp(f.created_at_ms)),
@@ -187,6 +248,7 @@ impl WarehouseApi {
             .order_by_asc(fulfillment::Column::CreatedAtMs)
             .all(&txn)
             .await?;
+        let has_open = !open.is_empty();
         let wave_id = uuid::Uuid::now_v7().to_string();
         let mut units = 0;
         let mut task_ids = Vec::new();
@@ -218,6 +280,12 @@ impl WarehouseApi {
             set_fulfillment_status(&txn, &f.fulfillment_id, "released", "").await?;
             task_ids.extend(tasks.into_iter().map(|t| t.task_id));
         }
+        if units == 0 && task_ids.is_empty() && !has_open {
+            return Err(ApiError::precondition(
+                "NOTHING_TO_RELEASE",
+                format!("site {} has no open fulfillment", s.code),
+            ));
+        }
         if units == 0 {
             return Err(ApiError::precondition(
                 "CAPACITY_EXHAUSTED",
@@ -247,6 +315,43 @@ impl WarehouseApi {
         };
         guard.commit(txn, &response).await?;
         Ok(response)
+    }
+
+    /// The scheduled release: one wave per online site and time slot (the slot is the wave's
+    /// idempotency key, so replicas of the service releasing at once release it once).
+    pub async fn release_scheduled_waves(&self, slot: i64) {
+        let sites = match site::Entity::find()
+            .filter(site::Column::Online.eq(true))
+            .all(&self.db)
+            .await
+        {
+            Ok(sites) => sites,
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduled waves: cannot list sites");
+                return;
+            }
+        };
+        for s in sites {
+            let released = self
+                .release_wave(ReleaseWaveRequest {
+                    idempotency_key: format!("auto:{}:{slot}", s.code),
+                    site: s.code.clone(),
+                    max_units: 0,
+                })
+                .await;
+            match released {
+                Ok(r) => {
+                    let w = r.wave.unwrap_or_default();
+                    tracing::info!(site = %s.code, wave = %w.wave_id, units = w.units, "scheduled wave released");
+                }
+                Err(e)
+                    if matches!(
+                        e.reason(),
+                        Some("NOTHING_TO_RELEASE" | "CAPACITY_EXHAUSTED" | "SITE_OFFLINE")
+                    ) => {}
+                Err(e) => tracing::warn!(site = %s.code, error = %e, "scheduled wave failed"),
+            }
+        }
     }
 
     async fn upsert_site(&self, req: UpsertSiteRequest) -> ApiResult<UpsertSiteResponse> {
@@ -399,6 +504,8 @@ impl WarehouseApi {
             status_reason: Set(String::new()),
             created_at_ms: Set(now_ms()),
             shipped_at_ms: Set(None),
+            parcel: Set(String::new()),
+            packer: Set(String::new()),
         }
         .insert(&txn)
         .await?;
@@ -522,12 +629,15 @@ impl WarehouseApi {
             .count(&txn)
             .await?;
         if short {
-            set_fulfillment_status(&txn, &fulfillment_id, "exception", "short pick").await?;
-            outbox::enqueue(
+            // Fewer units on the shelf than the task asked for: a short pick, as if reported.
+            let missing = t.quantity - req.picked_quantity;
+            record_exception(
                 &txn,
-                "warehouse.short_pick",
-                &fulfillment_id,
-                &serde_json::json!({ "fulfillment_id": fulfillment_id, "task_id": t.task_id }),
+                &t,
+                ExceptionReason::ShortPick,
+                missing,
+                "picked fewer than asked",
+                &req.picker,
             )
             .await?;
         } else if open == 0 {
@@ -553,13 +663,13 @@ impl WarehouseApi {
             .await?
             .ok_or_else(|| ApiError::not_found(format!("fulfillment {}", req.fulfillment_id)))?;
         match f.status.as_str() {
-            "picked" | "packed" => {}
+            "packed" => {}
             "shipped" if f.tracking_number == req.tracking_number => {}
             other => {
                 return Err(ApiError::precondition(
                     "NOT_READY_TO_SHIP",
                     format!(
-                        "fulfillment {} is {other}; it ships once picked",
+                        "fulfillment {} is {other}; it ships once packed",
                         f.fulfillment_id
                     ),
                 ));
@@ -585,10 +695,408 @@ impl WarehouseApi {
         self.outbox.wake();
         Ok(response)
     }
+    /// Records the packer's carton. Scanning twice is harmless: packing an already packed
+    /// fulfillment with the same carton answers it unchanged.
+    async fn confirm_pack(&self, req: ConfirmPackRequest) -> ApiResult<ConfirmPackResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.id("fulfillment_id", &req.fulfillment_id);
+        v.text("packer", &req.packer, 100);
+        match &req.parcel {
+            None => v.add("parcel", "is required"),
+            Some(p) => {
+                v.positive("parcel.weight_grams", p.weight_grams);
+                v.positive("parcel.length_mm", p.length_mm);
+                v.positive("parcel.width_mm", p.width_mm);
+                v.positive("parcel.height_mm", p.height_mm);
+            }
+        }
+        v.finish()?;
+        let p = req.parcel.unwrap_or_default();
+        let carton = serde_json::to_string(&Carton {
+            weight_grams: p.weight_grams,
+            length_mm: p.length_mm,
+            width_mm: p.width_mm,
+            height_mm: p.height_mm,
+        })
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "warehouse.ConfirmPack", req);
+        let f = fulfillment::Entity::find_by_id(req.fulfillment_id.clone())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("fulfillment {}", req.fulfillment_id)))?;
+        match f.status.as_str() {
+            "picked" => {}
+            "packed" if f.parcel == carton => {
+                let response = ConfirmPackResponse {
+                    fulfillment: Some(load(&txn, &f.fulfillment_id).await?),
+                };
+                guard.commit(txn, &response).await?;
+                return Ok(response);
+            }
+            "packed" => {
+                return Err(ApiError::precondition(
+                    "ALREADY_PACKED",
+                    format!(
+                        "fulfillment {} is packed in another carton; a label may be bought for it",
+                        f.fulfillment_id
+                    ),
+                ));
+            }
+            other => {
+                return Err(ApiError::precondition(
+                    "NOT_READY_TO_PACK",
+                    format!(
+                        "fulfillment {} is {other}; it packs once every task is picked",
+                        f.fulfillment_id
+                    ),
+                ));
+            }
+        }
+        let (order_id, saga_id, site) = (f.order_id.clone(), f.saga_id.clone(), f.site.clone());
+        let mut am: fulfillment::ActiveModel = f.into();
+        am.status = Set("packed".into());
+        am.parcel = Set(carton);
+        am.packer = Set(req.packer.clone());
+        am.update(&txn).await?;
+        outbox::enqueue(
+            &txn,
+            "warehouse.packed",
+            &req.fulfillment_id,
+            &serde_json::json!({
+                "fulfillment_id": req.fulfillment_id, "order_id": order_id, "saga_id": saga_id,
+                "site": site, "weight_grams": p.weight_grams, "length_mm": p.length_mm,
+                "width_mm": p.width_mm, "height_mm": p.height_mm,
+            }),
+        )
+        .await?;
+        let response = ConfirmPackResponse {
+            fulfillment: Some(load(&txn, &req.fulfillment_id).await?),
+        };
+        guard.commit(txn, &response).await?;
+        self.outbox.wake();
+        Ok(response)
+    }
+
+    /// A problem at the shelf or the packing bench. Could-not-locate, damaged and short picks
+    /// close the task short and put the fulfillment in exception: the saga re-routes the order
+    /// (or backorders it) and writes the missing or damaged units off at this site. A carton
+    /// problem is recorded and leaves the fulfillment as it is, to be packed again.
+    async fn report_exception(
+        &self,
+        req: ReportExceptionRequest,
+    ) -> ApiResult<ReportExceptionResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.id("task_id", &req.task_id);
+        let reason = ExceptionReason::try_from(req.reason).unwrap_or_default();
+        v.check(
+            reason != ExceptionReason::Unspecified,
+            "reason",
+            "must be COULD_NOT_LOCATE, DAMAGED, SHORT_PICK or CARTON_PROBLEM",
+        );
+        v.non_negative("quantity", req.quantity);
+        if reason != ExceptionReason::CartonProblem {
+            v.positive("quantity", req.quantity);
+        }
+        v.check(req.note.len() <= 500, "note", "must be at most 500 bytes");
+        v.text("reporter", &req.reporter, 100);
+        v.finish()?;
+        let (txn, guard) =
+            erp_runtime::begin_idempotent!(&self.db, "warehouse.ReportException", req);
+        let t = task::Entity::find_by_id(req.task_id.clone())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("pick task {}", req.task_id)))?;
+        let f = fulfillment::Entity::find_by_id(t.fulfillment_id.clone())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("fulfillment {}", t.fulfillment_id)))?;
+        if matches!(f.status.as_str(), "shipped" | "cancelled") {
+            return Err(ApiError::precondition(
+                "FULFILLMENT_CLOSED",
+                format!("fulfillment {} is {}", f.fulfillment_id, f.status),
+            ));
+        }
+        let e = if reason == ExceptionReason::CartonProblem {
+            let e = new_exception(&t, reason, req.quantity, &req.note, &req.reporter)
+                .insert(&txn)
+                .await?;
+            outbox::enqueue(
+                &txn,
+                "warehouse.exception",
+                &f.fulfillment_id,
+                &exception_event(&f, &t, &e),
+            )
+            .await?;
+            e
+        } else {
+            if !matches!(t.status.as_str(), "open" | "released" | "picked") {
+                return Err(ApiError::precondition(
+                    "TASK_CLOSED",
+                    format!("task {} is {}", t.task_id, t.status),
+                ));
+            }
+            if req.quantity > t.quantity {
+                return Err(ApiError::invalid(
+                    "quantity",
+                    format!("the task is for {} units", t.quantity),
+                ));
+            }
+            let e =
+                record_exception(&txn, &t, reason, req.quantity, &req.note, &req.reporter).await?;
+            let mut am: task::ActiveModel = t.clone().into();
+            am.picked_quantity = Set(t.quantity - req.quantity);
+            am.status = Set("short".into());
+            am.update(&txn).await?;
+            e
+        };
+        let response = ReportExceptionResponse {
+            exception: Some(exception_to_wire(e)),
+            fulfillment: Some(load(&txn, &f.fulfillment_id).await?),
+        };
+        guard.commit(txn, &response).await?;
+        self.outbox.wake();
+        Ok(response)
+    }
+
+    /// Goods arriving at a site: a purchase order's delivery (inbound becomes on hand) or a
+    /// customer return (pending inspection). Damaged units go to quarantine. The stock moves in
+    /// the inventory service under keys derived from this request's key, so a retry after a
+    /// failure part-way finishes the job without moving anything twice; the receipt is
+    /// recorded, and announced to procurement and finance, once every move succeeded.
+    async fn record_receipt(&self, req: RecordReceiptRequest) -> ApiResult<RecordReceiptResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("site", &req.site);
+        let kind = ReceiptKind::try_from(req.kind).unwrap_or_default();
+        v.check(
+            kind != ReceiptKind::Unspecified,
+            "kind",
+            "must be PURCHASE_ORDER or CUSTOMER_RETURN",
+        );
+        // A purchase order id or an RMA number, as the supplier or customer quotes it.
+        v.text("document_id", &req.document_id, 100);
+        v.check(!req.lines.is_empty(), "lines", "must not be empty");
+        for (i, l) in req.lines.iter().enumerate() {
+            v.code(&format!("lines[{i}].sku"), &l.sku);
+            v.positive(&format!("lines[{i}].quantity"), l.quantity);
+            v.non_negative(&format!("lines[{i}].damaged_quantity"), l.damaged_quantity);
+            v.check(
+                l.damaged_quantity <= l.quantity,
+                format!("lines[{i}].damaged_quantity"),
+                "cannot exceed the quantity received",
+            );
+        }
+        v.finish()?;
+        if let Some(replay) = idempotency::lookup::<_, RecordReceiptResponse>(
+            &self.db,
+            "warehouse.RecordReceipt",
+            &req.idempotency_key,
+            &idempotency::fingerprint(&req),
+        )
+        .await?
+        {
+            return Ok(replay);
+        }
+        let s = site::Entity::find_by_id(req.site.clone())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| ApiError::invalid("site", format!("unknown site {}", req.site)))?;
+        let source = Some(erp_proto::common::SourceDocument {
+            kind: match kind {
+                ReceiptKind::PurchaseOrder => "purchase_order",
+                _ => "return",
+            }
+            .into(),
+            id: req.document_id.clone(),
+        });
+        for (i, l) in req.lines.iter().enumerate() {
+            self.move_received(&req.idempotency_key, i, &s.code, kind, l, source.clone())
+                .await?;
+        }
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "warehouse.RecordReceipt", req);
+        let receipt_id = uuid::Uuid::now_v7().to_string();
+        let lines: Vec<serde_json::Value> = req
+            .lines
+            .iter()
+            .map(|l| serde_json::json!({ "sku": l.sku, "quantity": l.quantity, "damaged_quantity": l.damaged_quantity }))
+            .collect();
+        let kind_name = source.as_ref().map(|s| s.kind.clone()).unwrap_or_default();
+        receipt::ActiveModel {
+            receipt_id: Set(receipt_id.clone()),
+            site: Set(s.code.clone()),
+            kind: Set(kind_name.clone()),
+            document_id: Set(req.document_id.clone()),
+            lines: Set(serde_json::Value::Array(lines.clone()).to_string()),
+            recorded_at_ms: Set(now_ms()),
+        }
+        .insert(&txn)
+        .await?;
+        outbox::enqueue(
+            &txn,
+            "warehouse.receipt_recorded",
+            &req.document_id,
+            &serde_json::json!({
+                "receipt_id": receipt_id, "site": s.code, "kind": kind_name,
+                "document_id": req.document_id, "lines": lines,
+            }),
+        )
+        .await?;
+        let response = RecordReceiptResponse { receipt_id };
+        guard.commit(txn, &response).await?;
+        self.outbox.wake();
+        Ok(response)
+    }
+
+    /// The inventory moves of one received line.
+    async fn move_received(
+        &self,
+        key: &str,
+        line: usize,
+        site: &str,
+        kind: ReceiptKind,
+        l: &ReceiptLine,
+        source: Option<erp_proto::common::SourceDocument>,
+    ) -> ApiResult<()> {
+        use erp_proto::inventory as inv;
+        let mut client = self.inventory.clone();
+        let k = |op: &str| format!("{key}:receipt:{line}:{op}");
+        let good = l.quantity - l.damaged_quantity;
+        match kind {
+            ReceiptKind::PurchaseOrder => {
+                client
+                    .receive_stock(inv::ReceiveStockRequest {
+                        idempotency_key: k("receive"),
+                        sku: l.sku.clone(),
+                        location: site.to_owned(),
+                        quantity: l.quantity,
+                        source: source.clone(),
+                        from_inbound: true,
+                    })
+                    .await
+                    .map_err(forward)?;
+                if l.damaged_quantity > 0 {
+                    for (op, bucket, delta) in [
+                        ("damaged-out", inv::Bucket::OnHand, -l.damaged_quantity),
+                        ("damaged-in", inv::Bucket::Quarantined, l.damaged_quantity),
+                    ] {
+                        client
+                            .adjust_stock(inv::AdjustStockRequest {
+                                idempotency_key: k(op),
+                                sku: l.sku.clone(),
+                                location: site.to_owned(),
+                                bucket: bucket as i32,
+                                delta,
+                                actor: Some(erp_proto::common::Actor {
+                                    id: "warehouse".into(),
+                                    reason: format!("damaged on receipt of {key}"),
+                                }),
+                            })
+                            .await
+                            .map_err(forward)?;
+                    }
+                }
+            }
+            _ => {
+                if good > 0 {
+                    client
+                        .record_return(inv::RecordReturnRequest {
+                            idempotency_key: k("return"),
+                            sku: l.sku.clone(),
+                            location: site.to_owned(),
+                            quantity: good,
+                            source: source.clone(),
+                        })
+                        .await
+                        .map_err(forward)?;
+                }
+                if l.damaged_quantity > 0 {
+                    client
+                        .adjust_stock(inv::AdjustStockRequest {
+                            idempotency_key: k("damaged-in"),
+                            sku: l.sku.clone(),
+                            location: site.to_owned(),
+                            bucket: inv::Bucket::Quarantined as i32,
+                            delta: l.damaged_quantity,
+                            actor: Some(erp_proto::common::Actor {
+                                id: "warehouse".into(),
+                                reason: format!("returned damaged ({key})"),
+                            }),
+                        })
+                        .await
+                        .map_err(forward)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Where the RPCs this service does not serve yet are planned.
-const PLANNED: &str = "the warehouse and carrier execution issue (#6)";
+/// A refusal of the inventory service, passed on to the caller with its code and message.
+fn forward(s: Status) -> ApiError {
+    ApiError::Upstream(s)
+}
+
+fn new_exception(
+    t: &task::Model,
+    reason: ExceptionReason,
+    quantity: i64,
+    note: &str,
+    reporter: &str,
+) -> exception::ActiveModel {
+    exception::ActiveModel {
+        exception_id: Set(uuid::Uuid::now_v7().to_string()),
+        task_id: Set(t.task_id.clone()),
+        fulfillment_id: Set(t.fulfillment_id.clone()),
+        reason: Set(reason_code(reason).into()),
+        quantity: Set(quantity),
+        note: Set(note.to_owned()),
+        reporter: Set(reporter.to_owned()),
+        reported_at_ms: Set(now_ms()),
+    }
+}
+
+fn exception_event(
+    f: &fulfillment::Model,
+    t: &task::Model,
+    e: &exception::Model,
+) -> serde_json::Value {
+    serde_json::json!({
+        "exception_id": e.exception_id, "fulfillment_id": f.fulfillment_id,
+        "order_id": f.order_id, "saga_id": f.saga_id, "site": f.site, "task_id": t.task_id,
+        "order_line_id": t.order_line_id, "sku": t.sku, "reason": e.reason,
+        "quantity": e.quantity,
+    })
+}
+
+/// Records a stock exception on a task, puts its fulfillment in exception, and tells the saga.
+async fn record_exception<C: ConnectionTrait>(
+    c: &C,
+    t: &task::Model,
+    reason: ExceptionReason,
+    quantity: i64,
+    note: &str,
+    reporter: &str,
+) -> ApiResult<exception::Model> {
+    let e = new_exception(t, reason, quantity, note, reporter)
+        .insert(c)
+        .await?;
+    let f = fulfillment::Entity::find_by_id(t.fulfillment_id.clone())
+        .one(c)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("fulfillment {}", t.fulfillment_id)))?;
+    let why = format!("{}: {quantity} x {} ({note})", e.reason, t.sku);
+    set_fulfillment_status(c, &f.fulfillment_id, "exception", &why).await?;
+    outbox::enqueue(
+        c,
+        "warehouse.exception",
+        &f.fulfillment_id,
+        &exception_event(&f, t, &e),
+    )
+    .await?;
+    Ok(e)
+}
 
 #[tonic::async_trait]
 impl WarehouseService for WarehouseApi {
@@ -742,9 +1250,9 @@ impl WarehouseService for WarehouseApi {
 
     async fn confirm_pack(
         &self,
-        _r: Request<ConfirmPackRequest>,
+        r: Request<ConfirmPackRequest>,
     ) -> Result<Response<ConfirmPackResponse>, Status> {
-        planned("ConfirmPack", PLANNED)
+        respond(self.confirm_pack(r.into_inner()).await)
     }
 
     async fn confirm_ship(
@@ -756,15 +1264,15 @@ impl WarehouseService for WarehouseApi {
 
     async fn report_exception(
         &self,
-        _r: Request<ReportExceptionRequest>,
+        r: Request<ReportExceptionRequest>,
     ) -> Result<Response<ReportExceptionResponse>, Status> {
-        planned("ReportException", PLANNED)
+        respond(self.report_exception(r.into_inner()).await)
     }
 
     async fn record_receipt(
         &self,
-        _r: Request<RecordReceiptRequest>,
+        r: Request<RecordReceiptRequest>,
     ) -> Result<Response<RecordReceiptResponse>, Status> {
-        planned("RecordReceipt", PLANNED)
+        respond(self.record_receipt(r.into_inner()).await)
     }
 }

@@ -1,5 +1,6 @@
 //! The warehouse service: sites with capacity and cutoffs, fulfillments with pick tasks, and
-//! pick/ship confirmations that are harmless to scan twice.
+//! pick/pack/ship confirmations that are harmless to scan twice, exceptions that the saga
+//! acts on, and receiving that moves stock in inventory.
 
 #![forbid(unsafe_code)]
 
@@ -14,9 +15,33 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let api = api::WarehouseApi::new(ctx.db.clone(), ctx.outbox.clone());
+        let inventory =
+            tonic::transport::Endpoint::from_shared(ctx.settings.peers.inventory.clone())?
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .timeout(std::time::Duration::from_secs(10))
+                .connect_lazy();
+        let api = std::sync::Arc::new(api::WarehouseApi::new(
+            ctx.db.clone(),
+            ctx.outbox.clone(),
+            erp_proto::inventory::inventory_service_client::InventoryServiceClient::new(inventory),
+        ));
+        let every = ctx.settings.warehouse.auto_wave_interval_ms;
+        if every > 0 {
+            let (api, shutdown) = (api.clone(), ctx.shutdown.clone());
+            let every_ms = i64::try_from(every).unwrap_or(i64::MAX);
+            ctx.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(std::time::Duration::from_millis(every)) => {}
+                    }
+                    api.release_scheduled_waves(erp_runtime::time::now_ms() / every_ms)
+                        .await;
+                }
+            });
+        }
         Ok(tonic::service::Routes::new(
-            erp_proto::warehouse::warehouse_service_server::WarehouseServiceServer::new(api),
+            erp_proto::warehouse::warehouse_service_server::WarehouseServiceServer::from_arc(api),
         ))
     }
 }

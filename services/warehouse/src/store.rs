@@ -65,6 +65,33 @@ CREATE TABLE waves (
 CREATE INDEX waves_site_day ON waves (site, site_day)",
                 drops: &["waves"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000003_pack_exceptions_receipts",
+                up: r"
+ALTER TABLE fulfillments ADD COLUMN parcel TEXT NOT NULL DEFAULT '';
+ALTER TABLE fulfillments ADD COLUMN packer TEXT NOT NULL DEFAULT '';
+CREATE TABLE exceptions (
+    exception_id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL REFERENCES pick_tasks (task_id),
+    fulfillment_id TEXT NOT NULL REFERENCES fulfillments (fulfillment_id),
+    reason TEXT NOT NULL,
+    quantity BIGINT NOT NULL CHECK (quantity >= 0),
+    note TEXT NOT NULL,
+    reporter TEXT NOT NULL,
+    reported_at_ms BIGINT NOT NULL
+);
+CREATE INDEX exceptions_fulfillment ON exceptions (fulfillment_id);
+CREATE TABLE receipts (
+    receipt_id TEXT PRIMARY KEY,
+    site TEXT NOT NULL REFERENCES sites (code),
+    kind TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    lines TEXT NOT NULL,
+    recorded_at_ms BIGINT NOT NULL
+);
+CREATE INDEX receipts_document ON receipts (document_id)",
+                drops: &["receipts", "exceptions"],
+            }),
         ]
     }
 }
@@ -95,6 +122,9 @@ entity!(fulfillment, "fulfillments", {
     pub status_reason: String,
     pub created_at_ms: i64,
     pub shipped_at_ms: Option<i64>,
+    /// The packer's carton as JSON (`erp.common.v1.Parcel` fields); empty until packed.
+    pub parcel: String,
+    pub packer: String,
 });
 
 entity!(task, "pick_tasks", {
@@ -117,4 +147,27 @@ entity!(wave, "waves", {
     pub site_day: String,
     pub units: i64,
     pub released_at_ms: i64,
+});
+
+entity!(exception, "exceptions", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub exception_id: String,
+    pub task_id: String,
+    pub fulfillment_id: String,
+    pub reason: String,
+    pub quantity: i64,
+    pub note: String,
+    pub reporter: String,
+    pub reported_at_ms: i64,
+});
+
+entity!(receipt, "receipts", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub receipt_id: String,
+    pub site: String,
+    pub kind: String,
+    pub document_id: String,
+    /// The received lines as JSON.
+    pub lines: String,
+    pub recorded_at_ms: i64,
 });

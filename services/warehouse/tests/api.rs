@@ -24,21 +24,26 @@ fn fulfillment(key: &str, order: &str) -> CreateFulfillmentRequest {
     }
 }
 
-async fn pick_pack_ship(backend: Backend) {
-    let svc = testing::spawn::<erp_warehouse::Service>(&backend).await;
-    let mut c = WarehouseServiceClient::new(svc.channel().await);
+/// The east site, picking at most `daily_capacity` units a day.
+async fn east_site(c: &mut WarehouseServiceClient<tonic::transport::Channel>, daily_capacity: i64) {
     c.upsert_site(UpsertSiteRequest {
         site: Some(Site {
             code: "east".into(),
             name: "East DC".into(),
             region: "us-east".into(),
-            daily_capacity: 100,
+            daily_capacity,
             cutoff_minute_of_day: 17 * 60,
             ..Default::default()
         }),
     })
     .await
     .unwrap();
+}
+
+async fn pick_pack_ship(backend: Backend) {
+    let svc = testing::spawn::<erp_warehouse::Service>(&backend).await;
+    let mut c = WarehouseServiceClient::new(svc.channel().await);
+    east_site(&mut c, 100).await;
     let f1 = c
         .create_fulfillment(fulfillment("f1", "o1"))
         .await
@@ -79,6 +84,51 @@ async fn pick_pack_ship(backend: Backend) {
     };
     c.confirm_pick(pick.clone()).await.unwrap();
     c.confirm_pick(pick).await.unwrap();
+    // Picked is not packed: shipping still waits for the carton.
+    let err = c
+        .confirm_ship(ship("s0b", &f1.fulfillment_id))
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("NOT_READY_TO_SHIP"));
+    let carton = |weight_grams| erp_proto::common::Parcel {
+        weight_grams,
+        length_mm: 300,
+        width_mm: 200,
+        height_mm: 100,
+    };
+    let pack = |key: &str, weight| ConfirmPackRequest {
+        idempotency_key: key.into(),
+        fulfillment_id: f1.fulfillment_id.clone(),
+        parcel: Some(carton(weight)),
+        packer: "bo".into(),
+    };
+    // A carton needs every dimension.
+    let err = c
+        .confirm_pack(ConfirmPackRequest {
+            parcel: Some(erp_proto::common::Parcel {
+                weight_grams: 0,
+                ..carton(1)
+            }),
+            ..pack("k0", 1)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("parcel.weight_grams"), "{err:?}");
+    let packed = c
+        .confirm_pack(pack("k1", 900))
+        .await
+        .unwrap()
+        .into_inner()
+        .fulfillment
+        .unwrap();
+    assert_eq!(packed.status, FulfillmentStatus::Packed as i32);
+    assert_eq!(packed.parcel, Some(carton(900)));
+    // Scanning the same carton again (even under a new key) is harmless; another carton is not.
+    let again = c.confirm_pack(pack("k2", 900)).await.unwrap().into_inner();
+    assert_eq!(again.fulfillment.unwrap().parcel, Some(carton(900)));
+    let err = c.confirm_pack(pack("k3", 1500)).await.unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("ALREADY_PACKED"));
     let shipped = c
         .confirm_ship(ship("s1", &f1.fulfillment_id))
         .await
@@ -97,6 +147,29 @@ async fn pick_pack_ship(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(status_reason(&err).as_deref(), Some("ALREADY_SHIPPED"));
+    // An exception on a shipped fulfillment is refused; packing an unpicked one too.
+    let err = c
+        .report_exception(ReportExceptionRequest {
+            idempotency_key: "e0".into(),
+            task_id: f1.tasks[0].task_id.clone(),
+            reason: ExceptionReason::Damaged as i32,
+            quantity: 1,
+            note: String::new(),
+            reporter: "amy".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("FULFILLMENT_CLOSED"));
+    let err = c
+        .confirm_pack(ConfirmPackRequest {
+            idempotency_key: "k4".into(),
+            fulfillment_id: f2.fulfillment_id.clone(),
+            parcel: Some(carton(500)),
+            packer: "bo".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("NOT_READY_TO_PACK"));
 
     // Offline: exactly the unpicked fulfillments are listed, and new ones are refused.
     let offline = c
@@ -122,6 +195,74 @@ async fn pick_pack_ship(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(status_reason(&err).as_deref(), Some("SITE_OFFLINE"));
+
+    // Exceptions: a bad report names its fields; a short pick closes the task short and puts
+    // the fulfillment in exception; a carton problem is only recorded.
+    let err = c
+        .report_exception(ReportExceptionRequest {
+            idempotency_key: String::new(),
+            task_id: String::new(),
+            reason: 0,
+            quantity: -1,
+            note: String::new(),
+            reporter: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    for field in ["idempotency_key", "task_id", "reason", "quantity"] {
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let report = |key: &str, reason: ExceptionReason, quantity| ReportExceptionRequest {
+        idempotency_key: key.into(),
+        task_id: f2.tasks[0].task_id.clone(),
+        reason: reason as i32,
+        quantity,
+        note: "bin empty".into(),
+        reporter: "amy".into(),
+    };
+    let err = c
+        .report_exception(report("e1", ExceptionReason::ShortPick, 3))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "more than the task"
+    );
+    let carton_problem = c
+        .report_exception(report("e2", ExceptionReason::CartonProblem, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        carton_problem.fulfillment.unwrap().status,
+        FulfillmentStatus::Open as i32
+    );
+    let short = c
+        .report_exception(report("e3", ExceptionReason::CouldNotLocate, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .report_exception(report("e3", ExceptionReason::CouldNotLocate, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(short, again, "a repeated report is one exception");
+    let f = short.fulfillment.unwrap();
+    assert_eq!(f.status, FulfillmentStatus::Exception as i32);
+    assert_eq!(f.tasks[0].status, TaskStatus::Short as i32);
+    assert_eq!(f.tasks[0].picked_quantity, 0);
+    assert!(
+        f.status_reason.contains("could_not_locate"),
+        "{}",
+        f.status_reason
+    );
+    assert_eq!(
+        short.exception.unwrap().reason,
+        ExceptionReason::CouldNotLocate as i32
+    );
     svc.stop().await;
 }
 
@@ -136,18 +277,7 @@ async fn waves_respect_capacity(backend: Backend) {
     let svc = testing::spawn::<erp_warehouse::Service>(&backend).await;
     let channel = svc.channel().await;
     let mut c = WarehouseServiceClient::new(channel.clone());
-    c.upsert_site(UpsertSiteRequest {
-        site: Some(Site {
-            code: "east".into(),
-            name: "East DC".into(),
-            region: "us-east".into(),
-            daily_capacity: 10,
-            cutoff_minute_of_day: 17 * 60,
-            ..Default::default()
-        }),
-    })
-    .await
-    .unwrap();
+    east_site(&mut c, 10).await;
     // Four fulfillments of 4 units; the urgent one (priority 1) was created last.
     let mut ids = Vec::new();
     for (i, priority) in [5, 5, 5, 1].into_iter().enumerate() {
@@ -269,5 +399,78 @@ async fn waves_respect_capacity(backend: Backend) {
 async fn waves_never_exceed_daily_capacity_on_every_backend() {
     for backend in testing::backends() {
         waves_respect_capacity(backend).await;
+    }
+}
+
+async fn scheduled_waves(backend: Backend) {
+    let svc = testing::spawn_env::<erp_warehouse::Service>(
+        &backend,
+        &[("ERP__WAREHOUSE__AUTO_WAVE_INTERVAL_MS", "100")],
+    )
+    .await;
+    let mut c = WarehouseServiceClient::new(svc.channel().await);
+    east_site(&mut c, 5).await;
+    // Three fulfillments of 2 units against a capacity of 5: the schedule releases two of them
+    // (4 units) with nobody calling ReleaseWave, and never the third.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            c.create_fulfillment(fulfillment(&format!("a{i}"), &format!("ao{i}")))
+                .await
+                .unwrap()
+                .into_inner()
+                .fulfillment
+                .unwrap()
+                .fulfillment_id,
+        );
+    }
+    let released = |c: &mut WarehouseServiceClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.list_fulfillments(ListFulfillmentsRequest {
+                site: "east".into(),
+                status: FulfillmentStatus::Released as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .fulfillments
+            .len()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while released(&mut c).await < 2 {
+        assert!(std::time::Instant::now() < deadline, "no scheduled wave");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Several more slots pass: the capacity holds.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(released(&mut c).await, 2);
+    let site = c
+        .get_site(GetSiteRequest {
+            code: "east".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(site.released_today, 4);
+    let third = c
+        .get_fulfillment(GetFulfillmentRequest {
+            fulfillment_id: ids[2].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .fulfillment
+        .unwrap();
+    assert_eq!(third.status, FulfillmentStatus::Open as i32);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_waves_release_within_capacity_on_every_backend() {
+    for backend in testing::backends() {
+        scheduled_waves(backend).await;
     }
 }
