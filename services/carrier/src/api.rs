@@ -15,6 +15,7 @@ use sea_orm::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::adapter::{AdapterError, CarrierPort, LabelOrder};
 use crate::domain::{self, Offering};
 use crate::store::{carrier, shipment, tracking};
 
@@ -23,37 +24,17 @@ const DAY_MS: i64 = 86_400_000;
 pub struct CarrierApi {
     db: DatabaseConnection,
     outbox: OutboxWaker,
-    /// Label requests the simulated flaky carriers have already timed out once.
-    timed_out: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The carriers' own systems.
+    port: std::sync::Arc<dyn CarrierPort>,
 }
 
 impl CarrierApi {
-    pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
-        Self {
-            db,
-            outbox,
-            timed_out: Default::default(),
-        }
-    }
-
-    /// The simulated carrier adapter: carriers whose code starts with `flaky` time out on the
-    /// first label request of each idempotency key, as real carrier APIs do now and then; the
-    /// retry with the same key succeeds.
-    fn simulated_timeout(&self, carrier: &str, key: &str) -> ApiResult<()> {
-        if !carrier.starts_with("flaky") {
-            return Ok(());
-        }
-        let first = self
-            .timed_out
-            .lock()
-            .map(|mut seen| seen.insert(key.to_owned()))
-            .unwrap_or(false);
-        if first {
-            return Err(ApiError::Unavailable(format!(
-                "carrier {carrier} did not answer in time (simulated); retry with the same key"
-            )));
-        }
-        Ok(())
+    pub fn new(
+        db: DatabaseConnection,
+        outbox: OutboxWaker,
+        port: std::sync::Arc<dyn CarrierPort>,
+    ) -> Self {
+        Self { db, outbox, port }
     }
 }
 
@@ -328,10 +309,19 @@ impl CarrierApi {
         let weight = req.parcel.as_ref().map_or(0, |p| p.weight_grams);
         v.positive("parcel.weight_grams", weight);
         v.finish()?;
-        self.simulated_timeout(&req.carrier, &req.idempotency_key)?;
-        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "carrier.BuyLabel", req);
+        // A repeat is answered from the record, without asking the carrier again.
+        if let Some(replay) = idempotency::lookup::<_, BuyLabelResponse>(
+            &self.db,
+            "carrier.BuyLabel",
+            &req.idempotency_key,
+            &idempotency::fingerprint(&req),
+        )
+        .await?
+        {
+            return Ok(replay);
+        }
         let c = carrier::Entity::find_by_id(req.carrier.clone())
-            .one(&txn)
+            .one(&self.db)
             .await?
             .ok_or_else(|| {
                 ApiError::invalid("carrier", format!("unknown carrier {}", req.carrier))
@@ -355,13 +345,27 @@ impl CarrierApi {
                 ),
             )
         })?;
+        // The carrier books the label outside any transaction: a slow carrier holds no lock.
+        let label = self
+            .port
+            .create_label(&LabelOrder {
+                carrier: c.code.clone(),
+                service: o.code.clone(),
+                request_key: req.idempotency_key.clone(),
+                destination_postal_code: dest.postal_code.clone(),
+                weight_grams: weight,
+            })
+            .await
+            .map_err(|e| match e {
+                AdapterError::Timeout(m) => ApiError::Unavailable(m),
+                AdapterError::Refused { reason, message } => {
+                    ApiError::precondition(reason, message)
+                }
+            })?;
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "carrier.BuyLabel", req);
         let now = now_ms();
         let shipment_id = uuid::Uuid::now_v7();
-        let tracking_number = format!(
-            "{}{}",
-            c.code.to_uppercase(),
-            &shipment_id.simple().to_string()[20..]
-        );
+        let tracking_number = label.tracking_number;
         let s = shipment::ActiveModel {
             shipment_id: Set(shipment_id.to_string()),
             order_id: Set(req.order_id.clone()),
@@ -638,6 +642,18 @@ impl CarrierService for CarrierApi {
                 }
                 if req.status != 0 {
                     q = q.filter(shipment::Column::Status.eq(req.status));
+                }
+                if req.overdue {
+                    let as_of = req.as_of.as_ref().map_or_else(now_ms, from_timestamp);
+                    let done = [
+                        ShipmentStatus::Delivered,
+                        ShipmentStatus::Voided,
+                        ShipmentStatus::ReturnedToSender,
+                    ]
+                    .map(|s| s as i32);
+                    q = q
+                        .filter(shipment::Column::Status.is_not_in(done))
+                        .filter(shipment::Column::EstimatedDeliveryMs.lt(as_of));
                 }
                 let rows = q.offset(offset).limit(size).all(&self.db).await?;
                 let next = next_page_token(offset, rows.len(), size);

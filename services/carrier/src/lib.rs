@@ -1,9 +1,10 @@
 //! The carrier service: carriers with service levels and weight-band rate cards, rate shopping
 //! against a promised date, labels (idempotent buy, void until pickup) and tracking milestones
-//! that never move a shipment backwards.
+//! that never move a shipment backwards. Carriers' own systems sit behind [`adapter::CarrierPort`].
 
 #![forbid(unsafe_code)]
 
+pub mod adapter;
 pub mod api;
 pub mod domain;
 pub mod store;
@@ -16,7 +17,11 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let api = api::CarrierApi::new(ctx.db.clone(), ctx.outbox.clone());
+        let api = api::CarrierApi::new(
+            ctx.db.clone(),
+            ctx.outbox.clone(),
+            std::sync::Arc::new(adapter::Simulated::default()),
+        );
         Ok(tonic::service::Routes::new(
             erp_proto::carrier::carrier_service_server::CarrierServiceServer::new(api),
         ))

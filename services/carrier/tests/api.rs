@@ -174,7 +174,157 @@ async fn rates_labels_tracking(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(status_reason(&err).as_deref(), Some("ALREADY_PICKED_UP"));
+
+    // Delays and exceptions name the orders they affect.
+    let list = |overdue: bool, as_of: Option<i64>, status: ShipmentStatus| ListShipmentsRequest {
+        status: status as i32,
+        overdue,
+        as_of: as_of.map(to_timestamp),
+        ..Default::default()
+    };
+    let orders = |r: ListShipmentsResponse| -> Vec<String> {
+        r.shipments.into_iter().map(|s| s.order_id).collect()
+    };
+    let now = erp_runtime::time::now_ms();
+    let overdue_now = c
+        .list_shipments(list(true, None, ShipmentStatus::Unspecified))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        orders(overdue_now).is_empty(),
+        "two-day label bought just now"
+    );
+    let label = |key: &str, order: &str, postal: &str| BuyLabelRequest {
+        idempotency_key: key.into(),
+        order_id: order.into(),
+        destination: Some(Address {
+            postal_code: postal.into(),
+            country_code: "US".into(),
+            ..Default::default()
+        }),
+        ..buy_template()
+    };
+    let o2 = c
+        .buy_label(label("label-2", "o2", "10001"))
+        .await
+        .unwrap()
+        .into_inner()
+        .shipment
+        .unwrap();
+    let exception = RecordTrackingEventRequest {
+        tracking_number: o2.tracking_number.clone(),
+        event: Some(TrackingEvent {
+            event_id: "x1".into(),
+            milestone: ShipmentStatus::Exception as i32,
+            occurred_at: Some(to_timestamp(now)),
+            detail: "address not found".into(),
+        }),
+    };
+    assert!(
+        c.record_tracking_event(exception)
+            .await
+            .unwrap()
+            .into_inner()
+            .applied
+    );
+    let in_exception = c
+        .list_shipments(list(false, None, ShipmentStatus::Exception))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(orders(in_exception), ["o2"]);
+
+    // The simulated carrier's feed for a third label: repeated and reordered webhooks. Only
+    // the milestones that move it forward apply, and it ends delivered.
+    let o3 = c
+        .buy_label(label("label-3", "o3", "10001"))
+        .await
+        .unwrap()
+        .into_inner()
+        .shipment
+        .unwrap();
+    let mut applied = 0;
+    let feed = erp_carrier::adapter::simulated_feed(&o3.tracking_number, now, 2 * DAY_MS);
+    for e in &feed {
+        let r = c
+            .record_tracking_event(RecordTrackingEventRequest {
+                tracking_number: o3.tracking_number.clone(),
+                event: Some(e.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        applied += usize::from(r.applied);
+    }
+    assert_eq!((feed.len(), applied), (6, 3));
+    let o3 = c
+        .get_shipment(GetShipmentRequest {
+            shipment_id: o3.shipment_id.clone(),
+            tracking_number: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .shipment
+        .unwrap();
+    assert_eq!(o3.status, ShipmentStatus::Delivered as i32);
+    assert_eq!(
+        o3.events.len(),
+        4,
+        "every distinct event is kept, applied or not"
+    );
+    // Ten days on, the labels still on their way are late; the delivered one is not.
+    let mut late = orders(
+        c.list_shipments(list(
+            true,
+            Some(now + 10 * DAY_MS),
+            ShipmentStatus::Unspecified,
+        ))
+        .await
+        .unwrap()
+        .into_inner(),
+    );
+    late.sort();
+    assert_eq!(late, ["o1", "o2"]);
+
+    // A carrier that does not serve the address refuses; nothing is recorded.
+    let err = c
+        .buy_label(label("label-4", "o4", "00000"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_reason(&err).as_deref(),
+        Some("ADDRESS_UNDELIVERABLE")
+    );
+    let none = c
+        .list_shipments(ListShipmentsRequest {
+            order_id: "o4".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.shipments.is_empty());
     svc.stop().await;
+}
+
+/// A two-day label from east for a 900 g parcel.
+fn buy_template() -> BuyLabelRequest {
+    BuyLabelRequest {
+        idempotency_key: String::new(),
+        order_id: String::new(),
+        fulfillment_id: "f1".into(),
+        carrier: "slowco".into(),
+        service: "twoday".into(),
+        origin_site: "east".into(),
+        origin_region: "07001".into(),
+        destination: destination(),
+        parcel: Some(Parcel {
+            weight_grams: 900,
+            ..Default::default()
+        }),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

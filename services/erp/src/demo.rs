@@ -2,14 +2,15 @@
 //! pushes a mix of orders from three channels (some for more than exists, some with cards that
 //! decline, express ones through a carrier that times out once), plays the warehouse (picks,
 //! packs and ships what is waiting; finds a damaged unit now and then, which re-routes the order
-//! to another warehouse), and prints what happened, with stock and ledger totals that must
+//! to another warehouse), plays the carriers (tracking webhooks, repeated and out of order, up
+//! to delivery), and prints what happened, with stock and ledger totals that must
 //! reconcile.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use erp_proto::orchestrator::{ListSagasRequest, SagaStatus, StepOutcome};
-use erp_proto::{finance, inventory, warehouse};
+use erp_proto::{carrier, finance, inventory, warehouse};
 
 use crate::testkit::Clients;
 
@@ -27,6 +28,11 @@ pub struct Report {
     pub rerouted: usize,
     /// Units the warehouses reported damaged (moved from on hand to quarantine).
     pub quarantined: i64,
+    /// Tracking webhooks the simulated carriers sent (with repeats and reordering), how many
+    /// moved a shipment forward, and how many shipments ended delivered.
+    pub tracking_events: usize,
+    pub tracking_applied: usize,
+    pub delivered: usize,
     pub on_hand_before: i64,
     pub on_hand_after: i64,
     pub reserved_after: i64,
@@ -72,6 +78,11 @@ impl std::fmt::Display for Report {
             f,
             "  re-routed          {:>4}  (damaged unit found at the first warehouse)",
             self.rerouted
+        )?;
+        writeln!(
+            f,
+            "  delivered          {:>4}  ({} tracking events, {} applied, the rest repeats or late)",
+            self.delivered, self.tracking_events, self.tracking_applied
         )?;
         writeln!(
             f,
@@ -238,6 +249,54 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
                 *report.compensated.entry(reason).or_default() += 1;
             }
             _ => report.parked += 1,
+        }
+    }
+    // Play the carriers: each shipped parcel's tracking feed, repeats and reordering included.
+    for saga in sagas
+        .iter()
+        .filter(|s| placed.contains(&s.order_id) && s.status == SagaStatus::Completed as i32)
+    {
+        let shipments = c
+            .carrier
+            .list_shipments(carrier::ListShipmentsRequest {
+                order_id: saga.order_id.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .shipments;
+        for s in shipments
+            .iter()
+            .filter(|s| s.status == carrier::ShipmentStatus::LabelCreated as i32)
+        {
+            let created = s
+                .created_at
+                .as_ref()
+                .map_or(0, erp_runtime::time::from_timestamp);
+            let due = s
+                .estimated_delivery
+                .as_ref()
+                .map_or(created, erp_runtime::time::from_timestamp);
+            for event in
+                erp_carrier::adapter::simulated_feed(&s.tracking_number, created, due - created)
+            {
+                let r = c
+                    .carrier
+                    .record_tracking_event(carrier::RecordTrackingEventRequest {
+                        tracking_number: s.tracking_number.clone(),
+                        event: Some(event),
+                    })
+                    .await?
+                    .into_inner();
+                report.tracking_events += 1;
+                report.tracking_applied += usize::from(r.applied);
+                if r.applied
+                    && r.shipment
+                        .is_some_and(|s| s.status == carrier::ShipmentStatus::Delivered as i32)
+                {
+                    report.delivered += 1;
+                }
+            }
         }
     }
     let (on_hand, reserved) = c.stock_totals().await;
