@@ -106,16 +106,7 @@ async fn rates_labels_tracking(backend: Backend) {
     let buy = BuyLabelRequest {
         idempotency_key: "label-1".into(),
         order_id: "o1".into(),
-        fulfillment_id: "f1".into(),
-        carrier: "slowco".into(),
-        service: "twoday".into(),
-        origin_site: "east".into(),
-        origin_region: "07001".into(),
-        destination: destination(),
-        parcel: Some(Parcel {
-            weight_grams: 900,
-            ..Default::default()
-        }),
+        ..buy_template()
     };
     let first = c
         .buy_label(buy.clone())
