@@ -463,3 +463,32 @@ async fn an_instance_of_an_unknown_definition_version_is_parked_not_guessed() {
     );
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_warehouse_is_routed_around() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "an_offline_warehouse_is_routed_around",
+        std::time::Duration::from_secs(300),
+    );
+    let (s, mut c) = seeded(&Backend::Sqlite).await;
+    // Central would be chosen first for T-shirts; a power outage takes it offline.
+    c.warehouse
+        .set_site_status(erp_proto::warehouse::SetSiteStatusRequest {
+            code: "central".into(),
+            status: erp_proto::warehouse::SiteStatus::Offline as i32,
+            actor: Some(erp_proto::common::Actor {
+                id: "ops".into(),
+                reason: "power outage".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    let id = c.place("O-1", "TEE-M", 1, "tok_visa", "standard").await;
+    c.wait_step(&id, "await_pack").await;
+    let f = c.open_fulfillments(&id).await.remove(0);
+    assert_eq!(f.site, "east");
+    c.ship(&id).await;
+    c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}

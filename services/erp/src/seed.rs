@@ -71,7 +71,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
             })
             .await?;
     }
-    for (i, (code, region, _, cost_index)) in WAREHOUSES.into_iter().enumerate() {
+    for (i, (code, region, postal_code, cost_index)) in WAREHOUSES.into_iter().enumerate() {
         inventory
             .create_location(CreateLocationRequest {
                 location: Some(Location {
@@ -95,6 +95,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
                     status: 0,
                     status_reason: String::new(),
                     cost_index,
+                    postal_code: postal_code.into(),
                 }),
             })
             .await?;

@@ -832,6 +832,7 @@ impl Engine {
         c.rerouting = false;
         c.writeoffs.clear();
         c.location.clear();
+        c.origin_postal.clear();
         c.reservation_ids.clear();
         c.fulfillment_id.clear();
         c.carrier.clear();

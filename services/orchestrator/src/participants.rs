@@ -24,6 +24,8 @@ use crate::definition::Step;
 pub struct Ctx {
     pub order: Option<OrderSnapshot>,
     pub location: String,
+    /// Postal code of the chosen warehouse, which carriers zone from.
+    pub origin_postal: String,
     pub reservation_ids: Vec<String>,
     pub payment_id: String,
     pub fulfillment_id: String,
@@ -55,6 +57,18 @@ pub struct Ctx {
     /// How many steps ever succeeded (the highest index + 1): a compensation starts there even
     /// when a re-route moved the saga back, so that a kept payment authorization is voided too.
     pub completed: i32,
+}
+
+impl Ctx {
+    /// What carriers zone from: the warehouse's postal code, or its code when it has none
+    /// (zone 1 everywhere).
+    pub fn origin_zone(&self) -> String {
+        if self.origin_postal.is_empty() {
+            self.location.clone()
+        } else {
+            self.origin_postal.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,7 +333,7 @@ impl Participants {
                             carrier: ctx.carrier.clone(),
                             service: ctx.service.clone(),
                             origin_site: ctx.location.clone(),
-                            origin_region: ctx.location.clone(),
+                            origin_region: ctx.origin_zone(),
                             destination: Some(destination(o)),
                             parcel: Some(parcel(o, ctx.parcel.as_ref())),
                         },
@@ -703,12 +717,27 @@ impl Participants {
                 .map(|l| l.available)
                 .sum()
         };
+        // The warehouse's own view: a site marked offline (outage, labor) takes no new work.
+        let sites = self
+            .warehouse
+            .clone()
+            .list_sites(req(warehouse::ListSitesRequest {}, t))
+            .await?
+            .into_inner()
+            .sites;
+        let site = |code: &str| sites.iter().find(|s| s.code == code);
+        let online = |code: &str| {
+            site(code).is_none_or(|s| s.status != warehouse::SiteStatus::Offline as i32)
+        };
         let chosen = candidates
             .into_iter()
-            .filter(|loc| !ctx.excluded_sites.contains(loc))
+            .filter(|loc| !ctx.excluded_sites.contains(loc) && online(loc))
             .find(|loc| o.lines.iter().all(|l| available(&l.sku, loc) >= l.quantity));
         match chosen {
             Some(loc) => {
+                ctx.origin_postal = site(&loc)
+                    .map(|s| s.postal_code.clone())
+                    .unwrap_or_default();
                 ctx.location = loc;
                 Ok(())
             }
@@ -734,7 +763,7 @@ impl Participants {
             .quote_rates(req(
                 carrier::QuoteRatesRequest {
                     origin_site: ctx.location.clone(),
-                    origin_region: ctx.location.clone(),
+                    origin_region: ctx.origin_zone(),
                     destination: Some(destination(o)),
                     parcel: Some(parcel(o, ctx.parcel.as_ref())),
                     promised_by: None,

@@ -103,6 +103,7 @@ fn site_to_wire(m: site::Model) -> Site {
         } as i32,
         status_reason: m.status_reason,
         cost_index: m.cost_index,
+        postal_code: m.postal_code,
     }
 }
 
@@ -374,6 +375,11 @@ impl WarehouseApi {
             "must be -840..=840",
         );
         v.check(s.cost_index >= 0, "site.cost_index", "must not be negative");
+        v.check(
+            s.postal_code.len() <= 20,
+            "site.postal_code",
+            "must be at most 20 bytes",
+        );
         v.finish()?;
         let txn = self.db.begin().await?;
         let existing = site::Entity::find_by_id(s.code.clone()).one(&txn).await?;
@@ -390,6 +396,7 @@ impl WarehouseApi {
                 .map(|e| e.status_reason.clone())
                 .unwrap_or_default()),
             cost_index: Set(s.cost_index),
+            postal_code: Set(s.postal_code.trim().to_owned()),
         };
         let m = if existing.is_some() {
             am.update(&txn).await?

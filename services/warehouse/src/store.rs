@@ -92,6 +92,11 @@ CREATE TABLE receipts (
 CREATE INDEX receipts_document ON receipts (document_id)",
                 drops: &["receipts", "exceptions"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000004_site_postal_code",
+                up: "ALTER TABLE sites ADD COLUMN postal_code TEXT NOT NULL DEFAULT ''",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -107,6 +112,7 @@ entity!(site, "sites", {
     pub online: bool,
     pub status_reason: String,
     pub cost_index: i32,
+    pub postal_code: String,
 });
 
 entity!(fulfillment, "fulfillments", {
