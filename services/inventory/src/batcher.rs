@@ -405,6 +405,7 @@ async fn coalesce<C: ConnectionTrait>(
                 inbound: after.inbound,
                 available: after.on_hand - after.reserved - total,
                 reason: Reason::Reservation.as_str(),
+                on_hand_delta: 0,
             },
         )
         .await?;

@@ -3,7 +3,7 @@
 use erp_proto::common::Money;
 use erp_proto::procurement::procurement_service_server::ProcurementService;
 use erp_proto::procurement::*;
-use erp_runtime::error::{planned, respond};
+use erp_runtime::error::respond;
 use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
 use erp_runtime::{ApiError, ApiResult};
@@ -17,13 +17,35 @@ use crate::store::{po, po_line, supplier, term};
 
 const DAY_MS: i64 = 86_400_000;
 
+type Inventory = erp_proto::inventory::inventory_service_client::InventoryServiceClient<
+    tonic::transport::Channel,
+>;
+type Warehouse = erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient<
+    tonic::transport::Channel,
+>;
+
 pub struct ProcurementApi {
-    db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
+    pub(crate) outbox: erp_runtime::outbox::OutboxWaker,
+    /// Stock positions and inbound quantities.
+    pub(crate) inventory: Inventory,
+    /// Receipts go through the warehouse, which moves the stock.
+    pub(crate) warehouse: Warehouse,
 }
 
 impl ProcurementApi {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(
+        db: DatabaseConnection,
+        outbox: erp_runtime::outbox::OutboxWaker,
+        inventory: Inventory,
+        warehouse: Warehouse,
+    ) -> Self {
+        Self {
+            db,
+            outbox,
+            inventory,
+            warehouse,
+        }
     }
 }
 
@@ -65,7 +87,7 @@ fn po_status(s: &str) -> PurchaseOrderStatus {
     }
 }
 
-async fn load_po<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<PurchaseOrder> {
+pub(crate) async fn load_po<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<PurchaseOrder> {
     let p = po::Entity::find_by_id(id.to_owned())
         .one(c)
         .await?
@@ -103,7 +125,10 @@ async fn load_po<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<PurchaseOrder
     })
 }
 
-async fn find_supplier<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<supplier::Model> {
+pub(crate) async fn find_supplier<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+) -> ApiResult<supplier::Model> {
     supplier::Entity::find_by_id(id.to_owned())
         .one(c)
         .await?
@@ -206,7 +231,7 @@ impl ProcurementApi {
         })
     }
 
-    async fn create_po(
+    pub(crate) async fn create_po(
         &self,
         req: CreatePurchaseOrderRequest,
     ) -> ApiResult<CreatePurchaseOrderResponse> {
@@ -283,6 +308,8 @@ impl ProcurementApi {
             approved_by: Set(String::new()),
             approved_at_ms: Set(None),
             created_at_ms: Set(now),
+            sent_at_ms: Set(None),
+            received_at_ms: Set(None),
         }
         .insert(&txn)
         .await?;
@@ -393,9 +420,6 @@ impl ProcurementApi {
     }
 }
 
-/// Where the RPCs this service does not serve yet are planned.
-const PLANNED: &str = "the finance and procurement issue (#7)";
-
 #[tonic::async_trait]
 impl ProcurementService for ProcurementApi {
     async fn create_supplier(
@@ -467,23 +491,23 @@ impl ProcurementService for ProcurementApi {
 
     async fn set_reorder_policy(
         &self,
-        _r: Request<SetReorderPolicyRequest>,
+        r: Request<SetReorderPolicyRequest>,
     ) -> Result<Response<SetReorderPolicyResponse>, Status> {
-        planned("SetReorderPolicy", PLANNED)
+        respond(self.set_policy(r.into_inner()).await)
     }
 
     async fn record_demand(
         &self,
-        _r: Request<RecordDemandRequest>,
+        r: Request<RecordDemandRequest>,
     ) -> Result<Response<RecordDemandResponse>, Status> {
-        planned("RecordDemand", PLANNED)
+        respond(self.record_demand(r.into_inner()).await)
     }
 
     async fn suggest_replenishment(
         &self,
-        _r: Request<SuggestReplenishmentRequest>,
+        r: Request<SuggestReplenishmentRequest>,
     ) -> Result<Response<SuggestReplenishmentResponse>, Status> {
-        planned("SuggestReplenishment", PLANNED)
+        respond(self.suggest(r.into_inner()).await)
     }
 
     async fn create_purchase_order(
@@ -561,16 +585,16 @@ impl ProcurementService for ProcurementApi {
 
     async fn send_purchase_order(
         &self,
-        _r: Request<SendPurchaseOrderRequest>,
+        r: Request<SendPurchaseOrderRequest>,
     ) -> Result<Response<SendPurchaseOrderResponse>, Status> {
-        planned("SendPurchaseOrder", PLANNED)
+        respond(self.send(r.into_inner()).await)
     }
 
     async fn receive_purchase_order(
         &self,
-        _r: Request<ReceivePurchaseOrderRequest>,
+        r: Request<ReceivePurchaseOrderRequest>,
     ) -> Result<Response<ReceivePurchaseOrderResponse>, Status> {
-        planned("ReceivePurchaseOrder", PLANNED)
+        respond(self.receive(r.into_inner()).await)
     }
 
     async fn cancel_purchase_order(
@@ -582,8 +606,8 @@ impl ProcurementService for ProcurementApi {
 
     async fn get_supplier_scorecard(
         &self,
-        _r: Request<GetSupplierScorecardRequest>,
+        r: Request<GetSupplierScorecardRequest>,
     ) -> Result<Response<GetSupplierScorecardResponse>, Status> {
-        planned("GetSupplierScorecard", PLANNED)
+        respond(self.scorecard(r.into_inner()).await)
     }
 }

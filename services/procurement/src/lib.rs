@@ -1,9 +1,13 @@
-//! The procurement service: suppliers and their item terms, and purchase orders from draft
-//! through approval (with an approval threshold and a recorded approver).
+//! The procurement service: suppliers and their item terms; reorder policies fed by demand from
+//! shipments and by low-stock events; replenishment suggestions that become draft purchase
+//! orders; purchase orders from draft through approval (threshold, recorded approver), sending
+//! (inbound in inventory) and receiving (through the warehouse); supplier scorecards.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod domain;
+pub mod lifecycle;
 pub mod store;
 
 /// Purchase orders above this total (minor units) need an approver with the `approver` role.
@@ -17,9 +21,52 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let api = api::ProcurementApi::new(ctx.db.clone());
+        let lazy = |url: &str| -> anyhow::Result<tonic::transport::Channel> {
+            Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .timeout(std::time::Duration::from_secs(10))
+                .connect_lazy())
+        };
+        let api = std::sync::Arc::new(api::ProcurementApi::new(
+            ctx.db.clone(),
+            ctx.outbox.clone(),
+            erp_proto::inventory::inventory_service_client::InventoryServiceClient::new(lazy(
+                &ctx.settings.peers.inventory,
+            )?),
+            erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(lazy(
+                &ctx.settings.peers.warehouse,
+            )?),
+        ));
+        // Demand from shipments, drafts on low stock, and receipts recorded at the warehouse.
+        for topic in [
+            "inventory.stock_changed",
+            "inventory.low_stock",
+            "warehouse.receipt_recorded",
+        ] {
+            let api = api.clone();
+            ctx.bus
+                .subscribe(
+                    topic,
+                    "procurement",
+                    erp_runtime::bus::handler(move |event: erp_runtime::bus::Event| {
+                        let api = api.clone();
+                        async move {
+                            match event.topic.as_str() {
+                                "inventory.stock_changed" => api.on_stock_changed(&event).await,
+                                "inventory.low_stock" => api.on_low_stock(&event).await,
+                                _ => api.on_receipt_recorded(&event).await,
+                            }
+                        }
+                    }),
+                    ctx.shutdown.clone(),
+                    &ctx.tasks,
+                )
+                .await?;
+        }
         Ok(tonic::service::Routes::new(
-            erp_proto::procurement::procurement_service_server::ProcurementServiceServer::new(api),
+            erp_proto::procurement::procurement_service_server::ProcurementServiceServer::from_arc(
+                api,
+            ),
         ))
     }
 }

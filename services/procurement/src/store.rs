@@ -57,6 +57,37 @@ CREATE TABLE purchase_order_lines (
                     "suppliers",
                 ],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000002_replenishment",
+                up: r"
+ALTER TABLE purchase_orders ADD COLUMN sent_at_ms BIGINT;
+ALTER TABLE purchase_orders ADD COLUMN received_at_ms BIGINT;
+CREATE TABLE reorder_policies (
+    sku TEXT NOT NULL,
+    location TEXT NOT NULL,
+    min_quantity BIGINT NOT NULL CHECK (min_quantity >= 0),
+    max_quantity BIGINT NOT NULL CHECK (max_quantity >= 0),
+    safety_stock_days INTEGER NOT NULL CHECK (safety_stock_days >= 0),
+    preferred_supplier_id TEXT NOT NULL,
+    PRIMARY KEY (sku, location)
+);
+CREATE TABLE demand_events (
+    event_key TEXT PRIMARY KEY,
+    sku TEXT NOT NULL,
+    location TEXT NOT NULL,
+    quantity BIGINT NOT NULL CHECK (quantity > 0),
+    occurred_at_ms BIGINT NOT NULL
+);
+CREATE INDEX demand_events_item ON demand_events (sku, location, occurred_at_ms);
+CREATE TABLE po_receipts (
+    receipt_id TEXT PRIMARY KEY,
+    purchase_order_id TEXT NOT NULL REFERENCES purchase_orders (purchase_order_id),
+    lines TEXT NOT NULL,
+    received_at_ms BIGINT NOT NULL
+);
+CREATE INDEX po_receipts_po ON po_receipts (purchase_order_id)",
+                drops: &["po_receipts", "demand_events", "reorder_policies"],
+            }),
         ]
     }
 }
@@ -94,6 +125,9 @@ entity!(po, "purchase_orders", {
     pub approved_by: String,
     pub approved_at_ms: Option<i64>,
     pub created_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    /// When the receipt that completed (or closed) the order arrived.
+    pub received_at_ms: Option<i64>,
 });
 
 entity!(po_line, "purchase_order_lines", {
@@ -104,4 +138,34 @@ entity!(po_line, "purchase_order_lines", {
     pub quantity: i64,
     pub unit_cost_minor: i64,
     pub received_quantity: i64,
+});
+
+entity!(policy, "reorder_policies", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub sku: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub location: String,
+    pub min_quantity: i64,
+    pub max_quantity: i64,
+    pub safety_stock_days: i32,
+    pub preferred_supplier_id: String,
+});
+
+entity!(demand, "demand_events", {
+    /// The caller's idempotency key, or `event:<id>` for a consumed shipment.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub event_key: String,
+    pub sku: String,
+    pub location: String,
+    pub quantity: i64,
+    pub occurred_at_ms: i64,
+});
+
+entity!(receipt, "po_receipts", {
+    /// The warehouse's receipt id: applying a receipt twice is a no-op.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub receipt_id: String,
+    pub purchase_order_id: String,
+    pub lines: String,
+    pub received_at_ms: i64,
 });

@@ -45,6 +45,8 @@ pub(crate) struct StockChanged<'a> {
     pub inbound: i64,
     pub available: i64,
     pub reason: &'a str,
+    /// The change of on hand (negative for a shipment): what demand signals count.
+    pub on_hand_delta: i64,
 }
 
 #[derive(Serialize)]
@@ -242,6 +244,7 @@ impl Store {
                 inbound: after.inbound,
                 available: after_levels.available(),
                 reason: reason.as_str(),
+                on_hand_delta: d_on_hand,
             },
         )
         .await?;

@@ -1,0 +1,396 @@
+//! Replenishment end to end: demand (recorded, and from shipments) and the supplier's lead time
+//! trigger exactly the hand-computed quantity, rounded to the pack multiple and at least the
+//! minimum; the draft above the approval threshold waits for an approver; sending it makes the
+//! stock promisable by date; receipts through the warehouse make it available now; the supplier's
+//! scorecard reflects the delivery.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use erp_integration_tests::{Clients, T, seeded};
+use erp_proto::common::{Actor, Money};
+use erp_proto::inventory;
+use erp_proto::orchestrator::SagaStatus;
+use erp_proto::procurement::procurement_service_client::ProcurementServiceClient;
+use erp_proto::procurement::*;
+use erp_runtime::error::status_reason;
+use erp_runtime::testing::{self, Backend};
+use erp_runtime::time::{now_ms, to_timestamp};
+
+const DAY_MS: i64 = 86_400_000;
+
+fn usd(amount_minor: i64) -> Option<Money> {
+    Some(Money {
+        amount_minor,
+        currency: "USD".into(),
+    })
+}
+
+async fn stock(c: &mut Clients, sku: &str, location: &str) -> inventory::StockLevel {
+    c.inventory
+        .get_stock(inventory::GetStockRequest {
+            sku: sku.into(),
+            location: location.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .levels
+        .remove(0)
+}
+
+async fn available_at(c: &mut Clients, sku: &str, location: &str, as_of: Option<i64>) -> i64 {
+    c.inventory
+        .get_availability(inventory::GetAvailabilityRequest {
+            skus: vec![sku.into()],
+            as_of: as_of.map(to_timestamp),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .iter()
+        .flat_map(|i| i.locations.iter())
+        .filter(|l| l.location == location)
+        .map(|l| l.available)
+        .sum()
+}
+
+async fn replenish(backend: Backend) {
+    let (s, mut c) = seeded(&backend).await;
+    let mut p = ProcurementServiceClient::new(
+        tonic::transport::Endpoint::from_shared(s.url("procurement"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    // A pricey widget, 20 on hand in east.
+    c.inventory
+        .create_item(inventory::CreateItemRequest {
+            item: Some(inventory::Item {
+                sku: "WIDGET".into(),
+                name: "Industrial widget".into(),
+                unit_cost: usd(25_000),
+                weight_grams: 400,
+                tax_class: "standard".into(),
+                low_stock_threshold: 0,
+                created_at: None,
+            }),
+        })
+        .await
+        .unwrap();
+    c.inventory
+        .receive_stock(inventory::ReceiveStockRequest {
+            idempotency_key: "widget-east".into(),
+            sku: "WIDGET".into(),
+            location: "east".into(),
+            quantity: 20,
+            source: None,
+            from_inbound: false,
+        })
+        .await
+        .unwrap();
+    let supplier = p
+        .create_supplier(CreateSupplierRequest {
+            code: "widgetco".into(),
+            name: "Widget Co".into(),
+            currency: "USD".into(),
+            contact_email: "sales@widgetco.example".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .supplier
+        .unwrap();
+    p.set_supplier_term(SetSupplierTermRequest {
+        term: Some(SupplierTerm {
+            supplier_id: supplier.supplier_id.clone(),
+            sku: "WIDGET".into(),
+            unit_cost: usd(25_000),
+            lead_time_days: 7,
+            minimum_order_quantity: 50,
+            pack_multiple: 12,
+        }),
+    })
+    .await
+    .unwrap();
+    // A bad policy names its fields.
+    let err = p
+        .set_reorder_policy(SetReorderPolicyRequest {
+            policy: Some(ReorderPolicy {
+                sku: String::new(),
+                location: "east".into(),
+                min_quantity: 10,
+                max_quantity: 5,
+                safety_stock_days: 0,
+                preferred_supplier_id: String::new(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("policy.sku") && err.message().contains("policy.max_quantity"));
+    p.set_reorder_policy(SetReorderPolicyRequest {
+        policy: Some(ReorderPolicy {
+            sku: "WIDGET".into(),
+            location: "east".into(),
+            min_quantity: 0,
+            max_quantity: 0,
+            safety_stock_days: 3,
+            preferred_supplier_id: supplier.supplier_id.clone(),
+        }),
+    })
+    .await
+    .unwrap();
+    // 84 units over the last four weeks: 3 a day. Recorded twice under one key: counted once.
+    let now = now_ms();
+    for week in 0..4 {
+        let demand = RecordDemandRequest {
+            idempotency_key: format!("widget-week-{week}"),
+            sku: "WIDGET".into(),
+            location: "east".into(),
+            quantity: 21,
+            occurred_at: Some(to_timestamp(now - (week * 7 + 1) * DAY_MS)),
+        };
+        p.record_demand(demand.clone()).await.unwrap();
+        p.record_demand(demand).await.unwrap();
+    }
+
+    // By hand: reorder point 3/day x (7 lead + 3 safety) = 30, order up to 30 + 21 = 51.
+    // Position 20 (available, nothing inbound): need 31, at least 50, packs of 12 -> 60.
+    let suggest = |create_drafts| SuggestReplenishmentRequest {
+        location: "east".into(),
+        positions: vec![],
+        create_drafts,
+    };
+    let r = p
+        .suggest_replenishment(suggest(false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.suggestions.len(), 1, "{:?}", r.suggestions);
+    let sug = &r.suggestions[0];
+    assert_eq!(
+        (sug.sku.as_str(), sug.quantity),
+        ("WIDGET", 60),
+        "{}",
+        sug.rationale
+    );
+    assert_eq!(sug.supplier_id, supplier.supplier_id);
+    assert!(
+        sug.rationale.contains("reorder point 30"),
+        "{}",
+        sug.rationale
+    );
+    let drafted = p
+        .suggest_replenishment(suggest(true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(drafted.draft_purchase_order_ids.len(), 1);
+    let po_id = drafted.draft_purchase_order_ids[0].clone();
+    // The draft counts as coming: asking again drafts nothing more.
+    let again = p
+        .suggest_replenishment(suggest(true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.suggestions.is_empty() && again.draft_purchase_order_ids.is_empty());
+
+    // 60 x 250.00 = 15,000.00, above the 10,000.00 threshold: an approver is needed.
+    let approve = |roles: Vec<String>| ApprovePurchaseOrderRequest {
+        purchase_order_id: po_id.clone(),
+        approver: Some(Actor {
+            id: "buyer-1".into(),
+            reason: "weekly replenishment".into(),
+        }),
+        approver_roles: roles,
+    };
+    let err = p.approve_purchase_order(approve(vec![])).await.unwrap_err();
+    assert_eq!(
+        status_reason(&err).as_deref(),
+        Some("APPROVER_ROLE_REQUIRED")
+    );
+    let send = SendPurchaseOrderRequest {
+        purchase_order_id: po_id.clone(),
+    };
+    let err = p.send_purchase_order(send.clone()).await.unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("NOT_APPROVED"));
+    let approved = p
+        .approve_purchase_order(approve(vec!["approver".into()]))
+        .await
+        .unwrap()
+        .into_inner()
+        .purchase_order
+        .unwrap();
+    assert_eq!(approved.status, PurchaseOrderStatus::Approved as i32);
+    assert_eq!(approved.approved_by, "buyer-1");
+    assert_eq!(approved.total.unwrap().amount_minor, 1_500_000);
+
+    // Sent: 60 inbound, promisable from the expected date on, not before.
+    let sent = p
+        .send_purchase_order(send.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let sent = sent.purchase_order.unwrap();
+    assert_eq!(sent.status, PurchaseOrderStatus::Sent as i32);
+    p.send_purchase_order(send).await.unwrap();
+    assert_eq!(
+        stock(&mut c, "WIDGET", "east").await.inbound,
+        60,
+        "sent once"
+    );
+    assert_eq!(available_at(&mut c, "WIDGET", "east", None).await, 20);
+    assert_eq!(
+        available_at(&mut c, "WIDGET", "east", Some(now_ms() + 8 * DAY_MS)).await,
+        80
+    );
+
+    // A partial delivery received through procurement; the rest scanned at the warehouse dock.
+    let receive = ReceivePurchaseOrderRequest {
+        idempotency_key: "widget-r1".into(),
+        purchase_order_id: po_id.clone(),
+        lines: vec![ReceivedLine {
+            sku: "WIDGET".into(),
+            quantity: 24,
+        }],
+        received_at: None,
+    };
+    let partial = p
+        .receive_purchase_order(receive.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let repeat = p
+        .receive_purchase_order(receive)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(partial, repeat, "a retried receipt is one receipt");
+    let partial = partial.purchase_order.unwrap();
+    assert_eq!(
+        partial.status,
+        PurchaseOrderStatus::PartiallyReceived as i32
+    );
+    assert_eq!(partial.lines[0].received_quantity, 24);
+    let over = p
+        .receive_purchase_order(ReceivePurchaseOrderRequest {
+            idempotency_key: "widget-r-over".into(),
+            purchase_order_id: po_id.clone(),
+            lines: vec![ReceivedLine {
+                sku: "WIDGET".into(),
+                quantity: 37,
+            }],
+            received_at: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        over.code(),
+        tonic::Code::InvalidArgument,
+        "only 36 are still expected"
+    );
+    let level = stock(&mut c, "WIDGET", "east").await;
+    assert_eq!((level.on_hand, level.inbound), (44, 36));
+    c.warehouse
+        .record_receipt(erp_proto::warehouse::RecordReceiptRequest {
+            idempotency_key: "dock-scan-7".into(),
+            site: "east".into(),
+            kind: erp_proto::warehouse::ReceiptKind::PurchaseOrder as i32,
+            document_id: po_id.clone(),
+            lines: vec![erp_proto::warehouse::ReceiptLine {
+                sku: "WIDGET".into(),
+                quantity: 36,
+                damaged_quantity: 0,
+            }],
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let done = loop {
+        let po = p
+            .get_purchase_order(GetPurchaseOrderRequest {
+                purchase_order_id: po_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .purchase_order
+            .unwrap();
+        if po.status == PurchaseOrderStatus::Received as i32 {
+            break po;
+        }
+        assert!(std::time::Instant::now() < deadline, "not received: {po:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.lines[0].received_quantity, 60);
+    assert_eq!(available_at(&mut c, "WIDGET", "east", None).await, 80);
+    let level = stock(&mut c, "WIDGET", "east").await;
+    assert_eq!((level.on_hand, level.inbound), (80, 0));
+
+    // Delivered a week early, in full: on time, full fill, ~168 h off the promised lead time.
+    let card = p
+        .get_supplier_scorecard(GetSupplierScorecardRequest {
+            supplier_id: supplier.supplier_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(card.purchase_orders_received, 1);
+    assert_eq!(card.on_time_rate_bps, 10_000);
+    assert_eq!(card.fill_rate_bps, 10_000);
+    assert!(
+        (167..=168).contains(&card.lead_time_variance_hours),
+        "{}",
+        card.lead_time_variance_hours
+    );
+
+    // Shipments are demand too: two widgets shipped add to the 84 already recorded.
+    let id = c.place("W-1", "WIDGET", 2, "tok_visa", "standard").await;
+    c.wait_step(&id, "await_pack").await;
+    c.ship(&id).await;
+    c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let r = p
+            .suggest_replenishment(SuggestReplenishmentRequest {
+                location: "east".into(),
+                // A low position, so that the rationale (with the demand) is shown.
+                positions: vec![StockPosition {
+                    sku: "WIDGET".into(),
+                    location: "east".into(),
+                    available: 0,
+                    inbound: 0,
+                }],
+                create_drafts: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.suggestions[0].rationale.contains("86 units demanded") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            r.suggestions[0].rationale
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demand_and_lead_time_drive_purchase_orders_to_promisable_stock_on_every_backend() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "demand_and_lead_time_drive_purchase_orders_to_promisable_stock_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        replenish(backend).await;
+    }
+}

@@ -1,0 +1,694 @@
+//! Replenishment (reorder policies, demand, suggestions that become drafts), the purchase order
+//! after approval (sent: inbound in inventory; received through the warehouse), and supplier
+//! scorecards.
+
+use std::collections::BTreeMap;
+
+use erp_proto::procurement::*;
+use erp_proto::{inventory, warehouse};
+use erp_runtime::bus::Event;
+use erp_runtime::time::{from_timestamp, now_ms, to_timestamp};
+use erp_runtime::validate::Violations;
+use erp_runtime::{ApiError, ApiResult};
+use erp_runtime::{idempotency, outbox};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    TransactionTrait,
+};
+
+use crate::api::{ProcurementApi, load_po};
+use crate::domain::{self, Delivery, Policy, Terms};
+use crate::store::{demand, po, po_line, policy, receipt, term};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Demand is averaged over this many days.
+pub const DEMAND_WINDOW_DAYS: i64 = 28;
+
+/// Purchase orders whose quantities are coming but are not inbound in inventory yet.
+const UNSENT: [&str; 2] = ["draft", "approved"];
+
+async fn find_po(db: &sea_orm::DatabaseConnection, id: &str) -> ApiResult<po::Model> {
+    po::Entity::find_by_id(id.to_owned())
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("purchase order {id}")))
+}
+
+fn upstream(s: tonic::Status) -> ApiError {
+    ApiError::Upstream(s)
+}
+
+impl ProcurementApi {
+    pub(crate) async fn set_policy(
+        &self,
+        req: SetReorderPolicyRequest,
+    ) -> ApiResult<SetReorderPolicyResponse> {
+        let p = req.policy.unwrap_or_default();
+        let mut v = Violations::new();
+        v.code("policy.sku", &p.sku);
+        v.code("policy.location", &p.location);
+        v.non_negative("policy.min_quantity", p.min_quantity);
+        v.non_negative("policy.max_quantity", p.max_quantity);
+        v.check(
+            p.safety_stock_days >= 0,
+            "policy.safety_stock_days",
+            "must not be negative",
+        );
+        if p.safety_stock_days == 0 {
+            v.check(
+                p.max_quantity > p.min_quantity,
+                "policy.max_quantity",
+                "must be above min_quantity (min/max mode)",
+            );
+        }
+        if !p.preferred_supplier_id.is_empty() {
+            v.id("policy.preferred_supplier_id", &p.preferred_supplier_id);
+        }
+        v.finish()?;
+        if !p.preferred_supplier_id.is_empty()
+            && term::Entity::find_by_id((p.preferred_supplier_id.clone(), p.sku.clone()))
+                .one(&self.db)
+                .await?
+                .is_none()
+        {
+            return Err(ApiError::invalid(
+                "policy.preferred_supplier_id",
+                format!("supplier has no terms for {}", p.sku),
+            ));
+        }
+        let am = policy::ActiveModel {
+            sku: Set(p.sku.clone()),
+            location: Set(p.location.clone()),
+            min_quantity: Set(p.min_quantity),
+            max_quantity: Set(p.max_quantity),
+            safety_stock_days: Set(p.safety_stock_days),
+            preferred_supplier_id: Set(p.preferred_supplier_id.clone()),
+        };
+        let txn = self.db.begin().await?;
+        let exists = policy::Entity::find_by_id((p.sku.clone(), p.location.clone()))
+            .one(&txn)
+            .await?
+            .is_some();
+        if exists {
+            am.update(&txn).await?;
+        } else {
+            am.insert(&txn).await?;
+        }
+        txn.commit().await?;
+        Ok(SetReorderPolicyResponse { policy: Some(p) })
+    }
+
+    pub(crate) async fn record_demand(
+        &self,
+        req: RecordDemandRequest,
+    ) -> ApiResult<RecordDemandResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("sku", &req.sku);
+        v.code("location", &req.location);
+        v.positive("quantity", req.quantity);
+        v.finish()?;
+        let at = req.occurred_at.as_ref().map_or_else(now_ms, from_timestamp);
+        self.insert_demand(
+            &req.idempotency_key,
+            &req.sku,
+            &req.location,
+            req.quantity,
+            at,
+        )
+        .await?;
+        Ok(RecordDemandResponse {})
+    }
+
+    /// Records one demand signal once per key.
+    async fn insert_demand(
+        &self,
+        key: &str,
+        sku: &str,
+        location: &str,
+        quantity: i64,
+        at: i64,
+    ) -> ApiResult<()> {
+        if demand::Entity::find_by_id(key.to_owned())
+            .one(&self.db)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let inserted = demand::ActiveModel {
+            event_key: Set(key.to_owned()),
+            sku: Set(sku.to_owned()),
+            location: Set(location.to_owned()),
+            quantity: Set(quantity),
+            occurred_at_ms: Set(at),
+        }
+        .insert(&self.db)
+        .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            // A concurrent repeat of the same key won the insert.
+            Err(_)
+                if demand::Entity::find_by_id(key.to_owned())
+                    .one(&self.db)
+                    .await?
+                    .is_some() =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What each policy calls for now; with `create_drafts`, one draft purchase order per
+    /// supplier and location.
+    pub(crate) async fn suggest(
+        &self,
+        req: SuggestReplenishmentRequest,
+    ) -> ApiResult<SuggestReplenishmentResponse> {
+        let mut v = Violations::new();
+        if !req.location.is_empty() {
+            v.code("location", &req.location);
+        }
+        for (i, p) in req.positions.iter().enumerate() {
+            v.code(&format!("positions[{i}].sku"), &p.sku);
+            v.code(&format!("positions[{i}].location"), &p.location);
+        }
+        v.finish()?;
+        let mut q = policy::Entity::find().order_by_asc(policy::Column::Sku);
+        if !req.location.is_empty() {
+            q = q.filter(policy::Column::Location.eq(&req.location));
+        }
+        self.suggest_for(q.all(&self.db).await?, &req.positions, req.create_drafts)
+            .await
+    }
+
+    async fn suggest_for(
+        &self,
+        policies: Vec<policy::Model>,
+        positions: &[StockPosition],
+        create_drafts: bool,
+    ) -> ApiResult<SuggestReplenishmentResponse> {
+        let now = now_ms();
+        let mut suggestions = Vec::new();
+        for p in policies {
+            let Some(t) = self.supplier_terms(&p).await? else {
+                tracing::warn!(sku = %p.sku, "no supplier has terms for this item; no suggestion");
+                continue;
+            };
+            let stock = match positions
+                .iter()
+                .find(|x| x.sku == p.sku && x.location == p.location)
+            {
+                Some(x) => x.available + x.inbound,
+                None => self.stock_position(&p.sku, &p.location).await?,
+            };
+            let unsent = self.unsent_quantity(&p.sku, &p.location).await?;
+            let window: i64 = demand::Entity::find()
+                .filter(demand::Column::Sku.eq(&p.sku))
+                .filter(demand::Column::Location.eq(&p.location))
+                .filter(demand::Column::OccurredAtMs.gt(now - DEMAND_WINDOW_DAYS * DAY_MS))
+                .all(&self.db)
+                .await?
+                .iter()
+                .map(|d| d.quantity)
+                .sum();
+            let rate = domain::daily_rate_milli(window, DEMAND_WINDOW_DAYS);
+            let rule = Policy {
+                min_quantity: p.min_quantity,
+                max_quantity: p.max_quantity,
+                safety_stock_days: p.safety_stock_days,
+            };
+            let terms = Terms {
+                lead_time_days: t.lead_time_days,
+                minimum_order_quantity: t.minimum_order_quantity,
+                pack_multiple: t.pack_multiple,
+            };
+            if let Some(s) = domain::suggest(&rule, &terms, stock + unsent, rate) {
+                suggestions.push(ReplenishmentSuggestion {
+                    sku: p.sku,
+                    location: p.location,
+                    supplier_id: t.supplier_id,
+                    quantity: s.quantity,
+                    rationale: format!(
+                        "{} ({window} units demanded in {DEMAND_WINDOW_DAYS} d; stock {stock}, unsent orders {unsent})",
+                        s.rationale
+                    ),
+                });
+            }
+        }
+        let mut drafts = Vec::new();
+        if create_drafts {
+            let mut groups: BTreeMap<(String, String), Vec<PurchaseOrderLine>> = BTreeMap::new();
+            for s in &suggestions {
+                groups
+                    .entry((s.supplier_id.clone(), s.location.clone()))
+                    .or_default()
+                    .push(PurchaseOrderLine {
+                        sku: s.sku.clone(),
+                        quantity: s.quantity,
+                        unit_cost: None,
+                        received_quantity: 0,
+                    });
+            }
+            for ((supplier_id, location), lines) in groups {
+                let created = self
+                    .create_po(CreatePurchaseOrderRequest {
+                        idempotency_key: format!("replenish:{}", uuid::Uuid::now_v7()),
+                        supplier_id,
+                        location,
+                        lines,
+                    })
+                    .await?;
+                if let Some(p) = created.purchase_order {
+                    drafts.push(p.purchase_order_id);
+                }
+            }
+        }
+        Ok(SuggestReplenishmentResponse {
+            suggestions,
+            draft_purchase_order_ids: drafts,
+        })
+    }
+
+    /// The preferred supplier's terms, else the cheapest supplier's.
+    async fn supplier_terms(&self, p: &policy::Model) -> ApiResult<Option<term::Model>> {
+        if !p.preferred_supplier_id.is_empty() {
+            return Ok(
+                term::Entity::find_by_id((p.preferred_supplier_id.clone(), p.sku.clone()))
+                    .one(&self.db)
+                    .await?,
+            );
+        }
+        Ok(term::Entity::find()
+            .filter(term::Column::Sku.eq(&p.sku))
+            .order_by_asc(term::Column::UnitCostMinor)
+            .order_by_asc(term::Column::SupplierId)
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Available now plus inbound, from the inventory service.
+    async fn stock_position(&self, sku: &str, location: &str) -> ApiResult<i64> {
+        let levels = self
+            .inventory
+            .clone()
+            .get_stock(inventory::GetStockRequest {
+                sku: sku.to_owned(),
+                location: location.to_owned(),
+            })
+            .await
+            .map_err(upstream)?
+            .into_inner()
+            .levels;
+        Ok(levels.iter().map(|l| l.available + l.inbound).sum())
+    }
+
+    /// Units on drafted or approved purchase orders: coming, but not inbound yet.
+    async fn unsent_quantity(&self, sku: &str, location: &str) -> ApiResult<i64> {
+        let open: Vec<String> = po::Entity::find()
+            .filter(po::Column::Location.eq(location))
+            .filter(po::Column::Status.is_in(UNSENT))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|p| p.purchase_order_id)
+            .collect();
+        if open.is_empty() {
+            return Ok(0);
+        }
+        Ok(po_line::Entity::find()
+            .filter(po_line::Column::PurchaseOrderId.is_in(open))
+            .filter(po_line::Column::Sku.eq(sku))
+            .all(&self.db)
+            .await?
+            .iter()
+            .map(|l| l.quantity)
+            .sum())
+    }
+
+    /// Sends an approved order to the supplier: its lines become inbound stock in inventory,
+    /// expected one lead time from now, so availability by date can promise them.
+    pub(crate) async fn send(
+        &self,
+        req: SendPurchaseOrderRequest,
+    ) -> ApiResult<SendPurchaseOrderResponse> {
+        let mut v = Violations::new();
+        v.id("purchase_order_id", &req.purchase_order_id);
+        v.finish()?;
+        let p = find_po(&self.db, &req.purchase_order_id).await?;
+        match p.status.as_str() {
+            "approved" => {}
+            "sent" | "partially_received" | "received" => {
+                return Ok(SendPurchaseOrderResponse {
+                    purchase_order: Some(load_po(&self.db, &p.purchase_order_id).await?),
+                });
+            }
+            other => {
+                return Err(ApiError::precondition(
+                    "NOT_APPROVED",
+                    format!(
+                        "purchase order {} is {other}; it is sent once approved",
+                        p.purchase_order_id
+                    ),
+                ));
+            }
+        }
+        let now = now_ms();
+        let lead_ms = (p.expected_at_ms - p.created_at_ms).max(0);
+        let expected = now + lead_ms;
+        let lines = po_line::Entity::find()
+            .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
+            .all(&self.db)
+            .await?;
+        // Keys derived from the order: a retry after a failure part-way records nothing twice.
+        for l in &lines {
+            self.inventory
+                .clone()
+                .record_inbound(inventory::RecordInboundRequest {
+                    idempotency_key: format!("po:{}:{}:inbound", p.purchase_order_id, l.sku),
+                    sku: l.sku.clone(),
+                    location: p.location.clone(),
+                    quantity: l.quantity,
+                    expected_at: Some(to_timestamp(expected)),
+                    source: Some(erp_proto::common::SourceDocument {
+                        kind: "purchase_order".into(),
+                        id: p.purchase_order_id.clone(),
+                    }),
+                })
+                .await
+                .map_err(upstream)?;
+        }
+        let txn = self.db.begin().await?;
+        let r = po::Entity::update_many()
+            .col_expr(po::Column::Status, sea_orm::sea_query::Expr::value("sent"))
+            .col_expr(po::Column::SentAtMs, sea_orm::sea_query::Expr::value(now))
+            .col_expr(
+                po::Column::ExpectedAtMs,
+                sea_orm::sea_query::Expr::value(expected),
+            )
+            .filter(po::Column::PurchaseOrderId.eq(&p.purchase_order_id))
+            .filter(po::Column::Status.eq("approved"))
+            .exec(&txn)
+            .await?;
+        if r.rows_affected == 1 {
+            outbox::enqueue(
+                &txn,
+                "procurement.po_sent",
+                &p.purchase_order_id,
+                &serde_json::json!({ "purchase_order_id": p.purchase_order_id, "supplier_id": p.supplier_id, "location": p.location, "expected_at_ms": expected }),
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(SendPurchaseOrderResponse {
+            purchase_order: Some(load_po(&self.db, &p.purchase_order_id).await?),
+        })
+    }
+
+    /// Receives goods against a sent order through the warehouse, which moves the stock; the
+    /// order's quantities follow from the receipt.
+    pub(crate) async fn receive(
+        &self,
+        req: ReceivePurchaseOrderRequest,
+    ) -> ApiResult<ReceivePurchaseOrderResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.id("purchase_order_id", &req.purchase_order_id);
+        v.check(!req.lines.is_empty(), "lines", "must not be empty");
+        for (i, l) in req.lines.iter().enumerate() {
+            v.code(&format!("lines[{i}].sku"), &l.sku);
+            v.positive(&format!("lines[{i}].quantity"), l.quantity);
+        }
+        v.finish()?;
+        let hash = idempotency::fingerprint(&req);
+        if let Some(replay) = idempotency::lookup::<_, ReceivePurchaseOrderResponse>(
+            &self.db,
+            "procurement.ReceivePurchaseOrder",
+            &req.idempotency_key,
+            &hash,
+        )
+        .await?
+        {
+            return Ok(replay);
+        }
+        let p = find_po(&self.db, &req.purchase_order_id).await?;
+        if !matches!(p.status.as_str(), "sent" | "partially_received") {
+            return Err(ApiError::precondition(
+                "NOT_RECEIVABLE",
+                format!(
+                    "purchase order {} is {}; goods are received while it is sent or partially received",
+                    p.purchase_order_id, p.status
+                ),
+            ));
+        }
+        let lines = po_line::Entity::find()
+            .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
+            .all(&self.db)
+            .await?;
+        let mut v = Violations::new();
+        for (i, r) in req.lines.iter().enumerate() {
+            match lines.iter().find(|l| l.sku == r.sku) {
+                None => v.add(format!("lines[{i}].sku"), "is not on the purchase order"),
+                Some(l) => v.check(
+                    r.quantity <= l.quantity - l.received_quantity,
+                    format!("lines[{i}].quantity"),
+                    format!(
+                        "only {} of {} are still expected",
+                        l.quantity - l.received_quantity,
+                        l.quantity
+                    ),
+                ),
+            }
+        }
+        v.finish()?;
+        let recorded = self
+            .warehouse
+            .clone()
+            .record_receipt(warehouse::RecordReceiptRequest {
+                idempotency_key: req.idempotency_key.clone(),
+                site: p.location.clone(),
+                kind: warehouse::ReceiptKind::PurchaseOrder as i32,
+                document_id: p.purchase_order_id.clone(),
+                lines: req
+                    .lines
+                    .iter()
+                    .map(|l| warehouse::ReceiptLine {
+                        sku: l.sku.clone(),
+                        quantity: l.quantity,
+                        damaged_quantity: 0,
+                    })
+                    .collect(),
+            })
+            .await
+            .map_err(upstream)?
+            .into_inner();
+        let at = req.received_at.as_ref().map_or_else(now_ms, from_timestamp);
+        let received: Vec<(String, i64)> = req
+            .lines
+            .iter()
+            .map(|l| (l.sku.clone(), l.quantity))
+            .collect();
+        self.apply_receipt(&recorded.receipt_id, &p.purchase_order_id, &received, at)
+            .await?;
+        let response = ReceivePurchaseOrderResponse {
+            purchase_order: Some(load_po(&self.db, &p.purchase_order_id).await?),
+        };
+        // A concurrent retry may have recorded it first: its answer is as good as ours.
+        let _ = idempotency::record(
+            &self.db,
+            "procurement.ReceivePurchaseOrder",
+            &req.idempotency_key,
+            &hash,
+            &response,
+        )
+        .await;
+        Ok(response)
+    }
+
+    /// Applies a warehouse receipt to the order it names, once per receipt. False when it was
+    /// applied before or names no purchase order of ours.
+    pub async fn apply_receipt(
+        &self,
+        receipt_id: &str,
+        purchase_order_id: &str,
+        received: &[(String, i64)],
+        at: i64,
+    ) -> ApiResult<bool> {
+        let txn = self.db.begin().await?;
+        if receipt::Entity::find_by_id(receipt_id.to_owned())
+            .one(&txn)
+            .await?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let Some(p) = po::Entity::find_by_id(purchase_order_id.to_owned())
+            .one(&txn)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let mut lines = po_line::Entity::find()
+            .filter(po_line::Column::PurchaseOrderId.eq(purchase_order_id))
+            .all(&txn)
+            .await?;
+        let mut costed = Vec::new();
+        for (sku, quantity) in received {
+            if let Some(l) = lines.iter_mut().find(|l| &l.sku == sku) {
+                l.received_quantity += quantity;
+                let mut am: po_line::ActiveModel = l.clone().into();
+                am.received_quantity = Set(l.received_quantity);
+                am.update(&txn).await?;
+                costed.push(serde_json::json!({ "sku": sku, "quantity": quantity, "unit_cost_minor": l.unit_cost_minor }));
+            }
+        }
+        let complete = lines.iter().all(|l| l.received_quantity >= l.quantity);
+        let status = if complete {
+            "received"
+        } else {
+            "partially_received"
+        };
+        let mut am: po::ActiveModel = p.clone().into();
+        am.status = Set(status.into());
+        if complete {
+            am.received_at_ms = Set(Some(at));
+        }
+        am.update(&txn).await?;
+        receipt::ActiveModel {
+            receipt_id: Set(receipt_id.to_owned()),
+            purchase_order_id: Set(purchase_order_id.to_owned()),
+            lines: Set(serde_json::Value::Array(costed.clone()).to_string()),
+            received_at_ms: Set(at),
+        }
+        .insert(&txn)
+        .await?;
+        // Finance values the receipt (cost, landed cost) from this.
+        outbox::enqueue(
+            &txn,
+            "procurement.po_received",
+            purchase_order_id,
+            &serde_json::json!({
+                "purchase_order_id": purchase_order_id, "receipt_id": receipt_id,
+                "supplier_id": p.supplier_id, "location": p.location, "currency": p.currency,
+                "lines": costed, "status": status,
+            }),
+        )
+        .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(true)
+    }
+
+    pub(crate) async fn scorecard(
+        &self,
+        req: GetSupplierScorecardRequest,
+    ) -> ApiResult<GetSupplierScorecardResponse> {
+        let mut v = Violations::new();
+        v.id("supplier_id", &req.supplier_id);
+        v.finish()?;
+        crate::api::find_supplier(&self.db, &req.supplier_id).await?;
+        let orders = po::Entity::find()
+            .filter(po::Column::SupplierId.eq(&req.supplier_id))
+            .filter(po::Column::Status.is_in(["received", "closed"]))
+            .all(&self.db)
+            .await?;
+        let mut deliveries = Vec::new();
+        for p in orders {
+            let (Some(sent), Some(arrived)) = (p.sent_at_ms, p.received_at_ms) else {
+                continue;
+            };
+            let lines = po_line::Entity::find()
+                .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
+                .all(&self.db)
+                .await?;
+            deliveries.push(Delivery {
+                ordered: lines.iter().map(|l| l.quantity).sum(),
+                received: lines.iter().map(|l| l.received_quantity).sum(),
+                sent_at_ms: sent,
+                expected_at_ms: p.expected_at_ms,
+                received_at_ms: arrived,
+            });
+        }
+        let s = domain::scorecard(&deliveries);
+        Ok(GetSupplierScorecardResponse {
+            supplier_id: req.supplier_id,
+            on_time_rate_bps: s.on_time_rate_bps,
+            fill_rate_bps: s.fill_rate_bps,
+            lead_time_variance_hours: s.lead_time_variance_hours,
+            purchase_orders_received: s.deliveries,
+        })
+    }
+
+    /// `warehouse.receipt_recorded`: a delivery against one of our purchase orders.
+    pub async fn on_receipt_recorded(&self, event: &Event) -> anyhow::Result<()> {
+        let p = &event.payload;
+        if p["kind"].as_str() != Some("purchase_order") {
+            return Ok(());
+        }
+        let lines: Vec<(String, i64)> = p["lines"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|l| {
+                        (
+                            l["sku"].as_str().unwrap_or_default().to_owned(),
+                            l["quantity"].as_i64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.apply_receipt(
+            p["receipt_id"].as_str().unwrap_or_default(),
+            p["document_id"].as_str().unwrap_or_default(),
+            &lines,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    /// `inventory.stock_changed` with reason `shipment`: demand where it shipped from.
+    pub async fn on_stock_changed(&self, event: &Event) -> anyhow::Result<()> {
+        let p = &event.payload;
+        let shipped = -p["on_hand_delta"].as_i64().unwrap_or(0);
+        if p["reason"].as_str() != Some("shipment") || shipped <= 0 {
+            return Ok(());
+        }
+        self.insert_demand(
+            &format!("event:{}", event.id),
+            p["sku"].as_str().unwrap_or_default(),
+            p["location"].as_str().unwrap_or_default(),
+            shipped,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// `inventory.low_stock`: drafts purchase orders for the item where a policy calls for it
+    /// (drafts still need approval; the quantities on them count as coming, so a repeated
+    /// signal drafts nothing twice).
+    pub async fn on_low_stock(&self, event: &Event) -> anyhow::Result<()> {
+        let sku = event.payload["sku"].as_str().unwrap_or_default();
+        let policies = policy::Entity::find()
+            .filter(policy::Column::Sku.eq(sku))
+            .all(&self.db)
+            .await?;
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let r = self
+            .suggest_for(policies, &[], true)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !r.draft_purchase_order_ids.is_empty() {
+            tracing::info!(sku, drafts = ?r.draft_purchase_order_ids, "low stock: purchase orders drafted");
+        }
+        Ok(())
+    }
+}
