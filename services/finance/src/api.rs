@@ -18,14 +18,18 @@ use tonic::{Request, Response, Status};
 use crate::domain::{self, ProviderAnswer};
 use crate::store::{account, entry, jline, payment};
 
+type Orders = erp_proto::order::order_service_client::OrderServiceClient<tonic::transport::Channel>;
+
 pub struct FinanceApi {
-    db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
     outbox: OutboxWaker,
+    /// Resolves marketplace order ids in settlement reports.
+    pub(crate) orders: Orders,
 }
 
 impl FinanceApi {
-    pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
-        Self { db, outbox }
+    pub fn new(db: DatabaseConnection, outbox: OutboxWaker, orders: Orders) -> Self {
+        Self { db, outbox, orders }
     }
 }
 
@@ -56,14 +60,14 @@ fn account_to_wire(m: account::Model) -> Account {
     }
 }
 
-fn money(amount_minor: i64, currency: &str) -> Option<Money> {
+pub(crate) fn money(amount_minor: i64, currency: &str) -> Option<Money> {
     Some(Money {
         amount_minor,
         currency: currency.to_owned(),
     })
 }
 
-fn payment_to_wire(m: payment::Model) -> Payment {
+pub(crate) fn payment_to_wire(m: payment::Model) -> Payment {
     let status = match m.status.as_str() {
         "authorized" => PaymentStatus::Authorized,
         "captured" => PaymentStatus::Captured,
@@ -123,7 +127,7 @@ async fn load_entry<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<JournalEnt
 }
 
 /// Writes a balanced entry (checked again here: nothing unbalanced ever reaches the table).
-async fn insert_entry<C: ConnectionTrait>(
+pub(crate) async fn insert_entry<C: ConnectionTrait>(
     c: &C,
     memo: &str,
     source: Option<&SourceDocument>,
@@ -355,6 +359,7 @@ impl FinanceApi {
             }),
             captured_minor: Set(0),
             refunded_minor: Set(0),
+            charged_back_minor: Set(0),
             status: Set(status.to_owned()),
             provider_reference: Set(reference),
             decline_reason: Set(reason.clone()),
@@ -373,7 +378,7 @@ impl FinanceApi {
         Ok(response)
     }
 
-    async fn find_payment<C: ConnectionTrait>(
+    pub(crate) async fn find_payment<C: ConnectionTrait>(
         &self,
         c: &C,
         payment_id: &str,
@@ -508,7 +513,40 @@ impl FinanceApi {
                 ),
             ));
         }
+        if refunded + p.charged_back_minor > p.captured_minor {
+            return Err(ApiError::precondition(
+                "OVER_REFUND",
+                format!(
+                    "cannot refund {}: {} of {} captured was charged back",
+                    amount.amount_minor, p.charged_back_minor, p.captured_minor
+                ),
+            ));
+        }
         let captured = p.captured_minor;
+        // The refund leaves the provider clearing account and reduces the channel's sales.
+        let line = |account: &str, debit: i64, credit: i64| JournalLine {
+            account_code: account.into(),
+            debit_minor: debit,
+            credit_minor: credit,
+            currency: p.currency.clone(),
+            channel: p.channel.clone(),
+            order_id: p.order_id.clone(),
+            memo: format!("refund: {}", req.reason),
+        };
+        insert_entry(
+            &txn,
+            &format!("refund of order {}", p.order_id),
+            Some(&SourceDocument {
+                kind: "refund".into(),
+                id: req.idempotency_key.clone(),
+            }),
+            &[
+                line("4200", amount.amount_minor, 0),
+                line("1200", 0, amount.amount_minor),
+            ],
+            "",
+        )
+        .await?;
         let mut am: payment::ActiveModel = p.into();
         am.refunded_minor = Set(refunded);
         am.status = Set(if refunded == captured {
@@ -726,9 +764,9 @@ impl FinanceService for FinanceApi {
 
     async fn record_chargeback(
         &self,
-        _r: Request<RecordChargebackRequest>,
+        r: Request<RecordChargebackRequest>,
     ) -> Result<Response<RecordChargebackResponse>, Status> {
-        planned("RecordChargeback", PLANNED)
+        respond(self.chargeback(r.into_inner()).await)
     }
 
     async fn get_payment(
@@ -772,15 +810,15 @@ impl FinanceService for FinanceApi {
 
     async fn channel_profitability(
         &self,
-        _r: Request<ChannelProfitabilityRequest>,
+        r: Request<ChannelProfitabilityRequest>,
     ) -> Result<Response<ChannelProfitabilityResponse>, Status> {
-        planned("ChannelProfitability", PLANNED)
+        respond(self.profitability(r.into_inner()).await)
     }
 
     async fn reconcile_settlement(
         &self,
-        _r: Request<ReconcileSettlementRequest>,
+        r: Request<ReconcileSettlementRequest>,
     ) -> Result<Response<ReconcileSettlementResponse>, Status> {
-        planned("ReconcileSettlement", PLANNED)
+        respond(self.reconcile(r.into_inner()).await)
     }
 }

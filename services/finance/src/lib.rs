@@ -1,10 +1,12 @@
-//! The finance service: chart of accounts, an immutable double-entry journal, and payments
-//! behind a provider port (a built-in fake provider here).
+//! The finance service: chart of accounts, an immutable double-entry journal, payments behind a
+//! provider port (a built-in fake provider here) with refunds and chargebacks posted as they
+//! happen, channel profitability from the journal, and marketplace settlement reconciliation.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod domain;
+pub mod settlement;
 pub mod store;
 
 pub struct Service;
@@ -15,7 +17,15 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let api = api::FinanceApi::new(ctx.db.clone(), ctx.outbox.clone());
+        let orders = tonic::transport::Endpoint::from_shared(ctx.settings.peers.order.clone())?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(10))
+            .connect_lazy();
+        let api = api::FinanceApi::new(
+            ctx.db.clone(),
+            ctx.outbox.clone(),
+            erp_proto::order::order_service_client::OrderServiceClient::new(orders),
+        );
         Ok(tonic::service::Routes::new(
             erp_proto::finance::finance_service_server::FinanceServiceServer::new(api),
         ))

@@ -72,6 +72,15 @@ CREATE TABLE payments (
 CREATE INDEX payments_order ON payments (order_id)",
                 drops: &["payments", "journal_lines", "journal_entries", "accounts"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000002_refunds_chargebacks",
+                up: r"
+INSERT INTO accounts (code, name, account_type) VALUES
+    ('4200', 'Sales refunds', 'revenue');
+ALTER TABLE payments ADD COLUMN charged_back_minor BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX journal_lines_channel ON journal_lines (channel)",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -117,6 +126,7 @@ entity!(payment, "payments", {
     pub authorized_minor: i64,
     pub captured_minor: i64,
     pub refunded_minor: i64,
+    pub charged_back_minor: i64,
     pub status: String,
     pub provider_reference: String,
     pub decline_reason: String,

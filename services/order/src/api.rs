@@ -516,6 +516,9 @@ impl OrderApi {
         if !req.channel.is_empty() {
             query = query.filter(order::Column::Channel.eq(&req.channel));
         }
+        if !req.external_order_id.is_empty() {
+            query = query.filter(order::Column::ExternalOrderId.eq(&req.external_order_id));
+        }
         match OrderStatus::try_from(req.status) {
             Ok(OrderStatus::Unspecified) => {}
             Ok(s) => {

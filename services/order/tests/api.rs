@@ -232,11 +232,28 @@ async fn lifecycle(backend: Backend) {
             status: OrderStatus::Shipped as i32,
             page_size: 10,
             page_token: String::new(),
+            external_order_id: String::new(),
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(listed.orders.len(), 1);
+    // The channel's own id finds the order; another finds nothing.
+    for (external, found) in [
+        (listed.orders[0].external_order_id.clone(), 1),
+        ("nope".into(), 0),
+    ] {
+        let by_external = c
+            .list_orders(ListOrdersRequest {
+                channel: "web".into(),
+                external_order_id: external,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(by_external.orders.len(), found);
+    }
     svc.stop().await;
 }
 

@@ -1,0 +1,412 @@
+//! Chargebacks, channel profitability from the journal, and marketplace settlement
+//! reconciliation.
+
+use std::collections::BTreeMap;
+
+use erp_proto::common::SourceDocument;
+use erp_proto::finance::*;
+use erp_proto::order::ListOrdersRequest;
+use erp_runtime::time::from_timestamp;
+use erp_runtime::validate::Violations;
+use erp_runtime::{ApiError, ApiResult};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+
+use crate::api::{FinanceApi, insert_entry, money, payment_to_wire};
+use crate::store::{entry, jline, payment};
+
+/// The profit-and-loss accounts, and where each lands in a channel's result.
+fn bucket(account: &str) -> Option<&'static str> {
+    match account {
+        "4000" | "4100" => Some("revenue"),
+        "4200" => Some("refunds"),
+        "5000" => Some("cogs"),
+        "5100" => Some("fees"),
+        "5200" => Some("shipping"),
+        "5300" => Some("chargebacks"),
+        _ => None,
+    }
+}
+
+impl FinanceApi {
+    /// A dispute the card network decided against us. The provider may deliver the same
+    /// dispute more than once: its id is the idempotency key, so a duplicate changes nothing.
+    pub(crate) async fn chargeback(
+        &self,
+        req: RecordChargebackRequest,
+    ) -> ApiResult<RecordChargebackResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.id("payment_id", &req.payment_id);
+        let amount = req.amount.clone().unwrap_or_default();
+        v.positive("amount.amount_minor", amount.amount_minor);
+        v.text("reason", &req.reason, 200);
+        v.finish()?;
+        let (txn, guard) =
+            erp_runtime::begin_idempotent!(&self.db, "finance.RecordChargeback", req);
+        let p = self.find_payment(&txn, &req.payment_id, "").await?;
+        if !matches!(
+            p.status.as_str(),
+            "captured" | "partially_refunded" | "charged_back"
+        ) {
+            return Err(ApiError::precondition(
+                "PAYMENT_NOT_CAPTURED",
+                format!(
+                    "payment {} is {}: only captured money can be charged back",
+                    p.payment_id, p.status
+                ),
+            ));
+        }
+        if amount.currency != p.currency {
+            return Err(ApiError::invalid(
+                "amount.currency",
+                format!("payment is in {}", p.currency),
+            ));
+        }
+        let open = p.captured_minor - p.refunded_minor - p.charged_back_minor;
+        if amount.amount_minor > open {
+            return Err(ApiError::precondition(
+                "OVER_CHARGEBACK",
+                format!(
+                    "cannot charge back {}: {} captured, {} refunded, {} charged back",
+                    amount.amount_minor, p.captured_minor, p.refunded_minor, p.charged_back_minor
+                ),
+            ));
+        }
+        let line = |account: &str, debit: i64, credit: i64| JournalLine {
+            account_code: account.into(),
+            debit_minor: debit,
+            credit_minor: credit,
+            currency: p.currency.clone(),
+            channel: p.channel.clone(),
+            order_id: p.order_id.clone(),
+            memo: format!("chargeback: {}", req.reason),
+        };
+        insert_entry(
+            &txn,
+            &format!("chargeback on order {}", p.order_id),
+            Some(&SourceDocument {
+                kind: "chargeback".into(),
+                id: req.idempotency_key.clone(),
+            }),
+            &[
+                line("5300", amount.amount_minor, 0),
+                line("1200", 0, amount.amount_minor),
+            ],
+            "",
+        )
+        .await?;
+        let charged_back = p.charged_back_minor + amount.amount_minor;
+        let mut am: payment::ActiveModel = p.into();
+        am.charged_back_minor = Set(charged_back);
+        am.status = Set("charged_back".into());
+        let p = am.update(&txn).await?;
+        let response = RecordChargebackResponse {
+            payment: Some(payment_to_wire(p)),
+        };
+        guard.commit(txn, &response).await?;
+        Ok(response)
+    }
+
+    /// Revenue, refunds, chargebacks, COGS, fees, shipping and margin per channel, from the
+    /// journal lines posted in `[from, to)` in one currency: the same figures the trial balance
+    /// adds up.
+    pub(crate) async fn profitability(
+        &self,
+        req: ChannelProfitabilityRequest,
+    ) -> ApiResult<ChannelProfitabilityResponse> {
+        let mut v = Violations::new();
+        v.currency("currency", &req.currency);
+        v.finish()?;
+        let from = req.from.as_ref().map_or(i64::MIN, from_timestamp);
+        let to = req.to.as_ref().map_or(i64::MAX, from_timestamp);
+        if from >= to {
+            return Err(ApiError::invalid("to", "must be after from"));
+        }
+        let entries: std::collections::HashSet<String> = entry::Entity::find()
+            .filter(entry::Column::PostedAtMs.gte(from))
+            .filter(entry::Column::PostedAtMs.lt(to))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|e| e.entry_id)
+            .collect();
+        let lines = jline::Entity::find()
+            .filter(jline::Column::Currency.eq(&req.currency))
+            .all(&self.db)
+            .await?;
+        let mut by_channel: BTreeMap<String, ChannelResult> = BTreeMap::new();
+        for l in lines.iter().filter(|l| entries.contains(&l.entry_id)) {
+            let Some(kind) = bucket(&l.account_code) else {
+                continue;
+            };
+            let r = by_channel
+                .entry(l.channel.clone())
+                .or_insert_with(|| ChannelResult {
+                    channel: l.channel.clone(),
+                    ..Default::default()
+                });
+            let debit_side = l.debit_minor - l.credit_minor;
+            match kind {
+                "revenue" => r.revenue_minor -= debit_side,
+                "refunds" => r.refunds_minor += debit_side,
+                "cogs" => r.cogs_minor += debit_side,
+                "fees" => r.fees_minor += debit_side,
+                "shipping" => r.shipping_minor += debit_side,
+                _ => r.chargebacks_minor += debit_side,
+            }
+        }
+        let channels = by_channel
+            .into_values()
+            .map(|mut r| {
+                r.margin_minor = r.revenue_minor
+                    - r.refunds_minor
+                    - r.chargebacks_minor
+                    - r.cogs_minor
+                    - r.fees_minor
+                    - r.shipping_minor;
+                r
+            })
+            .collect();
+        Ok(ChannelProfitabilityResponse {
+            currency: req.currency,
+            channels,
+        })
+    }
+
+    /// Matches a marketplace's settlement report against our books: each order's gross sale
+    /// against the captured payment, its fees against the fees posted, adjustments against the
+    /// refunds and chargebacks posted, and the payout against the lines. Every difference is
+    /// reported; the payout as reported is posted (cash in, provider clearing out), so what
+    /// differs stays visible in the clearing account.
+    pub(crate) async fn reconcile(
+        &self,
+        req: ReconcileSettlementRequest,
+    ) -> ApiResult<ReconcileSettlementResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.code("channel", &req.channel);
+        v.text("settlement_id", &req.settlement_id, 100);
+        v.check(!req.lines.is_empty(), "lines", "must not be empty");
+        let mut currency = String::new();
+        for (i, l) in req.lines.iter().enumerate() {
+            v.check(
+                matches!(l.kind.as_str(), "ORDER" | "FEE" | "ADJUSTMENT" | "PAYOUT"),
+                format!("lines[{i}].kind"),
+                "must be ORDER, FEE, ADJUSTMENT or PAYOUT",
+            );
+            let a = l.amount.clone().unwrap_or_default();
+            v.currency(&format!("lines[{i}].amount.currency"), &a.currency);
+            if currency.is_empty() {
+                currency = a.currency.clone();
+            }
+            v.check(
+                a.currency == currency,
+                format!("lines[{i}].amount.currency"),
+                "one currency per settlement",
+            );
+            if l.kind != "PAYOUT" && l.kind != "ADJUSTMENT" {
+                v.check(
+                    !(l.order_id.is_empty() && l.external_order_id.is_empty()),
+                    format!("lines[{i}].external_order_id"),
+                    "an order or fee line names its order",
+                );
+            }
+        }
+        v.finish()?;
+        // Resolve the marketplace's ids before the transaction (a call to the order service).
+        let mut resolved: Vec<String> = Vec::with_capacity(req.lines.len());
+        for l in &req.lines {
+            resolved.push(if !l.order_id.is_empty() {
+                l.order_id.clone()
+            } else if !l.external_order_id.is_empty() {
+                self.orders
+                    .clone()
+                    .list_orders(ListOrdersRequest {
+                        channel: req.channel.clone(),
+                        external_order_id: l.external_order_id.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(ApiError::Upstream)?
+                    .into_inner()
+                    .orders
+                    .into_iter()
+                    .next()
+                    .map(|o| o.order_id)
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            });
+        }
+        let (txn, guard) =
+            erp_runtime::begin_idempotent!(&self.db, "finance.ReconcileSettlement", req);
+        // What our books say per order of this channel.
+        let mut captured: BTreeMap<String, i64> = BTreeMap::new();
+        for p in payment::Entity::find()
+            .filter(payment::Column::Channel.eq(&req.channel))
+            .filter(payment::Column::CapturedMinor.gt(0))
+            .all(&txn)
+            .await?
+        {
+            captured.insert(p.order_id, p.captured_minor);
+        }
+        let mut fees: BTreeMap<String, i64> = BTreeMap::new();
+        let mut returned: BTreeMap<String, i64> = BTreeMap::new();
+        for l in jline::Entity::find()
+            .filter(jline::Column::Channel.eq(&req.channel))
+            .filter(jline::Column::AccountCode.is_in(["5100", "4200", "5300"]))
+            .all(&txn)
+            .await?
+        {
+            let amount = l.debit_minor - l.credit_minor;
+            if l.account_code == "5100" {
+                *fees.entry(l.order_id).or_default() += amount;
+            } else {
+                *returned.entry(l.order_id).or_default() += amount;
+            }
+        }
+        let mut reported_fees: BTreeMap<String, i64> = BTreeMap::new();
+        let mut discrepancies = Vec::new();
+        let mut matched = 0;
+        let (mut sales, mut withheld, mut adjusted, mut payout) = (0i64, 0i64, 0i64, None);
+        let mismatch = |order_id: &str, kind: &str, expected: i64, reported: i64, why: String| {
+            SettlementDiscrepancy {
+                order_id: order_id.to_owned(),
+                kind: kind.into(),
+                expected: money(expected, &currency),
+                reported: money(reported, &currency),
+                explanation: why,
+            }
+        };
+        for (l, order_id) in req.lines.iter().zip(&resolved) {
+            let amount = l.amount.as_ref().map_or(0, |a| a.amount_minor);
+            let name = if order_id.is_empty() {
+                l.external_order_id.clone()
+            } else {
+                order_id.clone()
+            };
+            match l.kind.as_str() {
+                "ORDER" => {
+                    sales += amount;
+                    match captured.get(order_id) {
+                        None => discrepancies.push(mismatch(
+                            &name,
+                            "ORDER_NOT_FOUND",
+                            0,
+                            amount,
+                            format!(
+                                "the report pays for order {name}, which has no captured payment on {}",
+                                req.channel
+                            ),
+                        )),
+                        Some(&c) if c != amount => discrepancies.push(mismatch(
+                            order_id,
+                            "AMOUNT_MISMATCH",
+                            c,
+                            amount,
+                            format!("captured {c}, reported {amount}"),
+                        )),
+                        Some(_) => matched += 1,
+                    }
+                }
+                "FEE" => {
+                    withheld += amount;
+                    *reported_fees.entry(order_id.clone()).or_default() += amount;
+                }
+                "ADJUSTMENT" => {
+                    adjusted += amount;
+                    let expected = returned.get(order_id).copied().unwrap_or(0);
+                    if order_id.is_empty() || expected == 0 || -amount != expected {
+                        discrepancies.push(mismatch(
+                            &name,
+                            "UNKNOWN_ADJUSTMENT",
+                            -expected,
+                            amount,
+                            if expected == 0 {
+                                "no refund or chargeback on our books explains it".to_owned()
+                            } else {
+                                format!("refunds and chargebacks on our books: {expected}")
+                            },
+                        ));
+                    } else {
+                        matched += 1;
+                    }
+                }
+                _ => payout = Some(payout.unwrap_or(0) + amount),
+            }
+        }
+        for (order_id, reported) in &reported_fees {
+            match fees.get(order_id) {
+                Some(&expected) if expected == *reported => matched += 1,
+                expected => {
+                    let expected = expected.copied().unwrap_or(0);
+                    discrepancies.push(mismatch(
+                        order_id,
+                        "FEE_MISMATCH",
+                        expected,
+                        *reported,
+                        format!("fees posted {expected}, fees withheld {reported}"),
+                    ));
+                }
+            }
+        }
+        if let Some(paid) = payout {
+            let expected = sales - withheld + adjusted;
+            if paid == expected {
+                matched += 1;
+            } else {
+                discrepancies.push(mismatch(
+                    "",
+                    "PAYOUT_MISMATCH",
+                    expected,
+                    paid,
+                    format!(
+                        "orders {sales} - fees {withheld} + adjustments {adjusted} = {expected}, paid {paid}"
+                    ),
+                ));
+            }
+            if paid > 0 {
+                let line = |account: &str, debit: i64, credit: i64| JournalLine {
+                    account_code: account.into(),
+                    debit_minor: debit,
+                    credit_minor: credit,
+                    currency: currency.clone(),
+                    channel: req.channel.clone(),
+                    order_id: String::new(),
+                    memo: format!("payout of settlement {}", req.settlement_id),
+                };
+                insert_entry(
+                    &txn,
+                    &format!("{} settlement {}", req.channel, req.settlement_id),
+                    Some(&SourceDocument {
+                        kind: "settlement".into(),
+                        id: req.settlement_id.clone(),
+                    }),
+                    &[line("1000", paid, 0), line("1200", 0, paid)],
+                    "",
+                )
+                .await?;
+            }
+        }
+        let response = ReconcileSettlementResponse {
+            matched_lines: matched,
+            discrepancies,
+        };
+        guard.commit(txn, &response).await?;
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket;
+
+    #[test]
+    fn only_profit_and_loss_accounts_count() {
+        assert_eq!(bucket("4000"), Some("revenue"));
+        assert_eq!(bucket("4200"), Some("refunds"));
+        assert_eq!(bucket("5300"), Some("chargebacks"));
+        assert_eq!(bucket("1200"), None);
+        assert_eq!(bucket("2100"), None);
+    }
+}
