@@ -127,6 +127,42 @@ async fn load_entry<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<JournalEnt
 }
 
 /// Writes a balanced entry (checked again here: nothing unbalanced ever reaches the table).
+/// Money leaving the provider clearing account for one payment's order and channel: debits
+/// `account` (refunds, chargeback losses), credits clearing.
+pub(crate) async fn post_against_clearing<C: ConnectionTrait>(
+    c: &C,
+    p: &payment::Model,
+    account: &str,
+    amount_minor: i64,
+    kind: &str,
+    key: &str,
+    reason: &str,
+) -> ApiResult<String> {
+    let line = |account: &str, debit: i64, credit: i64| JournalLine {
+        account_code: account.into(),
+        debit_minor: debit,
+        credit_minor: credit,
+        currency: p.currency.clone(),
+        channel: p.channel.clone(),
+        order_id: p.order_id.clone(),
+        memo: format!("{kind}: {reason}"),
+    };
+    insert_entry(
+        c,
+        &format!("{kind} on order {}", p.order_id),
+        Some(&SourceDocument {
+            kind: kind.into(),
+            id: key.to_owned(),
+        }),
+        &[
+            line(account, amount_minor, 0),
+            line("1200", 0, amount_minor),
+        ],
+        "",
+    )
+    .await
+}
+
 pub(crate) async fn insert_entry<C: ConnectionTrait>(
     c: &C,
     memo: &str,
@@ -524,27 +560,14 @@ impl FinanceApi {
         }
         let captured = p.captured_minor;
         // The refund leaves the provider clearing account and reduces the channel's sales.
-        let line = |account: &str, debit: i64, credit: i64| JournalLine {
-            account_code: account.into(),
-            debit_minor: debit,
-            credit_minor: credit,
-            currency: p.currency.clone(),
-            channel: p.channel.clone(),
-            order_id: p.order_id.clone(),
-            memo: format!("refund: {}", req.reason),
-        };
-        insert_entry(
+        post_against_clearing(
             &txn,
-            &format!("refund of order {}", p.order_id),
-            Some(&SourceDocument {
-                kind: "refund".into(),
-                id: req.idempotency_key.clone(),
-            }),
-            &[
-                line("4200", amount.amount_minor, 0),
-                line("1200", 0, amount.amount_minor),
-            ],
-            "",
+            &p,
+            "4200",
+            amount.amount_minor,
+            "refund",
+            &req.idempotency_key,
+            &req.reason,
         )
         .await?;
         let mut am: payment::ActiveModel = p.into();

@@ -11,7 +11,7 @@ use erp_runtime::validate::Violations;
 use erp_runtime::{ApiError, ApiResult};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 
-use crate::api::{FinanceApi, insert_entry, money, payment_to_wire};
+use crate::api::{FinanceApi, insert_entry, money, payment_to_wire, post_against_clearing};
 use crate::store::{entry, jline, payment};
 
 /// The profit-and-loss accounts, and where each lands in a channel's result.
@@ -72,27 +72,14 @@ impl FinanceApi {
                 ),
             ));
         }
-        let line = |account: &str, debit: i64, credit: i64| JournalLine {
-            account_code: account.into(),
-            debit_minor: debit,
-            credit_minor: credit,
-            currency: p.currency.clone(),
-            channel: p.channel.clone(),
-            order_id: p.order_id.clone(),
-            memo: format!("chargeback: {}", req.reason),
-        };
-        insert_entry(
+        post_against_clearing(
             &txn,
-            &format!("chargeback on order {}", p.order_id),
-            Some(&SourceDocument {
-                kind: "chargeback".into(),
-                id: req.idempotency_key.clone(),
-            }),
-            &[
-                line("5300", amount.amount_minor, 0),
-                line("1200", 0, amount.amount_minor),
-            ],
-            "",
+            &p,
+            "5300",
+            amount.amount_minor,
+            "chargeback",
+            &req.idempotency_key,
+            &req.reason,
         )
         .await?;
         let charged_back = p.charged_back_minor + amount.amount_minor;
