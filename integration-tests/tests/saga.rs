@@ -64,7 +64,11 @@ async fn happy_path_and_rejections(backend: Backend) {
     assert!(!o.tracking_number.is_empty());
     let p = c.payment(&ok).await.unwrap();
     assert_eq!(p.status, PaymentStatus::Captured as i32);
-    assert_eq!(p.captured.unwrap().amount_minor, 2 * 1299);
+    // 2 x 12.99 plus New Jersey's 6.63% (1.72, rounded half up): what was authorized and taken.
+    assert_eq!(o.tax_total.unwrap().amount_minor, 172);
+    assert_eq!(o.lines[0].tax_rate_bps, 663);
+    assert_eq!(o.total.unwrap().amount_minor, 2 * 1299 + 172);
+    assert_eq!(p.captured.unwrap().amount_minor, 2 * 1299 + 172);
     let r = c.reservations(&ok).await;
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].state, ReservationState::Committed as i32);
@@ -168,7 +172,7 @@ async fn a_participant_down_then_back_lets_the_saga_finish() {
     let (mut s, mut c) = seeded(&Backend::Sqlite).await;
     s.stop_service("finance").await.unwrap();
     let id = c.place("D-1", "MUG-BLUE", 1, "tok_visa", "standard").await;
-    // The saga keeps retrying the authorization while finance is down.
+    // The saga keeps retrying its first finance call (the tax) while finance is down.
     let deadline = std::time::Instant::now() + T;
     loop {
         let saga = c.saga(&id).await;
@@ -176,8 +180,7 @@ async fn a_participant_down_then_back_lets_the_saga_finish() {
             s.timeline
                 .iter()
                 .filter(|e| {
-                    e.step == "authorize_payment"
-                        && e.outcome == StepOutcome::RetryableFailure as i32
+                    e.step == "apply_tax" && e.outcome == StepOutcome::RetryableFailure as i32
                 })
                 .count()
                 >= 2

@@ -21,6 +21,7 @@ pub struct Report {
     pub shipped: usize,
     pub units_shipped: i64,
     pub revenue_minor: i64,
+    pub tax_minor: i64,
     pub compensated: BTreeMap<String, usize>,
     pub parked: usize,
     pub carrier_retries: usize,
@@ -64,10 +65,11 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  shipped            {:>4}  ({} units, revenue {:.2} USD)",
+            "  shipped            {:>4}  ({} units, revenue {:.2} USD, sales tax {:.2} USD)",
             self.shipped,
             self.units_shipped,
-            self.revenue_minor as f64 / 100.0
+            self.revenue_minor as f64 / 100.0,
+            self.tax_minor as f64 / 100.0
         )?;
         for (reason, n) in &self.compensated {
             writeln!(f, "  compensated        {n:>4}  {reason}")?;
@@ -242,7 +244,10 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
                     .iter()
                     .map(|l| l.quantities.map_or(0, |q| q.shipped))
                     .sum::<i64>();
-                report.revenue_minor += o.total.map_or(0, |t| t.amount_minor);
+                // Revenue is what was sold; the tax collected with it is owed, not earned.
+                report.revenue_minor += o.total.map_or(0, |t| t.amount_minor)
+                    - o.tax_total.as_ref().map_or(0, |t| t.amount_minor);
+                report.tax_minor += o.tax_total.map_or(0, |t| t.amount_minor);
             }
             SagaStatus::Compensated => {
                 let reason = saga.last_error.split(':').next().unwrap_or("").to_owned();

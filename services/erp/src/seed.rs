@@ -34,6 +34,9 @@ pub const CATALOG: [(&str, &str, i64, i64); 3] = [
     ("LAMP-01", "Desk lamp", 2100, 1800),
 ];
 
+/// Sales tax of the `standard` class: (jurisdiction, basis points).
+pub const TAX_RATES: [(&str, i32); 2] = [("US-NJ", 663), ("US", 500)];
+
 /// (code, region, postal code, cost index)
 pub const WAREHOUSES: [(&str, &str, &str, i32); 3] = [
     ("east", "us-east", "07001", 2),
@@ -112,6 +115,21 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
                 })
                 .await?;
         }
+    }
+    // Sales tax: New Jersey's rate for the sample orders, a default for the rest of the US.
+    let mut finance = erp_proto::finance::finance_service_client::FinanceServiceClient::new(
+        channel(&peers.finance).await?,
+    );
+    for (jurisdiction, rate_bps) in TAX_RATES {
+        finance
+            .set_tax_rate(erp_proto::finance::SetTaxRateRequest {
+                rate: Some(erp_proto::finance::TaxRate {
+                    jurisdiction: jurisdiction.into(),
+                    tax_class: "standard".into(),
+                    rate_bps,
+                }),
+            })
+            .await?;
     }
     let mut carrier = CarrierServiceClient::new(channel(&peers.carrier).await?);
     let bands = |base: i64| -> Vec<RateBand> {

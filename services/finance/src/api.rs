@@ -3,7 +3,7 @@
 use erp_proto::common::{Money, SourceDocument};
 use erp_proto::finance::finance_service_server::FinanceService;
 use erp_proto::finance::*;
-use erp_runtime::error::{planned, respond};
+use erp_runtime::error::respond;
 use erp_runtime::idempotency::{self, Begun};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, to_timestamp};
@@ -598,9 +598,6 @@ fn declined(order_id: &str, reason: String) -> ApiError {
     err
 }
 
-/// Where the RPCs this service does not serve yet are planned.
-const PLANNED: &str = "the finance and procurement issue (#7)";
-
 #[tonic::async_trait]
 impl FinanceService for FinanceApi {
     async fn list_accounts(
@@ -819,16 +816,16 @@ impl FinanceService for FinanceApi {
 
     async fn set_tax_rate(
         &self,
-        _r: Request<SetTaxRateRequest>,
+        r: Request<SetTaxRateRequest>,
     ) -> Result<Response<SetTaxRateResponse>, Status> {
-        planned("SetTaxRate", PLANNED)
+        respond(FinanceApi::set_tax_rate(self, r.into_inner()).await)
     }
 
     async fn calculate_tax(
         &self,
-        _r: Request<CalculateTaxRequest>,
+        r: Request<CalculateTaxRequest>,
     ) -> Result<Response<CalculateTaxResponse>, Status> {
-        planned("CalculateTax", PLANNED)
+        respond(FinanceApi::calculate_tax(self, r.into_inner()).await)
     }
 
     async fn channel_profitability(

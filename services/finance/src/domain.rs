@@ -80,9 +80,67 @@ pub fn fake_authorize(token: &str, amount_minor: i64, idempotency_key: &str) -> 
     }
 }
 
+/// Tax on an amount at a rate in basis points, rounded half up to the minor unit (per line, as
+/// invoices show it).
+pub fn tax_minor(amount_minor: i64, rate_bps: i32) -> i64 {
+    let t = i128::from(amount_minor) * i128::from(rate_bps);
+    let rounded = if t >= 0 {
+        (t + 5_000) / 10_000
+    } else {
+        (t - 5_000) / 10_000
+    };
+    i64::try_from(rounded).unwrap_or(i64::MAX)
+}
+
+/// The jurisdictions a rate is looked up in, most specific first: `US-NJ`, then `US`.
+pub fn jurisdictions(jurisdiction: &str) -> Vec<String> {
+    let mut out = vec![jurisdiction.to_owned()];
+    if let Some((country, _)) = jurisdiction.split_once('-') {
+        out.push(country.to_owned());
+    }
+    out
+}
+
+/// `CC` or `CC-R`: an ISO country code, optionally with a region code of 1 to 3 letters or
+/// digits.
+pub fn valid_jurisdiction(j: &str) -> bool {
+    let (country, region) = match j.split_once('-') {
+        Some((c, r)) => (c, Some(r)),
+        None => (j, None),
+    };
+    country.len() == 2
+        && country.chars().all(|c| c.is_ascii_uppercase())
+        && region.is_none_or(|r| {
+            (1..=3).contains(&r.len())
+                && r.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tax_rounds_half_up_per_line() {
+        // 25.98 at 6.63% = 1.722474 -> 1.72; 0.75 at 10% = 0.075 -> 0.08.
+        assert_eq!(tax_minor(2598, 663), 172);
+        assert_eq!(tax_minor(75, 1000), 8);
+        assert_eq!(tax_minor(0, 700), 0);
+        assert_eq!(tax_minor(-75, 1000), -8, "a refund line mirrors its sale");
+    }
+
+    #[test]
+    fn jurisdictions_fall_back_to_the_country() {
+        assert_eq!(jurisdictions("US-NJ"), ["US-NJ", "US"]);
+        assert_eq!(jurisdictions("DE"), ["DE"]);
+        assert!(
+            valid_jurisdiction("US-NJ") && valid_jurisdiction("DE") && valid_jurisdiction("GB-ENG")
+        );
+        assert!(
+            !valid_jurisdiction("us") && !valid_jurisdiction("USA") && !valid_jurisdiction("US-")
+        );
+    }
 
     fn l(a: &str, d: i64, c: i64, cur: &str) -> Line {
         Line {

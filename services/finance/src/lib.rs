@@ -8,6 +8,7 @@ pub mod api;
 pub mod domain;
 pub mod settlement;
 pub mod store;
+pub mod tax;
 
 pub struct Service;
 

@@ -78,8 +78,14 @@ CREATE INDEX payments_order ON payments (order_id)",
 INSERT INTO accounts (code, name, account_type) VALUES
     ('4200', 'Sales refunds', 'revenue');
 ALTER TABLE payments ADD COLUMN charged_back_minor BIGINT NOT NULL DEFAULT 0;
-CREATE INDEX journal_lines_channel ON journal_lines (channel)",
-                drops: &[],
+CREATE INDEX journal_lines_channel ON journal_lines (channel);
+CREATE TABLE tax_rates (
+    jurisdiction TEXT NOT NULL,
+    tax_class TEXT NOT NULL,
+    rate_bps INTEGER NOT NULL CHECK (rate_bps >= 0 AND rate_bps <= 10000),
+    PRIMARY KEY (jurisdiction, tax_class)
+)",
+                drops: &["tax_rates"],
             }),
         ]
     }
@@ -131,4 +137,12 @@ entity!(payment, "payments", {
     pub provider_reference: String,
     pub decline_reason: String,
     pub created_at_ms: i64,
+});
+
+entity!(tax_rate, "tax_rates", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub jurisdiction: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub tax_class: String,
+    pub rate_bps: i32,
 });

@@ -214,3 +214,82 @@ async fn journal_and_payments_on_every_backend() {
         journal_and_payments(backend).await;
     }
 }
+
+async fn taxes(backend: Backend) {
+    let svc = testing::spawn::<erp_finance::Service>(&backend).await;
+    let mut c = FinanceServiceClient::new(svc.channel().await);
+    let err = c
+        .set_tax_rate(SetTaxRateRequest {
+            rate: Some(TaxRate {
+                jurisdiction: "usa".into(),
+                tax_class: String::new(),
+                rate_bps: 20_000,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        testing::bad_fields(&err),
+        ["rate.jurisdiction", "rate.tax_class", "rate.rate_bps"]
+    );
+    for (jurisdiction, rate_bps) in [("US", 500), ("US-NJ", 663), ("US-NJ", 663)] {
+        c.set_tax_rate(SetTaxRateRequest {
+            rate: Some(TaxRate {
+                jurisdiction: jurisdiction.into(),
+                tax_class: "standard".into(),
+                rate_bps,
+            }),
+        })
+        .await
+        .unwrap();
+    }
+    let line = |id: &str, class: &str, amount_minor| TaxableLine {
+        line_id: id.into(),
+        tax_class: class.into(),
+        amount: Some(Money {
+            amount_minor,
+            currency: "USD".into(),
+        }),
+    };
+    let calc = |jurisdiction: &str| CalculateTaxRequest {
+        jurisdiction: jurisdiction.into(),
+        lines: vec![line("l1", "standard", 2598), line("l2", "food", 1000)],
+    };
+    // New Jersey's own rate; food has no rate anywhere here, so it is not taxed.
+    let nj = c.calculate_tax(calc("US-NJ")).await.unwrap().into_inner();
+    let rates: Vec<_> = nj.lines.iter().map(|l| l.rate_bps).collect();
+    assert_eq!(rates, [663, 0]);
+    assert_eq!(nj.total_tax.unwrap().amount_minor, 172);
+    // California has no rate of its own: the country's applies.
+    let ca = c.calculate_tax(calc("US-CA")).await.unwrap().into_inner();
+    assert_eq!(ca.total_tax.unwrap().amount_minor, 130);
+    // Nothing configured for Germany.
+    let de = c.calculate_tax(calc("DE")).await.unwrap().into_inner();
+    assert_eq!(de.total_tax.unwrap().amount_minor, 0);
+    let err = c
+        .calculate_tax(CalculateTaxRequest {
+            jurisdiction: "US-NJ".into(),
+            lines: vec![line("l1", "standard", 100), {
+                let mut l = line("l2", "standard", -5);
+                l.amount.as_mut().unwrap().currency = "EUR".into();
+                l
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("lines[1].amount"),
+        "{}",
+        err.message()
+    );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tax_rates_by_jurisdiction_and_class_on_every_backend() {
+    for backend in testing::backends() {
+        taxes(backend).await;
+    }
+}

@@ -9,6 +9,9 @@ pub enum Step {
     /// Reads the order (and item costs, weights and channel fees). Its compensation fails or
     /// cancels the order with the reason: "cancel order" of the reference flow.
     LoadOrder,
+    /// Sales tax per line from finance's rate table, recorded on the order (v2): the amount
+    /// authorized and captured includes it.
+    ApplyTax,
     /// Chooses the warehouse that ships the order.
     Route,
     ReserveStock,
@@ -32,6 +35,7 @@ impl Step {
     pub fn name(self) -> &'static str {
         match self {
             Self::LoadOrder => "load_order",
+            Self::ApplyTax => "apply_tax",
             Self::Route => "route",
             Self::ReserveStock => "reserve_stock",
             Self::RecordAllocation => "record_allocation",
@@ -114,10 +118,12 @@ pub const FULFILLMENT_V1: &[Step] = &[
     Step::MarkShipped,
 ];
 
-/// Version 2: the label is bought after packing, for the packer's carton, and a stock exception
-/// at the warehouse re-routes the order (or backorders it) instead of stalling it.
+/// Version 2: sales tax is applied before anything is charged, the label is bought after
+/// packing, for the packer's carton, and a stock exception at the warehouse re-routes the order
+/// (or backorders it) instead of stalling it.
 pub const FULFILLMENT_V2: &[Step] = &[
     Step::LoadOrder,
+    Step::ApplyTax,
     Step::Route,
     Step::ReserveStock,
     Step::RecordAllocation,

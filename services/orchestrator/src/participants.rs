@@ -102,6 +102,11 @@ pub struct OrderSnapshot {
     pub payment_method_token: String,
     pub postal_code: String,
     pub country_code: String,
+    /// Where sales tax applies: `US-NJ` (country and region of the ship-to address).
+    pub jurisdiction: String,
+    /// Total before tax, and the tax applied; `total_minor` includes it.
+    pub subtotal_minor: i64,
+    pub tax_minor: i64,
     pub commission_bps: i32,
     pub fixed_fee_minor: i64,
     pub lines: Vec<LineSnapshot>,
@@ -115,6 +120,7 @@ pub struct LineSnapshot {
     pub unit_price_minor: i64,
     pub unit_cost_minor: i64,
     pub weight_grams: i64,
+    pub tax_class: String,
 }
 
 /// How a step failed.
@@ -230,6 +236,7 @@ impl Participants {
         let k = key(saga_id, ctx.round, step, true);
         match step {
             Step::LoadOrder => self.load_order(ctx, t).await,
+            Step::ApplyTax => self.apply_tax(&k, ctx, t).await,
             Step::Route => self.route(ctx, t).await,
             Step::ReserveStock => {
                 let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
@@ -667,14 +674,25 @@ impl Participants {
                 unit_price_minor: l.unit_price.as_ref().map_or(0, |p| p.amount_minor),
                 unit_cost_minor: item.unit_cost.map_or(0, |c| c.amount_minor),
                 weight_grams: item.weight_grams,
+                tax_class: item.tax_class,
             });
         }
         let ship_to = o.ship_to.unwrap_or_default();
+        let total_minor = o.total.map_or(0, |m| m.amount_minor);
+        let tax_minor = o.tax_total.map_or(0, |m| m.amount_minor);
+        let jurisdiction = match (ship_to.country_code.trim(), ship_to.region.trim()) {
+            ("", _) => String::new(),
+            (country, "") => country.to_uppercase(),
+            (country, region) => format!("{}-{}", country.to_uppercase(), region.to_uppercase()),
+        };
         ctx.order = Some(OrderSnapshot {
             order_id: o.order_id,
             channel: o.channel,
             currency: o.currency,
-            total_minor: o.total.map_or(0, |m| m.amount_minor),
+            total_minor,
+            subtotal_minor: total_minor - tax_minor,
+            tax_minor,
+            jurisdiction,
             service_level: o.service_level,
             payment_method_token: o.payment_method_token,
             postal_code: ship_to.postal_code,
@@ -683,6 +701,65 @@ impl Participants {
             fixed_fee_minor: channel.map_or(0, |c| c.fixed_fee_minor),
             lines,
         });
+        Ok(())
+    }
+
+    /// Asks finance for each line's tax where the order ships to, records it on the order, and
+    /// makes it part of what is authorized and captured.
+    async fn apply_tax(&self, key: &str, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
+        let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+        if o.jurisdiction.is_empty() || o.lines.is_empty() {
+            return Ok(());
+        }
+        let calc = self
+            .finance
+            .clone()
+            .calculate_tax(req(
+                finance::CalculateTaxRequest {
+                    jurisdiction: o.jurisdiction.clone(),
+                    lines: o
+                        .lines
+                        .iter()
+                        .map(|l| finance::TaxableLine {
+                            line_id: l.line_id.clone(),
+                            tax_class: if l.tax_class.is_empty() {
+                                "standard".into()
+                            } else {
+                                l.tax_class.clone()
+                            },
+                            amount: money(l.unit_price_minor * l.quantity, &o.currency),
+                        })
+                        .collect(),
+                },
+                t,
+            ))
+            .await?
+            .into_inner();
+        self.order
+            .clone()
+            .record_tax(req(
+                order::RecordTaxRequest {
+                    idempotency_key: key.to_owned(),
+                    order_id: o.order_id.clone(),
+                    jurisdiction: o.jurisdiction.clone(),
+                    lines: calc
+                        .lines
+                        .iter()
+                        .map(|l| order::LineTaxAmount {
+                            line_id: l.line_id.clone(),
+                            rate_bps: l.rate_bps,
+                            tax: l.tax.clone(),
+                        })
+                        .collect(),
+                },
+                t,
+            ))
+            .await?;
+        let tax = calc.total_tax.map_or(0, |m| m.amount_minor);
+        if let Some(o) = ctx.order.as_mut() {
+            o.tax_minor = tax;
+            o.total_minor = o.subtotal_minor + tax;
+        }
         Ok(())
     }
 
@@ -833,16 +910,21 @@ pub fn journal_lines(o: &OrderSnapshot, label_cost_minor: i64) -> Vec<finance::J
         order_id: o.order_id.clone(),
         memo: memo.into(),
     };
+    // The customer paid the total; the tax in it is owed to the tax authority, not earned.
     let mut lines = vec![
         line("1200", o.total_minor, 0, "payment captured"),
-        line("4000", 0, o.total_minor, "sales revenue"),
+        line("4000", 0, o.total_minor - o.tax_minor, "sales revenue"),
     ];
+    if o.tax_minor > 0 {
+        lines.push(line("2200", 0, o.tax_minor, "sales tax collected"));
+    }
     let cogs: i64 = o.lines.iter().map(|l| l.unit_cost_minor * l.quantity).sum();
     if cogs > 0 {
         lines.push(line("5000", cogs, 0, "cost of goods sold"));
         lines.push(line("1300", 0, cogs, "inventory shipped"));
     }
-    let fees = o.total_minor * i64::from(o.commission_bps) / 10_000 + o.fixed_fee_minor;
+    let fees =
+        (o.total_minor - o.tax_minor) * i64::from(o.commission_bps) / 10_000 + o.fixed_fee_minor;
     if fees > 0 {
         lines.push(line("5100", fees, 0, "channel commission and fees"));
         lines.push(line("1200", 0, fees, "fees withheld from payout"));
@@ -879,6 +961,30 @@ mod tests {
         let c: i64 = lines.iter().map(|l| l.credit_minor).sum();
         assert_eq!(d, c);
         assert_eq!(lines.len(), 8);
+    }
+
+    #[test]
+    fn tax_is_owed_not_earned() {
+        let o = OrderSnapshot {
+            order_id: "o".into(),
+            channel: "web".into(),
+            currency: "USD".into(),
+            subtotal_minor: 2598,
+            tax_minor: 172,
+            total_minor: 2770,
+            ..Default::default()
+        };
+        let lines = journal_lines(&o, 0);
+        let amount = |account: &str| -> i64 {
+            lines
+                .iter()
+                .filter(|l| l.account_code == account)
+                .map(|l| l.credit_minor - l.debit_minor)
+                .sum()
+        };
+        assert_eq!(amount("1200"), -2770, "the customer paid the total");
+        assert_eq!(amount("4000"), 2598, "revenue is the subtotal");
+        assert_eq!(amount("2200"), 172, "the tax is owed");
     }
 
     #[test]

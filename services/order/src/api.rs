@@ -183,6 +183,11 @@ fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
                         returned: q.returned,
                     }),
                     location: l.location,
+                    tax: Some(Money {
+                        amount_minor: l.tax_minor,
+                        currency: o.currency.clone(),
+                    }),
+                    tax_rate_bps: l.tax_rate_bps,
                 }
             })
             .collect(),
@@ -190,7 +195,7 @@ fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
         status_reason: o.status_reason,
         total: Some(Money {
             amount_minor: o.total_minor,
-            currency: o.currency,
+            currency: o.currency.clone(),
         }),
         created_at: Some(to_timestamp(o.created_at_ms)),
         updated_at: Some(to_timestamp(o.updated_at_ms)),
@@ -198,6 +203,11 @@ fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
         routing_decisions: vec![],
         payment_method_token: o.payment_method_token,
         tracking_number: o.tracking_number,
+        tax_total: Some(Money {
+            amount_minor: o.tax_minor,
+            currency: o.currency.clone(),
+        }),
+        tax_jurisdiction: o.tax_jurisdiction,
     }
 }
 
@@ -461,6 +471,8 @@ impl OrderApi {
             status_reason: Set(String::new()),
             tracking_number: Set(String::new()),
             payment_method_token: Set(req.payment_method_token.clone()),
+            tax_minor: Set(0),
+            tax_jurisdiction: Set(String::new()),
             created_at_ms: Set(now),
             updated_at_ms: Set(now),
         }
@@ -482,6 +494,8 @@ impl OrderApi {
                     cancelled: Set(0),
                     returned: Set(0),
                     location: Set(String::new()),
+                    tax_minor: Set(0),
+                    tax_rate_bps: Set(0),
                 }
                 .insert(&txn)
                 .await?,
@@ -705,6 +719,87 @@ impl OrderApi {
         Ok(response)
     }
 
+    async fn record_tax(&self, req: RecordTaxRequest) -> ApiResult<RecordTaxResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.id("order_id", &req.order_id);
+        v.text("jurisdiction", &req.jurisdiction, 16);
+        v.check(!req.lines.is_empty(), "lines", "must not be empty");
+        for (i, l) in req.lines.iter().enumerate() {
+            v.id(&format!("lines[{i}].line_id"), &l.line_id);
+            v.check(
+                (0..=10_000).contains(&l.rate_bps),
+                format!("lines[{i}].rate_bps"),
+                "must be 0..=10000",
+            );
+            v.non_negative(
+                &format!("lines[{i}].tax.amount_minor"),
+                l.tax.as_ref().map_or(-1, |t| t.amount_minor),
+            );
+        }
+        v.finish()?;
+        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.RecordTax", req);
+        let (o, lines) = load(&txn, &req.order_id).await?;
+        if matches!(
+            OrderState::parse(&o.status),
+            Some(
+                OrderState::Shipped
+                    | OrderState::PartiallyShipped
+                    | OrderState::Cancelled
+                    | OrderState::Failed
+                    | OrderState::Returned
+            )
+        ) {
+            return Err(ApiError::precondition(
+                "TAX_LOCKED",
+                format!(
+                    "order {} is {}: its tax can no longer change",
+                    o.order_id, o.status
+                ),
+            ));
+        }
+        let mut v = Violations::new();
+        let mut tax_total: i64 = 0;
+        for (i, l) in req.lines.iter().enumerate() {
+            let t = l.tax.clone().unwrap_or_default();
+            v.check(
+                lines.iter().any(|x| x.line_id == l.line_id),
+                format!("lines[{i}].line_id"),
+                "is not a line of the order",
+            );
+            v.check(
+                t.currency == o.currency,
+                format!("lines[{i}].tax.currency"),
+                format!("the order is in {}", o.currency),
+            );
+            tax_total = tax_total.saturating_add(t.amount_minor);
+        }
+        v.finish()?;
+        let mut saved = Vec::with_capacity(lines.len());
+        for l in lines {
+            let given = req.lines.iter().find(|x| x.line_id == l.line_id);
+            let mut am: line::ActiveModel = l.clone().into();
+            am.tax_minor = Set(given
+                .and_then(|g| g.tax.as_ref())
+                .map_or(0, |t| t.amount_minor));
+            am.tax_rate_bps = Set(given.map_or(0, |g| g.rate_bps));
+            saved.push(am.update(&txn).await?);
+        }
+        // The total is the subtotal plus the tax now recorded (replacing any earlier figure).
+        let subtotal = o.total_minor - o.tax_minor;
+        let mut am: order::ActiveModel = o.into();
+        am.tax_minor = Set(tax_total);
+        am.tax_jurisdiction = Set(req.jurisdiction.clone());
+        am.total_minor = Set(subtotal.saturating_add(tax_total));
+        am.updated_at_ms = Set(now_ms());
+        let o = am.update(&txn).await?;
+        let response = RecordTaxResponse {
+            order: Some(order_to_wire(o, saved)),
+        };
+        guard.commit(txn, &response).await?;
+        Ok(response)
+    }
+
     async fn mark_failed(&self, req: MarkFailedRequest) -> ApiResult<MarkFailedResponse> {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
@@ -826,6 +921,13 @@ impl OrderService for OrderApi {
         r: Request<MarkShippedRequest>,
     ) -> Result<Response<MarkShippedResponse>, Status> {
         respond(self.mark_shipped(r.into_inner()).await)
+    }
+
+    async fn record_tax(
+        &self,
+        r: Request<RecordTaxRequest>,
+    ) -> Result<Response<RecordTaxResponse>, Status> {
+        respond(self.record_tax(r.into_inner()).await)
     }
 
     async fn mark_failed(

@@ -66,6 +66,15 @@ CREATE TABLE order_lines (
                 up: "ALTER TABLE orders ADD COLUMN payment_method_token TEXT NOT NULL DEFAULT ''",
                 drops: &[],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000003_order_tax",
+                up: r"
+ALTER TABLE orders ADD COLUMN tax_minor BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE orders ADD COLUMN tax_jurisdiction TEXT NOT NULL DEFAULT '';
+ALTER TABLE order_lines ADD COLUMN tax_minor BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE order_lines ADD COLUMN tax_rate_bps INTEGER NOT NULL DEFAULT 0",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -121,6 +130,9 @@ pub mod order {
         /// Opaque token of the payment method (never card data).
         pub payment_method_token: String,
         pub updated_at_ms: i64,
+        /// Included in `total_minor`.
+        pub tax_minor: i64,
+        pub tax_jurisdiction: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -148,6 +160,8 @@ pub mod line {
         pub cancelled: i64,
         pub returned: i64,
         pub location: String,
+        pub tax_minor: i64,
+        pub tax_rate_bps: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -83,6 +83,60 @@ async fn lifecycle(backend: Backend) {
         .unwrap();
     }
 
+    // Tax recorded on the lines: the total becomes subtotal plus tax; recording again replaces
+    // the figures; a line of another order is refused.
+    let taxed = c
+        .create_order(order("web", "TAX-1", 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(taxed.total.as_ref().unwrap().amount_minor, 2 * 1200 + 900);
+    let tax = |key: &str, amounts: [i64; 2]| RecordTaxRequest {
+        idempotency_key: key.into(),
+        order_id: taxed.order_id.clone(),
+        jurisdiction: "US-VA".into(),
+        lines: taxed
+            .lines
+            .iter()
+            .zip(amounts)
+            .map(|(l, amount_minor)| LineTaxAmount {
+                line_id: l.line_id.clone(),
+                rate_bps: 530,
+                tax: Some(Money {
+                    amount_minor,
+                    currency: "USD".into(),
+                }),
+            })
+            .collect(),
+    };
+    let once = c
+        .record_tax(tax("t1", [127, 48]))
+        .await
+        .unwrap()
+        .into_inner();
+    let o = once.order.unwrap();
+    assert_eq!(o.tax_total.unwrap().amount_minor, 175);
+    assert_eq!(o.total.unwrap().amount_minor, 3300 + 175);
+    assert_eq!(o.lines[0].tax.as_ref().unwrap().amount_minor, 127);
+    assert_eq!(o.tax_jurisdiction, "US-VA");
+    let again = c
+        .record_tax(tax("t2", [100, 50]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.order.unwrap().total.unwrap().amount_minor, 3300 + 150);
+    let mut stray = tax("t3", [1, 1]);
+    stray.lines[0].line_id = uuid::Uuid::now_v7().to_string();
+    let err = c.record_tax(stray).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("lines[0].line_id"),
+        "{}",
+        err.message()
+    );
+
     // Every bad field is named at once.
     let mut bad = order("web", "", 0);
     bad.currency = "usd".into();

@@ -518,13 +518,6 @@ impl ProcurementApi {
         at: i64,
     ) -> ApiResult<bool> {
         let txn = self.db.begin().await?;
-        if receipt::Entity::find_by_id(receipt_id.to_owned())
-            .one(&txn)
-            .await?
-            .is_some()
-        {
-            return Ok(false);
-        }
         let Some(p) = po::Entity::find_by_id(purchase_order_id.to_owned())
             .one(&txn)
             .await?
@@ -535,14 +528,37 @@ impl ProcurementApi {
             .filter(po_line::Column::PurchaseOrderId.eq(purchase_order_id))
             .all(&txn)
             .await?;
-        let mut costed = Vec::new();
+        let costed: Vec<serde_json::Value> = received
+            .iter()
+            .filter_map(|(sku, quantity)| {
+                let l = lines.iter().find(|l| &l.sku == sku)?;
+                Some(serde_json::json!({ "sku": sku, "quantity": quantity, "unit_cost_minor": l.unit_cost_minor }))
+            })
+            .collect();
+        // The receipt row first, claiming the receipt: the API call that recorded it and the
+        // consumer of the warehouse's event race to apply it, and exactly one of them does.
+        let claimed = receipt::Entity::insert(receipt::ActiveModel {
+            receipt_id: Set(receipt_id.to_owned()),
+            purchase_order_id: Set(purchase_order_id.to_owned()),
+            lines: Set(serde_json::Value::Array(costed.clone()).to_string()),
+            received_at_ms: Set(at),
+        })
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::column(receipt::Column::ReceiptId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        if claimed == 0 {
+            return Ok(false);
+        }
         for (sku, quantity) in received {
             if let Some(l) = lines.iter_mut().find(|l| &l.sku == sku) {
                 l.received_quantity += quantity;
                 let mut am: po_line::ActiveModel = l.clone().into();
                 am.received_quantity = Set(l.received_quantity);
                 am.update(&txn).await?;
-                costed.push(serde_json::json!({ "sku": sku, "quantity": quantity, "unit_cost_minor": l.unit_cost_minor }));
             }
         }
         let complete = lines.iter().all(|l| l.received_quantity >= l.quantity);
@@ -557,14 +573,6 @@ impl ProcurementApi {
             am.received_at_ms = Set(Some(at));
         }
         am.update(&txn).await?;
-        receipt::ActiveModel {
-            receipt_id: Set(receipt_id.to_owned()),
-            purchase_order_id: Set(purchase_order_id.to_owned()),
-            lines: Set(serde_json::Value::Array(costed.clone()).to_string()),
-            received_at_ms: Set(at),
-        }
-        .insert(&txn)
-        .await?;
         // Finance values the receipt (cost, landed cost) from this.
         outbox::enqueue(
             &txn,

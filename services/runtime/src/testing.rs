@@ -59,6 +59,15 @@ pub fn redis_url() -> Option<String> {
     }
 }
 
+/// The fields an INVALID_ARGUMENT names in its `google.rpc.BadRequest`, in order.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
 /// `n` distinct free ports on 127.0.0.1 for processes a test starts: all bound at once (so they
 /// differ), released on return, just before the processes bind them.
 pub fn free_ports(n: usize) -> Vec<u16> {
