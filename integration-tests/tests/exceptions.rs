@@ -180,6 +180,7 @@ async fn short_pick_backorders(backend: Backend) {
             quantity: 1,
             source: None,
             from_inbound: false,
+            unit_cost: None,
         })
         .await
         .unwrap();
@@ -242,6 +243,7 @@ async fn short_pick_backorders(backend: Backend) {
             sku: "RARE-1".into(),
             quantity: 3,
             damaged_quantity: 1,
+            unit_cost: None,
         }],
     };
     let first = c.warehouse.record_receipt(receipt.clone()).await.unwrap();

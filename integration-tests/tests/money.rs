@@ -144,7 +144,9 @@ async fn money_after_shipment(backend: Backend) {
         .unwrap_err();
     assert_eq!(status_reason(&err).as_deref(), Some("OVER_CHARGEBACK"));
 
-    // Profitability per channel adds up to the journal's profit and loss.
+    // Profitability per channel adds up to the journal's profit and loss (once the cost of the
+    // goods shipped, posted from inventory's events, is in the books).
+    c.assert_inventory_in_books().await;
     let tb = balances(&mut c).await;
     let pnl: i64 = tb
         .iter()

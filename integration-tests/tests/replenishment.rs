@@ -89,6 +89,7 @@ async fn replenish(backend: Backend) {
             quantity: 20,
             source: None,
             from_inbound: false,
+            unit_cost: None,
         })
         .await
         .unwrap();
@@ -305,6 +306,7 @@ async fn replenish(backend: Backend) {
                 sku: "WIDGET".into(),
                 quantity: 36,
                 damaged_quantity: 0,
+                unit_cost: None,
             }],
         })
         .await

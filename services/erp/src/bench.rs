@@ -48,6 +48,7 @@ pub async fn stock_up(c: &mut Clients, units: i64) -> anyhow::Result<()> {
                     quantity: units,
                     source: None,
                     from_inbound: false,
+                    unit_cost: None,
                 })
                 .await?;
         }
@@ -338,6 +339,7 @@ pub async fn flash_sale(
         quantity: units,
         source: None,
         from_inbound: false,
+        unit_cost: None,
     })
     .await?;
 

@@ -40,6 +40,9 @@ pub struct Report {
     pub ledger_consistent: bool,
     pub journal_balanced: bool,
     pub revenue_in_ledger_minor: i64,
+    /// Inventory at moving-average cost, and the inventory asset account.
+    pub stock_value_minor: i64,
+    pub stock_in_ledger_minor: i64,
     pub elapsed: Duration,
 }
 
@@ -51,6 +54,7 @@ impl Report {
             && self.ledger_consistent
             && self.journal_balanced
             && self.revenue_in_ledger_minor == self.revenue_minor
+            && self.stock_value_minor == self.stock_in_ledger_minor
     }
 }
 
@@ -103,11 +107,18 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(f, "  stock ledger replay: {}", ok(self.ledger_consistent))?;
         writeln!(f, "  journal balanced:    {}", ok(self.journal_balanced))?;
-        write!(
+        writeln!(
             f,
             "  revenue in ledger  +{:.2} USD: {}",
             self.revenue_in_ledger_minor as f64 / 100.0,
             ok(self.revenue_in_ledger_minor == self.revenue_minor)
+        )?;
+        write!(
+            f,
+            "  inventory asset    {:.2} USD, stock valued {:.2} USD: {}",
+            self.stock_in_ledger_minor as f64 / 100.0,
+            self.stock_value_minor as f64 / 100.0,
+            ok(self.stock_value_minor == self.stock_in_ledger_minor)
         )
     }
 }
@@ -320,6 +331,34 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
         .into_inner();
     report.journal_balanced = tb.balanced;
     report.revenue_in_ledger_minor = ledger_revenue(&mut c).await? - revenue_before;
+    // The cost of what shipped reaches the books through inventory's events: give them a moment.
+    for _ in 0..100 {
+        let valued: i64 = c
+            .inventory
+            .get_valuation(inventory::GetValuationRequest { skus: vec![] })
+            .await?
+            .into_inner()
+            .totals
+            .iter()
+            .map(|m| m.amount_minor)
+            .sum();
+        let asset: i64 = c
+            .finance
+            .get_trial_balance(finance::GetTrialBalanceRequest {})
+            .await?
+            .into_inner()
+            .rows
+            .iter()
+            .filter(|r| r.account_code == "1300")
+            .map(|r| r.balance_minor)
+            .sum();
+        report.stock_value_minor = valued;
+        report.stock_in_ledger_minor = asset;
+        if valued == asset {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }

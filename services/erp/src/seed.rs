@@ -112,6 +112,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
                     quantity,
                     source: None,
                     from_inbound: false,
+                    unit_cost: None,
                 })
                 .await?;
         }

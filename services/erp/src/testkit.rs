@@ -290,9 +290,70 @@ impl Clients {
         (on_hand, reserved)
     }
 
+    /// Waits until the books have caught up with the stock (finance posts inventory's value
+    /// changes from its events), then checks that the inventory asset account equals the
+    /// valued stock and that the valued quantities are the owned ones (on hand and quarantined)
+    /// of every item. Returns the asset balance.
+    pub async fn assert_inventory_in_books(&mut self) -> i64 {
+        let mut last = String::new();
+        for _ in 0..200 {
+            let valuation = self
+                .inventory
+                .get_valuation(inventory::GetValuationRequest { skus: vec![] })
+                .await
+                .expect("valuation")
+                .into_inner();
+            let valued: i64 = valuation.totals.iter().map(|m| m.amount_minor).sum();
+            let asset: i64 = self
+                .finance
+                .get_trial_balance(finance::GetTrialBalanceRequest {})
+                .await
+                .expect("trial balance")
+                .into_inner()
+                .rows
+                .iter()
+                .filter(|r| r.account_code == "1300")
+                .map(|r| r.balance_minor)
+                .sum();
+            let mut quantities_agree = true;
+            for item in &valuation.items {
+                let owned: i64 = self
+                    .inventory
+                    .get_stock(inventory::GetStockRequest {
+                        sku: item.sku.clone(),
+                        location: String::new(),
+                    })
+                    .await
+                    .expect("stock")
+                    .into_inner()
+                    .levels
+                    .iter()
+                    .map(|l| l.on_hand + l.quarantined)
+                    .sum();
+                if owned != item.quantity {
+                    quantities_agree = false;
+                    last = format!(
+                        "{}: valued {} units, owned {owned}",
+                        item.sku, item.quantity
+                    );
+                }
+            }
+            if asset == valued && quantities_agree {
+                return asset;
+            }
+            if asset != valued {
+                last = format!("inventory asset {asset} in the ledger, valued stock {valued}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the books do not agree with the stock after 10 s: {last}");
+    }
+
     /// The invariants that must hold after any scenario: the stock ledger replays to the
-    /// buckets, the journal balances, reserved stock equals the active reservations.
+    /// buckets, the journal balances, reserved stock equals the active reservations, the
+    /// inventory asset equals the valued stock.
     pub async fn assert_reconciled(&mut self) {
+        self.assert_inventory_in_books().await;
         let verify = self
             .inventory
             .verify_ledger(inventory::VerifyLedgerRequest {})

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod settlement;
 pub mod store;
 pub mod tax;
+pub mod valuation;
 
 pub struct Service;
 
@@ -22,13 +23,27 @@ impl erp_runtime::Service for Service {
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_secs(10))
             .connect_lazy();
-        let api = api::FinanceApi::new(
+        let api = std::sync::Arc::new(api::FinanceApi::new(
             ctx.db.clone(),
             ctx.outbox.clone(),
             erp_proto::order::order_service_client::OrderServiceClient::new(orders),
-        );
+        ));
+        // Inventory's value changes become journal entries.
+        let consumer = api.clone();
+        ctx.bus
+            .subscribe(
+                "inventory.stock_changed",
+                "finance",
+                erp_runtime::bus::handler(move |event: erp_runtime::bus::Event| {
+                    let api = consumer.clone();
+                    async move { api.on_stock_changed(&event).await }
+                }),
+                ctx.shutdown.clone(),
+                &ctx.tasks,
+            )
+            .await?;
         Ok(tonic::service::Routes::new(
-            erp_proto::finance::finance_service_server::FinanceServiceServer::new(api),
+            erp_proto::finance::finance_service_server::FinanceServiceServer::from_arc(api),
         ))
     }
 }

@@ -15,7 +15,9 @@ use sea_orm::{
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, ReservationState as DomainState};
-use crate::store::entities::{item, ledger, location, reservation, stock_level};
+use crate::store::entities::{
+    item, item_value, ledger, location, receipt_cost, reservation, stock_level,
+};
 use crate::store::{Source, Store, levels};
 
 pub struct InventoryApi {
@@ -380,7 +382,13 @@ impl InventoryApi {
     }
 
     async fn receive_stock(&self, req: ReceiveStockRequest) -> ApiResult<ReceiveStockResponse> {
-        movement(&req.idempotency_key, &req.sku, &req.location, req.quantity).finish()?;
+        let mut v = movement(&req.idempotency_key, &req.sku, &req.location, req.quantity);
+        if let Some(cost) = &req.unit_cost {
+            v.non_negative("unit_cost.amount_minor", cost.amount_minor);
+            v.currency("unit_cost.currency", &cost.currency);
+        }
+        v.finish()?;
+        let unit_cost = req.unit_cost.as_ref().map(|c| c.amount_minor);
         idempotent!(self, "inventory.ReceiveStock", req, |txn| {
             let source = source_of(req.source.as_ref(), "receipt", "receiving");
             let mut changes = vec![(domain::Bucket::OnHand, req.quantity)];
@@ -405,8 +413,21 @@ impl InventoryApi {
             }
             let level = self
                 .store
-                .change(&txn, &req.sku, &req.location, &changes, reason, &source)
+                .change_valued(
+                    &txn,
+                    &req.sku,
+                    &req.location,
+                    &changes,
+                    reason,
+                    &source,
+                    unit_cost,
+                )
                 .await?;
+            if reason == domain::Reason::Receipt && !source.id.is_empty() {
+                self.store
+                    .record_receipt_cost(&txn, &source, &req.sku, req.quantity, unit_cost)
+                    .await?;
+            }
             ReceiveStockResponse {
                 level: Some(level_to_wire(&level)),
             }
@@ -793,6 +814,163 @@ impl InventoryApi {
         })
     }
 
+    async fn get_valuation(&self, req: GetValuationRequest) -> ApiResult<GetValuationResponse> {
+        let mut v = Violations::new();
+        for (i, sku) in req.skus.iter().enumerate() {
+            v.code(&format!("skus[{i}]"), sku);
+        }
+        v.finish()?;
+        let mut q = item_value::Entity::find().order_by_asc(item_value::Column::Sku);
+        if !req.skus.is_empty() {
+            q = q.filter(item_value::Column::Sku.is_in(req.skus.clone()));
+        }
+        let rows = q.all(&self.store.db).await?;
+        let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
+        let items = rows
+            .into_iter()
+            .map(|r| {
+                *totals.entry(r.currency.clone()).or_default() += r.value_minor;
+                let money = |amount_minor| {
+                    Some(erp_proto::common::Money {
+                        amount_minor,
+                        currency: r.currency.clone(),
+                    })
+                };
+                ItemValuation {
+                    unit_cost: money(if r.quantity > 0 {
+                        r.value_minor / r.quantity
+                    } else {
+                        0
+                    }),
+                    value: money(r.value_minor),
+                    quantity: r.quantity,
+                    sku: r.sku,
+                }
+            })
+            .collect();
+        Ok(GetValuationResponse {
+            items,
+            totals: totals
+                .into_iter()
+                .map(|(currency, amount_minor)| erp_proto::common::Money {
+                    amount_minor,
+                    currency,
+                })
+                .collect(),
+        })
+    }
+
+    async fn allocate_landed_cost(
+        &self,
+        req: AllocateLandedCostRequest,
+    ) -> ApiResult<AllocateLandedCostResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        let receipt = req.receipt.clone().unwrap_or_default();
+        v.text("receipt.kind", &receipt.kind, 50);
+        v.text("receipt.id", &receipt.id, 100);
+        v.check(!req.charges.is_empty(), "charges", "must not be empty");
+        for (i, c) in req.charges.iter().enumerate() {
+            v.text(&format!("charges[{i}].kind"), &c.kind, 50);
+            let a = c.amount.clone().unwrap_or_default();
+            v.positive(&format!("charges[{i}].amount.amount_minor"), a.amount_minor);
+            v.currency(&format!("charges[{i}].amount.currency"), &a.currency);
+        }
+        let basis = AllocationBasis::try_from(req.basis).unwrap_or_default();
+        v.check(
+            basis != AllocationBasis::Unspecified,
+            "basis",
+            "must be VALUE, QUANTITY or WEIGHT",
+        );
+        v.finish()?;
+        idempotent!(self, "inventory.AllocateLandedCost", req, |txn| {
+            let lines = receipt_cost::Entity::find()
+                .filter(receipt_cost::Column::SourceKind.eq(&receipt.kind))
+                .filter(receipt_cost::Column::SourceId.eq(&receipt.id))
+                .order_by_asc(receipt_cost::Column::Sku)
+                .all(&txn)
+                .await?;
+            if lines.is_empty() {
+                return Err(ApiError::precondition(
+                    "NO_SUCH_RECEIPT",
+                    format!("nothing was received for {} {}", receipt.kind, receipt.id),
+                ));
+            }
+            let currency = req
+                .charges
+                .first()
+                .and_then(|c| c.amount.as_ref())
+                .map(|a| a.currency.clone())
+                .unwrap_or_default();
+            let mut total = 0i64;
+            for (i, c) in req.charges.iter().enumerate() {
+                let a = c.amount.clone().unwrap_or_default();
+                if a.currency != currency {
+                    return Err(ApiError::invalid(
+                        format!("charges[{i}].amount.currency"),
+                        "one currency per allocation",
+                    ));
+                }
+                total = total.saturating_add(a.amount_minor);
+            }
+            let mut weights = Vec::with_capacity(lines.len());
+            for l in &lines {
+                weights.push(match basis {
+                    AllocationBasis::Value => l.quantity.saturating_mul(l.unit_cost_minor),
+                    AllocationBasis::Quantity => l.quantity,
+                    _ => {
+                        let grams = item::Entity::find_by_id(l.sku.clone())
+                            .one(&txn)
+                            .await?
+                            .map_or(0, |i| i.weight_grams);
+                        l.quantity.saturating_mul(grams)
+                    }
+                });
+            }
+            let parts = crate::store::valuation::allocate(total, &weights);
+            let mut out = Vec::with_capacity(lines.len());
+            for (l, part) in lines.iter().zip(parts) {
+                let (capitalized, item_currency) =
+                    self.store.capitalize(&txn, &l.sku, part).await?;
+                if item_currency != currency {
+                    return Err(ApiError::precondition(
+                        "CURRENCY_MISMATCH",
+                        format!(
+                            "{} is valued in {item_currency}, the charges are in {currency}",
+                            l.sku
+                        ),
+                    ));
+                }
+                self.store
+                    .landed_cost_event(&txn, &l.sku, part, &currency, capitalized, &receipt)
+                    .await?;
+                let after = item_value::Entity::find_by_id(l.sku.clone())
+                    .one(&txn)
+                    .await?
+                    .map_or(0, |v| {
+                        if v.quantity > 0 {
+                            v.value_minor / v.quantity
+                        } else {
+                            0
+                        }
+                    });
+                let money = |amount_minor| {
+                    Some(erp_proto::common::Money {
+                        amount_minor,
+                        currency: currency.clone(),
+                    })
+                };
+                out.push(LandedCostLine {
+                    sku: l.sku.clone(),
+                    allocated: money(part),
+                    unit_cost_after: money(after),
+                    capitalized,
+                });
+            }
+            AllocateLandedCostResponse { lines: out }
+        })
+    }
+
     async fn verify_ledger(&self) -> ApiResult<VerifyLedgerResponse> {
         let (entries, mismatches) = self.store.verify_ledger(&self.store.db).await?;
         Ok(VerifyLedgerResponse {
@@ -1022,6 +1200,20 @@ impl InventoryService for InventoryApi {
         request: Request<ListLedgerEntriesRequest>,
     ) -> Result<Response<ListLedgerEntriesResponse>, Status> {
         respond(self.list_ledger_entries(request.into_inner()).await)
+    }
+
+    async fn get_valuation(
+        &self,
+        request: Request<GetValuationRequest>,
+    ) -> Result<Response<GetValuationResponse>, Status> {
+        respond(self.get_valuation(request.into_inner()).await)
+    }
+
+    async fn allocate_landed_cost(
+        &self,
+        request: Request<AllocateLandedCostRequest>,
+    ) -> Result<Response<AllocateLandedCostResponse>, Status> {
+        respond(self.allocate_landed_cost(request.into_inner()).await)
     }
 
     async fn verify_ledger(

@@ -406,6 +406,10 @@ async fn coalesce<C: ConnectionTrait>(
                 available: after.on_hand - after.reserved - total,
                 reason: Reason::Reservation.as_str(),
                 on_hand_delta: 0,
+                value_delta_minor: 0,
+                currency: "",
+                source_kind: "",
+                source_id: "",
             },
         )
         .await?;

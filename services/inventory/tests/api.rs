@@ -52,6 +52,7 @@ async fn seed(client: &mut InventoryServiceClient<Channel>, on_hand: i64) {
             quantity: on_hand,
             source: None,
             from_inbound: false,
+            unit_cost: None,
         })
         .await
         .unwrap();
@@ -439,6 +440,7 @@ async fn transfers_counts_returns(backend: Backend) {
             id: t.transfer_id.clone(),
         }),
         from_inbound: true,
+        unit_cost: None,
     };
     let err = c.receive_stock(receipt("rx0", 7)).await.unwrap_err();
     assert_eq!(status_reason(&err).as_deref(), Some("TRANSFER_STATE"));

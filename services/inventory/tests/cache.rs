@@ -64,6 +64,7 @@ async fn cached_availability_is_never_above_the_truth_after_a_reservation_answer
             quantity: 60,
             source: None,
             from_inbound: false,
+            unit_cost: None,
         })
         .await
         .unwrap();

@@ -98,6 +98,7 @@ async fn run_sequence(c: &mut InventoryServiceClient<Channel>, seed: u64, steps:
                     quantity: q,
                     source: None,
                     from_inbound: false,
+                    unit_cost: None,
                 })
                 .await
                 .unwrap();
@@ -203,6 +204,7 @@ async fn run_sequence(c: &mut InventoryServiceClient<Channel>, seed: u64, steps:
                         id: t.0.clone(),
                     }),
                     from_inbound: true,
+                    unit_cost: None,
                 })
                 .await
                 .unwrap();

@@ -918,11 +918,8 @@ pub fn journal_lines(o: &OrderSnapshot, label_cost_minor: i64) -> Vec<finance::J
     if o.tax_minor > 0 {
         lines.push(line("2200", 0, o.tax_minor, "sales tax collected"));
     }
-    let cogs: i64 = o.lines.iter().map(|l| l.unit_cost_minor * l.quantity).sum();
-    if cogs > 0 {
-        lines.push(line("5000", cogs, 0, "cost of goods sold"));
-        lines.push(line("1300", 0, cogs, "inventory shipped"));
-    }
+    // The cost of the goods is posted by finance from inventory's shipment, at the moving
+    // average that the inventory valuation holds.
     let fees =
         (o.total_minor - o.tax_minor) * i64::from(o.commission_bps) / 10_000 + o.fixed_fee_minor;
     if fees > 0 {
@@ -960,7 +957,8 @@ mod tests {
         let d: i64 = lines.iter().map(|l| l.debit_minor).sum();
         let c: i64 = lines.iter().map(|l| l.credit_minor).sum();
         assert_eq!(d, c);
-        assert_eq!(lines.len(), 8);
+        // Sale, fees, label; the cost of goods comes from the inventory valuation.
+        assert_eq!(lines.len(), 6);
     }
 
     #[test]

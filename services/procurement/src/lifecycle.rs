@@ -479,6 +479,13 @@ impl ProcurementApi {
                         sku: l.sku.clone(),
                         quantity: l.quantity,
                         damaged_quantity: 0,
+                        // The order's price values the stock received.
+                        unit_cost: lines.iter().find(|x| x.sku == l.sku).map(|x| {
+                            erp_proto::common::Money {
+                                amount_minor: x.unit_cost_minor,
+                                currency: p.currency.clone(),
+                            }
+                        }),
                     })
                     .collect(),
             })

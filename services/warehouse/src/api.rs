@@ -980,6 +980,7 @@ impl WarehouseApi {
                         quantity: l.quantity,
                         source: source.clone(),
                         from_inbound: true,
+                        unit_cost: l.unit_cost.clone(),
                     })
                     .await
                     .map_err(forward)?;

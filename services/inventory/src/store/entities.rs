@@ -161,3 +161,47 @@ erp_runtime::entity!(cycle_count, "cycle_counts", {
     pub reason: String,
     pub counted_at_ms: i64,
 });
+
+/// Moving-average valuation per item, across every location: owned units (on hand and
+/// quarantined) and their value.
+pub mod item_value {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "item_values")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub sku: String,
+        pub quantity: i64,
+        pub value_minor: i64,
+        pub currency: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// What each item of a receipt cost, for landed-cost allocation.
+pub mod receipt_cost {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "receipt_costs")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub source_kind: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub source_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub sku: String,
+        pub quantity: i64,
+        pub unit_cost_minor: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -111,6 +111,32 @@ CREATE TABLE cycle_counts (
 CREATE INDEX cycle_counts_location ON cycle_counts (location, counted_at_ms)",
                 drops: &["cycle_counts", "transfers"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000003_valuation",
+                up: r"
+CREATE TABLE item_values (
+    sku TEXT PRIMARY KEY REFERENCES items (sku),
+    quantity BIGINT NOT NULL CHECK (quantity >= 0),
+    value_minor BIGINT NOT NULL CHECK (value_minor >= 0),
+    currency TEXT NOT NULL
+);
+INSERT INTO item_values (sku, quantity, value_minor, currency)
+    SELECT i.sku,
+           COALESCE(SUM(s.on_hand + s.quarantined), 0),
+           COALESCE(SUM(s.on_hand + s.quarantined), 0) * i.unit_cost_minor,
+           i.currency
+    FROM items i LEFT JOIN stock_levels s ON s.sku = i.sku
+    GROUP BY i.sku, i.unit_cost_minor, i.currency;
+CREATE TABLE receipt_costs (
+    source_kind TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    quantity BIGINT NOT NULL,
+    unit_cost_minor BIGINT NOT NULL,
+    PRIMARY KEY (source_kind, source_id, sku)
+)",
+                drops: &["receipt_costs", "item_values"],
+            }),
         ]
     }
 }

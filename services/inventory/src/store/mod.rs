@@ -5,6 +5,7 @@
 
 pub mod entities;
 pub mod migration;
+pub mod valuation;
 
 use std::collections::BTreeMap;
 
@@ -47,6 +48,12 @@ pub(crate) struct StockChanged<'a> {
     pub reason: &'a str,
     /// The change of on hand (negative for a shipment): what demand signals count.
     pub on_hand_delta: i64,
+    /// The change of inventory value (moving average) this movement made, for finance to post.
+    pub value_delta_minor: i64,
+    pub currency: &'a str,
+    /// The document behind it: an order for a shipment, a purchase order for a receipt.
+    pub source_kind: &'a str,
+    pub source_id: &'a str,
 }
 
 #[derive(Serialize)]
@@ -152,6 +159,23 @@ impl Store {
         reason: Reason,
         source: &Source,
     ) -> ApiResult<stock_level::Model> {
+        self.change_valued(c, sku, loc, changes, reason, source, None)
+            .await
+    }
+
+    /// [`Store::change`], with the unit cost of units received (a purchase order's price); the
+    /// change of owned stock is valued (see [`valuation`]) and its value rides on the event.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn change_valued<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        sku: &str,
+        loc: &str,
+        changes: &[(Bucket, i64)],
+        reason: Reason,
+        source: &Source,
+        unit_cost: Option<i64>,
+    ) -> ApiResult<stock_level::Model> {
         self.ensure_row(c, sku, loc).await?;
         let mut update = stock_level::Entity::update_many()
             .filter(stock_level::Column::Sku.eq(sku))
@@ -232,6 +256,17 @@ impl Store {
             .insert(c)
             .await?;
         }
+        // Owned stock (on hand and quarantined) changes value; a transfer only moves it.
+        let owned: i64 = changes
+            .iter()
+            .filter(|(b, _)| matches!(b, Bucket::OnHand | Bucket::Quarantined))
+            .map(|(_, d)| d)
+            .sum();
+        let valued = if owned != 0 && !matches!(reason, Reason::TransferOut | Reason::TransferIn) {
+            self.revalue(c, sku, owned, unit_cost).await?
+        } else {
+            valuation::Valued::default()
+        };
         outbox::enqueue(
             c,
             "inventory.stock_changed",
@@ -245,6 +280,10 @@ impl Store {
                 available: after_levels.available(),
                 reason: reason.as_str(),
                 on_hand_delta: d_on_hand,
+                value_delta_minor: valued.value_delta,
+                currency: &valued.currency,
+                source_kind: &source.kind,
+                source_id: &source.id,
             },
         )
         .await?;
