@@ -350,6 +350,88 @@ async fn replenish(backend: Backend) {
         card.lead_time_variance_hours
     );
 
+    // A second order, closed short: 12 of 60 arrive, the supplier cannot send the rest. The
+    // other 48 stop counting as inbound, and the scorecard's fill rate shows the shortfall.
+    let second = p
+        .create_purchase_order(CreatePurchaseOrderRequest {
+            idempotency_key: "widget-po-2".into(),
+            supplier_id: supplier.supplier_id.clone(),
+            location: "east".into(),
+            lines: vec![PurchaseOrderLine {
+                sku: "WIDGET".into(),
+                quantity: 60,
+                unit_cost: None,
+                received_quantity: 0,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .purchase_order
+        .unwrap()
+        .purchase_order_id;
+    p.approve_purchase_order(ApprovePurchaseOrderRequest {
+        purchase_order_id: second.clone(),
+        ..approve(vec!["approver".into()])
+    })
+    .await
+    .unwrap();
+    p.send_purchase_order(SendPurchaseOrderRequest {
+        purchase_order_id: second.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(stock(&mut c, "WIDGET", "east").await.inbound, 60);
+    p.receive_purchase_order(ReceivePurchaseOrderRequest {
+        idempotency_key: "widget-r2".into(),
+        purchase_order_id: second.clone(),
+        lines: vec![ReceivedLine {
+            sku: "WIDGET".into(),
+            quantity: 12,
+        }],
+        received_at: None,
+    })
+    .await
+    .unwrap();
+    let cancel = CancelPurchaseOrderRequest {
+        purchase_order_id: second.clone(),
+        actor: Some(Actor {
+            id: "buyer-1".into(),
+            reason: "supplier out of stock".into(),
+        }),
+    };
+    let closed = p
+        .cancel_purchase_order(cancel.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .purchase_order
+        .unwrap();
+    assert_eq!(closed.status, PurchaseOrderStatus::Closed as i32);
+    p.cancel_purchase_order(cancel).await.unwrap();
+    let level = stock(&mut c, "WIDGET", "east").await;
+    assert_eq!(
+        (level.on_hand, level.inbound),
+        (92, 0),
+        "the 48 never coming are not inbound"
+    );
+    assert_eq!(
+        available_at(&mut c, "WIDGET", "east", Some(now_ms() + 30 * DAY_MS)).await,
+        92
+    );
+    let card = p
+        .get_supplier_scorecard(GetSupplierScorecardRequest {
+            supplier_id: supplier.supplier_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // (60 + 12) of 120 ordered units.
+    assert_eq!(
+        (card.purchase_orders_received, card.fill_rate_bps),
+        (2, 6_000)
+    );
+
     // Shipments are demand too: two widgets shipped add to the 84 already recorded.
     let id = c.place("W-1", "WIDGET", 2, "tok_visa", "standard").await;
     c.wait_step(&id, "await_pack").await;

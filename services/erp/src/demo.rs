@@ -25,6 +25,7 @@ pub struct Report {
     pub compensated: BTreeMap<String, usize>,
     pub parked: usize,
     pub carrier_retries: usize,
+    pub payment_retries: usize,
     /// Orders re-routed after the warehouse reported a damaged unit.
     pub rerouted: usize,
     /// Units the warehouses reported damaged (moved from on hand to quarantine).
@@ -79,7 +80,11 @@ impl std::fmt::Display for Report {
             writeln!(f, "  compensated        {n:>4}  {reason}")?;
         }
         writeln!(f, "  parked             {:>4}", self.parked)?;
-        writeln!(f, "  carrier timeouts retried: {}", self.carrier_retries)?;
+        writeln!(
+            f,
+            "  timeouts retried with the same key: carrier {}, payment provider {}",
+            self.carrier_retries, self.payment_retries
+        )?;
         writeln!(
             f,
             "  re-routed          {:>4}  (damaged unit found at the first warehouse)",
@@ -140,8 +145,11 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
         let (sku, ..) = crate::seed::CATALOG[i % 3];
         // Every 9th order wants more than any warehouse holds; every 7th card declines.
         let qty = if i % 9 == 8 { 60 } else { 1 + (i % 2) as i64 };
+        // Every 7th card declines; every 11th meets a payment provider that times out once.
         let token = if i % 7 == 6 {
             "tok_decline_insufficient_funds"
+        } else if i % 11 == 10 {
+            "tok_timeout_visa"
         } else {
             "tok_visa"
         };
@@ -240,6 +248,13 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
             .timeline
             .iter()
             .filter(|e| e.step == "buy_label" && e.outcome == StepOutcome::RetryableFailure as i32)
+            .count();
+        report.payment_retries += saga
+            .timeline
+            .iter()
+            .filter(|e| {
+                e.step == "authorize_payment" && e.outcome == StepOutcome::RetryableFailure as i32
+            })
             .count();
         report.rerouted += usize::from(
             saga.timeline

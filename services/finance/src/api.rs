@@ -25,11 +25,38 @@ pub struct FinanceApi {
     outbox: OutboxWaker,
     /// Resolves marketplace order ids in settlement reports.
     pub(crate) orders: Orders,
+    /// Authorizations the fake provider has let time out once (`tok_timeout*` tokens).
+    timed_out: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl FinanceApi {
     pub fn new(db: DatabaseConnection, outbox: OutboxWaker, orders: Orders) -> Self {
-        Self { db, outbox, orders }
+        Self {
+            db,
+            outbox,
+            orders,
+            timed_out: Default::default(),
+        }
+    }
+
+    /// The fake provider's slow days: a `tok_timeout*` card gets no answer on the first attempt
+    /// of each request (nothing is recorded); the retry with the same key goes through.
+    fn provider_timeout(&self, token: &str, key: &str) -> ApiResult<()> {
+        if !token.starts_with("tok_timeout") {
+            return Ok(());
+        }
+        let first = self
+            .timed_out
+            .lock()
+            .map(|mut seen| seen.insert(key.to_owned()))
+            .unwrap_or(false);
+        if first {
+            return Err(ApiError::Unavailable(
+                "payment provider did not answer in time (simulated); retry with the same key"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -372,6 +399,7 @@ impl FinanceApi {
             }
             Begun::New(txn, guard) => (txn, guard),
         };
+        self.provider_timeout(&req.payment_method_token, &req.idempotency_key)?;
         let answer = domain::fake_authorize(
             &req.payment_method_token,
             amount.amount_minor,

@@ -288,6 +288,44 @@ async fn taxes(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_timeout_records_nothing_and_the_retry_authorizes_once() {
+    let svc = testing::spawn::<erp_finance::Service>(&Backend::Sqlite).await;
+    let mut c = FinanceServiceClient::new(svc.channel().await);
+    let auth = AuthorizePaymentRequest {
+        idempotency_key: "auth-slow-1".into(),
+        order_id: uuid::Uuid::now_v7().to_string(),
+        channel: "web".into(),
+        amount: Some(Money {
+            amount_minor: 4_200,
+            currency: "USD".into(),
+        }),
+        payment_method_token: "tok_timeout_visa".into(),
+    };
+    let err = c.authorize_payment(auth.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let nothing = c
+        .get_payment(GetPaymentRequest {
+            payment_id: String::new(),
+            order_id: auth.order_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nothing.code(), Code::NotFound, "a timeout records nothing");
+    let first = c
+        .authorize_payment(auth.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c.authorize_payment(auth).await.unwrap().into_inner();
+    assert_eq!(first, again);
+    assert_eq!(
+        first.payment.unwrap().status,
+        PaymentStatus::Authorized as i32
+    );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tax_rates_by_jurisdiction_and_class_on_every_backend() {
     for backend in testing::backends() {
         taxes(backend).await;

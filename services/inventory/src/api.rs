@@ -517,6 +517,31 @@ impl InventoryApi {
         })
     }
 
+    async fn cancel_inbound(&self, req: CancelInboundRequest) -> ApiResult<CancelInboundResponse> {
+        movement(&req.idempotency_key, &req.sku, &req.location, req.quantity).finish()?;
+        idempotent!(self, "inventory.CancelInbound", req, |txn| {
+            let source = source_of(req.source.as_ref(), "purchase_order", "procurement");
+            // Refused (no bucket goes negative) when fewer units are expected than cancelled.
+            let level = self
+                .store
+                .change(
+                    &txn,
+                    &req.sku,
+                    &req.location,
+                    &[(domain::Bucket::Inbound, -req.quantity)],
+                    domain::Reason::Inbound,
+                    &source,
+                )
+                .await?;
+            self.store
+                .consume_inbound(&txn, &req.sku, &req.location, req.quantity)
+                .await?;
+            CancelInboundResponse {
+                level: Some(level_to_wire(&level)),
+            }
+        })
+    }
+
     async fn transfer_stock(&self, req: TransferStockRequest) -> ApiResult<TransferStockResponse> {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
@@ -1200,6 +1225,18 @@ impl InventoryService for InventoryApi {
         request: Request<ListLedgerEntriesRequest>,
     ) -> Result<Response<ListLedgerEntriesResponse>, Status> {
         respond(self.list_ledger_entries(request.into_inner()).await)
+    }
+
+    async fn cancel_inbound(
+        &self,
+        request: Request<CancelInboundRequest>,
+    ) -> Result<Response<CancelInboundResponse>, Status> {
+        respond(
+            self.store
+                .cache
+                .tracked(self.cancel_inbound(request.into_inner()))
+                .await,
+        )
     }
 
     async fn get_valuation(

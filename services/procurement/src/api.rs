@@ -392,27 +392,54 @@ impl ProcurementApi {
         let mut v = Violations::new();
         v.id("purchase_order_id", &req.purchase_order_id);
         v.finish()?;
-        let txn = self.db.begin().await?;
         let p = po::Entity::find_by_id(req.purchase_order_id.clone())
-            .one(&txn)
+            .one(&self.db)
             .await?
             .ok_or_else(|| {
                 ApiError::not_found(format!("purchase order {}", req.purchase_order_id))
             })?;
-        match p.status.as_str() {
-            "draft" | "approved" | "sent" => {
-                let mut am: po::ActiveModel = p.into();
-                am.status = Set("cancelled".into());
-                am.update(&txn).await?;
+        // What the supplier will no longer send stops counting as inbound stock (keys derived
+        // from the order: a retry after a failure part-way cancels nothing twice).
+        if matches!(p.status.as_str(), "sent" | "partially_received") {
+            let lines = po_line::Entity::find()
+                .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
+                .all(&self.db)
+                .await?;
+            for l in lines.iter().filter(|l| l.quantity > l.received_quantity) {
+                self.inventory
+                    .clone()
+                    .cancel_inbound(erp_proto::inventory::CancelInboundRequest {
+                        idempotency_key: format!("po:{}:{}:cancel", p.purchase_order_id, l.sku),
+                        sku: l.sku.clone(),
+                        location: p.location.clone(),
+                        quantity: l.quantity - l.received_quantity,
+                        source: Some(erp_proto::common::SourceDocument {
+                            kind: "purchase_order".into(),
+                            id: p.purchase_order_id.clone(),
+                        }),
+                    })
+                    .await
+                    .map_err(ApiError::Upstream)?;
             }
-            "cancelled" => {}
+        }
+        let txn = self.db.begin().await?;
+        let (to, received_at) = match p.status.as_str() {
+            "draft" | "approved" | "sent" => ("cancelled", None),
+            // Some goods came: the order is closed short, and its fill rate shows it.
+            "partially_received" => ("closed", Some(now_ms())),
+            "cancelled" | "closed" => (p.status.as_str(), p.received_at_ms),
             other => {
                 return Err(ApiError::precondition(
                     "NOT_CANCELLABLE",
-                    format!("purchase order is {other}: receipts exist"),
+                    format!("purchase order is {other}: everything was received"),
                 ));
             }
-        }
+        };
+        let to = to.to_owned();
+        let mut am: po::ActiveModel = p.into();
+        am.status = Set(to);
+        am.received_at_ms = Set(received_at);
+        am.update(&txn).await?;
         txn.commit().await?;
         Ok(CancelPurchaseOrderResponse {
             purchase_order: Some(load_po(&self.db, &req.purchase_order_id).await?),
