@@ -478,3 +478,147 @@ async fn demand_and_lead_time_drive_purchase_orders_to_promisable_stock_on_every
         replenish(backend).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_stock_event_drafts_a_purchase_order_once() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "a_low_stock_event_drafts_a_purchase_order_once",
+        Duration::from_secs(300),
+    );
+    let (s, mut c) = seeded(&Backend::Sqlite).await;
+    let mut p = ProcurementServiceClient::new(
+        tonic::transport::Endpoint::from_shared(s.url("procurement"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    // Low stock below 5 units network-wide; 6 in east.
+    c.inventory
+        .create_item(inventory::CreateItemRequest {
+            item: Some(inventory::Item {
+                sku: "GADGET".into(),
+                name: "Gadget".into(),
+                unit_cost: usd(800),
+                weight_grams: 200,
+                tax_class: "standard".into(),
+                low_stock_threshold: 5,
+                created_at: None,
+            }),
+        })
+        .await
+        .unwrap();
+    c.inventory
+        .receive_stock(inventory::ReceiveStockRequest {
+            idempotency_key: "gadget-east".into(),
+            sku: "GADGET".into(),
+            location: "east".into(),
+            quantity: 6,
+            source: None,
+            from_inbound: false,
+            unit_cost: None,
+        })
+        .await
+        .unwrap();
+    let supplier = p
+        .create_supplier(CreateSupplierRequest {
+            code: "gadgetco".into(),
+            name: "Gadget Co".into(),
+            currency: "USD".into(),
+            contact_email: "sales@gadgetco.example".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .supplier
+        .unwrap();
+    p.set_supplier_term(SetSupplierTermRequest {
+        term: Some(SupplierTerm {
+            supplier_id: supplier.supplier_id.clone(),
+            sku: "GADGET".into(),
+            unit_cost: usd(800),
+            lead_time_days: 5,
+            minimum_order_quantity: 10,
+            pack_multiple: 10,
+        }),
+    })
+    .await
+    .unwrap();
+    p.set_reorder_policy(SetReorderPolicyRequest {
+        policy: Some(ReorderPolicy {
+            sku: "GADGET".into(),
+            location: "east".into(),
+            min_quantity: 5,
+            max_quantity: 33,
+            safety_stock_days: 0,
+            preferred_supplier_id: String::new(),
+        }),
+    })
+    .await
+    .unwrap();
+    // Two gadgets are written off: 4 left, below the threshold and at the policy's minimum.
+    c.inventory
+        .adjust_stock(inventory::AdjustStockRequest {
+            idempotency_key: "gadget-broken".into(),
+            sku: "GADGET".into(),
+            location: "east".into(),
+            bucket: inventory::Bucket::OnHand as i32,
+            delta: -2,
+            actor: Some(Actor {
+                id: "picker-3".into(),
+                reason: "dropped".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    let drafts = |p: &mut ProcurementServiceClient<tonic::transport::Channel>| {
+        let mut p = p.clone();
+        let supplier_id = supplier.supplier_id.clone();
+        async move {
+            p.list_purchase_orders(ListPurchaseOrdersRequest {
+                supplier_id,
+                status: PurchaseOrderStatus::Draft as i32,
+                page_size: 10,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .purchase_orders
+        }
+    };
+    let deadline = std::time::Instant::now() + T;
+    let found = loop {
+        let found = drafts(&mut p).await;
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no draft after low stock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Up to 33 from 4: 29, in packs of 10 -> 30 (the cheapest supplier, no preference set).
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].lines[0].quantity, 30);
+    // Another low-stock signal (one more write-off) drafts nothing more: the draft is coming.
+    c.inventory
+        .adjust_stock(inventory::AdjustStockRequest {
+            idempotency_key: "gadget-broken-2".into(),
+            sku: "GADGET".into(),
+            location: "east".into(),
+            bucket: inventory::Bucket::OnHand as i32,
+            delta: -1,
+            actor: Some(Actor {
+                id: "picker-3".into(),
+                reason: "dropped again".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(drafts(&mut p).await.len(), 1);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
