@@ -39,9 +39,9 @@ pub const TAX_RATES: [(&str, i32); 2] = [("US-NJ", 663), ("US", 500)];
 
 /// (code, region, postal code, cost index)
 pub const WAREHOUSES: [(&str, &str, &str, i32); 3] = [
-    ("east", "us-east", "07001", 2),
-    ("central", "us-central", "60601", 1),
-    ("west", "us-west", "94105", 3),
+    ("east", "US-NJ", "07001", 2),
+    ("central", "US-IL", "60601", 1),
+    ("west", "US-CA", "94105", 3),
 ];
 
 async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {

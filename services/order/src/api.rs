@@ -3,7 +3,7 @@
 use erp_proto::common::{Address, Money};
 use erp_proto::order::order_service_server::OrderService;
 use erp_proto::order::*;
-use erp_runtime::error::{planned, respond};
+use erp_runtime::error::respond;
 use erp_runtime::idempotency::{self};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, to_timestamp};
@@ -19,27 +19,47 @@ use tonic::{Request, Response, Status};
 use crate::domain::{LineQty, Status as OrderState};
 use crate::store::{channel, line, order};
 
+type Inventory = erp_proto::inventory::inventory_service_client::InventoryServiceClient<
+    tonic::transport::Channel,
+>;
+type Warehouse = erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient<
+    tonic::transport::Channel,
+>;
+
 pub struct OrderApi {
-    db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
     outbox: OutboxWaker,
+    /// Routing reads availability and the warehouses' status.
+    pub(crate) inventory: Inventory,
+    pub(crate) warehouse: Warehouse,
 }
 
 impl OrderApi {
-    pub fn new(db: DatabaseConnection, outbox: OutboxWaker) -> Self {
-        Self { db, outbox }
+    pub fn new(
+        db: DatabaseConnection,
+        outbox: OutboxWaker,
+        inventory: Inventory,
+        warehouse: Warehouse,
+    ) -> Self {
+        Self {
+            db,
+            outbox,
+            inventory,
+            warehouse,
+        }
     }
 }
 
 /// The address as stored (JSON).
 #[derive(Serialize, Deserialize, Default)]
-struct StoredAddress {
+pub(crate) struct StoredAddress {
     name: String,
     line1: String,
     line2: String,
     city: String,
-    region: String,
+    pub(crate) region: String,
     postal_code: String,
-    country_code: String,
+    pub(crate) country_code: String,
     phone: String,
     email: String,
 }
@@ -211,7 +231,7 @@ fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
     }
 }
 
-async fn load<C: ConnectionTrait>(
+pub(crate) async fn load<C: ConnectionTrait>(
     c: &C,
     order_id: &str,
 ) -> ApiResult<(order::Model, Vec<line::Model>)> {
@@ -887,9 +907,10 @@ impl OrderService for OrderApi {
                 v.id("order_id", &req.order_id);
                 v.finish()?;
                 let (o, lines) = load(&self.db, &req.order_id).await?;
-                Ok(GetOrderResponse {
-                    order: Some(order_to_wire(o, lines)),
-                })
+                let mut order = order_to_wire(o, lines);
+                order.routing_decisions =
+                    crate::route_api::decisions_of(&self.db, &req.order_id).await?;
+                Ok(GetOrderResponse { order: Some(order) })
             }
             .await,
         )
@@ -939,22 +960,22 @@ impl OrderService for OrderApi {
 
     async fn put_routing_rules(
         &self,
-        _r: Request<PutRoutingRulesRequest>,
+        r: Request<PutRoutingRulesRequest>,
     ) -> Result<Response<PutRoutingRulesResponse>, Status> {
-        planned("PutRoutingRules", "the order orchestration issue (#5)")
+        respond(self.put_rules(r.into_inner()).await)
     }
 
     async fn get_routing_rules(
         &self,
-        _r: Request<GetRoutingRulesRequest>,
+        r: Request<GetRoutingRulesRequest>,
     ) -> Result<Response<GetRoutingRulesResponse>, Status> {
-        planned("GetRoutingRules", "the order orchestration issue (#5)")
+        respond(self.get_rules(r.into_inner()).await)
     }
 
     async fn route_order(
         &self,
-        _r: Request<RouteOrderRequest>,
+        r: Request<RouteOrderRequest>,
     ) -> Result<Response<RouteOrderResponse>, Status> {
-        planned("RouteOrder", "the order orchestration issue (#5)")
+        respond(self.route(r.into_inner()).await)
     }
 }

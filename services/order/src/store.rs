@@ -75,6 +75,25 @@ ALTER TABLE order_lines ADD COLUMN tax_minor BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE order_lines ADD COLUMN tax_rate_bps INTEGER NOT NULL DEFAULT 0",
                 drops: &[],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000004_routing",
+                up: r"
+CREATE TABLE routing_rule_sets (
+    version INTEGER PRIMARY KEY,
+    rules TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE routing_decisions (
+    seq {SERIAL},
+    order_id TEXT NOT NULL REFERENCES orders (order_id),
+    rule_version INTEGER NOT NULL,
+    decision TEXT NOT NULL,
+    decided_at_ms BIGINT NOT NULL
+);
+CREATE INDEX routing_decisions_order ON routing_decisions (order_id, seq)",
+                drops: &["routing_decisions", "routing_rule_sets"],
+            }),
         ]
     }
 }
@@ -169,3 +188,22 @@ pub mod line {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+erp_runtime::entity!(rule_set, "routing_rule_sets", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub version: i32,
+    /// The rules as JSON.
+    pub rules: String,
+    pub created_at_ms: i64,
+    pub created_by: String,
+});
+
+erp_runtime::entity!(decision, "routing_decisions", {
+    #[sea_orm(primary_key)]
+    pub seq: i64,
+    pub order_id: String,
+    pub rule_version: i32,
+    /// The wire `RoutingDecision`, as JSON.
+    pub decision: String,
+    pub decided_at_ms: i64,
+});

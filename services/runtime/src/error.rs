@@ -153,11 +153,6 @@ pub fn respond<T>(result: ApiResult<T>) -> Result<tonic::Response<T>, Status> {
     result.map(tonic::Response::new).map_err(Status::from)
 }
 
-/// An RPC of the v1 API whose implementation belongs to an open issue: UNIMPLEMENTED, naming it.
-pub fn planned<T>(rpc: &str, issue: &str) -> Result<tonic::Response<T>, Status> {
-    Err(ApiError::Unimplemented(format!("{rpc} is planned with {issue}")).into())
-}
-
 /// A gRPC status received from a peer, classified for retry decisions.
 pub fn is_transient(status: &Status) -> bool {
     matches!(

@@ -1,0 +1,346 @@
+//! The routing RPCs: rule sets held as data and versioned, and decisions recorded on the order
+//! with the rule version that made them and why every warehouse was chosen or rejected.
+
+use erp_proto::order::*;
+use erp_proto::{inventory, warehouse};
+use erp_runtime::time::{now_ms, to_timestamp};
+use erp_runtime::validate::Violations;
+use erp_runtime::{ApiError, ApiResult, idempotency};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::api::OrderApi;
+use crate::routing::{self, Rule, Strategy};
+use crate::store::{channel, decision, rule_set};
+
+/// A decision as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredDecision {
+    rule_version: i32,
+    rule: String,
+    /// (line id, location, allocated, backordered)
+    allocations: Vec<(String, String, i64, i64)>,
+    explanation: Vec<String>,
+    decided_at_ms: i64,
+}
+
+impl StoredDecision {
+    fn to_wire(&self) -> RoutingDecision {
+        RoutingDecision {
+            rule_version: self.rule_version,
+            matched_rules: vec![self.rule.clone()],
+            allocations: self
+                .allocations
+                .iter()
+                .map(
+                    |(line_id, location, allocated, backordered)| LineAllocation {
+                        line_id: line_id.clone(),
+                        location: location.clone(),
+                        allocated: *allocated,
+                        backordered: *backordered,
+                    },
+                )
+                .collect(),
+            explanation: self.explanation.clone(),
+            decided_at: Some(to_timestamp(self.decided_at_ms)),
+        }
+    }
+}
+
+fn rule_to_wire(r: &Rule) -> RoutingRule {
+    RoutingRule {
+        name: r.name.clone(),
+        priority: r.priority,
+        service_levels: r.service_levels.clone(),
+        regions: r.regions.clone(),
+        strategy: r.strategy.as_str().to_owned(),
+        allow_split: r.allow_split,
+        locations: r.locations.clone(),
+    }
+}
+
+fn set_to_wire(m: &rule_set::Model) -> ApiResult<RoutingRuleSet> {
+    let rules: Vec<Rule> =
+        serde_json::from_str(&m.rules).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(RoutingRuleSet {
+        version: m.version,
+        rules: rules.iter().map(rule_to_wire).collect(),
+        created_at: Some(to_timestamp(m.created_at_ms)),
+        created_by: m.created_by.clone(),
+    })
+}
+
+/// The decisions made for an order, oldest first.
+pub(crate) async fn decisions_of<C: ConnectionTrait>(
+    c: &C,
+    order_id: &str,
+) -> ApiResult<Vec<RoutingDecision>> {
+    let rows = decision::Entity::find()
+        .filter(decision::Column::OrderId.eq(order_id))
+        .order_by_asc(decision::Column::Seq)
+        .all(c)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            serde_json::from_str::<StoredDecision>(&r.decision)
+                .map(|d| d.to_wire())
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        })
+        .collect()
+}
+
+impl OrderApi {
+    /// Stores a new version of the rules; decisions keep naming the version that made them.
+    pub(crate) async fn put_rules(
+        &self,
+        req: PutRoutingRulesRequest,
+    ) -> ApiResult<PutRoutingRulesResponse> {
+        let mut v = Violations::new();
+        let actor = req.actor.clone().unwrap_or_default();
+        v.text("actor.id", &actor.id, 100);
+        v.text("actor.reason", &actor.reason, 500);
+        let mut rules = Vec::with_capacity(req.rules.len());
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in req.rules.iter().enumerate() {
+            v.text(&format!("rules[{i}].name"), &r.name, 100);
+            v.check(
+                names.insert(r.name.clone()),
+                format!("rules[{i}].name"),
+                "is repeated",
+            );
+            let strategy = Strategy::parse(&r.strategy);
+            v.check(
+                strategy.is_some(),
+                format!("rules[{i}].strategy"),
+                "must be PREFER_REGION, LOWEST_COST or MUST_MEET_CUTOFF",
+            );
+            for (j, l) in r.locations.iter().enumerate() {
+                v.code(&format!("rules[{i}].locations[{j}]"), l);
+            }
+            for (j, l) in r.service_levels.iter().enumerate() {
+                v.code(&format!("rules[{i}].service_levels[{j}]"), l);
+            }
+            for (j, l) in r.regions.iter().enumerate() {
+                v.code(&format!("rules[{i}].regions[{j}]"), l);
+            }
+            if let Some(strategy) = strategy {
+                rules.push(Rule {
+                    name: r.name.clone(),
+                    priority: r.priority,
+                    service_levels: r.service_levels.clone(),
+                    regions: r.regions.clone(),
+                    strategy,
+                    allow_split: r.allow_split,
+                    locations: r.locations.clone(),
+                });
+            }
+        }
+        v.finish()?;
+        let txn = self.db.begin().await?;
+        let latest = rule_set::Entity::find()
+            .order_by_desc(rule_set::Column::Version)
+            .one(&txn)
+            .await?
+            .map_or(0, |m| m.version);
+        let m = rule_set::ActiveModel {
+            version: Set(latest + 1),
+            rules: Set(
+                serde_json::to_string(&rules).map_err(|e| ApiError::Internal(e.to_string()))?
+            ),
+            created_at_ms: Set(now_ms()),
+            created_by: Set(format!("{}: {}", actor.id, actor.reason)),
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(PutRoutingRulesResponse {
+            rule_set: Some(set_to_wire(&m)?),
+        })
+    }
+
+    pub(crate) async fn get_rules(
+        &self,
+        req: GetRoutingRulesRequest,
+    ) -> ApiResult<GetRoutingRulesResponse> {
+        if req.version < 0 {
+            return Err(ApiError::invalid("version", "must not be negative"));
+        }
+        let m = if req.version == 0 {
+            rule_set::Entity::find()
+                .order_by_desc(rule_set::Column::Version)
+                .one(&self.db)
+                .await?
+        } else {
+            rule_set::Entity::find_by_id(req.version)
+                .one(&self.db)
+                .await?
+        };
+        let Some(m) = m else {
+            return Err(ApiError::not_found(if req.version == 0 {
+                "routing rules: none stored yet; the default applies (LOWEST_COST, ship complete)"
+                    .to_owned()
+            } else {
+                format!("routing rules version {}", req.version)
+            }));
+        };
+        Ok(GetRoutingRulesResponse {
+            rule_set: Some(set_to_wire(&m)?),
+        })
+    }
+
+    /// Decides where the order ships from under the current rules, from live availability
+    /// and warehouse status, and records the decision on the order.
+    pub(crate) async fn route(&self, req: RouteOrderRequest) -> ApiResult<RouteOrderResponse> {
+        let mut v = Violations::new();
+        v.idempotency_key(&req.idempotency_key);
+        v.id("order_id", &req.order_id);
+        v.finish()?;
+        let hash = idempotency::fingerprint(&req);
+        if let Some(replay) = idempotency::lookup::<_, RouteOrderResponse>(
+            &self.db,
+            "order.RouteOrder",
+            &req.idempotency_key,
+            &hash,
+        )
+        .await?
+        {
+            return Ok(replay);
+        }
+        let (o, lines) = crate::api::load(&self.db, &req.order_id).await?;
+        let ship_to: crate::api::StoredAddress =
+            serde_json::from_str(&o.ship_to).unwrap_or_default();
+        let region = if ship_to.region.is_empty() {
+            ship_to.country_code.to_uppercase()
+        } else {
+            format!(
+                "{}-{}",
+                ship_to.country_code.to_uppercase(),
+                ship_to.region.to_uppercase()
+            )
+        };
+        let ship_complete = channel::Entity::find_by_id(o.channel.clone())
+            .one(&self.db)
+            .await?
+            .is_some_and(|c| c.ship_complete);
+        let (version, rules) = match rule_set::Entity::find()
+            .order_by_desc(rule_set::Column::Version)
+            .one(&self.db)
+            .await?
+        {
+            Some(m) => (
+                m.version,
+                serde_json::from_str::<Vec<Rule>>(&m.rules)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+            ),
+            None => (0, vec![]),
+        };
+        // The warehouse's view of its sites, and what each can still pick today.
+        let mut wh = self.warehouse.clone();
+        let listed = wh
+            .list_sites(warehouse::ListSitesRequest {})
+            .await
+            .map_err(ApiError::Upstream)?
+            .into_inner()
+            .sites;
+        let mut sites = Vec::with_capacity(listed.len());
+        for s in listed {
+            let released = wh
+                .get_site(warehouse::GetSiteRequest {
+                    code: s.code.clone(),
+                })
+                .await
+                .map_err(ApiError::Upstream)?
+                .into_inner()
+                .released_today;
+            sites.push(routing::Site {
+                online: s.status != warehouse::SiteStatus::Offline as i32,
+                capacity_left: s.daily_capacity - released,
+                code: s.code,
+                region: s.region,
+                cost_index: s.cost_index,
+                cutoff_minute_of_day: s.cutoff_minute_of_day,
+                utc_offset_minutes: s.utc_offset_minutes,
+            });
+        }
+        let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
+        let availability = self
+            .inventory
+            .clone()
+            .get_availability(inventory::GetAvailabilityRequest { skus, as_of: None })
+            .await
+            .map_err(ApiError::Upstream)?
+            .into_inner();
+        let available = |sku: &str, site: &str| -> i64 {
+            availability
+                .items
+                .iter()
+                .filter(|i| i.sku == sku)
+                .flat_map(|i| i.locations.iter())
+                .filter(|l| l.location == site)
+                .map(|l| l.available)
+                .sum()
+        };
+        let order = routing::Order {
+            service_level: o.service_level.clone(),
+            region,
+            ship_complete,
+            lines: lines
+                .iter()
+                .map(|l| routing::Line {
+                    line_id: l.line_id.clone(),
+                    sku: l.sku.clone(),
+                    quantity: l.ordered - l.cancelled - l.shipped,
+                })
+                .filter(|l| l.quantity > 0)
+                .collect(),
+        };
+        let now = now_ms();
+        let d = routing::route(&rules, &order, &sites, &available, now);
+        let stored = StoredDecision {
+            rule_version: version,
+            rule: d.rule.clone(),
+            allocations: d
+                .allocations
+                .iter()
+                .map(|a| {
+                    (
+                        a.line_id.clone(),
+                        a.location.clone(),
+                        a.allocated,
+                        a.backordered,
+                    )
+                })
+                .collect(),
+            explanation: d.explanation.clone(),
+            decided_at_ms: now,
+        };
+        let response = RouteOrderResponse {
+            decision: Some(stored.to_wire()),
+        };
+        let txn = self.db.begin().await?;
+        decision::ActiveModel {
+            order_id: Set(o.order_id.clone()),
+            rule_version: Set(version),
+            decision: Set(
+                serde_json::to_string(&stored).map_err(|e| ApiError::Internal(e.to_string()))?
+            ),
+            decided_at_ms: Set(now),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        idempotency::record(
+            &txn,
+            "order.RouteOrder",
+            &req.idempotency_key,
+            &hash,
+            &response,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(response)
+    }
+}
