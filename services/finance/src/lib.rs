@@ -19,10 +19,7 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let orders = tonic::transport::Endpoint::from_shared(ctx.settings.peers.order.clone())?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .timeout(std::time::Duration::from_secs(10))
-            .connect_lazy();
+        let orders = erp_runtime::app::peer_channel(&ctx.settings.peers.order)?;
         let api = std::sync::Arc::new(api::FinanceApi::new(
             ctx.db.clone(),
             ctx.outbox.clone(),

@@ -21,21 +21,15 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let lazy = |url: &str| -> anyhow::Result<tonic::transport::Channel> {
-            Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
-                .connect_timeout(std::time::Duration::from_secs(2))
-                .timeout(std::time::Duration::from_secs(10))
-                .connect_lazy())
-        };
         let api = std::sync::Arc::new(api::ProcurementApi::new(
             ctx.db.clone(),
             ctx.outbox.clone(),
-            erp_proto::inventory::inventory_service_client::InventoryServiceClient::new(lazy(
-                &ctx.settings.peers.inventory,
-            )?),
-            erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(lazy(
-                &ctx.settings.peers.warehouse,
-            )?),
+            erp_proto::inventory::inventory_service_client::InventoryServiceClient::new(
+                erp_runtime::app::peer_channel(&ctx.settings.peers.inventory)?,
+            ),
+            erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(
+                erp_runtime::app::peer_channel(&ctx.settings.peers.warehouse)?,
+            ),
         ));
         // Demand from shipments, drafts on low stock, and receipts recorded at the warehouse.
         for topic in [

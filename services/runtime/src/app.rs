@@ -119,6 +119,15 @@ pub async fn start<S: Service>(
     })
 }
 
+/// A channel to a peer service that connects on first use and reconnects after the peer
+/// restarts, with a connect timeout and a per-call deadline.
+pub fn peer_channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy())
+}
+
 /// `--config FILE` from the command line, else `ERP_CONFIG`.
 pub fn config_path_from_args() -> Option<PathBuf> {
     let mut args = std::env::args().skip(1);

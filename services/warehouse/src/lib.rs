@@ -15,11 +15,7 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let inventory =
-            tonic::transport::Endpoint::from_shared(ctx.settings.peers.inventory.clone())?
-                .connect_timeout(std::time::Duration::from_secs(2))
-                .timeout(std::time::Duration::from_secs(10))
-                .connect_lazy();
+        let inventory = erp_runtime::app::peer_channel(&ctx.settings.peers.inventory)?;
         let api = std::sync::Arc::new(api::WarehouseApi::new(
             ctx.db.clone(),
             ctx.outbox.clone(),
