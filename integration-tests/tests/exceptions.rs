@@ -206,13 +206,20 @@ async fn short_pick_backorders(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let saga = c.saga(&id).await.unwrap();
-    assert_eq!(saga.current_step, "route");
-    assert!(
-        saga.last_error.starts_with("BACKORDERED"),
-        "{}",
-        saga.last_error
-    );
+    // The saga records the backorder right after the order does.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let saga = c.saga(&id).await.unwrap();
+        if saga.last_error.starts_with("BACKORDERED") {
+            assert_eq!(saga.current_step, "route");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "saga not backordered: {saga:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(level(&mut c, "RARE-1", "east").await.on_hand, 0);
     assert_eq!(
         c.payment(&id).await.unwrap().status,

@@ -141,6 +141,21 @@ async fn routing_rules_are_versioned_data_and_decisions_explain_themselves() {
         .unwrap();
     assert_eq!(d.allocations[0].location, "central", "{:#?}", d.explanation);
 
+    // The fulfillment saga routes by the rules too: an express order from New Jersey ships from
+    // east (the first site with the stock, central, is what it would pick without rules).
+    let shipped_by_rule = c.place("R-3", "TEE-M", 1, "tok_visa", "express").await;
+    c.wait_step(&shipped_by_rule, "await_pack").await;
+    let f = c.open_fulfillments(&shipped_by_rule).await.remove(0);
+    assert_eq!(f.site, "east");
+    let o = c.order(&shipped_by_rule).await;
+    assert!(
+        o.routing_decisions
+            .iter()
+            .any(|d| d.matched_rules == ["express near the customer"] && d.rule_version == 2),
+        "{:#?}",
+        o.routing_decisions
+    );
+
     // Central goes offline: the next cheapest ships, and the decision says why central did not.
     c.warehouse
         .set_site_status(erp_proto::warehouse::SetSiteStatusRequest {
@@ -166,9 +181,14 @@ async fn routing_rules_are_versioned_data_and_decisions_explain_themselves() {
         "{:#?}",
         d.explanation
     );
-    // The order carries every decision made for it.
+    // The order carries every decision made for it (ours, and its saga's).
     let o = c.order(&standard).await;
-    assert_eq!(o.routing_decisions.len(), 2);
-    assert_eq!(o.routing_decisions[1].allocations[0].location, "east");
+    assert!(o.routing_decisions.len() >= 2);
+    assert!(o.routing_decisions.iter().any(|d| {
+        d.allocations[0].location == "east"
+            && d.explanation
+                .iter()
+                .any(|e| e == "central: rejected, offline")
+    }));
     s.stop().await.unwrap();
 }

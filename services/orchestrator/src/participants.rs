@@ -237,7 +237,7 @@ impl Participants {
         match step {
             Step::LoadOrder => self.load_order(ctx, t).await,
             Step::ApplyTax => self.apply_tax(&k, ctx, t).await,
-            Step::Route => self.route(ctx, t).await,
+            Step::Route => self.route(&k, ctx, t).await,
             Step::ReserveStock => {
                 let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
                 let r = self
@@ -765,8 +765,35 @@ impl Participants {
 
     /// The first warehouse (by code) that can ship every line now; routing rules come with the
     /// order orchestration work.
-    async fn route(&self, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
+    async fn route(&self, key: &str, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
         let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+        // The order service's routing rules decide first (and record why on the order); a
+        // decision this saga cannot ship as one shipment (a split, a backorder) or that names a
+        // site it must avoid falls back to the first online site that has every line.
+        let ruled = match self
+            .order
+            .clone()
+            .route_order(req(
+                order::RouteOrderRequest {
+                    idempotency_key: key.to_owned(),
+                    order_id: o.order_id.clone(),
+                },
+                t,
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner().decision.and_then(|d| {
+                let first = d.allocations.first()?.location.clone();
+                d.allocations
+                    .iter()
+                    .all(|a| a.backordered == 0 && a.allocated > 0 && a.location == first)
+                    .then_some(first)
+            }),
+            Err(s) => match StepError::from(s) {
+                transient @ StepError::Transient(_) => return Err(transient),
+                StepError::Rejected { .. } => None,
+            },
+        };
         let skus: Vec<String> = o.lines.iter().map(|l| l.sku.clone()).collect();
         let availability = self
             .inventory
@@ -806,10 +833,14 @@ impl Participants {
         let online = |code: &str| {
             site(code).is_none_or(|s| s.status != warehouse::SiteStatus::Offline as i32)
         };
-        let chosen = candidates
-            .into_iter()
-            .filter(|loc| !ctx.excluded_sites.contains(loc) && online(loc))
-            .find(|loc| o.lines.iter().all(|l| available(&l.sku, loc) >= l.quantity));
+        let usable = |loc: &String| {
+            !ctx.excluded_sites.contains(loc)
+                && online(loc)
+                && o.lines.iter().all(|l| available(&l.sku, loc) >= l.quantity)
+        };
+        let chosen = ruled
+            .filter(|loc| usable(loc))
+            .or_else(|| candidates.into_iter().find(|loc| usable(loc)));
         match chosen {
             Some(loc) => {
                 ctx.origin_postal = site(&loc)
