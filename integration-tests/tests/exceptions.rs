@@ -155,35 +155,8 @@ async fn a_short_pick_ships_from_another_warehouse_on_every_backend() {
 async fn short_pick_backorders(backend: Backend) {
     let (s, mut c) = seeded(&backend).await;
     // An item only the east warehouse holds, one unit of it.
-    c.inventory
-        .create_item(inventory::CreateItemRequest {
-            item: Some(inventory::Item {
-                sku: "RARE-1".into(),
-                name: "Rare print".into(),
-                unit_cost: Some(erp_proto::common::Money {
-                    amount_minor: 900,
-                    currency: "USD".into(),
-                }),
-                weight_grams: 300,
-                tax_class: "standard".into(),
-                low_stock_threshold: 0,
-                created_at: None,
-            }),
-        })
-        .await
-        .unwrap();
-    c.inventory
-        .receive_stock(inventory::ReceiveStockRequest {
-            idempotency_key: "rare-east".into(),
-            sku: "RARE-1".into(),
-            location: "east".into(),
-            quantity: 1,
-            source: None,
-            from_inbound: false,
-            unit_cost: None,
-        })
-        .await
-        .unwrap();
+    c.create_item("RARE-1", 900, 300, 0).await;
+    c.receive("rare-east", "RARE-1", "east", 1).await;
     let id = c.place("X-2", "RARE-1", 1, "tok_visa", "standard").await;
     c.wait_step(&id, "await_pack").await;
     assert_eq!(

@@ -59,40 +59,10 @@ async fn available_at(c: &mut Clients, sku: &str, location: &str, as_of: Option<
 
 async fn replenish(backend: Backend) {
     let (s, mut c) = seeded(&backend).await;
-    let mut p = ProcurementServiceClient::new(
-        tonic::transport::Endpoint::from_shared(s.url("procurement"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut p = c.procurement.clone();
     // A pricey widget, 20 on hand in east.
-    c.inventory
-        .create_item(inventory::CreateItemRequest {
-            item: Some(inventory::Item {
-                sku: "WIDGET".into(),
-                name: "Industrial widget".into(),
-                unit_cost: usd(25_000),
-                weight_grams: 400,
-                tax_class: "standard".into(),
-                low_stock_threshold: 0,
-                created_at: None,
-            }),
-        })
-        .await
-        .unwrap();
-    c.inventory
-        .receive_stock(inventory::ReceiveStockRequest {
-            idempotency_key: "widget-east".into(),
-            sku: "WIDGET".into(),
-            location: "east".into(),
-            quantity: 20,
-            source: None,
-            from_inbound: false,
-            unit_cost: None,
-        })
-        .await
-        .unwrap();
+    c.create_item("WIDGET", 25_000, 400, 0).await;
+    c.receive("widget-east", "WIDGET", "east", 20).await;
     let supplier = p
         .create_supplier(CreateSupplierRequest {
             code: "widgetco".into(),
@@ -486,40 +456,10 @@ async fn a_low_stock_event_drafts_a_purchase_order_once() {
         Duration::from_secs(300),
     );
     let (s, mut c) = seeded(&Backend::Sqlite).await;
-    let mut p = ProcurementServiceClient::new(
-        tonic::transport::Endpoint::from_shared(s.url("procurement"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut p = c.procurement.clone();
     // Low stock below 5 units network-wide; 6 in east.
-    c.inventory
-        .create_item(inventory::CreateItemRequest {
-            item: Some(inventory::Item {
-                sku: "GADGET".into(),
-                name: "Gadget".into(),
-                unit_cost: usd(800),
-                weight_grams: 200,
-                tax_class: "standard".into(),
-                low_stock_threshold: 5,
-                created_at: None,
-            }),
-        })
-        .await
-        .unwrap();
-    c.inventory
-        .receive_stock(inventory::ReceiveStockRequest {
-            idempotency_key: "gadget-east".into(),
-            sku: "GADGET".into(),
-            location: "east".into(),
-            quantity: 6,
-            source: None,
-            from_inbound: false,
-            unit_cost: None,
-        })
-        .await
-        .unwrap();
+    c.create_item("GADGET", 800, 200, 5).await;
+    c.receive("gadget-east", "GADGET", "east", 6).await;
     let supplier = p
         .create_supplier(CreateSupplierRequest {
             code: "gadgetco".into(),

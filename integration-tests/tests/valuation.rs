@@ -19,23 +19,6 @@ fn usd(amount_minor: i64) -> Option<Money> {
     })
 }
 
-async fn item(c: &mut Clients, sku: &str, cost: i64, grams: i64) {
-    c.inventory
-        .create_item(CreateItemRequest {
-            item: Some(Item {
-                sku: sku.into(),
-                name: sku.into(),
-                unit_cost: usd(cost),
-                weight_grams: grams,
-                tax_class: "standard".into(),
-                low_stock_threshold: 0,
-                created_at: None,
-            }),
-        })
-        .await
-        .unwrap();
-}
-
 fn po(id: &str) -> Option<SourceDocument> {
     Some(SourceDocument {
         kind: "purchase_order".into(),
@@ -72,8 +55,8 @@ async fn valuation(c: &mut Clients, sku: &str) -> ItemValuation {
 
 async fn landed_costs(backend: Backend) {
     let (s, mut c) = seeded(&backend).await;
-    item(&mut c, "LC-A", 450, 1_000).await;
-    item(&mut c, "LC-B", 190, 500).await;
+    c.create_item("LC-A", 450, 1_000, 0).await;
+    c.create_item("LC-B", 190, 500, 0).await;
     // One purchase order: 10 A at 5.00 (50.00), 30 B at 2.00 (60.00).
     receive(&mut c, "LC-A", 10, 500, "PO-LC-1").await;
     receive(&mut c, "LC-B", 30, 200, "PO-LC-1").await;

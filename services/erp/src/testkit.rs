@@ -22,6 +22,8 @@ pub struct Clients {
     pub carrier: CarrierServiceClient<Channel>,
     pub finance: FinanceServiceClient<Channel>,
     pub orchestrator: OrchestratorServiceClient<Channel>,
+    pub procurement:
+        erp_proto::procurement::procurement_service_client::ProcurementServiceClient<Channel>,
 }
 
 fn lazy(url: &str) -> Channel {
@@ -44,7 +46,48 @@ impl Clients {
             carrier: CarrierServiceClient::new(lazy(&peers.carrier)),
             finance: FinanceServiceClient::new(lazy(&peers.finance)),
             orchestrator: OrchestratorServiceClient::new(lazy(&peers.orchestrator)),
+            procurement:
+                erp_proto::procurement::procurement_service_client::ProcurementServiceClient::new(
+                    lazy(&peers.procurement),
+                ),
         }
+    }
+
+    /// Adds an item to the catalog (USD, `standard` tax class).
+    pub async fn create_item(&mut self, sku: &str, cost_minor: i64, grams: i64, low_stock: i64) {
+        self.inventory
+            .create_item(inventory::CreateItemRequest {
+                item: Some(inventory::Item {
+                    sku: sku.into(),
+                    name: sku.into(),
+                    unit_cost: Some(erp_proto::common::Money {
+                        amount_minor: cost_minor,
+                        currency: "USD".into(),
+                    }),
+                    weight_grams: grams,
+                    tax_class: "standard".into(),
+                    low_stock_threshold: low_stock,
+                    created_at: None,
+                }),
+            })
+            .await
+            .expect("item created");
+    }
+
+    /// Receives `quantity` of `sku` at `location` (no purchase order: the catalog cost).
+    pub async fn receive(&mut self, key: &str, sku: &str, location: &str, quantity: i64) {
+        self.inventory
+            .receive_stock(inventory::ReceiveStockRequest {
+                idempotency_key: key.into(),
+                sku: sku.into(),
+                location: location.into(),
+                quantity,
+                source: None,
+                from_inbound: false,
+                unit_cost: None,
+            })
+            .await
+            .expect("stock received");
     }
 
     /// Places a web order and returns its id.

@@ -433,7 +433,6 @@ fn clone_error(e: &ApiError, message: &str) -> ApiError {
         ApiError::AlreadyExists(_) => ApiError::AlreadyExists(message.to_owned()),
         ApiError::Unavailable(_) => ApiError::Unavailable(message.to_owned()),
         ApiError::Aborted(_) => ApiError::Aborted(message.to_owned()),
-        ApiError::Unimplemented(_) => ApiError::Unimplemented(message.to_owned()),
         ApiError::Internal(_) => ApiError::Internal(message.to_owned()),
         ApiError::Upstream(s) => ApiError::Upstream(s.clone()),
     }

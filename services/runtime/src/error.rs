@@ -34,8 +34,6 @@ pub enum ApiError {
     /// The operation conflicted with a concurrent one: retry.
     #[error("{0}")]
     Aborted(String),
-    #[error("{0}")]
-    Unimplemented(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// A peer service's answer, passed on with its code, message and details (a refusal of
@@ -106,7 +104,6 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(_) => Status::already_exists(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
             ApiError::Aborted(_) => Status::aborted(message),
-            ApiError::Unimplemented(_) => Status::unimplemented(message),
             ApiError::Internal(_) => Status::internal(message),
             ApiError::Upstream(status) => status,
         }

@@ -63,6 +63,15 @@ impl Store {
         c: &C,
         sku: &str,
     ) -> ApiResult<item_value::Model> {
+        let locked = || {
+            item_value::Entity::find_by_id(sku.to_owned())
+                .lock_exclusive()
+                .one(c)
+        };
+        // The usual case, one statement: the row exists.
+        if let Some(v) = locked().await? {
+            return Ok(v);
+        }
         let it = item::Entity::find_by_id(sku.to_owned())
             .one(c)
             .await?
@@ -80,9 +89,7 @@ impl Store {
         )
         .exec_without_returning(c)
         .await?;
-        item_value::Entity::find_by_id(sku.to_owned())
-            .lock_exclusive()
-            .one(c)
+        locked()
             .await?
             .ok_or_else(|| ApiError::Internal(format!("valuation of {sku} vanished")))
     }
