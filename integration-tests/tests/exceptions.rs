@@ -299,6 +299,7 @@ async fn a_cancelled_backorder_voids_the_kept_authorization() {
                 id: "customer".into(),
                 reason: "too slow".into(),
             }),
+            include_allocated: false,
         })
         .await
         .unwrap();

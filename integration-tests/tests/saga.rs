@@ -73,19 +73,43 @@ async fn happy_path_and_rejections(backend: Backend) {
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].state, ReservationState::Committed as i32);
 
+    // No warehouse has 500 lamps: the order waits, backordered, holding nothing (no stock
+    // reserved, no payment authorized) until stock arrives or the customer cancels.
+    let deadline = std::time::Instant::now() + T;
+    while c.order(&oos).await.status != OrderStatus::Backordered as i32 {
+        assert!(std::time::Instant::now() < deadline, "never backordered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = c.wait_saga(&oos, &[SagaStatus::Waiting], T).await;
+    assert_eq!(waiting.current_step, "route");
+    assert!(
+        waiting.last_error.contains("BACKORDERED"),
+        "{}",
+        waiting.last_error
+    );
+    let line = c.order(&oos).await.lines[0].quantities.unwrap();
+    assert_eq!((line.backordered, line.allocated), (500, 0));
+    assert!(c.reservations(&oos).await.is_empty());
+    assert!(c.payment(&oos).await.is_none());
+    c.order
+        .cancel_order(erp_proto::order::CancelOrderRequest {
+            idempotency_key: "H-2-cancel".into(),
+            order_id: oos.clone(),
+            line_ids: vec![],
+            actor: None,
+            include_allocated: false,
+        })
+        .await
+        .unwrap();
     let failed = c.wait_saga(&oos, &[SagaStatus::Compensated], T).await;
     assert!(
-        failed.last_error.contains("INSUFFICIENT_STOCK"),
+        failed.last_error.contains("ORDER_CANCELLED"),
         "{}",
         failed.last_error
     );
     let o = c.order(&oos).await;
-    assert_eq!(o.status, OrderStatus::Failed as i32);
-    assert!(
-        o.status_reason.starts_with("INSUFFICIENT_STOCK"),
-        "{}",
-        o.status_reason
-    );
+    assert_eq!(o.status, OrderStatus::Cancelled as i32);
+    assert_eq!(o.lines[0].quantities.unwrap().cancelled, 500);
     assert!(c.reservations(&oos).await.is_empty());
     assert!(c.payment(&oos).await.is_none());
 

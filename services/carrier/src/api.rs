@@ -4,7 +4,7 @@ use erp_proto::carrier::carrier_service_server::CarrierService;
 use erp_proto::carrier::*;
 use erp_proto::common::Money;
 use erp_runtime::error::respond;
-use erp_runtime::idempotency::{self};
+use erp_runtime::idempotency::{self, Forward};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{from_timestamp, now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -401,8 +401,26 @@ impl CarrierApi {
         }
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "carrier.VoidLabel", req);
+        // A saga's compensation voids exactly the label its purchase bought: an order shipped
+        // in parts has other labels that are not this step's to void.
+        let bought = match idempotency::forward_outcome::<_, BuyLabelResponse>(
+            &txn,
+            "carrier.BuyLabel",
+            &req.idempotency_key,
+        )
+        .await?
+        {
+            Forward::Unrelated => None,
+            Forward::Never => Some(Vec::new()),
+            Forward::Did(r) => Some(r.shipment.map(|s| s.shipment_id).into_iter().collect()),
+        };
         idempotency::tombstone_forward(&txn, "carrier.BuyLabel", &req.idempotency_key).await?;
-        let rows = if req.order_id.is_empty() {
+        let rows = if let (false, Some(ids)) = (req.order_id.is_empty(), bought) {
+            shipment::Entity::find()
+                .filter(shipment::Column::ShipmentId.is_in(ids))
+                .all(&txn)
+                .await?
+        } else if req.order_id.is_empty() {
             vec![
                 shipment::Entity::find_by_id(req.shipment_id.clone())
                     .one(&txn)

@@ -98,6 +98,7 @@ pub(crate) fn payment_to_wire(m: payment::Model) -> Payment {
     let status = match m.status.as_str() {
         "authorized" => PaymentStatus::Authorized,
         "captured" => PaymentStatus::Captured,
+        "partially_captured" => PaymentStatus::PartiallyCaptured,
         "partially_refunded" => PaymentStatus::PartiallyRefunded,
         "refunded" => PaymentStatus::Refunded,
         "voided" => PaymentStatus::Voided,
@@ -472,16 +473,14 @@ impl FinanceApi {
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.CapturePayment", req);
         let p = self.find_payment(&txn, &req.payment_id, "").await?;
-        if p.status != "authorized" {
+        if !matches!(p.status.as_str(), "authorized" | "partially_captured") {
             return Err(ApiError::precondition(
                 "PAYMENT_NOT_AUTHORIZED",
                 format!("payment {} is {}", p.payment_id, p.status),
             ));
         }
-        let amount = req
-            .amount
-            .as_ref()
-            .map_or(p.authorized_minor, |a| a.amount_minor);
+        let left = p.authorized_minor - p.captured_minor;
+        let amount = req.amount.as_ref().map_or(left, |a| a.amount_minor);
         if let Some(a) = &req.amount
             && a.currency != p.currency
         {
@@ -490,15 +489,24 @@ impl FinanceApi {
                 format!("payment is in {}", p.currency),
             ));
         }
-        if amount > p.authorized_minor {
+        if amount > left {
             return Err(ApiError::precondition(
                 "OVER_CAPTURE",
-                format!("cannot capture {amount}: {} authorized", p.authorized_minor),
+                format!(
+                    "cannot capture {amount}: {} authorized, {} captured already",
+                    p.authorized_minor, p.captured_minor
+                ),
             ));
         }
+        let captured = p.captured_minor + amount;
         let mut am: payment::ActiveModel = p.into();
-        am.captured_minor = Set(amount);
-        am.status = Set("captured".into());
+        am.captured_minor = Set(captured);
+        am.status = Set(if req.more_to_follow && amount < left {
+            "partially_captured"
+        } else {
+            "captured"
+        }
+        .into());
         let p = am.update(&txn).await?;
         let response = CapturePaymentResponse {
             payment: Some(payment_to_wire(p)),
@@ -528,6 +536,12 @@ impl FinanceApi {
                 am.status = Set("voided".into());
                 am.update(&txn).await?
             }
+            // Part was captured for what shipped: the rest of the authorization is released.
+            "partially_captured" => {
+                let mut am: payment::ActiveModel = p.into();
+                am.status = Set("captured".into());
+                am.update(&txn).await?
+            }
             "voided" => p,
             other => {
                 return Err(ApiError::precondition(
@@ -555,7 +569,10 @@ impl FinanceApi {
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.RefundPayment", req);
         let p = self.find_payment(&txn, &req.payment_id, "").await?;
-        if !matches!(p.status.as_str(), "captured" | "partially_refunded") {
+        if !matches!(
+            p.status.as_str(),
+            "captured" | "partially_refunded" | "partially_captured"
+        ) {
             return Err(ApiError::precondition(
                 "PAYMENT_NOT_CAPTURED",
                 format!("payment {} is {}", p.payment_id, p.status),
@@ -598,9 +615,13 @@ impl FinanceApi {
             &req.reason,
         )
         .await?;
+        let still_capturing = p.status == "partially_captured";
         let mut am: payment::ActiveModel = p.into();
         am.refunded_minor = Set(refunded);
-        am.status = Set(if refunded == captured {
+        am.status = Set(if still_capturing {
+            // More shipments are coming: the payment keeps taking captures.
+            "partially_captured"
+        } else if refunded == captured {
             "refunded"
         } else {
             "partially_refunded"

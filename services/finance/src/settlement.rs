@@ -46,7 +46,7 @@ impl FinanceApi {
         let p = self.find_payment(&txn, &req.payment_id, "").await?;
         if !matches!(
             p.status.as_str(),
-            "captured" | "partially_refunded" | "charged_back"
+            "captured" | "partially_refunded" | "charged_back" | "partially_captured"
         ) {
             return Err(ApiError::precondition(
                 "PAYMENT_NOT_CAPTURED",

@@ -155,6 +155,7 @@ async fn journal_and_payments(backend: Backend) {
             idempotency_key: "cap0".into(),
             payment_id: auth.payment_id.clone(),
             amount: usd(2000),
+            more_to_follow: false,
         })
         .await
         .unwrap_err();
@@ -164,6 +165,7 @@ async fn journal_and_payments(backend: Backend) {
             idempotency_key: "cap1".into(),
             payment_id: auth.payment_id.clone(),
             amount: None,
+            more_to_follow: false,
         })
         .await
         .unwrap()
@@ -321,6 +323,103 @@ async fn a_provider_timeout_records_nothing_and_the_retry_authorizes_once() {
     assert_eq!(
         first.payment.unwrap().status,
         PaymentStatus::Authorized as i32
+    );
+    svc.stop().await;
+}
+
+/// An order shipped in parts: one capture per shipment against one authorization, a refund
+/// between them, and a void at the end that releases only what no shipment captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_captures_then_the_rest_is_released() {
+    let svc = testing::spawn::<erp_finance::Service>(&Backend::Sqlite).await;
+    let mut c = FinanceServiceClient::new(svc.channel().await);
+    let auth = c
+        .authorize_payment(AuthorizePaymentRequest {
+            idempotency_key: "parts-auth".into(),
+            order_id: "o-parts".into(),
+            channel: "web".into(),
+            amount: usd(1000),
+            payment_method_token: "tok_visa".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    let capture = |key: &str, amount: i64| CapturePaymentRequest {
+        idempotency_key: key.into(),
+        payment_id: auth.payment_id.clone(),
+        amount: usd(amount),
+        more_to_follow: true,
+    };
+    let p = c
+        .capture_payment(capture("parts-c1", 400))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(p.status, PaymentStatus::PartiallyCaptured as i32);
+    assert_eq!(p.captured.unwrap().amount_minor, 400);
+    // A repeat of the same capture is the same capture, not a second one.
+    let again = c
+        .capture_payment(capture("parts-c1", 400))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(again.captured.unwrap().amount_minor, 400);
+    let over = c
+        .capture_payment(capture("parts-c2", 700))
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&over).as_deref(), Some("OVER_CAPTURE"));
+    // A return of the first shipment is refunded while the second is still coming.
+    let p = c
+        .refund_payment(RefundPaymentRequest {
+            idempotency_key: "parts-r1".into(),
+            payment_id: auth.payment_id.clone(),
+            amount: usd(100),
+            reason: "returned".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(p.status, PaymentStatus::PartiallyCaptured as i32);
+    let p = c
+        .capture_payment(capture("parts-c3", 300))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(p.captured.unwrap().amount_minor, 700);
+    assert_eq!(p.status, PaymentStatus::PartiallyCaptured as i32);
+    // The last line was cancelled: the void releases the 300 never captured, keeps the 700.
+    let p = c
+        .void_payment(VoidPaymentRequest {
+            idempotency_key: "parts-v".into(),
+            payment_id: auth.payment_id.clone(),
+            order_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(p.status, PaymentStatus::Captured as i32);
+    assert_eq!(p.captured.unwrap().amount_minor, 700);
+    assert_eq!(p.refunded.unwrap().amount_minor, 100);
+    let closed = c
+        .capture_payment(capture("parts-c4", 100))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_reason(&closed).as_deref(),
+        Some("PAYMENT_NOT_AUTHORIZED")
     );
     svc.stop().await;
 }

@@ -29,6 +29,9 @@ pub enum Step {
     CapturePayment,
     PostJournal,
     MarkShipped,
+    /// v3: another shipment when lines are left (backordered, or for another warehouse);
+    /// otherwise the uncaptured rest of the authorization is released.
+    NextShipment,
 }
 
 impl Step {
@@ -49,6 +52,7 @@ impl Step {
             Self::CapturePayment => "capture_payment",
             Self::PostJournal => "post_journal",
             Self::MarkShipped => "mark_shipped",
+            Self::NextShipment => "next_shipment",
         }
     }
 
@@ -81,12 +85,14 @@ impl Step {
     pub fn policy(self) -> Policy {
         match self {
             // After the pivot the saga must finish: many attempts, then an operator.
-            Self::CommitStock | Self::CapturePayment | Self::PostJournal | Self::MarkShipped => {
-                Policy {
-                    max_attempts: 30,
-                    timeout: Duration::from_secs(10),
-                }
-            }
+            Self::CommitStock
+            | Self::CapturePayment
+            | Self::PostJournal
+            | Self::MarkShipped
+            | Self::NextShipment => Policy {
+                max_attempts: 30,
+                timeout: Duration::from_secs(10),
+            },
             _ => Policy {
                 max_attempts: 6,
                 timeout: Duration::from_secs(5),
@@ -139,11 +145,36 @@ pub const FULFILLMENT_V2: &[Step] = &[
     Step::MarkShipped,
 ];
 
+/// Version 3: an order ships in parts. Each round plans one shipment from one warehouse for
+/// what can ship now (the routing rules' split, or what is in stock), backorders what no
+/// warehouse has, captures that shipment's share of the payment and posts its entry; the last
+/// step starts another round while lines are left. A backorder at the first routing waits for
+/// stock instead of failing, and a cancelled line stops only the shipment that holds it.
+pub const FULFILLMENT_V3: &[Step] = &[
+    Step::LoadOrder,
+    Step::ApplyTax,
+    Step::Route,
+    Step::ReserveStock,
+    Step::RecordAllocation,
+    Step::AuthorizePayment,
+    Step::CreateFulfillment,
+    Step::AwaitPack,
+    Step::QuoteLabel,
+    Step::BuyLabel,
+    Step::AwaitShipment,
+    Step::CommitStock,
+    Step::CapturePayment,
+    Step::PostJournal,
+    Step::MarkShipped,
+    Step::NextShipment,
+];
+
 /// The steps of a definition version, if this build knows it.
 pub fn steps(definition: &str, version: i32) -> Option<&'static [Step]> {
     match (definition, version) {
         ("fulfillment", 1) => Some(FULFILLMENT_V1),
         ("fulfillment", 2) => Some(FULFILLMENT_V2),
+        ("fulfillment", 3) => Some(FULFILLMENT_V3),
         _ => None,
     }
 }
@@ -188,8 +219,17 @@ mod tests {
     fn unknown_versions_are_not_guessed() {
         assert!(steps("fulfillment", 1).is_some());
         assert!(steps("fulfillment", 2).is_some());
-        assert!(steps("fulfillment", 3).is_none());
+        assert!(steps("fulfillment", 3).is_some());
+        assert!(steps("fulfillment", 4).is_none());
         assert!(steps("returns", 1).is_none());
+    }
+
+    #[test]
+    fn v3_is_v2_with_a_loop_after_the_pivot() {
+        assert_eq!(&FULFILLMENT_V3[..FULFILLMENT_V2.len()], FULFILLMENT_V2);
+        assert_eq!(FULFILLMENT_V3.last(), Some(&Step::NextShipment));
+        assert!(pivot(FULFILLMENT_V3) < FULFILLMENT_V3.len() - 1);
+        assert!(!Step::NextShipment.compensable());
     }
 
     #[test]

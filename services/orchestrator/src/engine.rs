@@ -366,7 +366,8 @@ impl Engine {
     }
 
     async fn drive(&self, m: saga::Model) -> anyhow::Result<()> {
-        let ctx: Ctx = serde_json::from_str(&m.data).unwrap_or_default();
+        let mut ctx: Ctx = serde_json::from_str(&m.data).unwrap_or_default();
+        ctx.parts = m.definition_version >= 3;
         let mut st = State { m, ctx };
         if st.ctx.order.is_none() {
             st.ctx.order = Some(OrderSnapshot {
@@ -409,8 +410,24 @@ impl Engine {
                 for s in &pending {
                     match s.signal.as_str() {
                         "SHIPPED" => {
-                            st.ctx.shipped = true;
-                            notes.push("shipment confirmed by the warehouse".to_owned());
+                            // A late or repeated confirmation of an earlier shipment (or of a
+                            // fulfillment undone by a re-route) does not ship this one.
+                            let p: serde_json::Value =
+                                serde_json::from_str(&s.payload).unwrap_or_default();
+                            match p["fulfillment_id"].as_str() {
+                                Some(f) if !f.is_empty() && f != st.ctx.fulfillment_id => {
+                                    notes.push(format!(
+                                        "ship confirmation of fulfillment {f} ignored: not the current one"
+                                    ));
+                                }
+                                _ => {
+                                    st.ctx.shipped = true;
+                                    notes.push("shipment confirmed by the warehouse".to_owned());
+                                }
+                            }
+                        }
+                        "CANCEL" if st.ctx.parts && !cancelled_lines(&s.payload).is_empty() => {
+                            notes.push(self.on_line_cancel(&mut st, &s.payload, pivot));
                         }
                         "CANCEL" => {
                             let forward =
@@ -613,6 +630,28 @@ impl Engine {
         )
         .await;
         match result {
+            Ok(()) if step == Step::NextShipment && st.ctx.more_to_ship => {
+                // Another shipment: plan it from the routing step with fresh keys.
+                let route = steps
+                    .iter()
+                    .position(|s| *s == Step::Route)
+                    .and_then(|i| i32::try_from(i).ok())
+                    .unwrap_or(0);
+                st.ctx.more_to_ship = false;
+                st.ctx.round += 1;
+                clear_shipment(&mut st.ctx);
+                st.m.step_index = route;
+                st.m.attempts = 0;
+                st.m.last_error.clear();
+                st.m.next_attempt_at_ms = now_ms();
+                let detail = format!(
+                    "shipment {} done; planning shipment {} for what is left",
+                    st.ctx.shipments.len(),
+                    st.ctx.shipments.len() + 1
+                );
+                self.save(st, log(step.name(), "forward", "succeeded", detail), &[])
+                    .await
+            }
             Ok(()) => {
                 st.m.step_index += 1;
                 st.ctx.backordered = false;
@@ -657,9 +696,32 @@ impl Engine {
                 self.retry_later(st, step, "forward", &e).await
             }
             Err(StepError::Rejected { reason, detail })
-                if step == Step::Route && reason == "INSUFFICIENT_STOCK" && st.ctx.round > 0 =>
+                if step == Step::Route
+                    && reason == "INSUFFICIENT_STOCK"
+                    && (st.ctx.round > 0 || st.ctx.parts) =>
             {
                 self.backordered(st, &detail).await
+            }
+            Err(StepError::Rejected { reason, detail })
+                if step == Step::Route && reason == "NOTHING_TO_SHIP" =>
+            {
+                st.ctx.backordered = false;
+                if st.ctx.shipments.is_empty() {
+                    // Every line was cancelled before anything shipped.
+                    Self::start_compensation(
+                        st,
+                        i64::from(i) - 1,
+                        "ORDER_CANCELLED",
+                        "every line was cancelled",
+                    );
+                } else {
+                    // The rest was cancelled after a shipment: close the order's payment.
+                    st.m.step_index = i32::try_from(steps.len()).unwrap_or(i32::MAX) - 1;
+                    st.m.attempts = 0;
+                    st.m.next_attempt_at_ms = now_ms();
+                }
+                self.save(st, log(step.name(), "forward", "succeeded", detail), &[])
+                    .await
             }
             Err(StepError::Rejected { reason, detail }) => {
                 st.m.last_error = format!("{reason}: {detail}");
@@ -718,17 +780,74 @@ impl Engine {
         if !st.ctx.excluded_sites.contains(&site) {
             st.ctx.excluded_sites.push(site);
         }
-        if !st.ctx.rerouting {
-            st.ctx.rerouting = true;
-            // Undo from the step the saga stands at (a wait, or a call that may have happened).
-            st.m.step_index = st.m.step_index.min(pivot - 1);
-            st.m.attempts = 0;
-            if st.m.status == "waiting" {
-                st.m.status = "running".into();
-            }
-            st.m.next_attempt_at_ms = now_ms();
-        }
+        Self::begin_reroute(st, pivot);
         format!("{what}; re-routing without that site")
+    }
+
+    /// Starts undoing the shipment in progress (its site-bound steps) to plan again.
+    fn begin_reroute(st: &mut State, pivot: i32) {
+        if st.ctx.rerouting {
+            return;
+        }
+        st.ctx.rerouting = true;
+        // Undo from the step the saga stands at (a wait, or a call that may have happened).
+        st.m.step_index = st.m.step_index.min(pivot - 1);
+        st.m.attempts = 0;
+        if st.m.status == "waiting" {
+            st.m.status = "running".into();
+        }
+        st.m.next_attempt_at_ms = now_ms();
+    }
+
+    /// v3: the customer cancelled some lines. Units no shipment held are cancelled by the
+    /// order service already; a shipment in progress that holds a cancelled line is stopped
+    /// before its pivot (undone, the lines cancelled, the rest planned again), and ships as is
+    /// after it. Returns the note for the timeline.
+    fn on_line_cancel(&self, st: &mut State, payload: &str, pivot: i32) -> String {
+        let p: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        let ids = |k: &str| -> Vec<String> {
+            p[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let lines = ids("line_ids");
+        let pending = ids("pending_line_ids");
+        let held: Vec<String> = pending
+            .into_iter()
+            .filter(|l| st.ctx.batch.iter().any(|b| &b.line_id == l))
+            .collect();
+        let forward = matches!(st.m.status.as_str(), "pending" | "running" | "waiting");
+        if held.is_empty() {
+            // A backordered saga looks again now: what it waits for may be gone.
+            if forward && st.m.status == "waiting" && st.ctx.backordered {
+                st.m.next_attempt_at_ms = now_ms();
+            }
+            return format!(
+                "line(s) {} cancelled; the shipment in progress holds none of them",
+                lines.join(", ")
+            );
+        }
+        if !forward || st.m.step_index >= pivot {
+            return format!(
+                "cancellation of line(s) {} refused: their shipment is past its pivot and ships",
+                held.join(", ")
+            );
+        }
+        for l in &held {
+            if !st.ctx.cancel_lines.contains(l) {
+                st.ctx.cancel_lines.push(l.clone());
+            }
+        }
+        Self::begin_reroute(st, pivot);
+        format!(
+            "line(s) {} cancelled: stopping the shipment from {} to plan the rest again",
+            held.join(", "),
+            st.ctx.location
+        )
     }
 
     /// One move of a re-route: undo the next site-bound step going down, and once at the
@@ -827,27 +946,39 @@ impl Engine {
                 )),
             }
         }
+        if !st.ctx.cancel_lines.is_empty() {
+            match bounded(
+                policy.timeout,
+                self.participants
+                    .cancel_lines(&st.m.saga_id, &st.ctx, policy.timeout),
+            )
+            .await
+            {
+                Ok(()) => notes.push(format!(
+                    "line(s) {} cancelled on the order",
+                    st.ctx.cancel_lines.join(", ")
+                )),
+                Err(StepError::Transient(e)) | Err(StepError::Rejected { detail: e, .. }) => {
+                    st.m.attempts += 1;
+                    st.m.last_error = e.clone();
+                    return self.retry_later(st, Step::Route, "forward", &e).await;
+                }
+            }
+        }
         let c = &mut st.ctx;
         c.round += 1;
         c.rerouting = false;
         c.writeoffs.clear();
-        c.location.clear();
-        c.origin_postal.clear();
-        c.reservation_ids.clear();
-        c.fulfillment_id.clear();
-        c.carrier.clear();
-        c.service.clear();
-        c.shipment_id.clear();
-        c.tracking_number.clear();
-        c.label_cost_minor = 0;
-        c.packed = false;
-        c.parcel = None;
-        c.shipped = false;
-        c.ship_deadline_ms = 0;
+        c.cancel_lines.clear();
+        clear_shipment(c);
         let detail = format!(
-            "re-route {} without {}{}{}",
+            "re-route {}{}{}{}",
             c.round,
-            c.excluded_sites.join(", "),
+            if c.excluded_sites.is_empty() {
+                String::new()
+            } else {
+                format!(" without {}", c.excluded_sites.join(", "))
+            },
             if notes.is_empty() { "" } else { "; " },
             notes.join("; ")
         );
@@ -1007,6 +1138,26 @@ async fn bounded(
 /// What a step learned, for the timeline.
 fn summary(step: Step, ctx: &Ctx) -> String {
     match step {
+        Step::Route if ctx.parts => {
+            let list = |p: &mut dyn Iterator<Item = (String, i64)>| {
+                p.map(|(l, q)| format!("{l} x{q}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut text = format!(
+                "shipment {} from {}: {}",
+                ctx.shipments.len() + 1,
+                ctx.location,
+                list(&mut ctx.batch.iter().map(|l| (l.sku.clone(), l.quantity)))
+            );
+            if !ctx.short.is_empty() {
+                text.push_str("; backordered: ");
+                text.push_str(&list(
+                    &mut ctx.short.iter().map(|p| (p.line_id.clone(), p.quantity)),
+                ));
+            }
+            text
+        }
         Step::Route => format!("ship from {}", ctx.location),
         Step::ReserveStock => format!("{} reservation(s)", ctx.reservation_ids.len()),
         Step::AuthorizePayment => format!("payment {}", ctx.payment_id),
@@ -1019,4 +1170,39 @@ fn summary(step: Step, ctx: &Ctx) -> String {
         Step::PostJournal => format!("journal entry {}", ctx.journal_entry_id),
         _ => String::new(),
     }
+}
+
+/// Forgets the warehouse-bound facts of the shipment in progress (after a re-route, or once it
+/// shipped), so that the next plan starts clean.
+fn clear_shipment(c: &mut Ctx) {
+    c.location.clear();
+    c.origin_postal.clear();
+    c.reservation_ids.clear();
+    c.fulfillment_id.clear();
+    c.carrier.clear();
+    c.service.clear();
+    c.shipment_id.clear();
+    c.tracking_number.clear();
+    c.label_cost_minor = 0;
+    c.packed = false;
+    c.parcel = None;
+    c.shipped = false;
+    c.ship_deadline_ms = 0;
+    c.journal_entry_id.clear();
+    c.batch.clear();
+    c.short.clear();
+}
+
+/// The line ids a CANCEL signal names (empty: the whole order, or an operator's cancel).
+fn cancelled_lines(payload: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|p| {
+            p["line_ids"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }

@@ -18,7 +18,7 @@ use erp_runtime::bus::{Event, handler};
 use tokio::sync::Notify;
 
 /// Version of the fulfillment saga definition new instances are pinned to.
-pub const FULFILLMENT_VERSION: i32 = 2;
+pub const FULFILLMENT_VERSION: i32 = 3;
 
 pub struct Service;
 

@@ -57,9 +57,107 @@ pub struct Ctx {
     /// How many steps ever succeeded (the highest index + 1): a compensation starts there even
     /// when a re-route moved the saga back, so that a kept payment authorization is voided too.
     pub completed: i32,
+    /// Definition v3 ships an order in parts: one shipment per round, each from one warehouse,
+    /// for what can ship now; the rest waits (backordered) or goes in the next shipment.
+    /// Set by the engine from the instance's definition version.
+    #[serde(skip)]
+    pub parts: bool,
+    /// v3: the lines and quantities of the shipment in progress (empty before v3: the order).
+    pub batch: Vec<LineSnapshot>,
+    /// v3: what each line still needs (not shipped, cancelled or returned) when last routed.
+    pub remaining: Vec<Portion>,
+    /// v3: units no warehouse can ship now (backordered on the order).
+    pub short: Vec<Portion>,
+    /// v3: the shipments made so far.
+    pub shipments: Vec<ShipmentDone>,
+    /// v3: what was authorized and what the shipments captured of it.
+    pub authorized_minor: i64,
+    pub captured_minor: i64,
+    /// v3: set by the last step when lines are left for another shipment.
+    pub more_to_ship: bool,
+    /// v3: lines whose cancellation stops the shipment in progress; cancelled on the order
+    /// once the shipment is undone.
+    pub cancel_lines: Vec<String>,
+    /// How many times a backordered saga looked for stock again (each RouteOrder call needs a
+    /// key of its own).
+    pub route_checks: u32,
+    /// v3: the stock a backordered saga last asked the rules about.
+    pub stock_seen: String,
+}
+
+/// A quantity of one order line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Portion {
+    pub line_id: String,
+    pub quantity: i64,
+}
+
+/// One shipment of an order shipped in parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShipmentDone {
+    pub site: String,
+    pub fulfillment_id: String,
+    pub tracking_number: String,
+    pub lines: Vec<Portion>,
+    pub captured_minor: i64,
 }
 
 impl Ctx {
+    /// Units of `line_id` shipped by earlier shipments.
+    fn shipped_before(&self, line_id: &str) -> i64 {
+        self.shipments
+            .iter()
+            .flat_map(|s| s.lines.iter())
+            .filter(|p| p.line_id == line_id)
+            .map(|p| p.quantity)
+            .sum()
+    }
+
+    /// What the current step ships and charges: the shipment in progress (v3), else the order.
+    /// A part carries its lines' prices and its share of their tax (the last unit of a line
+    /// takes the rounding remainder), and the channel's fixed fee only in the first shipment.
+    pub fn shipping(&self) -> Option<OrderSnapshot> {
+        let o = self.order.as_ref()?;
+        if !self.parts || self.batch.is_empty() {
+            return Some(o.clone());
+        }
+        let mut part = o.clone();
+        let mut subtotal = 0i64;
+        let mut tax = 0i64;
+        for l in &self.batch {
+            let before = self.shipped_before(&l.line_id);
+            subtotal += l.unit_price_minor * l.quantity;
+            tax += tax_share(l.tax_minor, l.ordered, before + l.quantity)
+                - tax_share(l.tax_minor, l.ordered, before);
+        }
+        part.lines = self.batch.clone();
+        part.subtotal_minor = subtotal;
+        part.tax_minor = tax;
+        part.total_minor = subtotal + tax;
+        if !self.shipments.is_empty() {
+            part.fixed_fee_minor = 0;
+        }
+        Some(part)
+    }
+
+    /// v3: the value of what the order still needs, with its tax: what is authorized.
+    fn open_value(&self) -> i64 {
+        let Some(o) = self.order.as_ref() else {
+            return 0;
+        };
+        o.lines
+            .iter()
+            .map(|l| {
+                let before = self.shipped_before(&l.line_id);
+                l.unit_price_minor * l.quantity
+                    + tax_share(l.tax_minor, l.ordered, before + l.quantity)
+                    - tax_share(l.tax_minor, l.ordered, before)
+            })
+            .sum()
+    }
+
     /// What carriers zone from: the warehouse's postal code, or its code when it has none
     /// (zone 1 everywhere).
     pub fn origin_zone(&self) -> String {
@@ -92,7 +190,18 @@ pub struct Carton {
     pub height_mm: i64,
 }
 
+/// The tax on the first `units` of a line whose `ordered` units carry `tax` in all: pro rata,
+/// rounded down, the whole tax once every unit is counted.
+pub fn tax_share(tax: i64, ordered: i64, units: i64) -> i64 {
+    if ordered <= 0 || units >= ordered {
+        tax
+    } else {
+        tax * units.max(0) / ordered
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OrderSnapshot {
     pub order_id: String,
     pub channel: String,
@@ -109,14 +218,21 @@ pub struct OrderSnapshot {
     pub tax_minor: i64,
     pub commission_bps: i32,
     pub fixed_fee_minor: i64,
+    /// The channel ships complete orders only (wholesale).
+    pub ship_complete: bool,
     pub lines: Vec<LineSnapshot>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LineSnapshot {
     pub line_id: String,
     pub sku: String,
+    /// Units to ship: of the order when read (ordered less cancelled), or of this shipment.
     pub quantity: i64,
+    /// Units ordered, and the tax on all of them (what a shipment's share is taken from).
+    pub ordered: i64,
+    pub tax_minor: i64,
     pub unit_price_minor: i64,
     pub unit_cost_minor: i64,
     pub weight_grams: i64,
@@ -237,9 +353,10 @@ impl Participants {
         match step {
             Step::LoadOrder => self.load_order(ctx, t).await,
             Step::ApplyTax => self.apply_tax(&k, ctx, t).await,
+            Step::Route if ctx.parts => self.route_part(&k, ctx, t).await,
             Step::Route => self.route(&k, ctx, t).await,
             Step::ReserveStock => {
-                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                let o = &ctx.shipping().ok_or_else(|| missing("order"))?;
                 let r = self
                     .inventory
                     .clone()
@@ -278,6 +395,13 @@ impl Participants {
             }
             Step::AuthorizePayment => {
                 let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                // v3 authorizes what the order still needs (less any cancelled lines); each
+                // shipment captures its part.
+                let amount = if ctx.parts {
+                    ctx.open_value()
+                } else {
+                    o.total_minor
+                };
                 let p = self
                     .finance
                     .clone()
@@ -286,7 +410,7 @@ impl Participants {
                             idempotency_key: k,
                             order_id: o.order_id.clone(),
                             channel: o.channel.clone(),
-                            amount: money(o.total_minor, &o.currency),
+                            amount: money(amount, &o.currency),
                             payment_method_token: o.payment_method_token.clone(),
                         },
                         t,
@@ -294,10 +418,11 @@ impl Participants {
                     .await?
                     .into_inner();
                 ctx.payment_id = p.payment.map(|p| p.payment_id).unwrap_or_default();
+                ctx.authorized_minor = amount;
                 Ok(())
             }
             Step::CreateFulfillment => {
-                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                let o = &ctx.shipping().ok_or_else(|| missing("order"))?;
                 let f = self
                     .warehouse
                     .clone()
@@ -328,7 +453,7 @@ impl Participants {
             }
             Step::QuoteLabel => self.quote(ctx, t).await,
             Step::BuyLabel => {
-                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                let o = &ctx.shipping().ok_or_else(|| missing("order"))?;
                 let s = self
                     .carrier
                     .clone()
@@ -372,28 +497,50 @@ impl Participants {
                 Ok(())
             }
             Step::CapturePayment => {
+                // v3: this shipment's part; the authorization stays open for the next ones.
+                let part = if ctx.parts {
+                    let o = ctx.shipping().ok_or_else(|| missing("order"))?;
+                    Some((o.total_minor, o.currency))
+                } else {
+                    None
+                };
+                if part.as_ref().is_some_and(|(amount, _)| *amount == 0) {
+                    return Ok(());
+                }
                 self.finance
                     .clone()
                     .capture_payment(req(
                         finance::CapturePaymentRequest {
                             idempotency_key: k,
                             payment_id: ctx.payment_id.clone(),
-                            amount: None,
+                            amount: part.as_ref().and_then(|(a, c)| money(*a, c)),
+                            more_to_follow: part.is_some(),
                         },
                         t,
                     ))
                     .await?;
+                if let Some((amount, _)) = part {
+                    ctx.captured_minor += amount;
+                }
                 Ok(())
             }
             Step::PostJournal => {
-                let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+                let o = &ctx.shipping().ok_or_else(|| missing("order"))?;
                 let e = self
                     .finance
                     .clone()
                     .post_journal(req(
                         finance::PostJournalRequest {
                             idempotency_key: k,
-                            memo: format!("shipment of order {}", o.order_id),
+                            memo: if ctx.parts {
+                                format!(
+                                    "shipment {} of order {}",
+                                    ctx.shipments.len() + 1,
+                                    o.order_id
+                                )
+                            } else {
+                                format!("shipment of order {}", o.order_id)
+                            },
                             source: Some(erp_proto::common::SourceDocument {
                                 kind: "saga".into(),
                                 id: saga_id.to_owned(),
@@ -420,8 +567,28 @@ impl Participants {
                         t,
                     ))
                     .await?;
+                if ctx.parts {
+                    let lines = ctx
+                        .batch
+                        .iter()
+                        .map(|l| Portion {
+                            line_id: l.line_id.clone(),
+                            quantity: l.quantity,
+                        })
+                        .collect();
+                    let captured = ctx.shipping().map_or(0, |o| o.total_minor);
+                    ctx.shipments.push(ShipmentDone {
+                        site: ctx.location.clone(),
+                        fulfillment_id: ctx.fulfillment_id.clone(),
+                        tracking_number: ctx.tracking_number.clone(),
+                        lines,
+                        captured_minor: captured,
+                    });
+                    ctx.batch.clear();
+                }
                 Ok(())
             }
+            Step::NextShipment => self.next_shipment(&k, ctx, t).await,
         }
     }
 
@@ -469,6 +636,8 @@ impl Participants {
                 {
                     // Nothing was authorized: nothing to void.
                     Err(s) if s.code() == Code::NotFound => {}
+                    // Shipments captured all of it: nothing is left to release.
+                    Err(s) if s.code() == Code::FailedPrecondition && ctx.captured_minor > 0 => {}
                     other => {
                         other?;
                     }
@@ -502,12 +671,17 @@ impl Participants {
                     .await?;
             }
             Step::LoadOrder => {
-                if order_id.is_empty() || ctx.failure_reason == "ORDER_CANCELLED" {
-                    // The order was never read, or the customer cancelled it already.
+                if order_id.is_empty() {
+                    // The order was never read.
                     return Ok(());
                 }
                 let mut client = self.order.clone();
-                let result = if ctx.failure_reason == "CANCELLED_BY_OPERATOR" {
+                // A cancelled order, or one with shipped parts, cancels what did not ship (the
+                // units its stopped shipment held too); otherwise the order failed.
+                let cancel = ctx.failure_reason == "ORDER_CANCELLED"
+                    || ctx.failure_reason == "CANCELLED_BY_OPERATOR"
+                    || !ctx.shipments.is_empty();
+                let result = if cancel {
                     client
                         .cancel_order(req(
                             order::CancelOrderRequest {
@@ -516,8 +690,12 @@ impl Participants {
                                 line_ids: vec![],
                                 actor: Some(erp_proto::common::Actor {
                                     id: "orchestrator".into(),
-                                    reason: ctx.failure_detail.clone(),
+                                    reason: format!(
+                                        "{}: {}",
+                                        ctx.failure_reason, ctx.failure_detail
+                                    ),
                                 }),
+                                include_allocated: true,
                             },
                             t,
                         ))
@@ -537,7 +715,11 @@ impl Participants {
                         .await
                         .map(|_| ())
                 };
-                result?;
+                match result {
+                    // Everything was cancelled (or shipped) already.
+                    Err(s) if s.code() == Code::FailedPrecondition && cancel => {}
+                    other => other?,
+                }
             }
             _ => {}
         }
@@ -600,20 +782,51 @@ impl Participants {
         t: Duration,
     ) -> Result<(), StepError> {
         let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
-        let allocations = o
-            .lines
-            .iter()
-            .map(|l| order::LineAllocation {
-                line_id: l.line_id.clone(),
-                location: if backorder {
-                    String::new()
-                } else {
-                    ctx.location.clone()
-                },
-                allocated: if backorder { 0 } else { l.quantity },
-                backordered: if backorder { l.quantity } else { 0 },
-            })
-            .collect();
+        let allocations = if ctx.parts {
+            // This shipment's units are allocated where it ships from; units no warehouse has
+            // are backordered; the rest stays open for a later shipment.
+            ctx.remaining
+                .iter()
+                .map(|r| {
+                    let batch = ctx.batch.iter().find(|b| b.line_id == r.line_id);
+                    let allocated = if backorder {
+                        0
+                    } else {
+                        batch.map_or(0, |b| b.quantity)
+                    };
+                    let short = ctx
+                        .short
+                        .iter()
+                        .find(|s| s.line_id == r.line_id)
+                        .map_or(0, |s| s.quantity)
+                        .min(r.quantity - allocated);
+                    order::LineAllocation {
+                        line_id: r.line_id.clone(),
+                        location: if allocated > 0 {
+                            ctx.location.clone()
+                        } else {
+                            String::new()
+                        },
+                        allocated,
+                        backordered: short.max(0),
+                    }
+                })
+                .collect()
+        } else {
+            o.lines
+                .iter()
+                .map(|l| order::LineAllocation {
+                    line_id: l.line_id.clone(),
+                    location: if backorder {
+                        String::new()
+                    } else {
+                        ctx.location.clone()
+                    },
+                    allocated: if backorder { 0 } else { l.quantity },
+                    backordered: if backorder { l.quantity } else { 0 },
+                })
+                .collect()
+        };
         self.order
             .clone()
             .record_allocation(req(
@@ -671,6 +884,8 @@ impl Participants {
                 line_id: l.line_id.clone(),
                 sku: l.sku.clone(),
                 quantity: l.quantities.map_or(0, |q| q.ordered - q.cancelled),
+                ordered: l.quantities.map_or(0, |q| q.ordered),
+                tax_minor: l.tax.as_ref().map_or(0, |m| m.amount_minor),
                 unit_price_minor: l.unit_price.as_ref().map_or(0, |p| p.amount_minor),
                 unit_cost_minor: item.unit_cost.map_or(0, |c| c.amount_minor),
                 weight_grams: item.weight_grams,
@@ -699,6 +914,7 @@ impl Participants {
             country_code: ship_to.country_code,
             commission_bps: channel.map_or(0, |c| c.commission_bps),
             fixed_fee_minor: channel.map_or(0, |c| c.fixed_fee_minor),
+            ship_complete: channel.is_some_and(|c| c.ship_complete),
             lines,
         });
         Ok(())
@@ -759,6 +975,14 @@ impl Participants {
         if let Some(o) = ctx.order.as_mut() {
             o.tax_minor = tax;
             o.total_minor = o.subtotal_minor + tax;
+            for l in &mut o.lines {
+                l.tax_minor = calc
+                    .lines
+                    .iter()
+                    .find(|c| c.line_id == l.line_id)
+                    .and_then(|c| c.tax.as_ref())
+                    .map_or(0, |m| m.amount_minor);
+            }
         }
         Ok(())
     }
@@ -860,6 +1084,349 @@ impl Participants {
                         .join(", ")
                 ),
             )),
+        }
+    }
+
+    /// What each line of the order still needs: not shipped, cancelled or returned, read from
+    /// the order service (a line may have been cancelled since the saga read the order).
+    async fn still_needed(&self, order_id: &str, t: Duration) -> Result<Vec<Portion>, StepError> {
+        let o = self
+            .order
+            .clone()
+            .get_order(req(
+                order::GetOrderRequest {
+                    order_id: order_id.to_owned(),
+                },
+                t,
+            ))
+            .await?
+            .into_inner()
+            .order
+            .ok_or_else(|| StepError::Transient("GetOrder answered no order".into()))?;
+        Ok(o.lines
+            .iter()
+            .filter_map(|l| {
+                let q = l.quantities?;
+                let n = q.ordered - q.shipped - q.cancelled - q.returned;
+                (n > 0).then(|| Portion {
+                    line_id: l.line_id.clone(),
+                    quantity: n,
+                })
+            })
+            .collect())
+    }
+
+    /// v3: plans the next shipment: the routing rules' decision (the first of its sites this
+    /// saga can use), else the online warehouse that ships the most of what is needed (all of
+    /// it for a ship-complete channel). What no warehouse has is backordered; with nothing to
+    /// ship now the step answers INSUFFICIENT_STOCK and the saga waits for stock.
+    async fn route_part(&self, key: &str, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
+        let o = ctx.order.clone().ok_or_else(|| missing("order"))?;
+        let remaining = self.still_needed(&o.order_id, t).await?;
+        ctx.remaining = remaining.clone();
+        ctx.batch.clear();
+        if !ctx.backordered {
+            ctx.short.clear();
+        }
+        if remaining.is_empty() {
+            return Err(StepError::rejected(
+                "NOTHING_TO_SHIP",
+                "every line is shipped or cancelled",
+            ));
+        }
+        let sku = |line_id: &str| {
+            o.lines
+                .iter()
+                .find(|l| l.line_id == line_id)
+                .map(|l| l.sku.clone())
+                .unwrap_or_default()
+        };
+        let mut skus: Vec<String> = remaining.iter().map(|r| sku(&r.line_id)).collect();
+        skus.sort();
+        skus.dedup();
+        let availability = self
+            .inventory
+            .clone()
+            .get_availability(req(
+                inventory::GetAvailabilityRequest { skus, as_of: None },
+                t,
+            ))
+            .await?
+            .into_inner();
+        let sites = self
+            .warehouse
+            .clone()
+            .list_sites(req(warehouse::ListSitesRequest {}, t))
+            .await?
+            .into_inner()
+            .sites;
+        let usable = |code: &str| {
+            !ctx.excluded_sites.iter().any(|x| x == code)
+                && sites
+                    .iter()
+                    .find(|s| s.code == code)
+                    .is_none_or(|s| s.status != warehouse::SiteStatus::Offline as i32)
+        };
+        let available = |line_id: &str, loc: &str| -> i64 {
+            let sku = sku(line_id);
+            availability
+                .items
+                .iter()
+                .filter(|i| i.sku == sku)
+                .flat_map(|i| i.locations.iter())
+                .filter(|l| l.location == loc)
+                .map(|l| l.available.max(0))
+                .sum()
+        };
+        let mut candidates: Vec<String> = availability
+            .items
+            .iter()
+            .flat_map(|i| i.locations.iter().map(|l| l.location.clone()))
+            .filter(|l| usable(l))
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        let network =
+            |line_id: &str| -> i64 { candidates.iter().map(|c| available(line_id, c)).sum() };
+        let deficit: Vec<Portion> = remaining
+            .iter()
+            .map(|r| Portion {
+                line_id: r.line_id.clone(),
+                quantity: (r.quantity - network(&r.line_id)).max(0),
+            })
+            .filter(|p| p.quantity > 0)
+            .collect();
+        let what = || {
+            remaining
+                .iter()
+                .map(|r| format!("{} x{}", sku(&r.line_id), r.quantity))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // A backordered saga asks the rules again only once stock of what it waits for is
+        // there and has changed since it last asked (each decision is recorded on the order).
+        let seen = candidates
+            .iter()
+            .flat_map(|c| {
+                remaining
+                    .iter()
+                    .map(move |r| format!("{c}:{}:{}", r.line_id, available(&r.line_id, c)))
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        if ctx.backordered
+            && (remaining.iter().all(|r| network(&r.line_id) == 0) || seen == ctx.stock_seen)
+        {
+            if ctx.short.is_empty() {
+                ctx.short = remaining.clone();
+            }
+            return Err(StepError::rejected(
+                "INSUFFICIENT_STOCK",
+                format!("no warehouse can ship {} yet", what()),
+            ));
+        }
+        ctx.stock_seen = seen;
+        let rk = if ctx.route_checks == 0 {
+            key.to_owned()
+        } else {
+            format!("{key}:{}", ctx.route_checks)
+        };
+        ctx.route_checks += 1;
+        let decision = match self
+            .order
+            .clone()
+            .route_order(req(
+                order::RouteOrderRequest {
+                    idempotency_key: rk,
+                    order_id: o.order_id.clone(),
+                },
+                t,
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner().decision,
+            Err(s) => match StepError::from(s) {
+                transient @ StepError::Transient(_) => return Err(transient),
+                StepError::Rejected { .. } => None,
+            },
+        };
+        let need = |line_id: &str| {
+            remaining
+                .iter()
+                .find(|r| r.line_id == line_id)
+                .map_or(0, |r| r.quantity)
+        };
+        // The rules' plan: its first site that is usable and still has what it was given.
+        let mut plan: Option<(String, Vec<Portion>)> = None;
+        let mut short = deficit.clone();
+        if let Some(d) = &decision {
+            let mut sites_in_order: Vec<&str> = Vec::new();
+            for a in &d.allocations {
+                if a.allocated > 0 && !sites_in_order.contains(&a.location.as_str()) {
+                    sites_in_order.push(&a.location);
+                }
+            }
+            for site in sites_in_order {
+                let portions: Vec<Portion> = d
+                    .allocations
+                    .iter()
+                    .filter(|a| a.location == site && a.allocated > 0)
+                    .map(|a| Portion {
+                        line_id: a.line_id.clone(),
+                        quantity: a.allocated.min(need(&a.line_id)),
+                    })
+                    .filter(|p| p.quantity > 0)
+                    .collect();
+                if !portions.is_empty()
+                    && usable(site)
+                    && portions
+                        .iter()
+                        .all(|p| available(&p.line_id, site) >= p.quantity)
+                {
+                    plan = Some((site.to_owned(), portions));
+                    break;
+                }
+            }
+            let decided_short: Vec<Portion> = d
+                .allocations
+                .iter()
+                .filter(|a| a.backordered > 0)
+                .map(|a| Portion {
+                    line_id: a.line_id.clone(),
+                    quantity: a.backordered.min(need(&a.line_id)),
+                })
+                .collect();
+            let nothing_allocated = d.allocations.iter().all(|a| a.allocated == 0);
+            if plan.is_some() || nothing_allocated {
+                // The rules' plan, or their decision to wait (ship complete, nothing in stock).
+                short = decided_short;
+            }
+        }
+        // The rules chose a warehouse this saga cannot use (excluded after a stock exception,
+        // offline or emptied since), or gave no decision: one online warehouse that ships all
+        // of it, else wait and ask the rules again when stock changes.
+        let rules_wait = decision
+            .as_ref()
+            .is_some_and(|d| d.allocations.iter().all(|a| a.allocated == 0));
+        if plan.is_none() && !rules_wait {
+            let covers = |c: &String| {
+                remaining
+                    .iter()
+                    .all(|r| available(&r.line_id, c) >= r.quantity)
+            };
+            plan = candidates.iter().find(|c| covers(c)).map(|c| {
+                let portions = remaining
+                    .iter()
+                    .map(|r| Portion {
+                        line_id: r.line_id.clone(),
+                        quantity: available(&r.line_id, c).min(r.quantity),
+                    })
+                    .filter(|p| p.quantity > 0)
+                    .collect();
+                (c.clone(), portions)
+            });
+        }
+        let Some((site, portions)) = plan else {
+            // Nothing ships now. What no warehouse has is backordered; a ship-complete order
+            // whose lines are spread over warehouses waits whole.
+            ctx.short = if rules_wait && !short.is_empty() {
+                short
+            } else if deficit.is_empty() {
+                remaining.clone()
+            } else {
+                deficit
+            };
+            return Err(StepError::rejected(
+                "INSUFFICIENT_STOCK",
+                format!("no warehouse can ship {} now", what()),
+            ));
+        };
+        ctx.batch = portions
+            .iter()
+            .filter_map(|p| {
+                let l = o.lines.iter().find(|l| l.line_id == p.line_id)?;
+                Some(LineSnapshot {
+                    quantity: p.quantity,
+                    ..l.clone()
+                })
+            })
+            .collect();
+        ctx.short = short;
+        ctx.origin_postal = sites
+            .iter()
+            .find(|s| s.code == site)
+            .map(|s| s.postal_code.clone())
+            .unwrap_or_default();
+        ctx.location = site;
+        Ok(())
+    }
+
+    /// v3, the last step of a shipment: another round when lines are left; else the part of the
+    /// authorization no shipment captured (cancelled lines) is released.
+    async fn next_shipment(&self, key: &str, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
+        let order_id = ctx
+            .order
+            .as_ref()
+            .map(|o| o.order_id.clone())
+            .ok_or_else(|| missing("order"))?;
+        let left = self.still_needed(&order_id, t).await?;
+        ctx.more_to_ship = !left.is_empty();
+        if ctx.more_to_ship
+            || ctx.payment_id.is_empty()
+            || ctx.captured_minor >= ctx.authorized_minor
+        {
+            return Ok(());
+        }
+        match self
+            .finance
+            .clone()
+            .void_payment(req(
+                finance::VoidPaymentRequest {
+                    idempotency_key: key.to_owned(),
+                    payment_id: ctx.payment_id.clone(),
+                    order_id: String::new(),
+                },
+                t,
+            ))
+            .await
+        {
+            Err(s) if s.code() == Code::FailedPrecondition => Ok(()),
+            other => other.map(|_| ()).map_err(StepError::from),
+        }
+    }
+
+    /// v3: cancels lines on the order once the shipment that held them is undone.
+    pub async fn cancel_lines(
+        &self,
+        saga_id: &str,
+        ctx: &Ctx,
+        t: Duration,
+    ) -> Result<(), StepError> {
+        let order_id = ctx
+            .order
+            .as_ref()
+            .map(|o| o.order_id.clone())
+            .ok_or_else(|| missing("order"))?;
+        match self
+            .order
+            .clone()
+            .cancel_order(req(
+                order::CancelOrderRequest {
+                    idempotency_key: format!("{saga_id}:r{}:cancel_lines", ctx.round),
+                    order_id,
+                    line_ids: ctx.cancel_lines.clone(),
+                    actor: Some(erp_proto::common::Actor {
+                        id: "orchestrator".into(),
+                        reason: "lines cancelled; their shipment was stopped".into(),
+                    }),
+                    include_allocated: true,
+                },
+                t,
+            ))
+            .await
+        {
+            Err(s) if s.code() == Code::FailedPrecondition => Ok(()),
+            other => other.map(|_| ()).map_err(StepError::from),
         }
     }
 

@@ -300,7 +300,28 @@ pub async fn on_participant_event(
             "warehouse.shipped" => ("SHIPPED", event.payload.to_string()),
             "warehouse.packed" => ("PACKED", event.payload.to_string()),
             "warehouse.exception" => ("EXCEPTION", event.payload.to_string()),
-            _ => ("CANCEL", "ORDER_CANCELLED by the customer".to_owned()),
+            // The orchestrator's own cancellation of the lines it stopped: nothing to signal.
+            _ if event.payload["include_allocated"].as_bool() == Some(true) => {
+                txn.commit().await?;
+                return Ok(());
+            }
+            _ => (
+                "CANCEL",
+                serde_json::json!({
+                    "reason": "ORDER_CANCELLED",
+                    "detail": format!(
+                        "ORDER_CANCELLED by the customer{}",
+                        event.payload["reason"]
+                            .as_str()
+                            .filter(|r| !r.is_empty())
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ),
+                    "line_ids": event.payload["line_ids"],
+                    "pending_line_ids": event.payload["pending_line_ids"],
+                })
+                .to_string(),
+            ),
         };
         insert_signal(
             &txn,

@@ -598,16 +598,26 @@ impl OrderApi {
         }
         let mut changed = Vec::new();
         let mut cancelled_any = false;
+        // Allocated units belong to a shipment in progress: only the fulfillment saga can stop
+        // it (before its pivot) and then cancel them with `include_allocated`.
+        let mut pending = Vec::new();
         for l in lines {
             let mut q = qty(&l);
             if req.line_ids.is_empty() || req.line_ids.contains(&l.line_id) {
-                let before = q.cancelled;
-                q.cancel_unshipped();
-                cancelled_any |= q.cancelled > before;
+                if req.include_allocated {
+                    let before = q.cancelled;
+                    q.cancel_unshipped();
+                    cancelled_any |= q.cancelled > before;
+                } else {
+                    cancelled_any |= q.cancel_unallocated() > 0;
+                    if q.allocated > 0 {
+                        pending.push(l.line_id.clone());
+                    }
+                }
             }
             changed.push((l, q));
         }
-        if !cancelled_any {
+        if !cancelled_any && pending.is_empty() {
             return Err(ApiError::precondition(
                 "ALREADY_SHIPPED",
                 format!(
@@ -638,10 +648,19 @@ impl OrderApi {
             &txn,
             "order.cancelled",
             &req.order_id,
-            &serde_json::json!({ "order_id": req.order_id, "line_ids": req.line_ids, "reason": reason }),
+            &serde_json::json!({
+                "order_id": req.order_id,
+                "line_ids": req.line_ids,
+                "pending_line_ids": pending,
+                "include_allocated": req.include_allocated,
+                "reason": reason,
+            }),
         )
         .await?;
-        let response = CancelOrderResponse { order: Some(order) };
+        let response = CancelOrderResponse {
+            order: Some(order),
+            pending_line_ids: pending,
+        };
         guard.commit(txn, &response).await?;
         self.outbox.wake();
         Ok(response)

@@ -62,6 +62,15 @@ impl LineQty {
         self.allocated = 0;
     }
 
+    /// Cancels what no shipment holds (open and backordered units); allocated units stay
+    /// until their shipment is stopped. Returns how many units were cancelled.
+    pub fn cancel_unallocated(&mut self) -> i64 {
+        let n = self.open() + self.backordered;
+        self.cancelled += n;
+        self.backordered = 0;
+        n
+    }
+
     /// Cancels everything not shipped.
     pub fn cancel_unshipped(&mut self) {
         self.cancelled += self.open() + self.allocated + self.backordered;
@@ -156,6 +165,19 @@ mod tests {
         assert_eq!((l.cancelled, l.backordered), (2, 0));
         assert!(l.is_consistent());
         assert_eq!(Status::derive(&[l]), Status::Shipped);
+    }
+
+    #[test]
+    fn allocated_units_wait_for_their_shipment_to_stop() {
+        let mut l = LineQty::new(5);
+        l.allocate(2, 2).unwrap();
+        assert_eq!(l.cancel_unallocated(), 3, "one open and two backordered");
+        assert_eq!((l.allocated, l.backordered, l.cancelled), (2, 0, 3));
+        assert!(l.is_consistent());
+        assert_eq!(Status::derive(&[l]), Status::Allocated);
+        l.ship_allocated();
+        assert_eq!(Status::derive(&[l]), Status::Shipped);
+        assert_eq!(l.cancel_unallocated(), 0);
     }
 
     #[test]

@@ -233,6 +233,22 @@ async fn lifecycle(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(status_reason(&over).as_deref(), Some("OVER_ALLOCATION"));
+    // Cancelling an allocated line is only a request: its shipment is in progress, and the
+    // fulfillment saga stops it (before its pivot) or ships it. Nothing changes here.
+    let requested = c
+        .cancel_order(CancelOrderRequest {
+            idempotency_key: "c-l2".into(),
+            order_id: o.order_id.clone(),
+            line_ids: vec![o.lines[1].line_id.clone()],
+            actor: None,
+            include_allocated: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(requested.pending_line_ids, vec![o.lines[1].line_id.clone()]);
+    let l2q = requested.order.unwrap().lines[1].quantities.unwrap();
+    assert_eq!((l2q.allocated, l2q.cancelled), (1, 0));
     let shipped = c
         .mark_shipped(MarkShippedRequest {
             idempotency_key: "ship".into(),
@@ -258,6 +274,7 @@ async fn lifecycle(backend: Backend) {
         order_id: o.order_id.clone(),
         line_ids: vec![],
         actor: None,
+        include_allocated: false,
     };
     let after = c
         .cancel_order(cancel("c1"))
@@ -279,6 +296,41 @@ async fn lifecycle(backend: Backend) {
         .order
         .unwrap();
     assert_eq!(repeat, after);
+
+    // The orchestrator, once it stopped a shipment, cancels its allocated units too.
+    let o2 = c
+        .create_order(order("web", "W-2", 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    c.record_allocation(RecordAllocationRequest {
+        idempotency_key: "alloc-2".into(),
+        order_id: o2.order_id.clone(),
+        allocations: vec![LineAllocation {
+            line_id: o2.lines[0].line_id.clone(),
+            location: "east".into(),
+            allocated: 2,
+            backordered: 0,
+        }],
+    })
+    .await
+    .unwrap();
+    let stopped = c
+        .cancel_order(CancelOrderRequest {
+            idempotency_key: "c-o2".into(),
+            order_id: o2.order_id.clone(),
+            line_ids: vec![o2.lines[0].line_id.clone()],
+            actor: None,
+            include_allocated: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stopped.pending_line_ids.is_empty());
+    let q = stopped.order.unwrap().lines[0].quantities.unwrap();
+    assert_eq!((q.allocated, q.cancelled), (0, 2));
 
     let listed = c
         .list_orders(ListOrdersRequest {

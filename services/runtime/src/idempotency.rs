@@ -65,6 +65,46 @@ pub async fn tombstone_forward<C: ConnectionTrait>(
     Ok(())
 }
 
+/// What the forward action a compensation undoes did, as far as this service recorded it.
+#[derive(Debug)]
+pub enum Forward<R> {
+    /// The key is not a saga compensation key: the caller decides what to undo by other means.
+    Unrelated,
+    /// The forward action never happened here (or was already refused): nothing to undo.
+    Never,
+    /// The forward action happened and answered this.
+    Did(R),
+}
+
+/// Looks up the response the forward action of `compensation_key` recorded, so that a
+/// compensation undoes exactly what that action created (an order's second shipment must not
+/// void the first one's label). Call before [`tombstone_forward`].
+pub async fn forward_outcome<C: ConnectionTrait, R: Message + Default>(
+    conn: &C,
+    forward_scope: &str,
+    compensation_key: &str,
+) -> ApiResult<Forward<R>> {
+    let Some(forward) = forward_key_of(compensation_key) else {
+        return Ok(Forward::Unrelated);
+    };
+    let Some(row) = entity::Entity::find_by_id((forward_scope.to_owned(), forward.clone()))
+        .one(conn)
+        .await?
+    else {
+        return Ok(Forward::Never);
+    };
+    if row.request_hash == TOMBSTONE {
+        return Ok(Forward::Never);
+    }
+    R::decode(row.response.as_slice())
+        .map(Forward::Did)
+        .map_err(|e| {
+            ApiError::Internal(format!(
+                "stored response for {forward_scope} {forward}: {e}"
+            ))
+        })
+}
+
 /// Fingerprint of a request, to tell a true repeat from a reused key.
 pub fn fingerprint<M: Message>(request: &M) -> String {
     hex::encode(Sha256::digest(request.encode_to_vec()))

@@ -3,7 +3,7 @@
 use erp_proto::warehouse::warehouse_service_server::WarehouseService;
 use erp_proto::warehouse::*;
 use erp_runtime::error::respond;
-use erp_runtime::idempotency::{self};
+use erp_runtime::idempotency::{self, Forward};
 use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -551,9 +551,32 @@ impl WarehouseApi {
         v.finish()?;
         let (txn, guard) =
             erp_runtime::begin_idempotent!(&self.db, "warehouse.CancelFulfillment", req);
+        // A saga's compensation cancels exactly the fulfillment its forward step created: an
+        // order shipped in parts has others that are not this step's to cancel.
+        let created = match idempotency::forward_outcome::<_, CreateFulfillmentResponse>(
+            &txn,
+            "warehouse.CreateFulfillment",
+            &req.idempotency_key,
+        )
+        .await?
+        {
+            Forward::Unrelated => None,
+            Forward::Never => Some(Vec::new()),
+            Forward::Did(r) => Some(
+                r.fulfillment
+                    .map(|f| f.fulfillment_id)
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            ),
+        };
         idempotency::tombstone_forward(&txn, "warehouse.CreateFulfillment", &req.idempotency_key)
             .await?;
-        let rows = if req.fulfillment_id.is_empty() {
+        let rows = if let (false, Some(ids)) = (req.order_id.is_empty(), created) {
+            fulfillment::Entity::find()
+                .filter(fulfillment::Column::FulfillmentId.is_in(ids))
+                .all(&txn)
+                .await?
+        } else if req.fulfillment_id.is_empty() {
             fulfillment::Entity::find()
                 .filter(fulfillment::Column::OrderId.eq(&req.order_id))
                 .all(&txn)
