@@ -1,0 +1,482 @@
+//! Order orchestration end to end (saga v3), on SQLite and PostgreSQL: an order whose line no
+//! warehouse has ships the rest and waits for the line, which ships after a receipt (or is
+//! cancelled, closing the order); a cancelled line stops only the shipment holding it; a
+//! shipped line cannot be cancelled. Stock, saga, order and payment are checked at each step,
+//! and the books reconcile at the end.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use erp_integration_tests::{Clients, T, seeded};
+use erp_proto::common::{Actor, Money};
+use erp_proto::finance::PaymentStatus;
+use erp_proto::inventory::ReservationState;
+use erp_proto::orchestrator::SagaStatus;
+use erp_proto::order::{
+    CancelOrderRequest, OrderLineInput, OrderStatus, PutRoutingRulesRequest, RoutingRule,
+};
+use erp_runtime::error::status_reason;
+use erp_runtime::testing::{self, Backend};
+
+fn usd(amount_minor: i64) -> Option<Money> {
+    Some(Money {
+        amount_minor,
+        currency: "USD".into(),
+    })
+}
+
+/// Rules that ship what is in stock and backorder the rest (a retailer's ship-as-available).
+async fn ship_as_available(c: &mut Clients) {
+    c.order
+        .put_routing_rules(PutRoutingRulesRequest {
+            rules: vec![RoutingRule {
+                name: "ship what is in stock".into(),
+                priority: 1,
+                service_levels: vec![],
+                regions: vec![],
+                strategy: "LOWEST_COST".into(),
+                allow_split: true,
+                locations: vec![],
+            }],
+            actor: Some(Actor {
+                id: "ops-lead".into(),
+                reason: "customers want what is in stock now".into(),
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+/// Places a web order for New Jersey (6.63 % tax) with `lines` of (sku, quantity, price).
+async fn place(c: &mut Clients, external: &str, lines: &[(&str, i64, i64)]) -> String {
+    let mut req = erp::seed::sample_order(external, lines[0].0, lines[0].1);
+    req.lines = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (sku, quantity, price))| OrderLineInput {
+            line_number: i32::try_from(i).unwrap() + 1,
+            sku: (*sku).into(),
+            quantity: *quantity,
+            unit_price: usd(*price),
+        })
+        .collect();
+    c.order
+        .create_order(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap()
+        .order_id
+}
+
+/// Line quantities of the order's line for `sku`: (allocated, shipped, backordered, cancelled).
+async fn line(c: &mut Clients, order_id: &str, sku: &str) -> (i64, i64, i64, i64) {
+    let o = c.order(order_id).await;
+    let l = o.lines.iter().find(|l| l.sku == sku).unwrap();
+    let q = l.quantities.unwrap();
+    assert_eq!(
+        q.open + q.allocated + q.shipped + q.backordered + q.cancelled + q.returned,
+        q.ordered,
+        "buckets add up"
+    );
+    (q.allocated, q.shipped, q.backordered, q.cancelled)
+}
+
+async fn wait_status(c: &mut Clients, order_id: &str, status: OrderStatus) {
+    let deadline = Instant::now() + T;
+    loop {
+        let o = c.order(order_id).await;
+        if o.status == status as i32 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {order_id} never became {status:?}: {o:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// On hand of `sku` over every warehouse.
+async fn on_hand(c: &mut Clients, sku: &str) -> i64 {
+    c.inventory
+        .get_stock(erp_proto::inventory::GetStockRequest {
+            sku: sku.into(),
+            location: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .levels
+        .iter()
+        .map(|l| l.on_hand)
+        .sum()
+}
+
+/// Mugs are in stock, gadgets nowhere: the mugs ship, the gadgets wait. Then either a
+/// receipt of gadgets ships them in a second shipment, or the customer cancels the gadgets
+/// and the order closes with the rest of the authorization released.
+async fn backordered_line(backend: Backend, receipt: bool) {
+    let (s, mut c) = seeded(&backend).await;
+    ship_as_available(&mut c).await;
+    c.create_item("GADGET-X", 1_200, 500, 0).await;
+    let mugs_before = on_hand(&mut c, "MUG-BLUE").await;
+    let id = place(
+        &mut c,
+        if receipt { "BO-1" } else { "BO-2" },
+        &[("MUG-BLUE", 2, 1299), ("GADGET-X", 3, 2500)],
+    )
+    .await;
+
+    // Shipment 1: the mugs, from one warehouse; the gadgets are backordered on the order.
+    let saga = c.wait_step(&id, "await_pack").await;
+    assert!(
+        saga.timeline
+            .iter()
+            .any(|e| e.step == "route" && e.detail.starts_with("shipment 1 from")),
+        "{:#?}",
+        saga.timeline
+    );
+    assert_eq!(line(&mut c, &id, "MUG-BLUE").await, (2, 0, 0, 0));
+    assert_eq!(line(&mut c, &id, "GADGET-X").await, (0, 0, 3, 0));
+    assert_eq!(c.order(&id).await.status, OrderStatus::Backordered as i32);
+    let fulfillments = c.open_fulfillments(&id).await;
+    assert_eq!(fulfillments.len(), 1);
+    assert!(fulfillments[0].tasks.iter().all(|t| t.sku == "MUG-BLUE"));
+    // The whole order is authorized once: 2 x 12.99 + 1.72 tax, 3 x 25.00 + 4.97 tax.
+    let p = c.payment(&id).await.unwrap();
+    assert_eq!(p.authorized.unwrap().amount_minor, 2_770 + 7_997);
+    assert_eq!(p.status, PaymentStatus::Authorized as i32);
+
+    c.ship(&id).await;
+    // The mugs are gone; the saga waits for gadgets, holding no stock.
+    let deadline = Instant::now() + T;
+    loop {
+        let saga = c.saga(&id).await.unwrap();
+        if saga.status == SagaStatus::Waiting as i32 && saga.current_step == "route" {
+            assert!(saga.last_error.contains("BACKORDERED"), "{saga:#?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not waiting for stock: {saga:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_status(&mut c, &id, OrderStatus::PartiallyShipped).await;
+    assert_eq!(line(&mut c, &id, "MUG-BLUE").await, (0, 2, 0, 0));
+    assert_eq!(line(&mut c, &id, "GADGET-X").await, (0, 0, 3, 0));
+    assert_eq!(on_hand(&mut c, "MUG-BLUE").await, mugs_before - 2);
+    let p = c.payment(&id).await.unwrap();
+    assert_eq!(p.status, PaymentStatus::PartiallyCaptured as i32);
+    assert_eq!(p.captured.unwrap().amount_minor, 2_770);
+    let r = c.reservations(&id).await;
+    assert!(
+        r.iter()
+            .all(|r| r.state == ReservationState::Committed as i32),
+        "{r:#?}"
+    );
+
+    if receipt {
+        // Five gadgets arrive at the west warehouse: the saga plans shipment 2 from there.
+        c.receive("gadgets-in", "GADGET-X", "west", 5).await;
+        let saga = c.wait_step(&id, "await_pack").await;
+        assert!(
+            saga.timeline
+                .iter()
+                .any(|e| e.step == "route" && e.detail.starts_with("shipment 2 from west")),
+            "{:#?}",
+            saga.timeline
+        );
+        assert_eq!(line(&mut c, &id, "GADGET-X").await, (3, 0, 0, 0));
+        c.ship(&id).await;
+        c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+        assert_eq!(c.order(&id).await.status, OrderStatus::Shipped as i32);
+        assert_eq!(line(&mut c, &id, "GADGET-X").await, (0, 3, 0, 0));
+        assert_eq!(on_hand(&mut c, "GADGET-X").await, 2);
+        let p = c.payment(&id).await.unwrap();
+        assert_eq!(p.status, PaymentStatus::Captured as i32);
+        assert_eq!(p.captured.unwrap().amount_minor, 2_770 + 7_997);
+        // Two shipments, two labels, one reservation committed per shipment.
+        let r = c.reservations(&id).await;
+        assert_eq!(r.len(), 2);
+        assert!(
+            r.iter()
+                .all(|r| r.state == ReservationState::Committed as i32)
+        );
+    } else {
+        // The customer gives up on the gadgets: the order closes with the mugs shipped and
+        // the 79.97 never captured released.
+        let gadgets = c.order(&id).await.lines[1].line_id.clone();
+        let cancelled = c
+            .order
+            .cancel_order(CancelOrderRequest {
+                idempotency_key: "bo-2-cancel".into(),
+                order_id: id.clone(),
+                line_ids: vec![gadgets],
+                actor: None,
+                include_allocated: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(cancelled.pending_line_ids.is_empty());
+        let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+        assert!(
+            done.timeline.iter().any(|e| e.step == "next_shipment"),
+            "{:#?}",
+            done.timeline
+        );
+        assert_eq!(c.order(&id).await.status, OrderStatus::Shipped as i32);
+        assert_eq!(line(&mut c, &id, "GADGET-X").await, (0, 0, 0, 3));
+        let p = c.payment(&id).await.unwrap();
+        assert_eq!(p.status, PaymentStatus::Captured as i32);
+        assert_eq!(p.captured.unwrap().amount_minor, 2_770);
+    }
+    // Every shipment's label is live (none voided by a later shipment's compensation).
+    let shipments = c
+        .carrier
+        .list_shipments(erp_proto::carrier::ListShipmentsRequest {
+            order_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .shipments;
+    assert_eq!(shipments.len(), if receipt { 2 } else { 1 });
+    assert!(
+        shipments
+            .iter()
+            .all(|s| s.status != erp_proto::carrier::ShipmentStatus::Voided as i32)
+    );
+    let (_, reserved) = c.stock_totals().await;
+    assert_eq!(reserved, 0);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backordered_line_ships_after_a_receipt_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "a_backordered_line_ships_after_a_receipt_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        backordered_line(backend, true).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_backordered_line_closes_the_order_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "cancelling_the_backordered_line_closes_the_order_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        backordered_line(backend, false).await;
+    }
+}
+
+/// A line cancelled while its shipment waits for packing: the shipment is undone (fulfillment
+/// cancelled, reservation released), the line cancelled, and the rest shipped on its own.
+/// Once shipped, a line cannot be cancelled.
+async fn line_cancel(backend: Backend) {
+    let (s, mut c) = seeded(&backend).await;
+    let tees_before = on_hand(&mut c, "TEE-M").await;
+    let id = place(&mut c, "LC-1", &[("MUG-BLUE", 1, 1299), ("TEE-M", 1, 1000)]).await;
+    c.wait_step(&id, "await_pack").await;
+    let first = c.open_fulfillments(&id).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].tasks.len(), 2);
+    let tee_line = c.order(&id).await.lines[1].line_id.clone();
+    let requested = c
+        .order
+        .cancel_order(CancelOrderRequest {
+            idempotency_key: "lc-1-tee".into(),
+            order_id: id.clone(),
+            line_ids: vec![tee_line.clone()],
+            actor: Some(Actor {
+                id: "customer".into(),
+                reason: "wrong size".into(),
+            }),
+            include_allocated: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The tee is in a shipment in progress: the saga decides.
+    assert_eq!(requested.pending_line_ids, vec![tee_line.clone()]);
+
+    // The saga stops that shipment and plans a new one with the mug alone.
+    let deadline = Instant::now() + T;
+    let second = loop {
+        let open = c.open_fulfillments(&id).await;
+        if let Some(f) = open
+            .into_iter()
+            .find(|f| f.fulfillment_id != first[0].fulfillment_id)
+        {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no new fulfillment");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(second.tasks.len(), 1);
+    assert_eq!(second.tasks[0].sku, "MUG-BLUE");
+    assert_eq!(line(&mut c, &id, "TEE-M").await, (0, 0, 0, 1));
+    let old = c
+        .warehouse
+        .get_fulfillment(erp_proto::warehouse::GetFulfillmentRequest {
+            fulfillment_id: first[0].fulfillment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .fulfillment
+        .unwrap();
+    assert_eq!(
+        old.status,
+        erp_proto::warehouse::FulfillmentStatus::Cancelled as i32
+    );
+    c.wait_step(&id, "await_pack").await;
+    c.ship(&id).await;
+    let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    assert!(
+        done.timeline
+            .iter()
+            .any(|e| e.detail.contains("cancelled on the order")),
+        "{:#?}",
+        done.timeline
+    );
+    let o = c.order(&id).await;
+    assert_eq!(o.status, OrderStatus::Shipped as i32);
+    assert_eq!(line(&mut c, &id, "MUG-BLUE").await, (0, 1, 0, 0));
+    // The tee never left: its stock is whole. The stopped shipment's two reservations (one
+    // per line) were released; the mug's new one was committed.
+    assert_eq!(on_hand(&mut c, "TEE-M").await, tees_before);
+    let r = c.reservations(&id).await;
+    assert_eq!(
+        r.iter()
+            .filter(|r| r.state == ReservationState::Released as i32)
+            .count(),
+        2
+    );
+    assert_eq!(
+        r.iter()
+            .filter(|r| r.state == ReservationState::Committed as i32)
+            .count(),
+        1
+    );
+    // Authorized mug + tee with tax (13.85 + 10.66); captured only the mug; the rest released.
+    let p = c.payment(&id).await.unwrap();
+    assert_eq!(p.authorized.unwrap().amount_minor, 1_385 + 1_066);
+    assert_eq!(p.captured.unwrap().amount_minor, 1_385);
+    assert_eq!(p.status, PaymentStatus::Captured as i32);
+
+    // A shipped line cannot be cancelled, and saying so changes nothing.
+    let err = c
+        .order
+        .cancel_order(CancelOrderRequest {
+            idempotency_key: "lc-1-mug".into(),
+            order_id: id.clone(),
+            line_ids: vec![o.lines[0].line_id.clone()],
+            actor: None,
+            include_allocated: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("ALREADY_SHIPPED"));
+    assert_eq!(c.order(&id).await, o);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_line_stops_only_its_shipment_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "a_cancelled_line_stops_only_its_shipment_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        line_cancel(backend).await;
+    }
+}
+
+/// No warehouse has both lines: under ship-complete rules the order waits; where the rules
+/// allow a split it ships in two shipments, one from each warehouse, one label each.
+async fn split(backend: Backend) {
+    let (s, mut c) = seeded(&backend).await;
+    for (sku, site) in [
+        ("SPLIT-A", "east"),
+        ("SPLIT-B", "west"),
+        ("WHOLE-C", "east"),
+    ] {
+        c.create_item(sku, 500, 300, 0).await;
+        c.receive(&format!("{sku}-in"), sku, site, 2).await;
+    }
+    c.create_item("WHOLE-D", 500, 300, 0).await;
+    c.receive("WHOLE-D-in", "WHOLE-D", "central", 2).await;
+    // No rules stored: the default ships complete, so this order waits for one warehouse to
+    // hold both (a wholesale customer's terms would too).
+    let whole = place(&mut c, "SP-0", &[("WHOLE-C", 1, 800), ("WHOLE-D", 1, 900)]).await;
+    wait_status(&mut c, &whole, OrderStatus::Backordered).await;
+    assert_eq!(line(&mut c, &whole, "WHOLE-C").await, (0, 0, 1, 0));
+    assert!(c.open_fulfillments(&whole).await.is_empty());
+    assert!(c.payment(&whole).await.is_none());
+
+    ship_as_available(&mut c).await;
+    let id = place(&mut c, "SP-1", &[("SPLIT-A", 1, 800), ("SPLIT-B", 1, 900)]).await;
+    let mut sites = Vec::new();
+    for _ in 0..2 {
+        c.wait_step(&id, "await_pack").await;
+        let open = c.open_fulfillments(&id).await;
+        assert_eq!(open.len(), 1, "one shipment at a time");
+        assert_eq!(open[0].tasks.len(), 1);
+        sites.push((open[0].site.clone(), open[0].tasks[0].sku.clone()));
+        c.ship(&id).await;
+    }
+    sites.sort();
+    assert_eq!(
+        sites,
+        [
+            ("east".to_owned(), "SPLIT-A".to_owned()),
+            ("west".to_owned(), "SPLIT-B".to_owned())
+        ]
+    );
+    c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    assert_eq!(c.order(&id).await.status, OrderStatus::Shipped as i32);
+    let p = c.payment(&id).await.unwrap();
+    assert_eq!(p.status, PaymentStatus::Captured as i32);
+    assert_eq!(p.captured, p.authorized);
+    // The default order is still waiting, untouched by the other's shipments.
+    assert_eq!(
+        c.order(&whole).await.status,
+        OrderStatus::Backordered as i32
+    );
+    c.order
+        .cancel_order(CancelOrderRequest {
+            idempotency_key: "sp-0-cancel".into(),
+            order_id: whole.clone(),
+            line_ids: vec![],
+            actor: None,
+            include_allocated: false,
+        })
+        .await
+        .unwrap();
+    c.wait_saga(&whole, &[SagaStatus::Compensated], T).await;
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_ships_from_each_warehouse_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "a_split_ships_from_each_warehouse_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        split(backend).await;
+    }
+}
