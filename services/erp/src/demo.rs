@@ -30,6 +30,10 @@ pub struct Report {
     pub rerouted: usize,
     /// Units the warehouses reported damaged (moved from on hand to quarantine).
     pub quarantined: i64,
+    /// Orders that waited for stock (backordered), and the purchase order the demo's buyer
+    /// placed and received for them.
+    pub backordered: usize,
+    pub purchased_units: i64,
     /// Tracking webhooks the simulated carriers sent (with repeats and reordering), how many
     /// moved a shipment forward, and how many shipments ended delivered.
     pub tracking_events: usize,
@@ -50,12 +54,20 @@ pub struct Report {
 impl Report {
     /// Whether stock and money reconcile with the orders' outcomes.
     pub fn reconciles(&self) -> bool {
-        self.on_hand_before - self.on_hand_after == self.units_shipped + self.quarantined
+        self.stock_adds_up()
             && self.reserved_after == 0
             && self.ledger_consistent
             && self.journal_balanced
             && self.revenue_in_ledger_minor == self.revenue_minor
             && self.stock_value_minor == self.stock_in_ledger_minor
+    }
+}
+
+impl Report {
+    /// Stock before, plus what was bought, less what is left, is what shipped or broke.
+    fn stock_adds_up(&self) -> bool {
+        self.on_hand_before + self.purchased_units - self.on_hand_after
+            == self.units_shipped + self.quarantined
     }
 }
 
@@ -92,17 +104,23 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
+            "  backordered        {:>4}  (waited for stock; released by a purchase order of {} units)",
+            self.backordered, self.purchased_units
+        )?;
+        writeln!(
+            f,
             "  delivered          {:>4}  ({} tracking events, {} applied, the rest repeats or late)",
             self.delivered, self.tracking_events, self.tracking_applied
         )?;
         writeln!(
             f,
-            "  stock on hand      {} -> {} (shipped {}, quarantined {}): {}",
+            "  stock on hand      {} + {} bought -> {} (shipped {}, quarantined {}): {}",
             self.on_hand_before,
+            self.purchased_units,
             self.on_hand_after,
             self.units_shipped,
             self.quarantined,
-            ok(self.on_hand_before - self.on_hand_after == self.units_shipped + self.quarantined)
+            ok(self.stock_adds_up())
         )?;
         writeln!(
             f,
@@ -143,7 +161,8 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
     let run = erp_runtime::time::now_ms() / 1000 % 10_000_000;
     for i in 0..orders {
         let (sku, ..) = crate::seed::CATALOG[i % 3];
-        // Every 9th order wants more than any warehouse holds; every 7th card declines.
+        // Every 9th order wants more than any warehouse holds: it waits, backordered, until the
+        // demo's buyer receives a purchase order.
         let qty = if i % 9 == 8 { 60 } else { 1 + (i % 2) as i64 };
         // Every 7th card declines; every 11th meets a payment provider that times out once.
         let token = if i % 7 == 6 {
@@ -176,8 +195,10 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
     let mut packed = std::collections::HashSet::new();
     let mut shipped = std::collections::HashSet::new();
     let mut damaged = std::collections::HashSet::new();
+    let mut bought = false;
     loop {
         let mut open = 0;
+        let mut waiting_for_stock = Vec::new();
         for (i, id) in placed.iter().enumerate() {
             let Some(saga) = c.saga(id).await else {
                 open += 1;
@@ -185,6 +206,9 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
             };
             match SagaStatus::try_from(saga.status).unwrap_or(SagaStatus::Unspecified) {
                 SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Parked => continue,
+                SagaStatus::Waiting if saga.current_step == "route" => {
+                    waiting_for_stock.push(id.clone());
+                }
                 SagaStatus::Waiting if saga.current_step == "await_pack" => {
                     let fulfillments = c.open_fulfillments(id).await;
                     match fulfillments.first() {
@@ -229,6 +253,11 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
         if open == 0 {
             break;
         }
+        // Everything else is done and some orders wait for stock: the buyer orders it.
+        if !bought && open == waiting_for_stock.len() {
+            bought = true;
+            report.purchased_units = buy(&mut c, run, &waiting_for_stock).await?;
+        }
         if Instant::now() > deadline {
             anyhow::bail!("{open} sagas still open after 120 s");
         }
@@ -256,6 +285,11 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
                 e.step == "authorize_payment" && e.outcome == StepOutcome::RetryableFailure as i32
             })
             .count();
+        report.backordered += usize::from(
+            saga.timeline
+                .iter()
+                .any(|e| e.detail.starts_with("backordered")),
+        );
         report.rerouted += usize::from(
             saga.timeline
                 .iter()
@@ -376,6 +410,84 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The buyer: one purchase order to the seeded supplier for every backordered unit of the
+/// waiting orders, approved, sent and received at the central warehouse. Returns the units.
+async fn buy(c: &mut Clients, run: i64, waiting: &[String]) -> anyhow::Result<i64> {
+    use erp_proto::procurement as p;
+    let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
+    for id in waiting {
+        for l in c.order(id).await.lines {
+            let short = l.quantities.map_or(0, |q| q.backordered);
+            if short > 0 {
+                *wanted.entry(l.sku).or_default() += short;
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(0);
+    }
+    let supplier = c
+        .procurement
+        .list_suppliers(p::ListSuppliersRequest::default())
+        .await?
+        .into_inner()
+        .suppliers
+        .into_iter()
+        .find(|s| s.code == "acme")
+        .ok_or_else(|| anyhow::anyhow!("the seeded supplier acme is missing"))?;
+    let lines: Vec<p::PurchaseOrderLine> = wanted
+        .iter()
+        .map(|(sku, quantity)| p::PurchaseOrderLine {
+            sku: sku.clone(),
+            quantity: *quantity,
+            unit_cost: None,
+            received_quantity: 0,
+        })
+        .collect();
+    let po = c
+        .procurement
+        .create_purchase_order(p::CreatePurchaseOrderRequest {
+            idempotency_key: format!("demo-{run}-po"),
+            supplier_id: supplier.supplier_id,
+            location: "central".into(),
+            lines: lines.clone(),
+        })
+        .await?
+        .into_inner()
+        .purchase_order
+        .ok_or_else(|| anyhow::anyhow!("no purchase order"))?;
+    c.procurement
+        .approve_purchase_order(p::ApprovePurchaseOrderRequest {
+            purchase_order_id: po.purchase_order_id.clone(),
+            approver: Some(erp_proto::common::Actor {
+                id: "demo-buyer".into(),
+                reason: "backordered customer orders".into(),
+            }),
+            approver_roles: vec!["approver".into()],
+        })
+        .await?;
+    c.procurement
+        .send_purchase_order(p::SendPurchaseOrderRequest {
+            purchase_order_id: po.purchase_order_id.clone(),
+        })
+        .await?;
+    c.procurement
+        .receive_purchase_order(p::ReceivePurchaseOrderRequest {
+            idempotency_key: format!("demo-{run}-receipt"),
+            purchase_order_id: po.purchase_order_id,
+            lines: lines
+                .iter()
+                .map(|l| p::ReceivedLine {
+                    sku: l.sku.clone(),
+                    quantity: l.quantity,
+                })
+                .collect(),
+            received_at: None,
+        })
+        .await?;
+    Ok(wanted.values().sum())
 }
 
 /// Credit balance of the sales revenue account.

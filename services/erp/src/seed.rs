@@ -15,8 +15,8 @@ use erp_proto::order::order_service_client::OrderServiceClient;
 use erp_proto::order::{
     Channel, ChannelKind, CreateOrderRequest, OrderLineInput, UpsertChannelRequest,
 };
-use erp_proto::procurement::CreateSupplierRequest;
 use erp_proto::procurement::procurement_service_client::ProcurementServiceClient;
+use erp_proto::procurement::{CreateSupplierRequest, SetSupplierTermRequest, SupplierTerm};
 use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
 use erp_proto::warehouse::{Site, UpsertSiteRequest};
 
@@ -224,14 +224,33 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
             .await?;
     }
     let mut procurement = ProcurementServiceClient::new(channel(&peers.procurement).await?);
-    procurement
+    let acme = procurement
         .create_supplier(CreateSupplierRequest {
             code: "acme".into(),
             name: "Acme Homewares".into(),
             currency: "USD".into(),
             contact_email: "orders@acme.example".into(),
         })
-        .await?;
+        .await?
+        .into_inner()
+        .supplier
+        .map(|s| s.supplier_id)
+        .unwrap_or_default();
+    // Acme supplies the whole catalog at its catalog cost, in a week.
+    for (sku, _, cost, _) in CATALOG {
+        procurement
+            .set_supplier_term(SetSupplierTermRequest {
+                term: Some(SupplierTerm {
+                    supplier_id: acme.clone(),
+                    sku: sku.into(),
+                    unit_cost: usd(cost),
+                    lead_time_days: 7,
+                    minimum_order_quantity: 1,
+                    pack_multiple: 1,
+                }),
+            })
+            .await?;
+    }
     Ok(())
 }
 
