@@ -480,3 +480,133 @@ async fn a_split_ships_from_each_warehouse_on_every_backend() {
         split(backend).await;
     }
 }
+
+/// Promise dates: the first routing promises each line from its warehouse's cutoff and the
+/// carrier's transit (the mug, in stock), or from the inbound stock that will cover it (the
+/// gadget, expected in six days). The order keeps that first promise.
+async fn promises(backend: Backend) {
+    use erp_proto::carrier::QuoteRatesRequest;
+    use erp_runtime::time::{from_timestamp, now_ms, to_timestamp};
+    let (s, mut c) = seeded(&backend).await;
+    ship_as_available(&mut c).await;
+    c.create_item("GADGET-P", 1_200, 500, 0).await;
+    let expected = now_ms() + 6 * 86_400_000;
+    c.inventory
+        .record_inbound(erp_proto::inventory::RecordInboundRequest {
+            idempotency_key: "gp-inbound".into(),
+            sku: "GADGET-P".into(),
+            location: "west".into(),
+            quantity: 5,
+            expected_at: Some(to_timestamp(expected)),
+            source: None,
+        })
+        .await
+        .unwrap();
+    let id = place(
+        &mut c,
+        "PR-1",
+        &[("MUG-BLUE", 1, 1299), ("GADGET-P", 2, 2500)],
+    )
+    .await;
+    let deadline = Instant::now() + T;
+    let o = loop {
+        let o = c.order(&id).await;
+        if !o.routing_decisions.is_empty() {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "never routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let d = &o.routing_decisions[0];
+    let decided = from_timestamp(d.decided_at.as_ref().unwrap());
+    let mug_line = &o.lines[0].line_id;
+    let mug = d
+        .allocations
+        .iter()
+        .find(|a| &a.line_id == mug_line && a.allocated > 0)
+        .unwrap();
+    let gadget = d
+        .allocations
+        .iter()
+        .find(|a| a.line_id == o.lines[1].line_id)
+        .unwrap();
+    assert_eq!(gadget.backordered, 2);
+    // What the carrier quotes for the same ship times, computed here from the sites' clocks.
+    let mut quote = async |site: &str, ready: i64| -> i64 {
+        let s = c
+            .warehouse
+            .get_site(erp_proto::warehouse::GetSiteRequest { code: site.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .site
+            .unwrap();
+        let clock = erp_order::promise::SiteClock {
+            postal_code: s.postal_code.clone(),
+            cutoff_minute_of_day: s.cutoff_minute_of_day,
+            utc_offset_minutes: s.utc_offset_minutes,
+        };
+        let ship_at = erp_order::promise::ship_moment(&clock, ready);
+        let options = c
+            .carrier
+            .quote_rates(QuoteRatesRequest {
+                origin_site: site.into(),
+                origin_region: s.postal_code,
+                destination: Some(erp_proto::common::Address {
+                    postal_code: "07102".into(),
+                    country_code: "US".into(),
+                    ..Default::default()
+                }),
+                parcel: Some(erp_proto::common::Parcel {
+                    weight_grams: 1_000,
+                    ..Default::default()
+                }),
+                promised_by: None,
+                ship_at: Some(to_timestamp(ship_at)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .options;
+        from_timestamp(options[0].estimated_delivery.as_ref().unwrap())
+    };
+    let mug_promise = from_timestamp(mug.promised_by.as_ref().unwrap());
+    assert_eq!(mug_promise, quote(&mug.location, decided).await);
+    assert!(mug_promise > decided);
+    let gadget_promise = from_timestamp(gadget.promised_by.as_ref().unwrap());
+    assert_eq!(gadget_promise, quote("west", expected).await);
+    assert!(gadget_promise > expected, "not before the stock arrives");
+    // The order's promise is its latest line, and it is the one the order keeps.
+    assert_eq!(d.promised_by, gadget.promised_by);
+    assert_eq!(o.promised_by, d.promised_by);
+    assert!(
+        d.explanation.iter().any(|e| e.starts_with("promised by")),
+        "{:?}",
+        d.explanation
+    );
+    // Shipping the mug routes again (the gadget waits); the first promise stands.
+    c.wait_step(&id, "await_pack").await;
+    c.ship(&id).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let later = c.order(&id).await;
+        if later.routing_decisions.len() >= 2 {
+            assert_eq!(later.promised_by, o.promised_by);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not routed again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promise_dates_come_from_cutoffs_transit_and_inbound_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "promise_dates_come_from_cutoffs_transit_and_inbound_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        promises(backend).await;
+    }
+}

@@ -45,6 +45,7 @@ async fn available_at(c: &mut Clients, sku: &str, location: &str, as_of: Option<
         .get_availability(inventory::GetAvailabilityRequest {
             skus: vec![sku.into()],
             as_of: as_of.map(to_timestamp),
+            include_inbound: false,
         })
         .await
         .unwrap()

@@ -451,6 +451,7 @@ pub async fn availability_reads(
                     .get_availability(GetAvailabilityRequest {
                         skus: vec![sku.clone()],
                         as_of: None,
+                        include_inbound: false,
                     })
                     .await
                 {

@@ -360,6 +360,11 @@ impl InventoryApi {
                     .availability(&self.store.db, &req.skus, as_of)
                     .await?
             };
+        let lots = if req.include_inbound {
+            self.store.inbound_lots(&self.store.db, &req.skus).await?
+        } else {
+            Vec::new()
+        };
         let items = req
             .skus
             .iter()
@@ -373,6 +378,15 @@ impl InventoryApi {
                         .map(|(location, available)| LocationAvailability {
                             location,
                             available,
+                        })
+                        .collect(),
+                    inbound: lots
+                        .iter()
+                        .filter(|l| &l.sku == sku)
+                        .map(|l| InboundLot {
+                            location: l.location.clone(),
+                            quantity: l.quantity,
+                            expected_at: Some(to_timestamp(l.expected_at_ms)),
                         })
                         .collect(),
                 }

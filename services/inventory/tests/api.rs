@@ -180,6 +180,7 @@ async fn reservation_lifecycle(backend: Backend) {
         .get_availability(GetAvailabilityRequest {
             skus: vec!["SKU-1".into()],
             as_of: None,
+            include_inbound: false,
         })
         .await
         .unwrap()
@@ -200,6 +201,7 @@ async fn reservation_lifecycle(backend: Backend) {
         .get_availability(GetAvailabilityRequest {
             skus: vec!["SKU-1".into()],
             as_of: None,
+            include_inbound: false,
         })
         .await
         .unwrap()
@@ -399,6 +401,7 @@ async fn transfers_counts_returns(backend: Backend) {
         .get_availability(GetAvailabilityRequest {
             skus: vec!["SKU-1".into()],
             as_of: Some(erp_runtime::time::to_timestamp(expected)),
+            include_inbound: false,
         })
         .await
         .unwrap()
@@ -411,11 +414,31 @@ async fn transfers_counts_returns(backend: Backend) {
         .get_availability(GetAvailabilityRequest {
             skus: vec!["SKU-1".into()],
             as_of: None,
+            include_inbound: false,
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(now.items[0].network_available, 12, "but not now");
+    assert!(now.items[0].inbound.is_empty(), "listed only when asked");
+    let with_inbound = c
+        .get_availability(GetAvailabilityRequest {
+            skus: vec!["SKU-1".into()],
+            as_of: None,
+            include_inbound: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        with_inbound.items[0].inbound,
+        [InboundLot {
+            location: "west".into(),
+            quantity: 8,
+            expected_at: Some(erp_runtime::time::to_timestamp(expected)),
+        }],
+        "what promise dates are computed from"
+    );
     // More than available cannot leave.
     let err = c
         .transfer_stock(TransferStockRequest {

@@ -72,6 +72,7 @@ async fn cached_availability_is_never_above_the_truth_after_a_reservation_answer
             c.get_availability(GetAvailabilityRequest {
                 skus: vec!["HOT".into()],
                 as_of: None,
+                include_inbound: false,
             })
             .await
             .unwrap()

@@ -809,6 +809,7 @@ impl Participants {
                         },
                         allocated,
                         backordered: short.max(0),
+                        promised_by: None,
                     }
                 })
                 .collect()
@@ -824,6 +825,7 @@ impl Participants {
                     },
                     allocated: if backorder { 0 } else { l.quantity },
                     backordered: if backorder { l.quantity } else { 0 },
+                    promised_by: None,
                 })
                 .collect()
         };
@@ -1023,7 +1025,11 @@ impl Participants {
             .inventory
             .clone()
             .get_availability(req(
-                inventory::GetAvailabilityRequest { skus, as_of: None },
+                inventory::GetAvailabilityRequest {
+                    skus,
+                    as_of: None,
+                    include_inbound: false,
+                },
                 t,
             ))
             .await?
@@ -1148,7 +1154,11 @@ impl Participants {
             .inventory
             .clone()
             .get_availability(req(
-                inventory::GetAvailabilityRequest { skus, as_of: None },
+                inventory::GetAvailabilityRequest {
+                    skus,
+                    as_of: None,
+                    include_inbound: false,
+                },
                 t,
             ))
             .await?

@@ -25,6 +25,8 @@ type Inventory = erp_proto::inventory::inventory_service_client::InventoryServic
 type Warehouse = erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient<
     tonic::transport::Channel,
 >;
+type Carrier =
+    erp_proto::carrier::carrier_service_client::CarrierServiceClient<tonic::transport::Channel>;
 
 pub struct OrderApi {
     pub(crate) db: DatabaseConnection,
@@ -32,6 +34,8 @@ pub struct OrderApi {
     /// Routing reads availability and the warehouses' status.
     pub(crate) inventory: Inventory,
     pub(crate) warehouse: Warehouse,
+    /// Promise dates ask carriers for their transit (never required to route).
+    pub(crate) carrier: Carrier,
 }
 
 impl OrderApi {
@@ -40,12 +44,14 @@ impl OrderApi {
         outbox: OutboxWaker,
         inventory: Inventory,
         warehouse: Warehouse,
+        carrier: Carrier,
     ) -> Self {
         Self {
             db,
             outbox,
             inventory,
             warehouse,
+            carrier,
         }
     }
 }
@@ -58,7 +64,7 @@ pub(crate) struct StoredAddress {
     line2: String,
     city: String,
     pub(crate) region: String,
-    postal_code: String,
+    pub(crate) postal_code: String,
     pub(crate) country_code: String,
     phone: String,
     email: String,
@@ -219,7 +225,7 @@ fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
         }),
         created_at: Some(to_timestamp(o.created_at_ms)),
         updated_at: Some(to_timestamp(o.updated_at_ms)),
-        promised_by: None,
+        promised_by: (o.promised_by_ms > 0).then(|| to_timestamp(o.promised_by_ms)),
         routing_decisions: vec![],
         payment_method_token: o.payment_method_token,
         tracking_number: o.tracking_number,
@@ -493,6 +499,7 @@ impl OrderApi {
             payment_method_token: Set(req.payment_method_token.clone()),
             tax_minor: Set(0),
             tax_jurisdiction: Set(String::new()),
+            promised_by_ms: Set(0),
             created_at_ms: Set(now),
             updated_at_ms: Set(now),
         }

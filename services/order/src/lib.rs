@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod promise;
 pub mod route_api;
 pub mod routing;
 pub mod store;
@@ -26,6 +27,9 @@ impl erp_runtime::Service for Service {
             ),
             erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(
                 erp_runtime::app::peer_channel(&ctx.settings.peers.warehouse)?,
+            ),
+            erp_proto::carrier::carrier_service_client::CarrierServiceClient::new(
+                erp_runtime::app::peer_channel(&ctx.settings.peers.carrier)?,
             ),
         );
         Ok(tonic::service::Routes::new(

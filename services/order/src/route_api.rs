@@ -3,7 +3,7 @@
 
 use erp_proto::order::*;
 use erp_proto::{inventory, warehouse};
-use erp_runtime::time::{now_ms, to_timestamp};
+use erp_runtime::time::{from_timestamp, now_ms, to_timestamp};
 use erp_runtime::validate::Violations;
 use erp_runtime::{ApiError, ApiResult, idempotency};
 use sea_orm::{
@@ -13,8 +13,9 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 
 use crate::api::OrderApi;
+use crate::promise::{Promiser, SiteClock, covering_lot};
 use crate::routing::{self, Rule, Strategy};
-use crate::store::{channel, decision, rule_set};
+use crate::store::{channel, decision, order, rule_set};
 
 /// A decision as stored.
 #[derive(Serialize, Deserialize)]
@@ -25,6 +26,11 @@ struct StoredDecision {
     allocations: Vec<(String, String, i64, i64)>,
     explanation: Vec<String>,
     decided_at_ms: i64,
+    /// Delivery estimate per allocation (same order), and for the whole order.
+    #[serde(default)]
+    promises: Vec<Option<i64>>,
+    #[serde(default)]
+    promised_by_ms: Option<i64>,
 }
 
 impl StoredDecision {
@@ -35,17 +41,20 @@ impl StoredDecision {
             allocations: self
                 .allocations
                 .iter()
+                .enumerate()
                 .map(
-                    |(line_id, location, allocated, backordered)| LineAllocation {
+                    |(i, (line_id, location, allocated, backordered))| LineAllocation {
                         line_id: line_id.clone(),
                         location: location.clone(),
                         allocated: *allocated,
                         backordered: *backordered,
+                        promised_by: self.promises.get(i).copied().flatten().map(to_timestamp),
                     },
                 )
                 .collect(),
             explanation: self.explanation.clone(),
             decided_at: Some(to_timestamp(self.decided_at_ms)),
+            promised_by: self.promised_by_ms.map(to_timestamp),
         }
     }
 }
@@ -245,6 +254,19 @@ impl OrderApi {
             .map_err(ApiError::Upstream)?
             .into_inner()
             .sites;
+        let clocks: std::collections::HashMap<String, SiteClock> = listed
+            .iter()
+            .map(|s| {
+                (
+                    s.code.clone(),
+                    SiteClock {
+                        postal_code: s.postal_code.clone(),
+                        cutoff_minute_of_day: s.cutoff_minute_of_day,
+                        utc_offset_minutes: s.utc_offset_minutes,
+                    },
+                )
+            })
+            .collect();
         let mut sites = Vec::with_capacity(listed.len());
         for s in listed {
             let released = wh
@@ -269,7 +291,11 @@ impl OrderApi {
         let availability = self
             .inventory
             .clone()
-            .get_availability(inventory::GetAvailabilityRequest { skus, as_of: None })
+            .get_availability(inventory::GetAvailabilityRequest {
+                skus,
+                as_of: None,
+                include_inbound: true,
+            })
             .await
             .map_err(ApiError::Upstream)?
             .into_inner();
@@ -298,7 +324,75 @@ impl OrderApi {
                 .collect(),
         };
         let now = now_ms();
-        let d = routing::route(&rules, &order, &sites, &available, now);
+        let mut d = routing::route(&rules, &order, &sites, &available, now);
+        // Promise dates: from when the order reached routing, through each warehouse's cutoff
+        // and the carrier's transit; backordered units from the inbound stock that covers them.
+        let destination = erp_proto::common::Address {
+            postal_code: ship_to.postal_code.clone(),
+            country_code: ship_to.country_code.clone(),
+            ..Default::default()
+        };
+        let mut promiser =
+            Promiser::new(self.carrier.clone(), &clocks, destination, &o.service_level);
+        let from = now.max(o.created_at_ms);
+        let mut promises = Vec::with_capacity(d.allocations.len());
+        for a in &d.allocations {
+            let mut parts = Vec::new();
+            if a.allocated > 0 {
+                parts.push(promiser.delivery(&a.location, from).await);
+            }
+            if a.backordered > 0 {
+                let sku = lines
+                    .iter()
+                    .find(|l| l.line_id == a.line_id)
+                    .map(|l| l.sku.as_str())
+                    .unwrap_or_default();
+                let lots: Vec<inventory::InboundLot> = availability
+                    .items
+                    .iter()
+                    .filter(|i| i.sku == sku)
+                    .flat_map(|i| i.inbound.iter().cloned())
+                    .collect();
+                let covered = covering_lot(&lots, a.backordered).map(|lot| {
+                    (
+                        lot.location.clone(),
+                        lot.expected_at
+                            .as_ref()
+                            .map_or(from, from_timestamp)
+                            .max(from),
+                    )
+                });
+                parts.push(match covered {
+                    Some((site, ready)) => promiser.delivery(&site, ready).await,
+                    None => {
+                        d.explanation.push(format!(
+                            "{sku}: {} backordered with no inbound stock expected: no promise",
+                            a.backordered
+                        ));
+                        None
+                    }
+                });
+            }
+            promises.push(
+                parts
+                    .iter()
+                    .copied()
+                    .collect::<Option<Vec<i64>>>()
+                    .and_then(|p| p.into_iter().max()),
+            );
+        }
+        let promised_by_ms = promises
+            .iter()
+            .copied()
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|p| p.into_iter().max());
+        if let Some(p) = promised_by_ms {
+            d.explanation.push(format!(
+                "promised by {} (cutoffs, inbound stock and {} carrier transit)",
+                to_timestamp(p),
+                o.service_level
+            ));
+        }
         let stored = StoredDecision {
             rule_version: version,
             rule: d.rule.clone(),
@@ -316,6 +410,8 @@ impl OrderApi {
                 .collect(),
             explanation: d.explanation.clone(),
             decided_at_ms: now,
+            promises,
+            promised_by_ms,
         };
         let response = RouteOrderResponse {
             decision: Some(stored.to_wire()),
@@ -332,6 +428,19 @@ impl OrderApi {
         }
         .insert(&txn)
         .await?;
+        // The first promise is the one the customer was given; later decisions carry their
+        // own estimate, which GetOrder shows beside it.
+        if let Some(p) = promised_by_ms {
+            order::Entity::update_many()
+                .col_expr(
+                    order::Column::PromisedByMs,
+                    sea_orm::sea_query::Expr::value(p),
+                )
+                .filter(order::Column::OrderId.eq(&o.order_id))
+                .filter(order::Column::PromisedByMs.eq(0))
+                .exec(&txn)
+                .await?;
+        }
         idempotency::record(
             &txn,
             "order.RouteOrder",

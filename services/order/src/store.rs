@@ -94,6 +94,11 @@ CREATE TABLE routing_decisions (
 CREATE INDEX routing_decisions_order ON routing_decisions (order_id, seq)",
                 drops: &["routing_decisions", "routing_rule_sets"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000005_order_promise",
+                up: "ALTER TABLE orders ADD COLUMN promised_by_ms BIGINT NOT NULL DEFAULT 0",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -152,6 +157,8 @@ pub mod order {
         /// Included in `total_minor`.
         pub tax_minor: i64,
         pub tax_jurisdiction: String,
+        /// The delivery date promised at the first routing (0: none yet).
+        pub promised_by_ms: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

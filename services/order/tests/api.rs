@@ -204,12 +204,14 @@ async fn lifecycle(backend: Backend) {
                     location: "east".into(),
                     allocated: 1,
                     backordered: 1,
+                    promised_by: None,
                 },
                 LineAllocation {
                     line_id: l2,
                     location: "east".into(),
                     allocated: 1,
                     backordered: 0,
+                    promised_by: None,
                 },
             ],
         })
@@ -228,6 +230,7 @@ async fn lifecycle(backend: Backend) {
                 location: "east".into(),
                 allocated: 3,
                 backordered: 0,
+                promised_by: None,
             }],
         })
         .await
@@ -313,6 +316,7 @@ async fn lifecycle(backend: Backend) {
             location: "east".into(),
             allocated: 2,
             backordered: 0,
+            promised_by: None,
         }],
     })
     .await

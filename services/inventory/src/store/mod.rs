@@ -378,6 +378,28 @@ impl Store {
         Ok(out)
     }
 
+    /// Inbound stock still expected for `skus` at online locations, earliest first.
+    pub async fn inbound_lots<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        skus: &[String],
+    ) -> ApiResult<Vec<inbound::Model>> {
+        let online: Vec<String> = location::Entity::find()
+            .filter(location::Column::Online.eq(true))
+            .all(c)
+            .await?
+            .into_iter()
+            .map(|l| l.code)
+            .collect();
+        Ok(inbound::Entity::find()
+            .filter(inbound::Column::Sku.is_in(skus.iter().cloned()))
+            .filter(inbound::Column::Location.is_in(online))
+            .filter(inbound::Column::Quantity.gt(0))
+            .order_by_asc(inbound::Column::ExpectedAtMs)
+            .all(c)
+            .await?)
+    }
+
     /// Records inbound stock with its expected date.
     pub async fn record_inbound<C: ConnectionTrait>(
         &self,
