@@ -54,6 +54,35 @@ replicas=$(grep -c 'replicas: 3' "$prod" || true)
 [ "$replicas" -ge 3 ] || { echo "production values must render several replicas" >&2; exit 1; }
 echo "  production: $replicas deployments with 3 replicas, $(grep -c '^kind: HorizontalPodAutoscaler' "$prod") autoscalers, $(grep -c '^kind: PodDisruptionBudget' "$prod") disruption budgets"
 
+# Every call one service makes to another (its peer clients in the code) must be admitted by
+# the callee's NetworkPolicy, or production breaks with network policies on.
+"$VENV/bin/python" - "$prod" <<'PY'
+import glob, re, sys, yaml
+services = ["order", "inventory", "warehouse", "carrier", "procurement", "finance", "orchestrator"]
+calls = set()
+for caller in services:
+    code = "".join(open(f).read() for f in glob.glob(f"services/{caller}/src/*.rs"))
+    for callee in services:
+        if callee != caller and (
+            re.search(rf"peers\.{callee}\b", code)
+            or (caller == "orchestrator" and re.search(rf"{callee.capitalize()}ServiceClient::new", code))
+        ):
+            calls.add((caller, callee))
+admitted = set()
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("kind") == "NetworkPolicy":
+        callee = doc["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for rule in doc["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                caller = peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+                if caller:
+                    admitted.add((caller, callee))
+missing = sorted(calls - admitted)
+if missing:
+    sys.exit("network policies block calls the code makes: " + ", ".join(f"{a} -> {b}" for a, b in missing))
+print(f"  network policies admit all {len(calls)} service-to-service calls the code makes")
+PY
+
 echo "k8s/ manifests"
 "$KV" --strict -k "$K8S_VERSION" k8s/namespace.yaml k8s/otel-collector.yaml k8s/dev/*.yaml >"$out/k8s.validate" 2>&1 \
   || { cat "$out/k8s.validate"; exit 1; }
