@@ -36,6 +36,9 @@ pub struct OrderApi {
     pub(crate) warehouse: Warehouse,
     /// Promise dates ask carriers for their transit (never required to route).
     pub(crate) carrier: Carrier,
+    /// SKUs the catalog (inventory's items) is known to hold. Items are never deleted, so a SKU
+    /// seen once is not asked about again.
+    known_skus: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl OrderApi {
@@ -52,7 +55,42 @@ impl OrderApi {
             inventory,
             warehouse,
             carrier,
+            known_skus: std::sync::Mutex::default(),
         }
+    }
+
+    /// Names every line whose SKU is not in the catalog. Asks inventory about SKUs not seen
+    /// before; when it cannot answer, the order is refused as UNAVAILABLE (retry: capture is
+    /// idempotent), never accepted unchecked.
+    async fn check_items(&self, lines: &[OrderLineInput]) -> ApiResult<()> {
+        let mut v = Violations::new();
+        for (i, l) in lines.iter().enumerate() {
+            let known = self
+                .known_skus
+                .lock()
+                .map_err(|_| ApiError::Internal("catalog cache poisoned".into()))?
+                .contains(&l.sku);
+            if known {
+                continue;
+            }
+            let mut request =
+                tonic::Request::new(erp_proto::inventory::GetItemRequest { sku: l.sku.clone() });
+            request.set_timeout(std::time::Duration::from_secs(2));
+            match self.inventory.clone().get_item(request).await {
+                Ok(_) => {
+                    self.known_skus
+                        .lock()
+                        .map_err(|_| ApiError::Internal("catalog cache poisoned".into()))?
+                        .insert(l.sku.clone());
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => v.add(
+                    format!("lines[{i}].sku"),
+                    format!("unknown item {:?}: not in the catalog", l.sku),
+                ),
+                Err(s) => return Err(ApiError::Upstream(s)),
+            }
+        }
+        v.finish()
     }
 }
 
@@ -429,6 +467,7 @@ impl OrderApi {
             })
             .ok_or_else(|| ApiError::invalid("lines", "order total overflows"))?;
         let hash = idempotency::fingerprint(&req);
+        self.check_items(&req.lines).await?;
 
         let txn = self.db.begin().await?;
         let ch = channel::Entity::find_by_id(req.channel.clone())

@@ -56,8 +56,40 @@ fn order(channel: &str, ext: &str, qty: i64) -> CreateOrderRequest {
     }
 }
 
+/// The inventory service holding the catalog the order service checks items against.
+async fn catalog(backend: &Backend, skus: &[&str]) -> testing::TestService {
+    use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
+    use erp_proto::inventory::{CreateItemRequest, Item};
+    let inventory = testing::spawn::<erp_inventory::Service>(backend).await;
+    let mut c = InventoryServiceClient::new(inventory.channel().await);
+    for sku in skus {
+        c.create_item(CreateItemRequest {
+            item: Some(Item {
+                sku: (*sku).into(),
+                name: (*sku).into(),
+                unit_cost: Some(Money {
+                    amount_minor: 100,
+                    currency: "USD".into(),
+                }),
+                weight_grams: 100,
+                tax_class: "standard".into(),
+                low_stock_threshold: 0,
+                created_at: None,
+            }),
+        })
+        .await
+        .unwrap();
+    }
+    inventory
+}
+
 async fn lifecycle(backend: Backend) {
-    let svc = testing::spawn::<erp_order::Service>(&backend).await;
+    let inventory = catalog(&backend, &["MUG", "TEE"]).await;
+    let svc = testing::spawn_env::<erp_order::Service>(
+        &backend,
+        &[("ERP__PEERS__INVENTORY", inventory.url.as_str())],
+    )
+    .await;
     let mut c = OrderServiceClient::new(svc.channel().await);
     for (code, kind, pattern) in [
         ("web", ChannelKind::WebStore, ""),
@@ -168,6 +200,13 @@ async fn lifecycle(backend: Backend) {
     assert!(err.message().contains("external_order_id"));
     let err = c.create_order(order("nope", "1", 1)).await.unwrap_err();
     assert!(err.message().contains("unknown channel"));
+    // Items the catalog does not hold are named, and nothing is recorded.
+    let mut unknown = order("web", "W-unknown", 1);
+    unknown.lines[1].sku = "GHOST".into();
+    let err = c.create_order(unknown.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(testing::bad_fields(&err), ["lines[1].sku"]);
+    assert!(err.message().contains("GHOST"), "{}", err.message());
     c.create_order(order("amazon-us", "112-1234567-1234567", 1))
         .await
         .unwrap();
@@ -364,6 +403,22 @@ async fn lifecycle(backend: Backend) {
             .into_inner();
         assert_eq!(by_external.orders.len(), found);
     }
+    let nothing = c
+        .list_orders(ListOrdersRequest {
+            channel: "web".into(),
+            external_order_id: "W-unknown".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(nothing.orders.is_empty());
+    // With the catalog down, known items still sell; an item never seen cannot be checked,
+    // so the order is refused as retryable (capture is idempotent), not accepted unchecked.
+    inventory.stop().await;
+    c.create_order(order("web", "W-3", 1)).await.unwrap();
+    let err = c.create_order(unknown).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     svc.stop().await;
 }
 
