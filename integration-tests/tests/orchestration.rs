@@ -12,7 +12,7 @@ use erp_integration_tests::{Clients, T, seeded};
 use erp_proto::common::{Actor, Money};
 use erp_proto::finance::PaymentStatus;
 use erp_proto::inventory::ReservationState;
-use erp_proto::orchestrator::SagaStatus;
+use erp_proto::orchestrator::{SagaStatus, StepOutcome};
 use erp_proto::order::{
     CancelOrderRequest, OrderLineInput, OrderStatus, PutRoutingRulesRequest, RoutingRule,
 };
@@ -608,5 +608,63 @@ async fn promise_dates_come_from_cutoffs_transit_and_inbound_on_every_backend() 
     );
     for backend in testing::backends() {
         promises(backend).await;
+    }
+}
+
+/// Wholesale on net terms: no card is authorized or charged; the shipment becomes a
+/// receivable due in the channel's terms, and a declining token does not matter.
+async fn on_account(backend: Backend) {
+    let (s, mut c) = seeded(&backend).await;
+    let receivable = async |c: &mut Clients| -> i64 {
+        c.finance
+            .get_trial_balance(erp_proto::finance::GetTrialBalanceRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .rows
+            .iter()
+            .filter(|r| r.account_code == "1100")
+            .map(|r| r.balance_minor)
+            .sum()
+    };
+    let before = receivable(&mut c).await;
+    let mut req = erp::seed::sample_order("WH-1", "MUG-BLUE", 4);
+    req.channel = "wholesale".into();
+    req.payment_method_token = "tok_decline_insufficient_funds".into();
+    let id = c
+        .order
+        .create_order(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap()
+        .order_id;
+    c.wait_step(&id, "await_pack").await;
+    c.ship(&id).await;
+    let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    assert!(c.payment(&id).await.is_none(), "no card on account");
+    let o = c.order(&id).await;
+    assert_eq!(o.status, OrderStatus::Shipped as i32);
+    let total = o.total.unwrap().amount_minor;
+    assert_eq!(total, 4 * 1299 + 344, "New Jersey tax on 51.96");
+    assert_eq!(receivable(&mut c).await - before, total);
+    assert!(
+        done.timeline
+            .iter()
+            .any(|e| e.step == "authorize_payment" && e.outcome == StepOutcome::Succeeded as i32)
+    );
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wholesale_on_net_terms_ships_on_account_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "wholesale_on_net_terms_ships_on_account_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        on_account(backend).await;
     }
 }

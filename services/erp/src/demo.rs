@@ -164,7 +164,8 @@ pub async fn run(suite: &crate::Suite, orders: usize) -> anyhow::Result<Report> 
         // Every 9th order wants more than any warehouse holds: it waits, backordered, until the
         // demo's buyer receives a purchase order.
         let qty = if i % 9 == 8 { 60 } else { 1 + (i % 2) as i64 };
-        // Every 7th card declines; every 11th meets a payment provider that times out once.
+        // Every 7th card declines (unless the order is wholesale, on net terms: no card is
+        // charged); every 11th meets a payment provider that times out once.
         let token = if i % 7 == 6 {
             "tok_decline_insufficient_funds"
         } else if i % 11 == 10 {

@@ -220,6 +220,9 @@ pub struct OrderSnapshot {
     pub fixed_fee_minor: i64,
     /// The channel ships complete orders only (wholesale).
     pub ship_complete: bool,
+    /// Wholesale on account: the customer pays an invoice this many days after shipment, so
+    /// no card is authorized or captured and the sale is a receivable (1100).
+    pub net_terms_days: i32,
     pub lines: Vec<LineSnapshot>,
 }
 
@@ -391,6 +394,12 @@ impl Participants {
             Step::RecordAllocation => self.allocate(k, ctx, false, t).await,
             Step::AuthorizePayment if !ctx.payment_id.is_empty() => {
                 // A re-route keeps the authorization of the first round.
+                Ok(())
+            }
+            // On account: nothing to authorize; the shipment is invoiced.
+            Step::AuthorizePayment | Step::CapturePayment
+                if ctx.order.as_ref().is_some_and(|o| o.net_terms_days > 0) =>
+            {
                 Ok(())
             }
             Step::AuthorizePayment => {
@@ -917,6 +926,7 @@ impl Participants {
             commission_bps: channel.map_or(0, |c| c.commission_bps),
             fixed_fee_minor: channel.map_or(0, |c| c.fixed_fee_minor),
             ship_complete: channel.is_some_and(|c| c.ship_complete),
+            net_terms_days: channel.map_or(0, |c| c.net_terms_days),
             lines,
         });
         Ok(())
@@ -1518,9 +1528,16 @@ pub fn journal_lines(o: &OrderSnapshot, label_cost_minor: i64) -> Vec<finance::J
         order_id: o.order_id.clone(),
         memo: memo.into(),
     };
-    // The customer paid the total; the tax in it is owed to the tax authority, not earned.
+    // The customer paid the total (or owes it, on account); the tax in it is owed to the tax
+    // authority, not earned.
+    let on_account = o.net_terms_days > 0;
+    let due = format!("invoiced, due in {} days", o.net_terms_days);
     let mut lines = vec![
-        line("1200", o.total_minor, 0, "payment captured"),
+        if on_account {
+            line("1100", o.total_minor, 0, &due)
+        } else {
+            line("1200", o.total_minor, 0, "payment captured")
+        },
         line("4000", 0, o.total_minor - o.tax_minor, "sales revenue"),
     ];
     if o.tax_minor > 0 {
@@ -1532,7 +1549,11 @@ pub fn journal_lines(o: &OrderSnapshot, label_cost_minor: i64) -> Vec<finance::J
         (o.total_minor - o.tax_minor) * i64::from(o.commission_bps) / 10_000 + o.fixed_fee_minor;
     if fees > 0 {
         lines.push(line("5100", fees, 0, "channel commission and fees"));
-        lines.push(line("1200", 0, fees, "fees withheld from payout"));
+        if on_account {
+            lines.push(line("2100", 0, fees, "fees owed to the channel"));
+        } else {
+            lines.push(line("1200", 0, fees, "fees withheld from payout"));
+        }
     }
     if label_cost_minor > 0 {
         lines.push(line("5200", label_cost_minor, 0, "shipping label"));
@@ -1591,6 +1612,44 @@ mod tests {
         assert_eq!(amount("1200"), -2770, "the customer paid the total");
         assert_eq!(amount("4000"), 2598, "revenue is the subtotal");
         assert_eq!(amount("2200"), 172, "the tax is owed");
+    }
+
+    #[test]
+    fn a_sale_on_account_is_a_receivable() {
+        let o = OrderSnapshot {
+            order_id: "o".into(),
+            channel: "wholesale".into(),
+            currency: "USD".into(),
+            subtotal_minor: 10_000,
+            tax_minor: 663,
+            total_minor: 10_663,
+            net_terms_days: 30,
+            commission_bps: 100,
+            ..Default::default()
+        };
+        let lines = journal_lines(&o, 900);
+        let amount = |account: &str| -> i64 {
+            lines
+                .iter()
+                .filter(|l| l.account_code == account)
+                .map(|l| l.debit_minor - l.credit_minor)
+                .sum()
+        };
+        assert_eq!(amount("1100"), 10_663, "the customer owes the invoice");
+        assert_eq!(amount("1200"), 0, "no card was charged");
+        assert_eq!(
+            amount("2100"),
+            -(100 + 900),
+            "the channel's fee and the label"
+        );
+        assert_eq!(
+            lines
+                .iter()
+                .map(|l| l.debit_minor - l.credit_minor)
+                .sum::<i64>(),
+            0
+        );
+        assert!(lines[0].memo.contains("due in 30 days"));
     }
 
     #[test]
