@@ -24,8 +24,10 @@ use crate::definition::{self, Step};
 use crate::participants::{Carton, Ctx, OrderSnapshot, Participants, StepError, Writeoff};
 use crate::store::{saga, signal, step};
 
-/// How often a backordered saga tries to route again.
-const BACKORDER_RECHECK_MS: i64 = 2_000;
+/// How often a backordered saga tries to route again when nothing woke it: stock arriving
+/// (`inventory.stock_changed`) wakes it at once; the recheck catches what no event announces
+/// (a routing rule change, a warehouse back online).
+const BACKORDER_RECHECK_MS: i64 = 30_000;
 
 /// Statuses a worker drives.
 pub const ACTIVE: [&str; 4] = ["pending", "running", "waiting", "compensating"];
@@ -1036,7 +1038,7 @@ impl Engine {
                 "forward",
                 "started",
                 format!(
-                    "backordered: {detail}; routing again every {} s until stock arrives",
+                    "backordered: {detail}; routing again when stock arrives (and every {} s)",
                     BACKORDER_RECHECK_MS / 1000
                 ),
             )

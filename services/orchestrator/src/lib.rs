@@ -58,6 +58,24 @@ impl erp_runtime::Service for Service {
                 )
                 .await?;
         }
+        {
+            // Stock that became available wakes the sagas waiting for it (backorders) at once.
+            let db = ctx.db.clone();
+            let wake = wake.clone();
+            ctx.bus
+                .subscribe(
+                    "inventory.stock_changed",
+                    "orchestrator",
+                    handler(move |event: Event| {
+                        let db = db.clone();
+                        let wake = wake.clone();
+                        async move { store::on_stock_changed(&db, &event, &wake).await }
+                    }),
+                    ctx.shutdown.clone(),
+                    &ctx.tasks,
+                )
+                .await?;
+        }
         let participants = participants::Participants::connect_lazy(&ctx.settings.peers)?;
         let engine = Arc::new(engine::Engine::new(
             ctx.db.clone(),

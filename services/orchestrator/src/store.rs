@@ -270,6 +270,40 @@ pub async fn insert_signal<C: ConnectionTrait>(
     Ok(true)
 }
 
+/// Consumer of `inventory.stock_changed`: stock that became available (a receipt, a return, a
+/// transfer in, a released reservation) wakes the sagas waiting for stock now rather than at
+/// their next recheck. Waking twice is harmless, so this consumer keeps no inbox.
+pub async fn on_stock_changed(
+    db: &sea_orm::DatabaseConnection,
+    event: &Event,
+    wake: &tokio::sync::Notify,
+) -> anyhow::Result<()> {
+    let p = &event.payload;
+    let more = p["on_hand_delta"].as_i64().unwrap_or(0) > 0
+        || matches!(
+            p["reason"].as_str(),
+            Some("release" | "transfer_in" | "return")
+        );
+    if !more || p["available"].as_i64().unwrap_or(0) <= 0 {
+        return Ok(());
+    }
+    let now = now_ms();
+    let woken = saga::Entity::update_many()
+        .col_expr(
+            saga::Column::NextAttemptAtMs,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .filter(saga::Column::Status.eq("waiting"))
+        .filter(saga::Column::CurrentStep.eq("route"))
+        .filter(saga::Column::NextAttemptAtMs.gt(now))
+        .exec(db)
+        .await?;
+    if woken.rows_affected > 0 {
+        wake.notify_one();
+    }
+    Ok(())
+}
+
 /// Consumer of `warehouse.packed`, `warehouse.exception`, `warehouse.shipped` and
 /// `order.cancelled`: turns the fact into a saga signal.
 pub async fn on_participant_event(
