@@ -115,17 +115,33 @@ async fn on_hand(c: &mut Clients, sku: &str) -> i64 {
         .sum()
 }
 
-/// Mugs are in stock, gadgets nowhere: the mugs ship, the gadgets wait. Then either a
-/// receipt of gadgets ships them in a second shipment, or the customer cancels the gadgets
-/// and the order closes with the rest of the authorization released.
-async fn backordered_line(backend: Backend, receipt: bool) {
+/// What happens to the gadgets the order waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Five arrive: they ship in a second shipment.
+    Receipt,
+    /// The customer cancels the gadget line: the order closes, shipped.
+    CancelLine,
+    /// The customer cancels the whole order: only the gadgets can still be cancelled.
+    CancelOrder,
+}
+
+/// Mugs are in stock, gadgets nowhere: the mugs ship, the gadgets wait. Then a receipt ships
+/// them in a second shipment, or a cancellation (of the line or of the order) closes the
+/// order with the mugs shipped and the rest of the authorization released.
+async fn backordered_line(backend: Backend, then: Then) {
+    let receipt = then == Then::Receipt;
     let (s, mut c) = seeded(&backend).await;
     ship_as_available(&mut c).await;
     c.create_item("GADGET-X", 1_200, 500, 0).await;
     let mugs_before = on_hand(&mut c, "MUG-BLUE").await;
     let id = place(
         &mut c,
-        if receipt { "BO-1" } else { "BO-2" },
+        match then {
+            Then::Receipt => "BO-1",
+            Then::CancelLine => "BO-2",
+            Then::CancelOrder => "BO-3",
+        },
         &[("MUG-BLUE", 2, 1299), ("GADGET-X", 3, 2500)],
     )
     .await;
@@ -213,9 +229,13 @@ async fn backordered_line(backend: Backend, receipt: bool) {
         let cancelled = c
             .order
             .cancel_order(CancelOrderRequest {
-                idempotency_key: "bo-2-cancel".into(),
+                idempotency_key: "bo-cancel".into(),
                 order_id: id.clone(),
-                line_ids: vec![gadgets],
+                line_ids: if then == Then::CancelLine {
+                    vec![gadgets]
+                } else {
+                    vec![]
+                },
                 actor: None,
                 include_allocated: false,
             })
@@ -223,12 +243,23 @@ async fn backordered_line(backend: Backend, receipt: bool) {
             .unwrap()
             .into_inner();
         assert!(cancelled.pending_line_ids.is_empty());
-        let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
-        assert!(
-            done.timeline.iter().any(|e| e.step == "next_shipment"),
-            "{:#?}",
-            done.timeline
-        );
+        if then == Then::CancelLine {
+            // The saga finds nothing left to ship and closes the payment.
+            let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+            assert!(
+                done.timeline.iter().any(|e| e.step == "next_shipment"),
+                "{:#?}",
+                done.timeline
+            );
+        } else {
+            // A whole-order cancel compensates what is left: nothing shipped is undone.
+            let done = c.wait_saga(&id, &[SagaStatus::Compensated], T).await;
+            assert!(
+                done.last_error.contains("ORDER_CANCELLED"),
+                "{}",
+                done.last_error
+            );
+        }
         assert_eq!(c.order(&id).await.status, OrderStatus::Shipped as i32);
         assert_eq!(line(&mut c, &id, "GADGET-X").await, (0, 0, 0, 3));
         let p = c.payment(&id).await.unwrap();
@@ -265,7 +296,7 @@ async fn a_backordered_line_ships_after_a_receipt_on_every_backend() {
         Duration::from_secs(300),
     );
     for backend in testing::backends() {
-        backordered_line(backend, true).await;
+        backordered_line(backend, Then::Receipt).await;
     }
 }
 
@@ -276,7 +307,18 @@ async fn cancelling_the_backordered_line_closes_the_order_on_every_backend() {
         Duration::from_secs(300),
     );
     for backend in testing::backends() {
-        backordered_line(backend, false).await;
+        backordered_line(backend, Then::CancelLine).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_partly_shipped_order_keeps_what_shipped_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "cancelling_a_partly_shipped_order_keeps_what_shipped_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        backordered_line(backend, Then::CancelOrder).await;
     }
 }
 

@@ -705,6 +705,19 @@ impl Engine {
                 self.backordered(st, &detail).await
             }
             Err(StepError::Rejected { reason, detail })
+                if step == Step::ReserveStock
+                    && reason == "INSUFFICIENT_STOCK"
+                    && st.ctx.parts
+                    && !st.ctx.rerouting =>
+            {
+                // Another order took the stock between routing and reserving: plan this
+                // shipment again (v3) rather than give the order up.
+                Self::begin_reroute(st, pivot);
+                let text = format!("{reason}: {detail}; taken meanwhile, planning again");
+                self.save(st, log(step.name(), "forward", "rejected", text), &[])
+                    .await
+            }
+            Err(StepError::Rejected { reason, detail })
                 if step == Step::Route && reason == "NOTHING_TO_SHIP" =>
             {
                 st.ctx.backordered = false;
