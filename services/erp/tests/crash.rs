@@ -85,7 +85,49 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
     erp::seed::seed(&suite).await.unwrap();
     let mut c = Clients::for_suite(&suite);
 
+    // Orders in two parts: each of two items is stocked at one warehouse only, and the rules
+    // allow a split, so these ship in two shipments (saga v3 loops after its pivot).
+    c.order
+        .put_routing_rules(erp_proto::order::PutRoutingRulesRequest {
+            rules: vec![erp_proto::order::RoutingRule {
+                name: "ship what is in stock".into(),
+                priority: 1,
+                strategy: "LOWEST_COST".into(),
+                allow_split: true,
+                ..Default::default()
+            }],
+            actor: Some(erp_proto::common::Actor {
+                id: "ops".into(),
+                reason: "crash test".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    for (sku, site) in [("PART-A", "east"), ("PART-B", "west")] {
+        c.create_item(sku, 300, 200, 0).await;
+        c.receive(&format!("{sku}-in"), sku, site, 10).await;
+    }
     let mut orchestrator = spawn_orchestrator(&suite.settings, true);
+    let mut split = Vec::new();
+    for i in 0..3 {
+        let mut req = erp::seed::sample_order(&format!("K-split-{i}"), "PART-A", 1);
+        req.lines.push(erp_proto::order::OrderLineInput {
+            line_number: 2,
+            sku: "PART-B".into(),
+            quantity: 1,
+            unit_price: req.lines[0].unit_price.clone(),
+        });
+        split.push(
+            c.order
+                .create_order(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .order
+                .unwrap()
+                .order_id,
+        );
+    }
     let mut orders = Vec::new();
     for i in 0..12 {
         let sku = erp::seed::CATALOG[i % 3].0;
@@ -124,7 +166,7 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
     println!(
         "killed with {} of {} sagas recorded, at: {stages:?}",
         sagas.len(),
-        orders.len()
+        orders.len() + split.len()
     );
     assert!(
         sagas.iter().any(|s| s.status != "waiting"),
@@ -148,7 +190,13 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
             .await;
         c.ship(id).await;
     }
-    for id in &orders {
+    for id in &split {
+        for _ in 0..2 {
+            c.wait_step(id, "await_pack").await;
+            c.ship(id).await;
+        }
+    }
+    for id in orders.iter().chain(&split) {
         c.wait_saga(id, &[SagaStatus::Completed], Duration::from_secs(30))
             .await;
     }
@@ -162,11 +210,15 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
         .unwrap()
         .db
         .clone();
-    for id in &orders {
+    for (id, parts) in orders
+        .iter()
+        .map(|id| (id, 1))
+        .chain(split.iter().map(|id| (id, 2)))
+    {
         assert_eq!(
             c.reservations(id).await.len(),
-            1,
-            "one reservation for {id}"
+            parts,
+            "one reservation per shipment for {id}"
         );
         let authorizations = erp_finance::store::payment::Entity::find()
             .filter(erp_finance::store::payment::Column::OrderId.eq(id.as_str()))
@@ -179,6 +231,10 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
             payment.status,
             erp_proto::finance::PaymentStatus::Captured as i32
         );
+        assert_eq!(
+            payment.captured, payment.authorized,
+            "captured once, in full"
+        );
         let labels = c
             .carrier
             .list_shipments(erp_proto::carrier::ListShipmentsRequest {
@@ -189,7 +245,7 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
             .unwrap()
             .into_inner()
             .shipments;
-        assert_eq!(labels.len(), 1, "one label for {id}");
+        assert_eq!(labels.len(), parts, "one label per shipment for {id}");
         let entries = c
             .finance
             .list_journal_entries(erp_proto::finance::ListJournalEntriesRequest {
@@ -200,7 +256,7 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
             .unwrap()
             .into_inner()
             .entries;
-        // One shipment entry from the saga, one cost-of-goods entry from inventory's shipment.
+        // Per shipment: its entry from the saga, its cost of goods from inventory's shipment.
         let by_source = |kind: &str| {
             entries
                 .iter()
@@ -209,7 +265,7 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
         };
         assert_eq!(
             (by_source("saga"), by_source("order"), entries.len()),
-            (1, 1, 2),
+            (parts, parts, 2 * parts),
             "journal entries for {id}: {entries:#?}"
         );
     }
