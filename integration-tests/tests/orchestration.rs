@@ -710,3 +710,118 @@ async fn wholesale_on_net_terms_ships_on_account_on_every_backend() {
         on_account(backend).await;
     }
 }
+
+/// Plays the warehouse floor for `orders` until `done` says stop: packs what waits for packing
+/// and ships what has its label, one fulfillment at a time, as pickers would.
+async fn play_floor(c: &mut Clients, orders: &[String], done: impl Fn(&[(i32, String)]) -> bool) {
+    let mut packed = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut states = Vec::with_capacity(orders.len());
+        for id in orders {
+            let Some(saga) = c.saga(id).await else {
+                states.push((0, String::new()));
+                continue;
+            };
+            if saga.status == SagaStatus::Waiting as i32 {
+                let open = c.open_fulfillments(id).await;
+                if saga.current_step == "await_pack"
+                    && let Some(f) = open.first()
+                    && packed.insert(f.fulfillment_id.clone())
+                {
+                    c.pick_and_pack(id).await;
+                } else if saga.current_step == "await_shipment" && !open.is_empty() {
+                    c.confirm_ship(id).await;
+                }
+            }
+            states.push((saga.status, saga.current_step));
+        }
+        if done(&states) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "floor still busy: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Twenty customers at once want two of an item with fifteen in stock, shipped as available:
+/// the reservations race (a lost race plans the shipment again), exactly fifteen ship, nobody
+/// gets more than ordered, the rest waits backordered; a receipt of 25 completes every order,
+/// each captured in full once.
+async fn scarce(backend: Backend) {
+    let (s, mut c) = seeded(&backend).await;
+    ship_as_available(&mut c).await;
+    c.create_item("SCARCE", 400, 200, 0).await;
+    c.receive("scarce-in", "SCARCE", "central", 15).await;
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let mut c = c.clone();
+        handles.push(tokio::spawn(async move {
+            place(&mut c, &format!("SC-{i}"), &[("SCARCE", 2, 1000)]).await
+        }));
+    }
+    let mut orders = Vec::new();
+    for h in handles {
+        orders.push(h.await.unwrap());
+    }
+    let waiting_or_done = |states: &[(i32, String)]| {
+        states.iter().all(|(status, step)| {
+            *status == SagaStatus::Completed as i32
+                || (*status == SagaStatus::Waiting as i32 && step == "route")
+        })
+    };
+    play_floor(&mut c, &orders, waiting_or_done).await;
+    let mut shipped = 0;
+    for id in &orders {
+        let (allocated, s, backordered, _) = line(&mut c, id, "SCARCE").await;
+        assert!(
+            s <= 2 && allocated == 0,
+            "{id}: shipped {s}, allocated {allocated}"
+        );
+        assert_eq!(s + backordered, 2, "{id}: what did not ship waits");
+        shipped += s;
+    }
+    assert_eq!(shipped, 15, "every unit in stock shipped, none twice");
+    let mut replans = 0;
+    for id in &orders {
+        replans += c
+            .saga(id)
+            .await
+            .unwrap()
+            .timeline
+            .iter()
+            .filter(|e| e.detail.contains("taken meanwhile"))
+            .count();
+    }
+    println!("{replans} reservation(s) lost a race and were planned again");
+    assert_eq!(on_hand(&mut c, "SCARCE").await, 0);
+    c.receive("scarce-more", "SCARCE", "central", 25).await;
+    let all_done = |states: &[(i32, String)]| {
+        states
+            .iter()
+            .all(|(status, _)| *status == SagaStatus::Completed as i32)
+    };
+    play_floor(&mut c, &orders, all_done).await;
+    for id in &orders {
+        assert_eq!(line(&mut c, id, "SCARCE").await, (0, 2, 0, 0));
+        let p = c.payment(id).await.unwrap();
+        assert_eq!(p.status, PaymentStatus::Captured as i32);
+        assert_eq!(p.captured, p.authorized, "{id}");
+    }
+    assert_eq!(on_hand(&mut c, "SCARCE").await, 0);
+    let (_, reserved) = c.stock_totals().await;
+    assert_eq!(reserved, 0);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_orders_race_for_fifteen_units_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "twenty_orders_race_for_fifteen_units_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        scarce(backend).await;
+    }
+}
