@@ -825,3 +825,58 @@ async fn twenty_orders_race_for_fifteen_units_on_every_backend() {
         scarce(backend).await;
     }
 }
+
+/// A customer's cancellation reaches a saga an operator paused: it is compensated at once
+/// (the pause was operational, the cancel is a business fact), not shipped on resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_cancel_applies_to_a_paused_saga() {
+    let _watchdog = testing::watchdog(
+        "a_customer_cancel_applies_to_a_paused_saga",
+        Duration::from_secs(300),
+    );
+    let (s, mut c) = seeded(&Backend::Sqlite).await;
+    let id = place(&mut c, "PZ-1", &[("MUG-BLUE", 1, 1299)]).await;
+    let waiting = c.wait_step(&id, "await_pack").await;
+    c.orchestrator
+        .pause_saga(erp_proto::orchestrator::PauseSagaRequest {
+            saga_id: waiting.saga_id.clone(),
+            action: Some(erp_proto::orchestrator::OperatorAction {
+                operator: "ops-1".into(),
+                reason: "address check".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    c.wait_saga(&id, &[SagaStatus::Paused], T).await;
+    let requested = c
+        .order
+        .cancel_order(CancelOrderRequest {
+            idempotency_key: "pz-1-cancel".into(),
+            order_id: id.clone(),
+            line_ids: vec![],
+            actor: None,
+            include_allocated: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(requested.pending_line_ids.len(), 1, "the mug is allocated");
+    let done = c.wait_saga(&id, &[SagaStatus::Compensated], T).await;
+    assert!(
+        done.last_error.contains("ORDER_CANCELLED"),
+        "{}",
+        done.last_error
+    );
+    let o = c.order(&id).await;
+    assert_eq!(o.status, OrderStatus::Cancelled as i32);
+    assert_eq!(line(&mut c, &id, "MUG-BLUE").await, (0, 0, 0, 1));
+    assert_eq!(
+        c.payment(&id).await.unwrap().status,
+        PaymentStatus::Voided as i32
+    );
+    assert!(c.open_fulfillments(&id).await.is_empty());
+    let (_, reserved) = c.stock_totals().await;
+    assert_eq!(reserved, 0);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}

@@ -138,6 +138,7 @@ impl Engine {
         // A signal (shipment confirmed, cancel, pause) makes a saga due at once.
         let signalled: Vec<String> = signal::Entity::find()
             .filter(signal::Column::Consumed.eq(false))
+            .order_by_asc(signal::Column::Seq)
             .limit(64)
             .all(&self.db)
             .await?
@@ -211,7 +212,10 @@ impl Engine {
         }
     }
 
-    /// Takes the lease of a saga that nobody holds (or that we hold).
+    /// Takes the lease of a saga that nobody holds (or that we hold). Any status: a paused,
+    /// parked or finished saga is claimed only for its signals, which `drive` consumes (a
+    /// customer's cancel applies to a paused saga; a late repeat of an event to a finished one
+    /// is noted and dropped instead of staying in the signal queue for ever).
     async fn claim(&self, saga_id: &str) -> anyhow::Result<bool> {
         let now = now_ms();
         let lease = i64::try_from(self.settings.lease_ms).unwrap_or(i64::MAX / 4);
@@ -219,7 +223,6 @@ impl Engine {
             .col_expr(saga::Column::LeaseOwner, Expr::value(self.replica.clone()))
             .col_expr(saga::Column::LeaseUntilMs, Expr::value(now + lease))
             .filter(saga::Column::SagaId.eq(saga_id))
-            .filter(saga::Column::Status.is_in(ACTIVE))
             .filter(self.lease_free(now))
             .exec(&self.db)
             .await?;
@@ -432,9 +435,9 @@ impl Engine {
                             notes.push(self.on_line_cancel(&mut st, &s.payload, pivot));
                         }
                         "CANCEL" => {
-                            let forward =
-                                matches!(st.m.status.as_str(), "pending" | "running" | "waiting");
-                            if forward && st.m.step_index < pivot {
+                            // A customer's cancel applies to a paused or parked saga too (the
+                            // pause is operational; the cancel is a business fact).
+                            if undoable(&st.m) && st.m.step_index < pivot {
                                 let reason = if s.payload.contains("ORDER_CANCELLED") {
                                     "ORDER_CANCELLED"
                                 } else {
@@ -778,7 +781,7 @@ impl Engine {
                 text("fulfillment_id")
             );
         }
-        let forward = matches!(st.m.status.as_str(), "pending" | "running" | "waiting");
+        let forward = undoable(&st.m);
         if !forward || st.m.step_index >= pivot {
             return format!(
                 "{what} ignored: the saga is {} at step {}",
@@ -808,7 +811,7 @@ impl Engine {
         // Undo from the step the saga stands at (a wait, or a call that may have happened).
         st.m.step_index = st.m.step_index.min(pivot - 1);
         st.m.attempts = 0;
-        if st.m.status == "waiting" {
+        if matches!(st.m.status.as_str(), "waiting" | "paused" | "parked") {
             st.m.status = "running".into();
         }
         st.m.next_attempt_at_ms = now_ms();
@@ -835,7 +838,7 @@ impl Engine {
             .into_iter()
             .filter(|l| st.ctx.batch.iter().any(|b| &b.line_id == l))
             .collect();
-        let forward = matches!(st.m.status.as_str(), "pending" | "running" | "waiting");
+        let forward = undoable(&st.m);
         if held.is_empty() {
             // A backordered saga looks again now: what it waits for may be gone.
             if forward && st.m.status == "waiting" && st.ctx.backordered {
@@ -846,7 +849,14 @@ impl Engine {
                 lines.join(", ")
             );
         }
-        if !forward || st.m.step_index >= pivot {
+        if !forward {
+            return format!(
+                "line(s) {} cancelled while the saga is {}: its compensation cancels what is left",
+                held.join(", "),
+                st.m.status
+            );
+        }
+        if st.m.step_index >= pivot {
             return format!(
                 "cancellation of line(s) {} refused: their shipment is past its pivot and ships",
                 held.join(", ")
@@ -1220,4 +1230,14 @@ fn cancelled_lines(payload: &str) -> Vec<String> {
             })
         })
         .unwrap_or_default()
+}
+
+/// Whether a cancellation or a stock exception can still undo the saga's work: it moves
+/// forward, or an operator paused or parked it while it moved forward (not while compensating).
+fn undoable(m: &saga::Model) -> bool {
+    match m.status.as_str() {
+        "pending" | "running" | "waiting" => true,
+        "paused" | "parked" => m.resume_status != "compensating",
+        _ => false,
+    }
 }

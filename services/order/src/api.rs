@@ -971,10 +971,13 @@ impl OrderService for OrderApi {
                 let mut v = Violations::new();
                 v.id("order_id", &req.order_id);
                 v.finish()?;
-                let (o, lines) = load(&self.db, &req.order_id).await?;
+                // One snapshot: the order, its lines and its decisions as one moment saw them.
+                let txn = erp_runtime::db::snapshot(&self.db).await?;
+                let (o, lines) = load(&txn, &req.order_id).await?;
                 let mut order = order_to_wire(o, lines);
                 order.routing_decisions =
-                    crate::route_api::decisions_of(&self.db, &req.order_id).await?;
+                    crate::route_api::decisions_of(&txn, &req.order_id).await?;
+                txn.commit().await?;
                 Ok(GetOrderResponse { order: Some(order) })
             }
             .await,

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
-    Statement,
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, DbErr, IsolationLevel, Statement, TransactionTrait,
 };
 use sea_orm_migration::prelude::*;
 
@@ -80,6 +80,23 @@ fn sqlite_path(url: &str) -> Option<String> {
         None
     } else {
         Some(path.to_owned())
+    }
+}
+
+/// A read-only transaction whose reads all see one snapshot, for answers assembled from several
+/// tables (an order, its lines and its routing decisions). PostgreSQL needs REPEATABLE READ for
+/// that (READ COMMITTED takes a fresh snapshot per statement); a SQLite transaction in WAL mode
+/// reads one snapshot already.
+pub async fn snapshot(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    match db.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            db.begin_with_config(
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            )
+            .await
+        }
+        _ => db.begin().await,
     }
 }
 
