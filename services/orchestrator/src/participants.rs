@@ -1138,6 +1138,20 @@ impl Participants {
     /// ship now the step answers INSUFFICIENT_STOCK and the saga waits for stock.
     async fn route_part(&self, key: &str, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
         let o = ctx.order.clone().ok_or_else(|| missing("order"))?;
+        // The usual case asks the rules first and ships their plan: RouteOrder has just checked
+        // stock, site status and capacity, and routes what each line still needs. A backordered
+        // saga looks at stock first (below), so that it asks only when stock changed.
+        let asked = if ctx.backordered {
+            None
+        } else {
+            let d = self.ask_rules(key, ctx, t).await?;
+            if let Some(d) = &d
+                && self.plan_from_rules(d, &o, ctx, t).await?
+            {
+                return Ok(());
+            }
+            Some(d)
+        };
         let remaining = self.still_needed(&o.order_id, t).await?;
         ctx.remaining = remaining.clone();
         ctx.batch.clear();
@@ -1180,8 +1194,9 @@ impl Participants {
             .await?
             .into_inner()
             .sites;
+        let excluded = ctx.excluded_sites.clone();
         let usable = |code: &str| {
-            !ctx.excluded_sites.iter().any(|x| x == code)
+            !excluded.iter().any(|x| x == code)
                 && sites
                     .iter()
                     .find(|s| s.code == code)
@@ -1246,29 +1261,9 @@ impl Participants {
             ));
         }
         ctx.stock_seen = seen;
-        let rk = if ctx.route_checks == 0 {
-            key.to_owned()
-        } else {
-            format!("{key}:{}", ctx.route_checks)
-        };
-        ctx.route_checks += 1;
-        let decision = match self
-            .order
-            .clone()
-            .route_order(req(
-                order::RouteOrderRequest {
-                    idempotency_key: rk,
-                    order_id: o.order_id.clone(),
-                },
-                t,
-            ))
-            .await
-        {
-            Ok(r) => r.into_inner().decision,
-            Err(s) => match StepError::from(s) {
-                transient @ StepError::Transient(_) => return Err(transient),
-                StepError::Rejected { .. } => None,
-            },
+        let decision = match asked {
+            Some(d) => d,
+            None => self.ask_rules(key, ctx, t).await?,
         };
         let need = |line_id: &str| {
             remaining
@@ -1381,6 +1376,118 @@ impl Participants {
         Ok(())
     }
 
+    /// Asks the routing rules for a decision, under a key of its own per ask.
+    async fn ask_rules(
+        &self,
+        key: &str,
+        ctx: &mut Ctx,
+        t: Duration,
+    ) -> Result<Option<order::RoutingDecision>, StepError> {
+        let order_id = ctx
+            .order
+            .as_ref()
+            .map(|o| o.order_id.clone())
+            .ok_or_else(|| missing("order"))?;
+        let rk = if ctx.route_checks == 0 {
+            key.to_owned()
+        } else {
+            format!("{key}:{}", ctx.route_checks)
+        };
+        ctx.route_checks += 1;
+        match self
+            .order
+            .clone()
+            .route_order(req(
+                order::RouteOrderRequest {
+                    idempotency_key: rk,
+                    order_id,
+                },
+                t,
+            ))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().decision),
+            Err(s) => match StepError::from(s) {
+                transient @ StepError::Transient(_) => Err(transient),
+                StepError::Rejected { .. } => Ok(None),
+            },
+        }
+    }
+
+    /// Takes the decision's first warehouse as this shipment when this saga may use it (not
+    /// excluded after a stock exception). The decision covers exactly what each line still
+    /// needs (allocated somewhere or backordered). Returns whether it planned the shipment.
+    async fn plan_from_rules(
+        &self,
+        d: &order::RoutingDecision,
+        o: &OrderSnapshot,
+        ctx: &mut Ctx,
+        t: Duration,
+    ) -> Result<bool, StepError> {
+        let Some(site) = d
+            .allocations
+            .iter()
+            .find(|a| a.allocated > 0)
+            .map(|a| a.location.clone())
+        else {
+            return Ok(false);
+        };
+        if ctx.excluded_sites.contains(&site) {
+            return Ok(false);
+        }
+        let mut remaining: Vec<Portion> = Vec::new();
+        for a in &d.allocations {
+            match remaining.iter_mut().find(|r| r.line_id == a.line_id) {
+                Some(r) => r.quantity += a.allocated + a.backordered,
+                None => remaining.push(Portion {
+                    line_id: a.line_id.clone(),
+                    quantity: a.allocated + a.backordered,
+                }),
+            }
+        }
+        let batch: Vec<LineSnapshot> = d
+            .allocations
+            .iter()
+            .filter(|a| a.location == site && a.allocated > 0)
+            .filter_map(|a| {
+                let l = o.lines.iter().find(|l| l.line_id == a.line_id)?;
+                Some(LineSnapshot {
+                    quantity: a.allocated,
+                    ..l.clone()
+                })
+            })
+            .collect();
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        // Where parcels leave from: carriers zone rates by the site's postal code.
+        let postal = self
+            .warehouse
+            .clone()
+            .list_sites(req(warehouse::ListSitesRequest {}, t))
+            .await?
+            .into_inner()
+            .sites
+            .into_iter()
+            .find(|s| s.code == site)
+            .map(|s| s.postal_code)
+            .unwrap_or_default();
+        ctx.remaining = remaining;
+        ctx.short = d
+            .allocations
+            .iter()
+            .filter(|a| a.backordered > 0)
+            .map(|a| Portion {
+                line_id: a.line_id.clone(),
+                quantity: a.backordered,
+            })
+            .collect();
+        ctx.batch = batch;
+        ctx.origin_postal = postal;
+        ctx.location = site;
+        Ok(true)
+    }
+
     /// v3, the last step of a shipment: another round when lines are left; else the part of the
     /// authorization no shipment captured (cancelled lines) is released.
     async fn next_shipment(&self, key: &str, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
@@ -1389,8 +1496,16 @@ impl Participants {
             .as_ref()
             .map(|o| o.order_id.clone())
             .ok_or_else(|| missing("order"))?;
-        let left = self.still_needed(&order_id, t).await?;
-        ctx.more_to_ship = !left.is_empty();
+        // A shipment that took everything the order still needed leaves nothing (a cancel can
+        // only take more away); otherwise ask the order what is left.
+        let covered = ctx.remaining.iter().all(|r| {
+            ctx.shipments.last().is_some_and(|s| {
+                s.lines
+                    .iter()
+                    .any(|p| p.line_id == r.line_id && p.quantity >= r.quantity)
+            })
+        });
+        ctx.more_to_ship = !covered && !self.still_needed(&order_id, t).await?.is_empty();
         if ctx.more_to_ship
             || ctx.payment_id.is_empty()
             || ctx.captured_minor >= ctx.authorized_minor

@@ -252,9 +252,9 @@ impl OrderApi {
             .list_sites(warehouse::ListSitesRequest {})
             .await
             .map_err(ApiError::Upstream)?
-            .into_inner()
-            .sites;
+            .into_inner();
         let clocks: std::collections::HashMap<String, SiteClock> = listed
+            .sites
             .iter()
             .map(|s| {
                 (
@@ -267,26 +267,22 @@ impl OrderApi {
                 )
             })
             .collect();
-        let mut sites = Vec::with_capacity(listed.len());
-        for s in listed {
-            let released = wh
-                .get_site(warehouse::GetSiteRequest {
-                    code: s.code.clone(),
-                })
-                .await
-                .map_err(ApiError::Upstream)?
-                .into_inner()
-                .released_today;
-            sites.push(routing::Site {
+        // Capacity left today comes with the list (one call, not one per site).
+        let sites: Vec<routing::Site> = listed
+            .sites
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| routing::Site {
                 online: s.status != warehouse::SiteStatus::Offline as i32,
-                capacity_left: s.daily_capacity - released,
+                capacity_left: s.daily_capacity
+                    - listed.released_today.get(i).copied().unwrap_or(0),
                 code: s.code,
                 region: s.region,
                 cost_index: s.cost_index,
                 cutoff_minute_of_day: s.cutoff_minute_of_day,
                 utc_offset_minutes: s.utc_offset_minutes,
-            });
-        }
+            })
+            .collect();
         let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
         let availability = self
             .inventory

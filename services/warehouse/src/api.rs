@@ -1173,8 +1173,14 @@ impl WarehouseService for WarehouseApi {
                     .order_by_asc(site::Column::Code)
                     .all(&self.db)
                     .await?;
+                let mut released_today = Vec::with_capacity(rows.len());
+                for s in &rows {
+                    let today = site_day(now_ms(), s.utc_offset_minutes);
+                    released_today.push(released_on(&self.db, &s.code, &today).await?);
+                }
                 Ok(ListSitesResponse {
                     sites: rows.into_iter().map(site_to_wire).collect(),
+                    released_today,
                 })
             }
             .await,
