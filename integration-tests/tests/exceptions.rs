@@ -74,6 +74,18 @@ async fn short_pick_reroutes(backend: Backend) {
         "{:#?}",
         saga.timeline
     );
+    // The routing rules were told: the new decision names the excluded site and why.
+    let decisions = c.order(&id).await.routing_decisions;
+    let last = decisions.last().unwrap();
+    assert_eq!(last.allocations[0].location, f.site);
+    assert!(
+        last.explanation.iter().any(|e| e
+            == &format!(
+                "{first}: rejected, excluded for this order: it reported a stock exception"
+            )),
+        "{:?}",
+        last.explanation
+    );
     c.ship(&id).await;
     let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
 

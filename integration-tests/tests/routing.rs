@@ -110,6 +110,7 @@ async fn routing_rules_are_versioned_data_and_decisions_explain_themselves() {
     let route = |key: &str, order_id: &str| RouteOrderRequest {
         idempotency_key: key.into(),
         order_id: order_id.into(),
+        exclude_sites: vec![],
     };
     let d = c
         .order

@@ -1013,6 +1013,7 @@ impl Participants {
                 order::RouteOrderRequest {
                     idempotency_key: key.to_owned(),
                     order_id: o.order_id.clone(),
+                    exclude_sites: ctx.excluded_sites.clone(),
                 },
                 t,
             ))
@@ -1401,6 +1402,7 @@ impl Participants {
                 order::RouteOrderRequest {
                     idempotency_key: rk,
                     order_id,
+                    exclude_sites: ctx.excluded_sites.clone(),
                 },
                 t,
             ))

@@ -206,6 +206,9 @@ impl OrderApi {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
         v.id("order_id", &req.order_id);
+        for (i, site) in req.exclude_sites.iter().enumerate() {
+            v.code(&format!("exclude_sites[{i}]"), site);
+        }
         v.finish()?;
         let hash = idempotency::fingerprint(&req);
         if let Some(replay) = idempotency::lookup::<_, RouteOrderResponse>(
@@ -274,6 +277,7 @@ impl OrderApi {
             .enumerate()
             .map(|(i, s)| routing::Site {
                 online: s.status != warehouse::SiteStatus::Offline as i32,
+                excluded: req.exclude_sites.contains(&s.code),
                 capacity_left: s.daily_capacity
                     - listed.released_today.get(i).copied().unwrap_or(0),
                 code: s.code,

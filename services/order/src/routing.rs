@@ -68,6 +68,8 @@ pub struct Site {
     /// Region the site serves best, in the customer-region format (`US-NJ`).
     pub region: String,
     pub online: bool,
+    /// Not to be used for this order (it reported a stock exception for it).
+    pub excluded: bool,
     pub cost_index: i32,
     /// Units it can still pick today.
     pub capacity_left: i64,
@@ -186,7 +188,9 @@ pub fn route(
     }
     let mut usable = Vec::new();
     for s in candidates {
-        let reason = if !s.online {
+        let reason = if s.excluded {
+            Some("excluded for this order: it reported a stock exception".to_owned())
+        } else if !s.online {
             Some("offline".to_owned())
         } else if rule.strategy == Strategy::MustMeetCutoff
             && local_minute(now_ms, s.utc_offset_minutes) >= s.cutoff_minute_of_day
@@ -312,6 +316,7 @@ mod tests {
             code: code.into(),
             region: region.into(),
             online: true,
+            excluded: false,
             cost_index: cost,
             capacity_left: 1_000,
             cutoff_minute_of_day: 17 * 60,
@@ -412,6 +417,8 @@ mod tests {
         }
         let mut offline_central = sites();
         offline_central[1].online = false;
+        let mut excluded_central = sites();
+        excluded_central[1].excluded = true;
         let mut central_full = sites();
         central_full[1].capacity_left = 1;
         let mut wholesale = order("standard", "US-IL", &[("MUG", 5), ("TEE", 3)]);
@@ -483,6 +490,16 @@ mod tests {
                 rule: "economy consolidated",
                 expect: at("west", &[("l0", 1)]),
                 because: "central: rejected, offline",
+            },
+            Case {
+                name: "the cheapest site reported a stock exception for this order",
+                order: order("standard", "US-NJ", &[("MUG", 1)]),
+                sites: excluded_central,
+                short: &[],
+                now: DAY,
+                rule: "economy consolidated",
+                expect: at("west", &[("l0", 1)]),
+                because: "central: rejected, excluded for this order",
             },
             Case {
                 name: "capacity exhausted at the cheapest site",
