@@ -446,8 +446,9 @@ async fn a_cancelled_line_stops_only_its_shipment_on_every_backend() {
     }
 }
 
-/// No warehouse has both lines: under ship-complete rules the order waits; where the rules
-/// allow a split it ships in two shipments, one from each warehouse, one label each.
+/// No warehouse has both lines: under ship-complete rules the order waits; once the rules
+/// allow a split it is planned again at once and ships in two shipments, one from each
+/// warehouse, one label each, like any new order.
 async fn split(backend: Backend) {
     let (s, mut c) = seeded(&backend).await;
     for (sku, site) in [
@@ -468,46 +469,44 @@ async fn split(backend: Backend) {
     assert!(c.open_fulfillments(&whole).await.is_empty());
     assert!(c.payment(&whole).await.is_none());
 
+    // New rules allow a split: the waiting order is planned again at once (no stock changed)
+    // and ships in two parts; so does a new one.
     ship_as_available(&mut c).await;
     let id = place(&mut c, "SP-1", &[("SPLIT-A", 1, 800), ("SPLIT-B", 1, 900)]).await;
-    let mut sites = Vec::new();
-    for _ in 0..2 {
-        c.wait_step(&id, "await_pack").await;
-        let open = c.open_fulfillments(&id).await;
-        assert_eq!(open.len(), 1, "one shipment at a time");
-        assert_eq!(open[0].tasks.len(), 1);
-        sites.push((open[0].site.clone(), open[0].tasks[0].sku.clone()));
-        c.ship(&id).await;
+    for (order, expected) in [
+        (&whole, [("central", "WHOLE-D"), ("east", "WHOLE-C")]),
+        (&id, [("east", "SPLIT-A"), ("west", "SPLIT-B")]),
+    ] {
+        let mut sites = Vec::new();
+        for _ in 0..2 {
+            c.wait_step(order, "await_pack").await;
+            let open = c.open_fulfillments(order).await;
+            assert_eq!(open.len(), 1, "one shipment at a time");
+            assert_eq!(open[0].tasks.len(), 1);
+            sites.push((open[0].site.clone(), open[0].tasks[0].sku.clone()));
+            c.ship(order).await;
+        }
+        sites.sort();
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect();
+        assert_eq!(sites, expected);
+        c.wait_saga(order, &[SagaStatus::Completed], T).await;
+        assert_eq!(c.order(order).await.status, OrderStatus::Shipped as i32);
+        let p = c.payment(order).await.unwrap();
+        assert_eq!(p.status, PaymentStatus::Captured as i32);
+        assert_eq!(p.captured, p.authorized);
     }
-    sites.sort();
-    assert_eq!(
-        sites,
-        [
-            ("east".to_owned(), "SPLIT-A".to_owned()),
-            ("west".to_owned(), "SPLIT-B".to_owned())
-        ]
+    let replanned = c.saga(&whole).await.unwrap();
+    assert!(
+        replanned
+            .timeline
+            .iter()
+            .any(|e| e.detail.contains("planning again")),
+        "{:#?}",
+        replanned.timeline
     );
-    c.wait_saga(&id, &[SagaStatus::Completed], T).await;
-    assert_eq!(c.order(&id).await.status, OrderStatus::Shipped as i32);
-    let p = c.payment(&id).await.unwrap();
-    assert_eq!(p.status, PaymentStatus::Captured as i32);
-    assert_eq!(p.captured, p.authorized);
-    // The default order is still waiting, untouched by the other's shipments.
-    assert_eq!(
-        c.order(&whole).await.status,
-        OrderStatus::Backordered as i32
-    );
-    c.order
-        .cancel_order(CancelOrderRequest {
-            idempotency_key: "sp-0-cancel".into(),
-            order_id: whole.clone(),
-            line_ids: vec![],
-            actor: None,
-            include_allocated: false,
-        })
-        .await
-        .unwrap();
-    c.wait_saga(&whole, &[SagaStatus::Compensated], T).await;
     c.assert_reconciled().await;
     s.stop().await.unwrap();
 }

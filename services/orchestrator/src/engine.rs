@@ -483,6 +483,14 @@ impl Engine {
                         "EXCEPTION" => {
                             notes.push(self.on_exception(&mut st, &s.payload, pivot));
                         }
+                        "REPLAN" => {
+                            // New routing rules: a backordered saga asks them at once.
+                            st.ctx.stock_seen.clear();
+                            if st.m.status == "waiting" && st.ctx.backordered {
+                                st.m.next_attempt_at_ms = now_ms();
+                            }
+                            notes.push(format!("{}: planning again", s.payload));
+                        }
                         "PAUSE" => pause = true,
                         other => notes.push(format!("unknown signal {other} ignored")),
                     }

@@ -58,18 +58,19 @@ impl erp_runtime::Service for Service {
                 )
                 .await?;
         }
-        {
-            // Stock that became available wakes the sagas waiting for it (backorders) at once.
+        // Stock that became available, or new routing rules, wake the sagas waiting for stock
+        // (backorders) at once.
+        for topic in ["inventory.stock_changed", "order.routing_rules_changed"] {
             let db = ctx.db.clone();
             let wake = wake.clone();
             ctx.bus
                 .subscribe(
-                    "inventory.stock_changed",
+                    topic,
                     "orchestrator",
                     handler(move |event: Event| {
                         let db = db.clone();
                         let wake = wake.clone();
-                        async move { store::on_stock_changed(&db, &event, &wake).await }
+                        async move { store::wake_waiting_for_stock(&db, &event, &wake).await }
                     }),
                     ctx.shutdown.clone(),
                     &ctx.tasks,

@@ -270,21 +270,46 @@ pub async fn insert_signal<C: ConnectionTrait>(
     Ok(true)
 }
 
-/// Consumer of `inventory.stock_changed`: stock that became available (a receipt, a return, a
-/// transfer in, a released reservation) wakes the sagas waiting for stock now rather than at
-/// their next recheck. Waking twice is harmless, so this consumer keeps no inbox.
-pub async fn on_stock_changed(
+/// Consumer of `inventory.stock_changed` and `order.routing_rules_changed`: stock that became
+/// available (a receipt, a return, a transfer in, a released reservation) or new routing rules
+/// wake the sagas waiting for stock now rather than at their next recheck. Waking twice is
+/// harmless, so this consumer keeps no inbox.
+pub async fn wake_waiting_for_stock(
     db: &sea_orm::DatabaseConnection,
     event: &Event,
     wake: &tokio::sync::Notify,
 ) -> anyhow::Result<()> {
     let p = &event.payload;
-    let more = p["on_hand_delta"].as_i64().unwrap_or(0) > 0
-        || matches!(
-            p["reason"].as_str(),
-            Some("release" | "transfer_in" | "return")
-        );
-    if !more || p["available"].as_i64().unwrap_or(0) <= 0 {
+    if event.topic == "order.routing_rules_changed" {
+        // The waiting sagas must ask the new rules even though stock did not change.
+        let waiting = saga::Entity::find()
+            .filter(saga::Column::Status.eq("waiting"))
+            .filter(saga::Column::CurrentStep.eq("route"))
+            .all(db)
+            .await?;
+        let txn = db.begin().await?;
+        for s in &waiting {
+            insert_signal(
+                &txn,
+                &s.saga_id,
+                "REPLAN",
+                &format!("routing rules v{} stored", p["version"]),
+                &format!("event:{}:{}", event.id, s.saga_id),
+            )
+            .await
+            .map_err(api_to_anyhow)?;
+        }
+        txn.commit().await?;
+        wake.notify_one();
+        return Ok(());
+    }
+    let more = p["available"].as_i64().unwrap_or(0) > 0
+        && (p["on_hand_delta"].as_i64().unwrap_or(0) > 0
+            || matches!(
+                p["reason"].as_str(),
+                Some("release" | "transfer_in" | "return")
+            ));
+    if !more {
         return Ok(());
     }
     let now = now_ms();

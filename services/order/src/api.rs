@@ -30,7 +30,7 @@ type Carrier =
 
 pub struct OrderApi {
     pub(crate) db: DatabaseConnection,
-    outbox: OutboxWaker,
+    pub(crate) outbox: OutboxWaker,
     /// Routing reads availability and the warehouses' status.
     pub(crate) inventory: Inventory,
     pub(crate) warehouse: Warehouse,

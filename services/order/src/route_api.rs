@@ -164,7 +164,16 @@ impl OrderApi {
         }
         .insert(&txn)
         .await?;
+        // Orders waiting for stock are planned again under the new rules.
+        erp_runtime::outbox::enqueue(
+            &txn,
+            "order.routing_rules_changed",
+            &m.version.to_string(),
+            &serde_json::json!({ "version": m.version, "by": actor.id }),
+        )
+        .await?;
         txn.commit().await?;
+        self.outbox.wake();
         Ok(PutRoutingRulesResponse {
             rule_set: Some(set_to_wire(&m)?),
         })
