@@ -395,6 +395,9 @@ async fn line_cancel(backend: Backend) {
     let o = c.order(&id).await;
     assert_eq!(o.status, OrderStatus::Shipped as i32);
     assert_eq!(line(&mut c, &id, "MUG-BLUE").await, (0, 1, 0, 0));
+    // The order now totals what was kept: the mug and its tax.
+    assert_eq!(o.total.as_ref().unwrap().amount_minor, 1_385);
+    assert_eq!(o.tax_total.as_ref().unwrap().amount_minor, 86);
     // The tee never left: its stock is whole. The stopped shipment's two reservations (one
     // per line) were released; the mug's new one was committed.
     assert_eq!(on_hand(&mut c, "TEE-M").await, tees_before);

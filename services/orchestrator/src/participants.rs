@@ -190,15 +190,9 @@ pub struct Carton {
     pub height_mm: i64,
 }
 
-/// The tax on the first `units` of a line whose `ordered` units carry `tax` in all: pro rata,
-/// rounded down, the whole tax once every unit is counted.
-pub fn tax_share(tax: i64, ordered: i64, units: i64) -> i64 {
-    if ordered <= 0 || units >= ordered {
-        tax
-    } else {
-        tax * units.max(0) / ordered
-    }
-}
+/// The tax on the first `units` of a line whose `ordered` units carry `tax` in all (the order
+/// service computes its header the same way).
+use erp_runtime::money::pro_rata as tax_share;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]

@@ -318,12 +318,29 @@ async fn save_lines<C: ConnectionTrait>(
     }
     let (status, reason) =
         forced.unwrap_or_else(|| (OrderState::derive(&quantities), o.status_reason.clone()));
+    let (total, tax) = header_totals(&saved);
     let mut am: order::ActiveModel = o.into();
+    am.total_minor = Set(total);
+    am.tax_minor = Set(tax);
     am.status = Set(status.as_str().to_owned());
     am.status_reason = Set(reason);
     am.updated_at_ms = Set(now_ms());
     let o = am.update(c).await?;
     Ok(order_to_wire(o, saved))
+}
+
+/// The order's total and tax from its lines, for what is not cancelled: each line's price for
+/// its units and the share of its recorded tax those units carry (the saga charges shipments
+/// with the same rule, so the shipped parts of a line add up to its share here).
+fn header_totals(lines: &[line::Model]) -> (i64, i64) {
+    let mut subtotal = 0i64;
+    let mut tax = 0i64;
+    for l in lines {
+        let kept = l.ordered - l.cancelled;
+        subtotal = subtotal.saturating_add(l.unit_price_minor.saturating_mul(kept));
+        tax = tax.saturating_add(erp_runtime::money::pro_rata(l.tax_minor, l.ordered, kept));
+    }
+    (subtotal.saturating_add(tax), tax)
 }
 
 fn validate_address(v: &mut Violations, a: Option<&Address>) {
@@ -844,7 +861,6 @@ impl OrderApi {
             ));
         }
         let mut v = Violations::new();
-        let mut tax_total: i64 = 0;
         for (i, l) in req.lines.iter().enumerate() {
             let t = l.tax.clone().unwrap_or_default();
             v.check(
@@ -857,7 +873,6 @@ impl OrderApi {
                 format!("lines[{i}].tax.currency"),
                 format!("the order is in {}", o.currency),
             );
-            tax_total = tax_total.saturating_add(t.amount_minor);
         }
         v.finish()?;
         let mut saved = Vec::with_capacity(lines.len());
@@ -870,12 +885,12 @@ impl OrderApi {
             am.tax_rate_bps = Set(given.map_or(0, |g| g.rate_bps));
             saved.push(am.update(&txn).await?);
         }
-        // The total is the subtotal plus the tax now recorded (replacing any earlier figure).
-        let subtotal = o.total_minor - o.tax_minor;
+        // The total is the kept lines plus the tax now recorded (replacing any earlier figure).
+        let (total, tax) = header_totals(&saved);
         let mut am: order::ActiveModel = o.into();
-        am.tax_minor = Set(tax_total);
+        am.tax_minor = Set(tax);
         am.tax_jurisdiction = Set(req.jurisdiction.clone());
-        am.total_minor = Set(subtotal.saturating_add(tax_total));
+        am.total_minor = Set(total);
         am.updated_at_ms = Set(now_ms());
         let o = am.update(&txn).await?;
         let response = RecordTaxResponse {

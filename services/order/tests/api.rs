@@ -326,6 +326,11 @@ async fn lifecycle(backend: Backend) {
         .order
         .unwrap();
     assert_eq!(after.lines[0].quantities.unwrap().cancelled, 1);
+    assert_eq!(
+        after.total.as_ref().unwrap().amount_minor,
+        1200 + 900,
+        "the total is what is not cancelled"
+    );
     assert_eq!(after.status, OrderStatus::Shipped as i32);
     let err = c.cancel_order(cancel("c2")).await.unwrap_err();
     assert_eq!(status_reason(&err).as_deref(), Some("ALREADY_SHIPPED"));

@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod idempotency;
+pub mod money;
 pub mod outbox;
 pub mod server;
 pub mod telemetry;
