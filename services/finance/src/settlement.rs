@@ -83,9 +83,16 @@ impl FinanceApi {
         )
         .await?;
         let charged_back = p.charged_back_minor + amount.amount_minor;
+        // An order still shipping in parts keeps taking captures for what ships next.
+        let still_capturing = p.status == "partially_captured";
         let mut am: payment::ActiveModel = p.into();
         am.charged_back_minor = Set(charged_back);
-        am.status = Set("charged_back".into());
+        am.status = Set(if still_capturing {
+            "partially_captured"
+        } else {
+            "charged_back"
+        }
+        .into());
         let p = am.update(&txn).await?;
         let response = RecordChargebackResponse {
             payment: Some(payment_to_wire(p)),

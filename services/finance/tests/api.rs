@@ -389,6 +389,20 @@ async fn partial_captures_then_the_rest_is_released() {
         .payment
         .unwrap();
     assert_eq!(p.status, PaymentStatus::PartiallyCaptured as i32);
+    // A dispute over the first shipment does not stop the next shipment's capture either.
+    let p = c
+        .record_chargeback(RecordChargebackRequest {
+            idempotency_key: "parts-d1".into(),
+            payment_id: auth.payment_id.clone(),
+            amount: usd(50),
+            reason: "not received".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(p.status, PaymentStatus::PartiallyCaptured as i32);
     let p = c
         .capture_payment(capture("parts-c3", 300))
         .await
