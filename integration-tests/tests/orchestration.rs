@@ -882,3 +882,92 @@ async fn a_customer_cancel_applies_to_a_paused_saga() {
     c.assert_reconciled().await;
     s.stop().await.unwrap();
 }
+
+/// A warehouse goes offline (an outage) while an order waits there to be picked: the saga
+/// undoes that shipment (fulfillment cancelled, hold released, label none yet) and routes the
+/// order to another warehouse, where it ships. Nothing is written off: the stock is still
+/// there, only out of reach.
+async fn site_outage(backend: Backend) {
+    let (s, mut c) = seeded(&backend).await;
+    let id = place(&mut c, "OUT-1", &[("TEE-M", 1, 1000)]).await;
+    c.wait_step(&id, "await_pack").await;
+    let first = c.open_fulfillments(&id).await.remove(0);
+    let before = on_hand(&mut c, "TEE-M").await;
+    let offline = c
+        .warehouse
+        .set_site_status(erp_proto::warehouse::SetSiteStatusRequest {
+            code: first.site.clone(),
+            status: erp_proto::warehouse::SiteStatus::Offline as i32,
+            actor: Some(Actor {
+                id: "ops".into(),
+                reason: "power outage".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        offline
+            .unpicked_fulfillments
+            .iter()
+            .any(|f| f.fulfillment_id == first.fulfillment_id)
+    );
+    let deadline = Instant::now() + T;
+    let second = loop {
+        if let Some(f) = c
+            .open_fulfillments(&id)
+            .await
+            .into_iter()
+            .find(|f| f.fulfillment_id != first.fulfillment_id)
+        {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "not re-routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(second.site, first.site);
+    c.wait_step(&id, "await_pack").await;
+    c.ship(&id).await;
+    let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    assert!(
+        done.timeline
+            .iter()
+            .any(|e| e.detail.contains("went offline before picking")),
+        "{:#?}",
+        done.timeline
+    );
+    let old = c
+        .warehouse
+        .get_fulfillment(erp_proto::warehouse::GetFulfillmentRequest {
+            fulfillment_id: first.fulfillment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .fulfillment
+        .unwrap();
+    assert_eq!(
+        old.status,
+        erp_proto::warehouse::FulfillmentStatus::Cancelled as i32
+    );
+    // One unit left, from the second warehouse; nothing written off at the first.
+    assert_eq!(on_hand(&mut c, "TEE-M").await, before - 1);
+    let p = c.payment(&id).await.unwrap();
+    assert_eq!(p.status, PaymentStatus::Captured as i32);
+    assert_eq!(p.captured, p.authorized);
+    let (_, reserved) = c.stock_totals().await;
+    assert_eq!(reserved, 0);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_outage_re_routes_what_it_had_not_picked_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "a_warehouse_outage_re_routes_what_it_had_not_picked_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        site_outage(backend).await;
+    }
+}

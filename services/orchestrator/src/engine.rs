@@ -483,6 +483,9 @@ impl Engine {
                         "EXCEPTION" => {
                             notes.push(self.on_exception(&mut st, &s.payload, pivot));
                         }
+                        "SITE_OFFLINE" => {
+                            notes.push(self.on_site_offline(&mut st, &s.payload, pivot));
+                        }
                         "REPLAN" => {
                             // New routing rules: a backordered saga asks them at once.
                             st.ctx.stock_seen.clear();
@@ -808,6 +811,26 @@ impl Engine {
         }
         Self::begin_reroute(st, pivot);
         format!("{what}; re-routing without that site")
+    }
+
+    /// The warehouse of the shipment in progress went offline before picking it: undo the
+    /// shipment and route again (routing skips offline sites). Nothing is written off: the
+    /// stock is still there, only out of reach. Returns the note for the timeline.
+    fn on_site_offline(&self, st: &mut State, payload: &str, pivot: i32) -> String {
+        let p: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        let site = p["site"].as_str().unwrap_or_default();
+        let f = p["fulfillment_id"].as_str().unwrap_or_default();
+        if f != st.ctx.fulfillment_id {
+            return format!("site {site} offline: fulfillment {f} is not the current one");
+        }
+        if !undoable(&st.m) || st.m.step_index >= pivot {
+            return format!(
+                "site {site} offline ignored: the saga is {} at step {}",
+                st.m.status, st.m.current_step
+            );
+        }
+        Self::begin_reroute(st, pivot);
+        format!("site {site} went offline before picking: re-routing")
     }
 
     /// Starts undoing the shipment in progress (its site-bound steps) to plan again.

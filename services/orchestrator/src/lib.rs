@@ -58,6 +58,24 @@ impl erp_runtime::Service for Service {
                 )
                 .await?;
         }
+        {
+            // A warehouse gone offline re-routes what it had not picked.
+            let db = ctx.db.clone();
+            let wake = wake.clone();
+            ctx.bus
+                .subscribe(
+                    "warehouse.site_status_changed",
+                    "orchestrator",
+                    handler(move |event: Event| {
+                        let db = db.clone();
+                        let wake = wake.clone();
+                        async move { store::on_site_status(&db, &event, &wake).await }
+                    }),
+                    ctx.shutdown.clone(),
+                    &ctx.tasks,
+                )
+                .await?;
+        }
         // Stock that became available, or new routing rules, wake the sagas waiting for stock
         // (backorders) at once.
         for topic in ["inventory.stock_changed", "order.routing_rules_changed"] {

@@ -329,6 +329,50 @@ pub async fn wake_waiting_for_stock(
     Ok(())
 }
 
+/// Consumer of `warehouse.site_status_changed`: a site gone offline signals the sagas of the
+/// fulfillments it had not picked yet, which re-route them (before their pivot).
+pub async fn on_site_status(
+    db: &sea_orm::DatabaseConnection,
+    event: &Event,
+    wake: &tokio::sync::Notify,
+) -> anyhow::Result<()> {
+    let p = &event.payload;
+    if p["online"].as_bool() != Some(false) {
+        return Ok(());
+    }
+    let txn = db.begin().await?;
+    if !outbox::mark_processed(&txn, "orchestrator", &event.id)
+        .await
+        .map_err(api_to_anyhow)?
+    {
+        return Ok(());
+    }
+    let site = p["site"].as_str().unwrap_or_default();
+    for a in p["affected"].as_array().into_iter().flatten() {
+        let order_id = a["order_id"].as_str().unwrap_or_default();
+        let Some(saga) = saga::Entity::find()
+            .filter(saga::Column::Definition.eq("fulfillment"))
+            .filter(saga::Column::OrderId.eq(order_id))
+            .one(&txn)
+            .await?
+        else {
+            continue;
+        };
+        insert_signal(
+            &txn,
+            &saga.saga_id,
+            "SITE_OFFLINE",
+            &serde_json::json!({ "site": site, "fulfillment_id": a["fulfillment_id"] }).to_string(),
+            &format!("event:{}:{}", event.id, saga.saga_id),
+        )
+        .await
+        .map_err(api_to_anyhow)?;
+    }
+    txn.commit().await?;
+    wake.notify_one();
+    Ok(())
+}
+
 /// Consumer of `warehouse.packed`, `warehouse.exception`, `warehouse.shipped` and
 /// `order.cancelled`: turns the fact into a saga signal.
 pub async fn on_participant_event(

@@ -455,7 +455,16 @@ impl WarehouseApi {
             &txn,
             "warehouse.site_status_changed",
             &req.code,
-            &serde_json::json!({ "site": req.code, "online": m.online, "unpicked": unpicked.iter().map(|f| f.fulfillment_id.clone()).collect::<Vec<_>>() }),
+            &serde_json::json!({
+                "site": req.code,
+                "online": m.online,
+                "unpicked": unpicked.iter().map(|f| f.fulfillment_id.clone()).collect::<Vec<_>>(),
+                // What the orchestrator re-routes when the site goes offline.
+                "affected": unpicked
+                    .iter()
+                    .map(|f| serde_json::json!({ "fulfillment_id": f.fulfillment_id, "order_id": f.order_id }))
+                    .collect::<Vec<_>>(),
+            }),
         )
         .await?;
         txn.commit().await?;
