@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use erp_integration_tests::{Clients, T, seeded};
+use erp_integration_tests::{Clients, FAST, T, seeded};
 use erp_proto::common::{Actor, Money};
 use erp_proto::finance::PaymentStatus;
 use erp_proto::inventory::ReservationState;
@@ -969,5 +969,81 @@ async fn a_warehouse_outage_re_routes_what_it_had_not_picked_on_every_backend() 
     );
     for backend in testing::backends() {
         site_outage(backend).await;
+    }
+}
+
+/// A backorder outlives the card authorization: the shipment after it re-authorizes what the
+/// order still needs and releases the old authorization's rest, so no capture meets an expired
+/// authorization. (Authorizations last 8 s here; renewed when they expire within 7 s.)
+async fn reauthorization(backend: Backend) {
+    use erp_integration_tests::{settings, suite};
+    let mut extra = FAST.to_vec();
+    extra.push(("ERP__FINANCE__AUTHORIZATION_TTL_MS", "8000"));
+    extra.push(("ERP__ORCHESTRATOR__REAUTHORIZE_WITHIN_MS", "7000"));
+    let s = suite(
+        settings(&backend, &extra),
+        erp_runtime::bus::Bus::InProcess(Default::default()),
+    )
+    .await;
+    erp::seed::seed(&s).await.unwrap();
+    let mut c = Clients::for_suite(&s);
+    ship_as_available(&mut c).await;
+    c.create_item("GADGET-R", 1_200, 500, 0).await;
+    let id = place(
+        &mut c,
+        "RA-1",
+        &[("MUG-BLUE", 2, 1299), ("GADGET-R", 3, 2500)],
+    )
+    .await;
+    c.wait_step(&id, "await_pack").await;
+    let first = c.payment(&id).await.unwrap();
+    c.ship(&id).await;
+    wait_status(&mut c, &id, OrderStatus::PartiallyShipped).await;
+    // The backorder lasts: the authorization now expires within the renewal window.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    c.receive("gadgets-ra", "GADGET-R", "west", 3).await;
+    c.wait_step(&id, "await_pack").await;
+    c.ship(&id).await;
+    let done = c.wait_saga(&id, &[SagaStatus::Completed], T).await;
+    assert!(
+        done.timeline.iter().any(|e| e.detail.contains(&format!(
+            "re-authorized before the authorization expired (payment {} released)",
+            first.payment_id
+        ))),
+        "{:#?}",
+        done.timeline
+    );
+    // The first authorization kept what shipment 1 captured and released the rest; the new
+    // one was for the gadgets and was captured in full.
+    let old = c
+        .finance
+        .get_payment(erp_proto::finance::GetPaymentRequest {
+            payment_id: first.payment_id.clone(),
+            order_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(old.status, PaymentStatus::Captured as i32);
+    assert_eq!(old.captured.unwrap().amount_minor, 2_770);
+    let new = c.payment(&id).await.unwrap();
+    assert_ne!(new.payment_id, first.payment_id);
+    assert_eq!(new.authorized.unwrap().amount_minor, 7_997);
+    assert_eq!(new.captured.unwrap().amount_minor, 7_997);
+    assert_eq!(new.status, PaymentStatus::Captured as i32);
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backorder_re_authorizes_before_capture_on_every_backend() {
+    let _watchdog = testing::watchdog(
+        "a_long_backorder_re_authorizes_before_capture_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        reauthorization(backend).await;
     }
 }

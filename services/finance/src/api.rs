@@ -27,15 +27,23 @@ pub struct FinanceApi {
     pub(crate) orders: Orders,
     /// Authorizations the fake provider has let time out once (`tok_timeout*` tokens).
     timed_out: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// How long an authorization is honoured.
+    authorization_ttl_ms: i64,
 }
 
 impl FinanceApi {
-    pub fn new(db: DatabaseConnection, outbox: OutboxWaker, orders: Orders) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        outbox: OutboxWaker,
+        orders: Orders,
+        authorization_ttl_ms: u64,
+    ) -> Self {
         Self {
             db,
             outbox,
             orders,
             timed_out: Default::default(),
+            authorization_ttl_ms: i64::try_from(authorization_ttl_ms).unwrap_or(i64::MAX / 4),
         }
     }
 
@@ -117,6 +125,7 @@ pub(crate) fn payment_to_wire(m: payment::Model) -> Payment {
         provider_reference: m.provider_reference,
         decline_reason: m.decline_reason,
         created_at: Some(to_timestamp(m.created_at_ms)),
+        expires_at: (m.expires_at_ms > 0).then(|| to_timestamp(m.expires_at_ms)),
     }
 }
 
@@ -412,6 +421,7 @@ impl FinanceApi {
             }
             ProviderAnswer::Declined { reason } => ("declined", String::new(), reason.clone()),
         };
+        let authorized_at = now_ms();
         let model = payment::ActiveModel {
             payment_id: Set(uuid::Uuid::now_v7().to_string()),
             order_id: Set(req.order_id.clone()),
@@ -428,7 +438,8 @@ impl FinanceApi {
             status: Set(status.to_owned()),
             provider_reference: Set(reference),
             decline_reason: Set(reason.clone()),
-            created_at_ms: Set(now_ms()),
+            created_at_ms: Set(authorized_at),
+            expires_at_ms: Set(authorized_at.saturating_add(self.authorization_ttl_ms)),
         }
         .insert(&txn)
         .await?;
@@ -477,6 +488,15 @@ impl FinanceApi {
             return Err(ApiError::precondition(
                 "PAYMENT_NOT_AUTHORIZED",
                 format!("payment {} is {}", p.payment_id, p.status),
+            ));
+        }
+        if p.expires_at_ms > 0 && now_ms() >= p.expires_at_ms {
+            return Err(ApiError::precondition(
+                "AUTHORIZATION_EXPIRED",
+                format!(
+                    "payment {}: the provider no longer honours the authorization; authorize again",
+                    p.payment_id
+                ),
             ));
         }
         let left = p.authorized_minor - p.captured_minor;

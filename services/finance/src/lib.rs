@@ -24,6 +24,7 @@ impl erp_runtime::Service for Service {
             ctx.db.clone(),
             ctx.outbox.clone(),
             erp_proto::order::order_service_client::OrderServiceClient::new(orders),
+            ctx.settings.finance.authorization_ttl_ms,
         ));
         // Inventory's value changes become journal entries.
         let consumer = api.clone();

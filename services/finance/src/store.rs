@@ -87,6 +87,11 @@ CREATE TABLE tax_rates (
 )",
                 drops: &["tax_rates"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000003_authorization_expiry",
+                up: "ALTER TABLE payments ADD COLUMN expires_at_ms BIGINT NOT NULL DEFAULT 0",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -137,6 +142,8 @@ entity!(payment, "payments", {
     pub provider_reference: String,
     pub decline_reason: String,
     pub created_at_ms: i64,
+    /// When the provider stops honouring the authorization (0: never recorded).
+    pub expires_at_ms: i64,
 });
 
 entity!(tax_rate, "tax_rates", {

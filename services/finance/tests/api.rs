@@ -444,3 +444,61 @@ async fn tax_rates_by_jurisdiction_and_class_on_every_backend() {
         taxes(backend).await;
     }
 }
+
+/// The provider honours an authorization only for a while: a capture after that is refused
+/// and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_authorization_cannot_be_captured() {
+    let svc = testing::spawn_env::<erp_finance::Service>(
+        &Backend::Sqlite,
+        &[("ERP__FINANCE__AUTHORIZATION_TTL_MS", "300")],
+    )
+    .await;
+    let mut c = FinanceServiceClient::new(svc.channel().await);
+    let auth = c
+        .authorize_payment(AuthorizePaymentRequest {
+            idempotency_key: "exp-auth".into(),
+            order_id: "o-exp".into(),
+            channel: "web".into(),
+            amount: usd(500),
+            payment_method_token: "tok_visa".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    let expires = auth.expires_at.unwrap();
+    let created = auth.created_at.unwrap();
+    assert_eq!(
+        erp_runtime::time::from_timestamp(&expires) - erp_runtime::time::from_timestamp(&created),
+        300
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let err = c
+        .capture_payment(CapturePaymentRequest {
+            idempotency_key: "exp-cap".into(),
+            payment_id: auth.payment_id.clone(),
+            amount: None,
+            more_to_follow: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_reason(&err).as_deref(),
+        Some("AUTHORIZATION_EXPIRED")
+    );
+    let p = c
+        .get_payment(GetPaymentRequest {
+            payment_id: auth.payment_id.clone(),
+            order_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(p.status, PaymentStatus::Authorized as i32);
+    assert_eq!(p.captured.map_or(0, |m| m.amount_minor), 0);
+    svc.stop().await;
+}

@@ -1216,6 +1216,10 @@ fn summary(step: Step, ctx: &Ctx) -> String {
         }
         Step::Route => format!("ship from {}", ctx.location),
         Step::ReserveStock => format!("{} reservation(s)", ctx.reservation_ids.len()),
+        Step::AuthorizePayment if !ctx.replaced_payment.is_empty() => format!(
+            "payment {}: re-authorized before the authorization expired (payment {} released)",
+            ctx.payment_id, ctx.replaced_payment
+        ),
         Step::AuthorizePayment => format!("payment {}", ctx.payment_id),
         Step::CreateFulfillment => format!("fulfillment {}", ctx.fulfillment_id),
         Step::QuoteLabel => format!("{} {}", ctx.carrier, ctx.service),

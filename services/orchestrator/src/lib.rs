@@ -95,7 +95,8 @@ impl erp_runtime::Service for Service {
                 )
                 .await?;
         }
-        let participants = participants::Participants::connect_lazy(&ctx.settings.peers)?;
+        let participants = participants::Participants::connect_lazy(&ctx.settings.peers)?
+            .with_reauthorize_within(ctx.settings.orchestrator.reauthorize_within_ms);
         let engine = Arc::new(engine::Engine::new(
             ctx.db.clone(),
             participants,

@@ -83,6 +83,10 @@ pub struct Ctx {
     pub route_checks: u32,
     /// v3: the stock a backordered saga last asked the rules about.
     pub stock_seen: String,
+    /// When the provider stops honouring the current authorization (0: unknown).
+    pub authorization_expires_ms: i64,
+    /// The authorization a later shipment replaced because it was about to expire.
+    pub replaced_payment: String,
 }
 
 /// A quantity of one order line.
@@ -151,8 +155,8 @@ impl Ctx {
             .iter()
             .map(|l| {
                 let before = self.shipped_before(&l.line_id);
-                l.unit_price_minor * l.quantity
-                    + tax_share(l.tax_minor, l.ordered, before + l.quantity)
+                let left = (l.quantity - before).max(0);
+                l.unit_price_minor * left + tax_share(l.tax_minor, l.ordered, before + left)
                     - tax_share(l.tax_minor, l.ordered, before)
             })
             .sum()
@@ -275,6 +279,8 @@ impl From<Status> for StepError {
 
 #[derive(Clone)]
 pub struct Participants {
+    /// A later shipment re-authorizes when the authorization expires within this long.
+    reauthorize_within_ms: i64,
     order: OrderServiceClient<Channel>,
     inventory: InventoryServiceClient<Channel>,
     warehouse: WarehouseServiceClient<Channel>,
@@ -330,12 +336,19 @@ impl Participants {
     /// Clients that connect on first use and reconnect after a participant restarts.
     pub fn connect_lazy(peers: &Peers) -> anyhow::Result<Self> {
         Ok(Self {
+            reauthorize_within_ms: 86_400_000,
             order: OrderServiceClient::new(lazy(&peers.order)?),
             inventory: InventoryServiceClient::new(lazy(&peers.inventory)?),
             warehouse: WarehouseServiceClient::new(lazy(&peers.warehouse)?),
             carrier: CarrierServiceClient::new(lazy(&peers.carrier)?),
             finance: FinanceServiceClient::new(lazy(&peers.finance)?),
         })
+    }
+
+    /// Sets how long before its expiry an authorization is renewed for a later shipment.
+    pub fn with_reauthorize_within(mut self, ms: u64) -> Self {
+        self.reauthorize_within_ms = i64::try_from(ms).unwrap_or(i64::MAX / 4);
+        self
     }
 
     /// Runs the forward action of `step`.
@@ -387,8 +400,19 @@ impl Participants {
             }
             Step::RecordAllocation => self.allocate(k, ctx, false, t).await,
             Step::AuthorizePayment if !ctx.payment_id.is_empty() => {
-                // A re-route keeps the authorization of the first round.
-                Ok(())
+                // A re-route or a later shipment keeps the authorization, unless it would
+                // expire before this shipment is captured (a long backorder): then it is
+                // renewed for what the order still needs.
+                ctx.replaced_payment.clear();
+                let expiring = ctx.parts
+                    && ctx.authorization_expires_ms > 0
+                    && ctx.authorization_expires_ms - erp_runtime::time::now_ms()
+                        < self.reauthorize_within_ms;
+                if expiring {
+                    self.reauthorize(&k, ctx, t).await
+                } else {
+                    Ok(())
+                }
             }
             // On account: nothing to authorize; the shipment is invoiced.
             Step::AuthorizePayment | Step::CapturePayment
@@ -420,7 +444,12 @@ impl Participants {
                     ))
                     .await?
                     .into_inner();
-                ctx.payment_id = p.payment.map(|p| p.payment_id).unwrap_or_default();
+                let p = p.payment.unwrap_or_default();
+                ctx.payment_id = p.payment_id;
+                ctx.authorization_expires_ms = p
+                    .expires_at
+                    .as_ref()
+                    .map_or(0, erp_runtime::time::from_timestamp);
                 ctx.authorized_minor = amount;
                 Ok(())
             }
@@ -1368,6 +1397,59 @@ impl Participants {
             .map(|s| s.postal_code.clone())
             .unwrap_or_default();
         ctx.location = site;
+        Ok(())
+    }
+
+    /// Authorizes what the order still needs anew, then releases what the old authorization
+    /// still held (its captures stay). Safe to repeat: both calls carry keys of this round.
+    async fn reauthorize(&self, key: &str, ctx: &mut Ctx, t: Duration) -> Result<(), StepError> {
+        let o = ctx.order.as_ref().ok_or_else(|| missing("order"))?;
+        let amount = ctx.open_value();
+        let p = self
+            .finance
+            .clone()
+            .authorize_payment(req(
+                finance::AuthorizePaymentRequest {
+                    idempotency_key: key.to_owned(),
+                    order_id: o.order_id.clone(),
+                    channel: o.channel.clone(),
+                    amount: money(amount, &o.currency),
+                    payment_method_token: o.payment_method_token.clone(),
+                },
+                t,
+            ))
+            .await?
+            .into_inner()
+            .payment
+            .unwrap_or_default();
+        let old = ctx.payment_id.clone();
+        match self
+            .finance
+            .clone()
+            .void_payment(req(
+                finance::VoidPaymentRequest {
+                    idempotency_key: format!("{key}:release-previous"),
+                    payment_id: old.clone(),
+                    order_id: String::new(),
+                },
+                t,
+            ))
+            .await
+        {
+            // Fully captured already: nothing held.
+            Err(s) if s.code() == Code::FailedPrecondition => {}
+            other => {
+                other?;
+            }
+        }
+        ctx.replaced_payment = old;
+        ctx.payment_id = p.payment_id;
+        ctx.authorization_expires_ms = p
+            .expires_at
+            .as_ref()
+            .map_or(0, erp_runtime::time::from_timestamp);
+        ctx.authorized_minor = amount;
+        ctx.captured_minor = 0;
         Ok(())
     }
 

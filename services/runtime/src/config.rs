@@ -22,6 +22,15 @@ pub struct Settings {
     pub orchestrator: OrchestratorSettings,
     pub inventory: InventorySettings,
     pub warehouse: WarehouseSettings,
+    pub finance: FinanceSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinanceSettings {
+    /// How long the payment provider honours an authorization; a capture after that is
+    /// refused `AUTHORIZATION_EXPIRED` (card networks: about 7 days).
+    pub authorization_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +173,9 @@ pub struct OrchestratorSettings {
     pub poll_interval_ms: u64,
     /// How long a saga waits for the ship confirmation before escalating to the exception queue.
     pub ship_deadline_ms: u64,
+    /// A later shipment of an order shipped in parts re-authorizes the payment when the
+    /// authorization expires within this long (a backorder can outlive it).
+    pub reauthorize_within_ms: u64,
 }
 
 /// The names of every service, in start order for `erp up`.
@@ -221,10 +233,14 @@ availability_cache_ms = 2000
 [warehouse]
 auto_wave_interval_ms = 0
 
+[finance]
+authorization_ttl_ms = 604800000
+
 [orchestrator]
 lease_ms = 15000
 poll_interval_ms = 200
 ship_deadline_ms = 86400000
+reauthorize_within_ms = 86400000
 "#;
 
 /// A configuration that could not be loaded; the message names the offending key.
