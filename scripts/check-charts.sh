@@ -19,8 +19,11 @@ KV="$VENV/bin/kubernetes-validate"
 K8S_VERSION=1.33.0
 
 # The erp binary (built by the tests) checks the rendered configuration.
-ERP_BIN="${ERP_BIN:-${CARGO_TARGET_DIR:-target}/debug/erp}"
-[ -x "$ERP_BIN" ] || cargo build -q -p erp
+# Built here (a no-op when fresh): a stale binary would judge the chart by old settings.
+if [ -z "${ERP_BIN:-}" ]; then
+  cargo build -q -p erp
+  ERP_BIN="${CARGO_TARGET_DIR:-target}/debug/erp"
+fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 for values in charts/erp/ci/*.yaml; do
