@@ -174,7 +174,9 @@ pub struct OrchestratorSettings {
     /// How long a saga waits for the ship confirmation before escalating to the exception queue.
     pub ship_deadline_ms: u64,
     /// A later shipment of an order shipped in parts re-authorizes the payment when the
-    /// authorization expires within this long (a backorder can outlive it).
+    /// authorization expires within this long (a backorder can outlive it). Longer than the
+    /// two waits of a shipment (pack, ship: `ship_deadline_ms` each), so that no capture meets
+    /// an expired authorization.
     pub reauthorize_within_ms: u64,
 }
 
@@ -240,7 +242,7 @@ authorization_ttl_ms = 604800000
 lease_ms = 15000
 poll_interval_ms = 200
 ship_deadline_ms = 86400000
-reauthorize_within_ms = 86400000
+reauthorize_within_ms = 259200000
 "#;
 
 /// A configuration that could not be loaded; the message names the offending key.
