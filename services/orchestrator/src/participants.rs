@@ -707,51 +707,27 @@ impl Participants {
                     // The order was never read.
                     return Ok(());
                 }
-                let mut client = self.order.clone();
                 // A cancelled order, or one with shipped parts, cancels what did not ship (the
                 // units its stopped shipment held too); otherwise the order failed.
                 let cancel = ctx.failure_reason == "ORDER_CANCELLED"
                     || ctx.failure_reason == "CANCELLED_BY_OPERATOR"
                     || !ctx.shipments.is_empty();
-                let result = if cancel {
-                    client
-                        .cancel_order(req(
-                            order::CancelOrderRequest {
-                                idempotency_key: k,
-                                order_id,
-                                line_ids: vec![],
-                                actor: Some(erp_proto::common::Actor {
-                                    id: "orchestrator".into(),
-                                    reason: format!(
-                                        "{}: {}",
-                                        ctx.failure_reason, ctx.failure_detail
-                                    ),
-                                }),
-                                include_allocated: true,
-                            },
-                            t,
-                        ))
-                        .await
-                        .map(|_| ())
-                } else {
-                    client
-                        .mark_failed(req(
-                            order::MarkFailedRequest {
-                                idempotency_key: k,
-                                order_id,
-                                reason: ctx.failure_reason.clone(),
-                                detail: ctx.failure_detail.clone(),
-                            },
-                            t,
-                        ))
-                        .await
-                        .map(|_| ())
-                };
-                match result {
-                    // Everything was cancelled (or shipped) already.
-                    Err(s) if s.code() == Code::FailedPrecondition && cancel => {}
-                    other => other?,
+                if cancel {
+                    let reason = format!("{}: {}", ctx.failure_reason, ctx.failure_detail);
+                    return self.cancel_on_order(k, order_id, vec![], reason, t).await;
                 }
+                self.order
+                    .clone()
+                    .mark_failed(req(
+                        order::MarkFailedRequest {
+                            idempotency_key: k,
+                            order_id,
+                            reason: ctx.failure_reason.clone(),
+                            detail: ctx.failure_detail.clone(),
+                        },
+                        t,
+                    ))
+                    .await?;
             }
             _ => {}
         }
@@ -1423,25 +1399,8 @@ impl Participants {
             .payment
             .unwrap_or_default();
         let old = ctx.payment_id.clone();
-        match self
-            .finance
-            .clone()
-            .void_payment(req(
-                finance::VoidPaymentRequest {
-                    idempotency_key: format!("{key}:release-previous"),
-                    payment_id: old.clone(),
-                    order_id: String::new(),
-                },
-                t,
-            ))
-            .await
-        {
-            // Fully captured already: nothing held.
-            Err(s) if s.code() == Code::FailedPrecondition => {}
-            other => {
-                other?;
-            }
-        }
+        self.release_rest(format!("{key}:release-previous"), old.clone(), t)
+            .await?;
         ctx.replaced_payment = old;
         ctx.payment_id = p.payment_id;
         ctx.authorization_expires_ms = p
@@ -1590,22 +1549,8 @@ impl Participants {
         {
             return Ok(());
         }
-        match self
-            .finance
-            .clone()
-            .void_payment(req(
-                finance::VoidPaymentRequest {
-                    idempotency_key: key.to_owned(),
-                    payment_id: ctx.payment_id.clone(),
-                    order_id: String::new(),
-                },
-                t,
-            ))
+        self.release_rest(key.to_owned(), ctx.payment_id.clone(), t)
             .await
-        {
-            Err(s) if s.code() == Code::FailedPrecondition => Ok(()),
-            other => other.map(|_| ()).map_err(StepError::from),
-        }
     }
 
     /// v3: cancels lines on the order once the shipment that held them is undone.
@@ -1620,19 +1565,65 @@ impl Participants {
             .as_ref()
             .map(|o| o.order_id.clone())
             .ok_or_else(|| missing("order"))?;
+        self.cancel_on_order(
+            format!("{saga_id}:r{}:cancel_lines", ctx.round),
+            order_id,
+            ctx.cancel_lines.clone(),
+            "lines cancelled; their shipment was stopped".into(),
+            t,
+        )
+        .await
+    }
+
+    /// Cancels `line_ids` (empty: every line) on the order, the units a stopped shipment held
+    /// included. Nothing left to cancel (all shipped or cancelled already) is fine.
+    async fn cancel_on_order(
+        &self,
+        key: String,
+        order_id: String,
+        line_ids: Vec<String>,
+        reason: String,
+        t: Duration,
+    ) -> Result<(), StepError> {
         match self
             .order
             .clone()
             .cancel_order(req(
                 order::CancelOrderRequest {
-                    idempotency_key: format!("{saga_id}:r{}:cancel_lines", ctx.round),
+                    idempotency_key: key,
                     order_id,
-                    line_ids: ctx.cancel_lines.clone(),
+                    line_ids,
                     actor: Some(erp_proto::common::Actor {
                         id: "orchestrator".into(),
-                        reason: "lines cancelled; their shipment was stopped".into(),
+                        reason,
                     }),
                     include_allocated: true,
+                },
+                t,
+            ))
+            .await
+        {
+            Err(s) if s.code() == Code::FailedPrecondition => Ok(()),
+            other => other.map(|_| ()).map_err(StepError::from),
+        }
+    }
+
+    /// Releases what an authorization still holds (its captures stay). Nothing held (fully
+    /// captured or voided already) is fine.
+    async fn release_rest(
+        &self,
+        key: String,
+        payment_id: String,
+        t: Duration,
+    ) -> Result<(), StepError> {
+        match self
+            .finance
+            .clone()
+            .void_payment(req(
+                finance::VoidPaymentRequest {
+                    idempotency_key: key,
+                    payment_id,
+                    order_id: String::new(),
                 },
                 t,
             ))

@@ -329,6 +329,18 @@ pub async fn wake_waiting_for_stock(
     Ok(())
 }
 
+/// The fulfillment saga of an order, if it has one yet.
+async fn fulfillment_saga<C: sea_orm::ConnectionTrait>(
+    c: &C,
+    order_id: &str,
+) -> Result<Option<saga::Model>, sea_orm::DbErr> {
+    saga::Entity::find()
+        .filter(saga::Column::Definition.eq("fulfillment"))
+        .filter(saga::Column::OrderId.eq(order_id))
+        .one(c)
+        .await
+}
+
 /// Consumer of `warehouse.site_status_changed`: a site gone offline signals the sagas of the
 /// fulfillments it had not picked yet, which re-route them (before their pivot).
 pub async fn on_site_status(
@@ -350,12 +362,7 @@ pub async fn on_site_status(
     let site = p["site"].as_str().unwrap_or_default();
     for a in p["affected"].as_array().into_iter().flatten() {
         let order_id = a["order_id"].as_str().unwrap_or_default();
-        let Some(saga) = saga::Entity::find()
-            .filter(saga::Column::Definition.eq("fulfillment"))
-            .filter(saga::Column::OrderId.eq(order_id))
-            .one(&txn)
-            .await?
-        else {
+        let Some(saga) = fulfillment_saga(&txn, order_id).await? else {
             continue;
         };
         insert_signal(
@@ -393,12 +400,7 @@ pub async fn on_participant_event(
     {
         return Ok(());
     }
-    let saga = saga::Entity::find()
-        .filter(saga::Column::Definition.eq("fulfillment"))
-        .filter(saga::Column::OrderId.eq(&order_id))
-        .one(&txn)
-        .await?;
-    if let Some(saga) = saga {
+    if let Some(saga) = fulfillment_saga(&txn, &order_id).await? {
         let (name, payload) = match event.topic.as_str() {
             "warehouse.shipped" => ("SHIPPED", event.payload.to_string()),
             "warehouse.packed" => ("PACKED", event.payload.to_string()),
