@@ -196,6 +196,11 @@ async fn backordered_line(backend: Backend, then: Then) {
     );
 
     if receipt {
+        // Stock of another item does not wake the saga (it waits for gadgets only).
+        let asleep = c.saga(&id).await.unwrap().next_attempt_at;
+        c.receive("tees-in", "TEE-M", "west", 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(c.saga(&id).await.unwrap().next_attempt_at, asleep);
         // Five gadgets arrive at the west warehouse: the saga plans shipment 2 from there.
         c.receive("gadgets-in", "GADGET-X", "west", 5).await;
         let saga = c.wait_step(&id, "await_pack").await;

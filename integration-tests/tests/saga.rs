@@ -470,6 +470,7 @@ async fn an_instance_of_an_unknown_definition_version_is_parked_not_guessed() {
         resume_status: Set(String::new()),
         parked_reason: Set(String::new()),
         suggested_action: Set(String::new()),
+        waiting_skus: Set(String::new()),
     }
     .insert(&orch)
     .await

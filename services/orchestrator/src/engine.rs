@@ -282,6 +282,10 @@ impl Engine {
                 saga::Column::Data,
                 Expr::value(serde_json::to_string(&st.ctx)?),
             )
+            .col_expr(
+                saga::Column::WaitingSkus,
+                Expr::value(m.waiting_skus.clone()),
+            )
             .col_expr(saga::Column::UpdatedAtMs, Expr::value(now))
             .col_expr(saga::Column::LeaseUntilMs, Expr::value(now + lease))
             .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
@@ -1085,6 +1089,27 @@ impl Engine {
         st.m.status = "waiting".into();
         st.m.attempts = 0;
         st.m.last_error = format!("BACKORDERED: {detail}");
+        // Stock events for these SKUs wake it (v3 knows what is still needed; else all lines).
+        let order = st.ctx.order.as_ref();
+        let mut skus: Vec<String> = order
+            .map(|o| {
+                o.lines
+                    .iter()
+                    .filter(|l| {
+                        st.ctx.remaining.is_empty()
+                            || st.ctx.remaining.iter().any(|r| r.line_id == l.line_id)
+                    })
+                    .map(|l| l.sku.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        skus.sort();
+        skus.dedup();
+        st.m.waiting_skus = if skus.is_empty() {
+            String::new()
+        } else {
+            format!("|{}|", skus.join("|"))
+        };
         st.m.next_attempt_at_ms = now_ms() + BACKORDER_RECHECK_MS;
         let entry = if first {
             log(

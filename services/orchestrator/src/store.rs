@@ -71,6 +71,11 @@ CREATE TABLE saga_signals (
 CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
                 drops: &["saga_signals"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261128_000003_waiting_skus",
+                up: "ALTER TABLE sagas ADD COLUMN waiting_skus TEXT NOT NULL DEFAULT ''",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -104,6 +109,9 @@ pub mod saga {
         pub resume_status: String,
         pub parked_reason: String,
         pub suggested_action: String,
+        /// While backordered: the SKUs the order still needs, as `|A|B|`, so that stock
+        /// events wake only the sagas they concern (empty: wake on any).
+        pub waiting_skus: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -183,6 +191,7 @@ pub async fn start_fulfillment<C: ConnectionTrait>(
         resume_status: Set(String::new()),
         parked_reason: Set(String::new()),
         suggested_action: Set(String::new()),
+        waiting_skus: Set(String::new()),
     }
     .insert(c)
     .await?;
@@ -312,6 +321,7 @@ pub async fn wake_waiting_for_stock(
     if !more {
         return Ok(());
     }
+    let sku = p["sku"].as_str().unwrap_or_default();
     let now = now_ms();
     let woken = saga::Entity::update_many()
         .col_expr(
@@ -321,6 +331,11 @@ pub async fn wake_waiting_for_stock(
         .filter(saga::Column::Status.eq("waiting"))
         .filter(saga::Column::CurrentStep.eq("route"))
         .filter(saga::Column::NextAttemptAtMs.gt(now))
+        .filter(
+            sea_orm::Condition::any()
+                .add(saga::Column::WaitingSkus.eq(""))
+                .add(saga::Column::WaitingSkus.like(format!("%|{sku}|%"))),
+        )
         .exec(db)
         .await?;
     if woken.rows_affected > 0 {
