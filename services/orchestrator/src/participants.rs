@@ -1031,19 +1031,8 @@ impl Participants {
             },
         };
         let skus: Vec<String> = o.lines.iter().map(|l| l.sku.clone()).collect();
-        let availability = self
-            .inventory
-            .clone()
-            .get_availability(req(
-                inventory::GetAvailabilityRequest {
-                    skus,
-                    as_of: None,
-                    include_inbound: false,
-                },
-                t,
-            ))
-            .await?
-            .into_inner();
+        // The warehouse's own view too: a site marked offline (outage, labor) takes no new work.
+        let (availability, sites) = self.network_view(skus, t).await?;
         let mut candidates: Vec<String> = availability
             .items
             .iter()
@@ -1051,28 +1040,9 @@ impl Participants {
             .collect();
         candidates.sort();
         candidates.dedup();
-        let available = |sku: &str, loc: &str| -> i64 {
-            availability
-                .items
-                .iter()
-                .filter(|i| i.sku == sku)
-                .flat_map(|i| i.locations.iter())
-                .filter(|l| l.location == loc)
-                .map(|l| l.available)
-                .sum()
-        };
-        // The warehouse's own view: a site marked offline (outage, labor) takes no new work.
-        let sites = self
-            .warehouse
-            .clone()
-            .list_sites(req(warehouse::ListSitesRequest {}, t))
-            .await?
-            .into_inner()
-            .sites;
+        let available = |sku: &str, loc: &str| available_at(&availability, sku, loc);
         let site = |code: &str| sites.iter().find(|s| s.code == code);
-        let online = |code: &str| {
-            site(code).is_none_or(|s| s.status != warehouse::SiteStatus::Offline as i32)
-        };
+        let online = |code: &str| site_online(&sites, code);
         let usable = |loc: &String| {
             !ctx.excluded_sites.contains(loc)
                 && online(loc)
@@ -1174,44 +1144,11 @@ impl Participants {
         let mut skus: Vec<String> = remaining.iter().map(|r| sku(&r.line_id)).collect();
         skus.sort();
         skus.dedup();
-        let availability = self
-            .inventory
-            .clone()
-            .get_availability(req(
-                inventory::GetAvailabilityRequest {
-                    skus,
-                    as_of: None,
-                    include_inbound: false,
-                },
-                t,
-            ))
-            .await?
-            .into_inner();
-        let sites = self
-            .warehouse
-            .clone()
-            .list_sites(req(warehouse::ListSitesRequest {}, t))
-            .await?
-            .into_inner()
-            .sites;
+        let (availability, sites) = self.network_view(skus, t).await?;
         let excluded = ctx.excluded_sites.clone();
-        let usable = |code: &str| {
-            !excluded.iter().any(|x| x == code)
-                && sites
-                    .iter()
-                    .find(|s| s.code == code)
-                    .is_none_or(|s| s.status != warehouse::SiteStatus::Offline as i32)
-        };
+        let usable = |code: &str| !excluded.iter().any(|x| x == code) && site_online(&sites, code);
         let available = |line_id: &str, loc: &str| -> i64 {
-            let sku = sku(line_id);
-            availability
-                .items
-                .iter()
-                .filter(|i| i.sku == sku)
-                .flat_map(|i| i.locations.iter())
-                .filter(|l| l.location == loc)
-                .map(|l| l.available.max(0))
-                .sum()
+            available_at(&availability, &sku(line_id), loc).max(0)
         };
         let mut candidates: Vec<String> = availability
             .items
@@ -1410,6 +1347,35 @@ impl Participants {
         ctx.authorized_minor = amount;
         ctx.captured_minor = 0;
         Ok(())
+    }
+
+    /// Stock available now per SKU and warehouse, and the warehouses' own view of their sites.
+    async fn network_view(
+        &self,
+        skus: Vec<String>,
+        t: Duration,
+    ) -> Result<(inventory::GetAvailabilityResponse, Vec<warehouse::Site>), StepError> {
+        let availability = self
+            .inventory
+            .clone()
+            .get_availability(req(
+                inventory::GetAvailabilityRequest {
+                    skus,
+                    as_of: None,
+                    include_inbound: false,
+                },
+                t,
+            ))
+            .await?
+            .into_inner();
+        let sites = self
+            .warehouse
+            .clone()
+            .list_sites(req(warehouse::ListSitesRequest {}, t))
+            .await?
+            .into_inner()
+            .sites;
+        Ok((availability, sites))
     }
 
     /// Asks the routing rules for a decision, under a key of its own per ask.
@@ -1669,6 +1635,25 @@ impl Participants {
         ctx.service = option.service;
         Ok(())
     }
+}
+
+/// What `loc` can promise of `sku` now.
+fn available_at(a: &inventory::GetAvailabilityResponse, sku: &str, loc: &str) -> i64 {
+    a.items
+        .iter()
+        .filter(|i| i.sku == sku)
+        .flat_map(|i| i.locations.iter())
+        .filter(|l| l.location == loc)
+        .map(|l| l.available)
+        .sum()
+}
+
+/// Whether the warehouse takes new work at `code` (a location it does not know: yes).
+fn site_online(sites: &[warehouse::Site], code: &str) -> bool {
+    sites
+        .iter()
+        .find(|s| s.code == code)
+        .is_none_or(|s| s.status != warehouse::SiteStatus::Offline as i32)
 }
 
 fn destination(o: &OrderSnapshot) -> Address {
