@@ -52,4 +52,6 @@ check "trial balance balanced" \
   "g -d '{}' 127.0.0.1:50056 erp.finance.v1.FinanceService/GetTrialBalance | jq -e '.balanced == true' >/dev/null"
 check "exception queue empty" \
   "[ \"\$(g -d '{}' 127.0.0.1:50057 erp.orchestrator.v1.OrchestratorService/ListExceptions | jq '.exceptions // [] | length')\" = 0 ]"
+check "no stalled saga" \
+  "[ \"\$(g -d '{\"stalled\":true}' 127.0.0.1:50057 erp.orchestrator.v1.OrchestratorService/ListSagas | jq '.sagas // [] | length')\" = 0 ]"
 echo "runbook: all checks passed"

@@ -194,6 +194,7 @@ async fn order_becomes_one_saga(backend: Backend, bus: Bus) {
         .list_sagas(ListSagasRequest {
             status: 0,
             min_age_seconds: 0,
+            stalled: false,
             page_size: 100,
             page_token: String::new(),
         })

@@ -178,6 +178,13 @@ impl Clients {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let f = open.into_iter().next().expect("an open fulfillment");
+        self.pick_and_pack_fulfillment(&f).await;
+        f.fulfillment_id
+    }
+
+    /// Picks every task of `f` and packs it in one carton (idempotent: keyed by task and
+    /// fulfillment).
+    pub async fn pick_and_pack_fulfillment(&mut self, f: &warehouse::Fulfillment) {
         for t in &f.tasks {
             self.warehouse
                 .confirm_pick(warehouse::ConfirmPickRequest {
@@ -203,7 +210,27 @@ impl Clients {
             })
             .await
             .expect("pack");
-        f.fulfillment_id
+    }
+
+    /// Routing rules that split an order across warehouses and ship what is in stock now (the
+    /// rest waits backordered).
+    pub async fn allow_splits(&mut self, reason: &str) -> Result<(), tonic::Status> {
+        self.order
+            .put_routing_rules(order::PutRoutingRulesRequest {
+                rules: vec![order::RoutingRule {
+                    name: "ship what is in stock".into(),
+                    priority: 1,
+                    strategy: "LOWEST_COST".into(),
+                    allow_split: true,
+                    ..Default::default()
+                }],
+                actor: Some(erp_proto::common::Actor {
+                    id: "ops".into(),
+                    reason: reason.into(),
+                }),
+            })
+            .await
+            .map(drop)
     }
 
     /// The tracking number of the order's live label, once the saga bought it.
@@ -299,6 +326,45 @@ impl Clients {
             .expect("reservations")
             .into_inner()
             .reservations
+    }
+
+    /// Every label bought for the order (voided ones too).
+    pub async fn labels(&mut self, order_id: &str) -> Vec<carrier::Shipment> {
+        self.carrier
+            .list_shipments(carrier::ListShipmentsRequest {
+                order_id: order_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list shipments")
+            .into_inner()
+            .shipments
+    }
+
+    /// Every fulfillment of the order, whatever its status.
+    pub async fn fulfillments(&mut self, order_id: &str) -> Vec<warehouse::Fulfillment> {
+        self.warehouse
+            .list_fulfillments(warehouse::ListFulfillmentsRequest {
+                order_id: order_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list fulfillments")
+            .into_inner()
+            .fulfillments
+    }
+
+    /// The journal entries posted for the order.
+    pub async fn journal_entries(&mut self, order_id: &str) -> Vec<finance::JournalEntry> {
+        self.finance
+            .list_journal_entries(finance::ListJournalEntriesRequest {
+                order_id: order_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("journal entries")
+            .into_inner()
+            .entries
     }
 
     pub async fn payment(&mut self, order_id: &str) -> Option<finance::Payment> {

@@ -20,6 +20,9 @@ use tokio::sync::Notify;
 
 use crate::store::{saga, step};
 
+/// How long a saga may be due without a replica taking it before it counts as stalled.
+pub const STALLED_AFTER_MS: i64 = 10_000;
+
 pub struct OrchestratorApi {
     db: DatabaseConnection,
     wake: Arc<Notify>,
@@ -235,7 +238,7 @@ impl OrchestratorApi {
         let r = saga::Entity::update_many()
             .col_expr(saga::Column::Status, Expr::value(back.clone()))
             .col_expr(saga::Column::Attempts, Expr::value(0))
-            .col_expr(saga::Column::NextAttemptAtMs, Expr::value(now_ms()))
+            .col_expr(saga::Column::NextAttemptAtMs, crate::store::clock(&txn))
             .col_expr(saga::Column::ParkedReason, Expr::value(""))
             .col_expr(saga::Column::SuggestedAction, Expr::value(""))
             .col_expr(saga::Column::Data, Expr::value(data.to_string()))
@@ -302,7 +305,7 @@ impl OrchestratorApi {
             // Nobody drives it now: make it runnable so the cancel signal is applied.
             saga::Entity::update_many()
                 .col_expr(saga::Column::Status, Expr::value("running"))
-                .col_expr(saga::Column::NextAttemptAtMs, Expr::value(now_ms()))
+                .col_expr(saga::Column::NextAttemptAtMs, crate::store::clock(&txn))
                 .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
                 .filter(saga::Column::Status.eq(m.status.as_str()))
                 .exec(&txn)
@@ -400,7 +403,14 @@ impl OrchestratorApi {
         if let Some(name) = status_name(status) {
             query = query.filter(saga::Column::Status.eq(name));
         }
-        if req.min_age_seconds > 0 {
+        if req.stalled {
+            let grace = if req.min_age_seconds > 0 {
+                req.min_age_seconds.saturating_mul(1000)
+            } else {
+                STALLED_AFTER_MS
+            };
+            query = query.filter(crate::store::stalled_condition(&self.db, grace));
+        } else if req.min_age_seconds > 0 {
             let cutoff = now_ms() - req.min_age_seconds.saturating_mul(1000);
             query = query.filter(saga::Column::UpdatedAtMs.lte(cutoff));
         }

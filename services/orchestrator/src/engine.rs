@@ -2,14 +2,21 @@
 //! UPDATE, so two replicas never run the same saga), and drives it step by step. Every
 //! transition is committed with its timeline entry before the next call, and only while the
 //! lease is still ours (fencing), so a replica that lost its lease cannot overwrite the one that
-//! took over. A killed replica's sagas are taken over when their lease expires.
+//! took over. A killed replica's sagas are taken over when their lease expires: a saga whose
+//! lease is held by nobody alive is due at once, whatever its wait's deadline says (the lease,
+//! not the deadline, is what holds a running saga). Leases and due times are judged by the
+//! database's clock, one clock for every replica.
+//!
+//! Every commit and every participant call passes named crash points
+//! ([`erp_runtime::failpoint`], listed by [`crash_points`]); the crash-point test dies at each
+//! of them and checks that the saga still ends exactly once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use erp_runtime::config::OrchestratorSettings;
-use erp_runtime::time::now_ms;
+use erp_runtime::failpoint;
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
@@ -45,6 +52,9 @@ pub struct Engine {
     /// Runs stop between steps once this is cancelled; the next owner resumes from the log.
     shutdown: CancellationToken,
     last_report: std::sync::atomic::AtomicI64,
+    /// The database's clock minus this machine's, measured at every poll: due times written by
+    /// this replica are on the database's clock, like the leases compared in SQL.
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 /// One timeline entry.
@@ -72,6 +82,8 @@ fn log(
 struct State {
     m: saga::Model,
     ctx: Ctx,
+    /// The database's clock when the current move began (see [`Engine::now`]).
+    now: i64,
 }
 
 impl Engine {
@@ -94,6 +106,7 @@ impl Engine {
             tasks,
             shutdown,
             last_report: std::sync::atomic::AtomicI64::new(0),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -115,19 +128,42 @@ impl Engine {
         })
     }
 
-    fn lease_free(&self, now: i64) -> Condition {
-        Condition::any()
-            .add(saga::Column::LeaseUntilMs.lt(now))
-            .add(saga::Column::LeaseOwner.eq(self.replica.as_str()))
+    /// The database's clock plus `ms`, as an SQL expression.
+    fn clock_plus(&self, ms: i64) -> Expr {
+        Expr::cust(format!(
+            "({} + {ms})",
+            erp_runtime::db::clock_ms_sql(self.db.get_database_backend())
+        ))
+    }
+
+    /// This replica's estimate of the database's clock (its own clock plus the offset measured
+    /// at the last poll), for due times and deadlines written into the saga.
+    fn now(&self) -> i64 {
+        erp_runtime::time::now_ms()
+            + self
+                .clock_offset_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.settings.lease_ms).unwrap_or(i64::MAX / 4)
+    }
+
+    /// Nobody alive holds the lease (it expired), or we hold it.
+    fn lease_free(&self) -> Condition {
+        crate::store::lease_free(&self.db, &self.replica)
     }
 
     async fn tick(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let now = now_ms();
-        self.report_statuses(now).await;
+        let local = erp_runtime::time::now_ms();
+        let db_now = erp_runtime::db::clock_ms(&self.db).await?;
+        // Half the round trip is the best guess of when the database read its clock.
+        let offset = db_now - (local + erp_runtime::time::now_ms()) / 2;
+        self.clock_offset_ms
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        self.report_statuses(db_now).await;
         let mut ids: Vec<String> = saga::Entity::find()
-            .filter(saga::Column::Status.is_in(ACTIVE))
-            .filter(saga::Column::NextAttemptAtMs.lte(now))
-            .filter(self.lease_free(now))
+            .filter(crate::store::due_condition(&self.db, &self.replica))
             .order_by_asc(saga::Column::NextAttemptAtMs)
             .limit(64)
             .all(&self.db)
@@ -210,6 +246,17 @@ impl Engine {
                 metrics::gauge!("sagas", "status" => status).set(n as f64);
             }
         }
+        if let Ok(n) = sea_orm::PaginatorTrait::count(
+            saga::Entity::find().filter(crate::store::stalled_condition(
+                &self.db,
+                crate::api::STALLED_AFTER_MS,
+            )),
+            &self.db,
+        )
+        .await
+        {
+            metrics::gauge!("sagas_stalled").set(n as f64);
+        }
     }
 
     /// Takes the lease of a saga that nobody holds (or that we hold). Any status: a paused,
@@ -217,15 +264,16 @@ impl Engine {
     /// customer's cancel applies to a paused saga; a late repeat of an event to a finished one
     /// is noted and dropped instead of staying in the signal queue for ever).
     async fn claim(&self, saga_id: &str) -> anyhow::Result<bool> {
-        let now = now_ms();
-        let lease = i64::try_from(self.settings.lease_ms).unwrap_or(i64::MAX / 4);
         let r = saga::Entity::update_many()
             .col_expr(saga::Column::LeaseOwner, Expr::value(self.replica.clone()))
-            .col_expr(saga::Column::LeaseUntilMs, Expr::value(now + lease))
+            .col_expr(saga::Column::LeaseUntilMs, self.clock_plus(self.lease_ms()))
             .filter(saga::Column::SagaId.eq(saga_id))
-            .filter(self.lease_free(now))
+            .filter(self.lease_free())
             .exec(&self.db)
             .await?;
+        if r.rows_affected == 1 {
+            failpoint::hit(&["saga", "claim", "after_commit"]).await;
+        }
         Ok(r.rows_affected == 1)
     }
 
@@ -246,11 +294,11 @@ impl Engine {
     async fn save(
         &self,
         st: &mut State,
-        entry: Option<Log>,
+        entries: impl IntoIterator<Item = Log>,
         consumed: &[i64],
     ) -> anyhow::Result<bool> {
-        let now = now_ms();
-        let lease = i64::try_from(self.settings.lease_ms).unwrap_or(i64::MAX / 4);
+        let entries: Vec<Log> = entries.into_iter().collect();
+        let now = self.now();
         let txn = self.db.begin().await?;
         let m = &st.m;
         let r = saga::Entity::update_many()
@@ -286,8 +334,8 @@ impl Engine {
                 saga::Column::WaitingSkus,
                 Expr::value(m.waiting_skus.clone()),
             )
-            .col_expr(saga::Column::UpdatedAtMs, Expr::value(now))
-            .col_expr(saga::Column::LeaseUntilMs, Expr::value(now + lease))
+            .col_expr(saga::Column::UpdatedAtMs, crate::store::clock(&self.db))
+            .col_expr(saga::Column::LeaseUntilMs, self.clock_plus(self.lease_ms()))
             .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
             .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()))
             .exec(&txn)
@@ -296,7 +344,12 @@ impl Engine {
             tracing::warn!(saga_id = %m.saga_id, replica = %self.replica, "lease lost; another replica owns this saga now");
             return Ok(false);
         }
-        if let Some(entry) = &entry {
+        // What this commit is, for its crash point: the first entry that is not a "started".
+        let point = entries
+            .iter()
+            .find(|e| e.outcome != "started")
+            .map(|e| (e.step, e.direction));
+        for entry in &entries {
             metrics::counter!(
                 "saga_steps_total",
                 "step" => entry.step,
@@ -305,7 +358,7 @@ impl Engine {
             )
             .increment(1);
         }
-        if let Some(entry) = entry {
+        for entry in entries {
             step::ActiveModel {
                 saga_id: Set(m.saga_id.clone()),
                 step: Set(entry.step.to_owned()),
@@ -327,7 +380,26 @@ impl Engine {
                 .await?;
         }
         txn.commit().await?;
+        if !consumed.is_empty() {
+            failpoint::hit(&["saga", "signal", "after_consume"]).await;
+        } else if let Some((step, direction)) = point {
+            failpoint::hit(&["saga", direction, step, "after_commit"]).await;
+        }
         Ok(true)
+    }
+
+    /// A participant call, bounded by the step's timeout, between its two crash points.
+    async fn call(
+        &self,
+        path: &'static str,
+        step: &'static str,
+        timeout: Duration,
+        call: impl std::future::Future<Output = Result<(), StepError>>,
+    ) -> Result<(), StepError> {
+        failpoint::hit(&["saga", path, step, "before_call"]).await;
+        let result = bounded(timeout, call).await;
+        failpoint::hit(&["saga", path, step, "after_call"]).await;
+        result
     }
 
     async fn run(&self, saga_id: &str) {
@@ -371,13 +443,17 @@ impl Engine {
         st.ctx.rerouting = false;
         st.m.step_index = i32::try_from(from).unwrap_or(-1);
         st.m.attempts = 0;
-        st.m.next_attempt_at_ms = now_ms();
+        st.m.next_attempt_at_ms = st.now;
     }
 
     async fn drive(&self, m: saga::Model) -> anyhow::Result<()> {
         let mut ctx: Ctx = serde_json::from_str(&m.data).unwrap_or_default();
         ctx.parts = m.definition_version >= 3;
-        let mut st = State { m, ctx };
+        let mut st = State {
+            m,
+            ctx,
+            now: self.now(),
+        };
         if st.ctx.order.is_none() {
             st.ctx.order = Some(OrderSnapshot {
                 order_id: st.m.order_id.clone(),
@@ -405,6 +481,7 @@ impl Engine {
                 // continues from the log once the lease is released.
                 return Ok(());
             }
+            st.now = self.now();
             // Signals first: they may pause, cancel, or release the wait for shipment.
             let pending = signal::Entity::find()
                 .filter(signal::Column::SagaId.eq(st.m.saga_id.as_str()))
@@ -494,7 +571,7 @@ impl Engine {
                             // New routing rules: a backordered saga asks them at once.
                             st.ctx.stock_seen.clear();
                             if st.m.status == "waiting" && st.ctx.backordered {
-                                st.m.next_attempt_at_ms = now_ms();
+                                st.m.next_attempt_at_ms = st.now;
                             }
                             notes.push(format!("{}: planning again", s.payload));
                         }
@@ -502,19 +579,24 @@ impl Engine {
                         other => notes.push(format!("unknown signal {other} ignored")),
                     }
                 }
+                // What the signals release commits with their consumption, in one transaction:
+                // a wait they complete moves on, and an active saga is due at once, so no crash
+                // between this commit and the next can leave a consumed signal without effect.
+                let mut entries: Vec<Log> = log("signal", "forward", "signalled", notes.join("; "))
+                    .into_iter()
+                    .collect();
                 if pause && ACTIVE.contains(&st.m.status.as_str()) {
                     st.m.resume_status = st.m.status.clone();
                     st.m.status = "paused".into();
-                    notes.push("paused by an operator".to_owned());
+                    entries[0].detail.push_str("; paused by an operator");
+                } else {
+                    entries.extend(finish_wait(&mut st, steps));
                 }
-                if !self
-                    .save(
-                        &mut st,
-                        log("signal", "forward", "signalled", notes.join("; ")),
-                        &consumed,
-                    )
-                    .await?
-                {
+                if ACTIVE.contains(&st.m.status.as_str()) && st.m.status != "waiting" {
+                    st.m.next_attempt_at_ms = st.m.next_attempt_at_ms.min(st.now);
+                }
+                failpoint::hit(&["saga", "signal", "before_consume"]).await;
+                if !self.save(&mut st, entries, &consumed).await? {
                     return Ok(());
                 }
             }
@@ -548,7 +630,7 @@ impl Engine {
         error: &str,
     ) -> anyhow::Result<bool> {
         let delay = definition::backoff(st.m.attempts - 1, rand::random::<f64>());
-        st.m.next_attempt_at_ms = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
+        st.m.next_attempt_at_ms = self.now() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
         let detail = format!("{error}; retry in {} ms", delay.as_millis());
         self.save(
             st,
@@ -576,30 +658,19 @@ impl Engine {
             return Ok(false);
         };
         st.m.current_step = step.name().to_owned();
-        let now = now_ms();
+        let now = self.now();
+        st.now = now;
         if step.is_wait() {
-            let (done, detail, waiting_for) = match step {
-                Step::AwaitPack => (
-                    st.ctx.packed,
-                    "packed".to_owned(),
-                    "waiting for the packer's carton",
-                ),
-                _ => (
-                    st.ctx.shipped,
-                    format!("shipped, tracking {}", st.ctx.tracking_number),
-                    "waiting for the warehouse's ship confirmation",
-                ),
-            };
-            if done {
-                st.m.status = "running".into();
-                st.m.step_index += 1;
-                st.m.attempts = 0;
-                // The next wait has a deadline of its own.
-                st.ctx.ship_deadline_ms = 0;
-                return self
-                    .save(st, log(step.name(), "forward", "succeeded", detail), &[])
-                    .await;
+            // Normally the signal's commit completed the wait already; this catches what a
+            // signal recorded before the saga reached the wait (its state says so).
+            if let Some(entry) = finish_wait(st, steps) {
+                return self.save(st, Some(entry), &[]).await;
             }
+            let waiting_for = if step == Step::AwaitPack {
+                "waiting for the packer's carton"
+            } else {
+                "waiting for the warehouse's ship confirmation"
+            };
             // One deadline for the warehouse's whole job, packing and shipping.
             if st.ctx.ship_deadline_ms == 0 {
                 st.ctx.ship_deadline_ms =
@@ -627,7 +698,9 @@ impl Engine {
             } else {
                 None
             };
-            self.save(st, entry, &[]).await?;
+            if self.save(st, entry, &[]).await? {
+                failpoint::hit(&["saga", "forward", step.name(), "waiting"]).await;
+            }
             return Ok(false);
         }
         let policy = step.policy();
@@ -643,12 +716,15 @@ impl Engine {
         if !self.save(st, entry, &[]).await? {
             return Ok(false);
         }
-        let result = bounded(
-            policy.timeout,
-            self.participants
-                .forward(step, &st.m.saga_id, &mut st.ctx, policy.timeout),
-        )
-        .await;
+        let result = self
+            .call(
+                "forward",
+                step.name(),
+                policy.timeout,
+                self.participants
+                    .forward(step, &st.m.saga_id, &mut st.ctx, policy.timeout),
+            )
+            .await;
         match result {
             Ok(()) if step == Step::NextShipment && st.ctx.more_to_ship => {
                 // Another shipment: plan it from the routing step with fresh keys.
@@ -663,7 +739,7 @@ impl Engine {
                 st.m.step_index = route;
                 st.m.attempts = 0;
                 st.m.last_error.clear();
-                st.m.next_attempt_at_ms = now_ms();
+                st.m.next_attempt_at_ms = st.now;
                 let detail = format!(
                     "shipment {} done; planning shipment {} for what is left",
                     st.ctx.shipments.len(),
@@ -678,7 +754,7 @@ impl Engine {
                 st.ctx.completed = st.ctx.completed.max(st.m.step_index);
                 st.m.attempts = 0;
                 st.m.last_error.clear();
-                st.m.next_attempt_at_ms = now_ms();
+                st.m.next_attempt_at_ms = st.now;
                 let detail = summary(step, &st.ctx);
                 self.save(st, log(step.name(), "forward", "succeeded", detail), &[])
                     .await
@@ -751,7 +827,7 @@ impl Engine {
                     // The rest was cancelled after a shipment: close the order's payment.
                     st.m.step_index = i32::try_from(steps.len()).unwrap_or(i32::MAX) - 1;
                     st.m.attempts = 0;
-                    st.m.next_attempt_at_ms = now_ms();
+                    st.m.next_attempt_at_ms = st.now;
                 }
                 self.save(st, log(step.name(), "forward", "succeeded", detail), &[])
                     .await
@@ -849,7 +925,7 @@ impl Engine {
         if matches!(st.m.status.as_str(), "waiting" | "paused" | "parked") {
             st.m.status = "running".into();
         }
-        st.m.next_attempt_at_ms = now_ms();
+        st.m.next_attempt_at_ms = st.now;
     }
 
     /// v3: the customer cancelled some lines. Units no shipment held are cancelled by the
@@ -877,7 +953,7 @@ impl Engine {
         if held.is_empty() {
             // A backordered saga looks again now: what it waits for may be gone.
             if forward && st.m.status == "waiting" && st.ctx.backordered {
-                st.m.next_attempt_at_ms = now_ms();
+                st.m.next_attempt_at_ms = st.now;
             }
             return format!(
                 "line(s) {} cancelled; the shipment in progress holds none of them",
@@ -934,12 +1010,15 @@ impl Engine {
             st.m.current_step = step.name().to_owned();
             st.m.status = "running".into();
             st.m.attempts += 1;
-            let result = bounded(
-                policy.timeout,
-                self.participants
-                    .compensate(step, &st.m.saga_id, &st.ctx, policy.timeout),
-            )
-            .await;
+            let result = self
+                .call(
+                    "reroute",
+                    step.name(),
+                    policy.timeout,
+                    self.participants
+                        .compensate(step, &st.m.saga_id, &st.ctx, policy.timeout),
+                )
+                .await;
             return match result {
                 Ok(()) => {
                     st.m.step_index -= 1;
@@ -976,12 +1055,15 @@ impl Engine {
         // The hold on the units is released: write off what the warehouse could not ship.
         let mut notes = Vec::new();
         for (i, w) in st.ctx.writeoffs.clone().iter().enumerate() {
-            match bounded(
-                policy.timeout,
-                self.participants
-                    .write_off(&st.m.saga_id, st.ctx.round, i, w, policy.timeout),
-            )
-            .await
+            match self
+                .call(
+                    "reroute",
+                    "write_off",
+                    policy.timeout,
+                    self.participants
+                        .write_off(&st.m.saga_id, st.ctx.round, i, w, policy.timeout),
+                )
+                .await
             {
                 Ok(()) => notes.push(format!(
                     "{} x {} at {} {}",
@@ -1007,12 +1089,15 @@ impl Engine {
             }
         }
         if !st.ctx.cancel_lines.is_empty() {
-            match bounded(
-                policy.timeout,
-                self.participants
-                    .cancel_lines(&st.m.saga_id, &st.ctx, policy.timeout),
-            )
-            .await
+            match self
+                .call(
+                    "reroute",
+                    "cancel_lines",
+                    policy.timeout,
+                    self.participants
+                        .cancel_lines(&st.m.saga_id, &st.ctx, policy.timeout),
+                )
+                .await
             {
                 Ok(()) => notes.push(format!(
                     "line(s) {} cancelled on the order",
@@ -1045,7 +1130,7 @@ impl Engine {
         st.m.step_index = route;
         st.m.status = "running".into();
         st.m.attempts = 0;
-        st.m.next_attempt_at_ms = now_ms();
+        st.m.next_attempt_at_ms = st.now;
         self.save(st, log("route", "forward", "started", detail), &[])
             .await
     }
@@ -1056,12 +1141,15 @@ impl Engine {
         let first = !st.ctx.backordered;
         if first {
             let policy = Step::RecordAllocation.policy();
-            match bounded(
-                policy.timeout,
-                self.participants
-                    .backorder(&st.m.saga_id, &st.ctx, policy.timeout),
-            )
-            .await
+            match self
+                .call(
+                    "backorder",
+                    "record",
+                    policy.timeout,
+                    self.participants
+                        .backorder(&st.m.saga_id, &st.ctx, policy.timeout),
+                )
+                .await
             {
                 Ok(()) => st.ctx.backordered = true,
                 Err(StepError::Transient(e)) => {
@@ -1110,7 +1198,7 @@ impl Engine {
         } else {
             format!("|{}|", skus.join("|"))
         };
-        st.m.next_attempt_at_ms = now_ms() + BACKORDER_RECHECK_MS;
+        st.m.next_attempt_at_ms = st.now + BACKORDER_RECHECK_MS;
         let entry = if first {
             log(
                 "route",
@@ -1124,7 +1212,9 @@ impl Engine {
         } else {
             None
         };
-        self.save(st, entry, &[]).await?;
+        if self.save(st, entry, &[]).await? && first {
+            failpoint::hit(&["saga", "backorder", "record", "after_commit"]).await;
+        }
         Ok(false)
     }
 
@@ -1160,12 +1250,15 @@ impl Engine {
         {
             return Ok(false);
         }
-        let result = bounded(
-            policy.timeout,
-            self.participants
-                .compensate(step, &st.m.saga_id, &st.ctx, policy.timeout),
-        )
-        .await;
+        let result = self
+            .call(
+                "compensate",
+                step.name(),
+                policy.timeout,
+                self.participants
+                    .compensate(step, &st.m.saga_id, &st.ctx, policy.timeout),
+            )
+            .await;
         match result {
             Ok(()) => {
                 st.m.step_index -= 1;
@@ -1200,6 +1293,105 @@ impl Engine {
             }
         }
     }
+}
+
+/// Every crash point of the engine and of the orchestrator's event consumers that the saga paths
+/// of the released fulfillment definition pass, by name (see [`erp_runtime::failpoint`]). The
+/// crash-point test dies at each one; it fails when a run passes a point missing here, or when
+/// a point listed here is never reached.
+pub fn crash_points() -> Vec<String> {
+    let mut out: Vec<String> = [
+        "saga.claim.after_commit",
+        "saga.signal.before_consume",
+        "saga.signal.after_consume",
+        // The saga's last commit, forward (completed) and undone (compensated).
+        "saga.forward.saga.after_commit",
+        "saga.compensate.saga.after_commit",
+        // A re-route: the warehouse's units written off, then routing again.
+        "saga.reroute.write_off.before_call",
+        "saga.reroute.write_off.after_call",
+        // A cancelled line: its shipment is undone, the line cancelled on the order.
+        "saga.reroute.cancel_lines.before_call",
+        "saga.reroute.cancel_lines.after_call",
+        "saga.forward.route.after_commit",
+        // Nothing left in stock: the lines are backordered and the saga waits.
+        "saga.backorder.record.before_call",
+        "saga.backorder.record.after_call",
+        "saga.backorder.record.after_commit",
+        "consumer.order_accepted.before_commit",
+        "consumer.order_accepted.after_commit",
+        "consumer.participant_event.before_commit",
+        "consumer.participant_event.after_commit",
+        "consumer.stock_changed.after_commit",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for step in definition::steps("fulfillment", crate::FULFILLMENT_VERSION).unwrap_or_default() {
+        out.extend(step_crash_points(*step));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The crash points of one step: around its participant call (or, for a wait, around the
+/// commit that completes it), and around its compensation and re-route undo where it has them.
+pub fn step_crash_points(step: Step) -> Vec<String> {
+    let name = step.name();
+    let mut out = Vec::new();
+    if step.is_wait() {
+        // A wait ends in the commit that consumes its signal.
+        out.push(format!("saga.forward.{name}.waiting"));
+        out.push("saga.signal.before_consume".to_owned());
+        out.push("saga.signal.after_consume".to_owned());
+    } else {
+        for phase in ["before_call", "after_call", "after_commit"] {
+            out.push(format!("saga.forward.{name}.{phase}"));
+        }
+    }
+    if step.compensable() {
+        for phase in ["before_call", "after_call", "after_commit"] {
+            out.push(format!("saga.compensate.{name}.{phase}"));
+        }
+    }
+    if step.site_bound() {
+        for phase in ["before_call", "after_call"] {
+            out.push(format!("saga.reroute.{name}.{phase}"));
+        }
+    }
+    out
+}
+
+/// Completes the wait the saga stands at when what it waits for happened (the carton is packed,
+/// the shipment confirmed): the next step is due at once. None while it still waits, or when the
+/// saga is not moving forward at a wait.
+fn finish_wait(st: &mut State, steps: &[Step]) -> Option<Log> {
+    if !matches!(st.m.status.as_str(), "pending" | "running" | "waiting") || st.ctx.rerouting {
+        return None;
+    }
+    let step = *usize::try_from(st.m.step_index)
+        .ok()
+        .and_then(|i| steps.get(i))?;
+    let (done, detail) = match step {
+        Step::AwaitPack => (st.ctx.packed, "packed".to_owned()),
+        Step::AwaitShipment => (
+            st.ctx.shipped,
+            format!("shipped, tracking {}", st.ctx.tracking_number),
+        ),
+        _ => return None,
+    };
+    if !done {
+        return None;
+    }
+    st.m.current_step = step.name().to_owned();
+    st.m.status = "running".into();
+    st.m.step_index += 1;
+    st.m.attempts = 0;
+    st.m.next_attempt_at_ms = st.now;
+    // The next wait has a deadline of its own.
+    st.ctx.ship_deadline_ms = 0;
+    log(step.name(), "forward", "succeeded", detail)
 }
 
 /// A participant call that gives up (as a transient failure) after the step's timeout.
@@ -1299,5 +1491,32 @@ fn undoable(m: &saga::Model) -> bool {
         "pending" | "running" | "waiting" => true,
         "paused" | "parked" => m.resume_status != "compensating",
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_of_every_released_definition_has_crash_points() {
+        let points = crash_points();
+        for version in 1..=crate::FULFILLMENT_VERSION {
+            for step in definition::steps("fulfillment", version).unwrap_or_default() {
+                let own = step_crash_points(*step);
+                assert!(
+                    own.len() >= 3,
+                    "{} has {} crash points",
+                    step.name(),
+                    own.len()
+                );
+                if version == crate::FULFILLMENT_VERSION {
+                    for p in &own {
+                        assert!(points.contains(p), "{p} missing from crash_points()");
+                    }
+                }
+            }
+        }
+        assert!(points.len() > 60, "{} crash points", points.len());
     }
 }

@@ -2,9 +2,9 @@
 
 use erp_runtime::bus::Event;
 use erp_runtime::db::DdlMigration;
-use erp_runtime::outbox;
 use erp_runtime::time::now_ms;
 use erp_runtime::{ApiError, ApiResult};
+use erp_runtime::{failpoint, outbox};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
     TransactionTrait,
@@ -74,6 +74,12 @@ CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
             Box::new(DdlMigration {
                 name: "m20261128_000003_waiting_skus",
                 up: "ALTER TABLE sagas ADD COLUMN waiting_skus TEXT NOT NULL DEFAULT ''",
+                drops: &[],
+            }),
+            Box::new(DdlMigration {
+                // Sagas whose driver died are found by their expired lease, not their due time.
+                name: "m20261129_000004_saga_leases",
+                up: "CREATE INDEX sagas_lease ON sagas (status, lease_until_ms)",
                 drops: &[],
             }),
         ]
@@ -152,6 +158,56 @@ pub mod step {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The database's clock (epoch ms) as an SQL expression: leases and due times are judged by it.
+pub fn clock<C: ConnectionTrait>(c: &C) -> sea_orm::sea_query::Expr {
+    sea_orm::sea_query::Expr::cust(erp_runtime::db::clock_ms_sql(c.get_database_backend()))
+}
+
+/// Nobody alive holds the saga's lease (it expired), or `replica` holds it.
+pub fn lease_free<C: ConnectionTrait>(c: &C, replica: &str) -> sea_orm::Condition {
+    sea_orm::Condition::any()
+        .add(sea_orm::sea_query::ExprTrait::lt(
+            sea_orm::sea_query::Expr::col(saga::Column::LeaseUntilMs),
+            clock(c),
+        ))
+        .add(saga::Column::LeaseOwner.eq(replica))
+}
+
+/// Sagas `replica` drives now: active, free to take, and either due or left behind by a driver
+/// whose lease expired (it died between two commits; what it waited for is irrelevant: the
+/// lease, not a wait's deadline, is what holds a running saga).
+pub fn due_condition<C: ConnectionTrait>(c: &C, replica: &str) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(saga::Column::Status.is_in(crate::engine::ACTIVE))
+        .add(lease_free(c, replica))
+        .add(
+            sea_orm::Condition::any()
+                .add(sea_orm::sea_query::ExprTrait::lte(
+                    sea_orm::sea_query::Expr::col(saga::Column::NextAttemptAtMs),
+                    clock(c),
+                ))
+                .add(saga::Column::LeaseOwner.ne("")),
+        )
+}
+
+/// Active sagas that nobody drives: their driver's lease expired (it died), or they have been
+/// due for more than `grace_ms` and no replica took them.
+pub fn stalled_condition<C: ConnectionTrait>(c: &C, grace_ms: i64) -> sea_orm::Condition {
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    let late = Expr::cust(format!(
+        "({} - {grace_ms})",
+        erp_runtime::db::clock_ms_sql(c.get_database_backend())
+    ));
+    sea_orm::Condition::all()
+        .add(saga::Column::Status.is_in(crate::engine::ACTIVE))
+        .add(Expr::col(saga::Column::LeaseUntilMs).lt(clock(c)))
+        .add(
+            sea_orm::Condition::any()
+                .add(saga::Column::LeaseOwner.ne(""))
+                .add(Expr::col(saga::Column::NextAttemptAtMs).lte(late)),
+        )
 }
 
 /// Creates the fulfillment saga of `order_id` unless it exists. Returns it and whether it is new.
@@ -237,7 +293,9 @@ pub async fn on_order_accepted(
     )
     .await
     .map_err(api_to_anyhow)?;
+    failpoint::hit(&["consumer", "order_accepted", "before_commit"]).await;
     txn.commit().await?;
+    failpoint::hit(&["consumer", "order_accepted", "after_commit"]).await;
     wake.notify_one();
     if created {
         tracing::info!(order_id = %order_id, saga_id = %saga.saga_id, "fulfillment saga created");
@@ -322,15 +380,14 @@ pub async fn wake_waiting_for_stock(
         return Ok(());
     }
     let sku = p["sku"].as_str().unwrap_or_default();
-    let now = now_ms();
     let woken = saga::Entity::update_many()
-        .col_expr(
-            saga::Column::NextAttemptAtMs,
-            sea_orm::sea_query::Expr::value(now),
-        )
+        .col_expr(saga::Column::NextAttemptAtMs, clock(db))
         .filter(saga::Column::Status.eq("waiting"))
         .filter(saga::Column::CurrentStep.eq("route"))
-        .filter(saga::Column::NextAttemptAtMs.gt(now))
+        .filter(sea_orm::sea_query::ExprTrait::gt(
+            sea_orm::sea_query::Expr::col(saga::Column::NextAttemptAtMs),
+            clock(db),
+        ))
         .filter(
             sea_orm::Condition::any()
                 .add(saga::Column::WaitingSkus.eq(""))
@@ -339,6 +396,7 @@ pub async fn wake_waiting_for_stock(
         .exec(db)
         .await?;
     if woken.rows_affected > 0 {
+        failpoint::hit(&["consumer", "stock_changed", "after_commit"]).await;
         wake.notify_one();
     }
     Ok(())
@@ -390,7 +448,9 @@ pub async fn on_site_status(
         .await
         .map_err(api_to_anyhow)?;
     }
+    failpoint::hit(&["consumer", "site_status", "before_commit"]).await;
     txn.commit().await?;
+    failpoint::hit(&["consumer", "site_status", "after_commit"]).await;
     wake.notify_one();
     Ok(())
 }
@@ -453,7 +513,9 @@ pub async fn on_participant_event(
         .await
         .map_err(api_to_anyhow)?;
     }
+    failpoint::hit(&["consumer", "participant_event", "before_commit"]).await;
     txn.commit().await?;
+    failpoint::hit(&["consumer", "participant_event", "after_commit"]).await;
     wake.notify_one();
     Ok(())
 }

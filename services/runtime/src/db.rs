@@ -100,6 +100,31 @@ pub async fn snapshot(db: &DatabaseConnection) -> Result<DatabaseTransaction, Db
     }
 }
 
+/// The database's clock in epoch milliseconds, as an SQL expression. Leases and due times are
+/// compared against it (and written from it), so that every replica of a service judges them by
+/// one clock, whatever the skew between the machines they run on.
+pub fn clock_ms_sql(backend: DatabaseBackend) -> &'static str {
+    match backend {
+        DatabaseBackend::Postgres => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+        // One embedded process: the file's clock is the process's clock; julianday('now') has
+        // millisecond resolution on every SQLite version.
+        _ => "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)",
+    }
+}
+
+/// Reads the database's clock (see [`clock_ms_sql`]).
+pub async fn clock_ms<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
+    let backend = c.get_database_backend();
+    let row = c
+        .query_one_raw(sea_orm::Statement::from_string(
+            backend,
+            format!("SELECT {} AS now_ms", clock_ms_sql(backend)),
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("the clock query returned no row".into()))?;
+    row.try_get::<i64>("", "now_ms")
+}
+
 /// Hides the password of a URL for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

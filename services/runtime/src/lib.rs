@@ -10,6 +10,7 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod failpoint;
 pub mod idempotency;
 pub mod money;
 pub mod outbox;

@@ -170,6 +170,7 @@ impl Relay {
             };
             // Stop at the first failure so events of one key stay in order.
             self.bus.publish(&event).await?;
+            crate::failpoint::hit(&["outbox", self.service, "after_publish"]).await;
             entity::Entity::update_many()
                 .col_expr(
                     entity::Column::PublishedAtMs,

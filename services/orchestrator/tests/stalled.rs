@@ -1,0 +1,136 @@
+//! Which sagas count as stalled (ListSagas `stalled`, the `sagas_stalled` gauge) and which are
+//! due, judged by the database's clock, on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+use erp_orchestrator::store::{self, saga};
+use erp_runtime::testing::{self, Backend};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryFilter, QueryOrder};
+
+async fn insert(
+    db: &sea_orm::DatabaseConnection,
+    id: &str,
+    status: &str,
+    owner: &str,
+    lease_until: i64,
+    next_attempt: i64,
+) {
+    saga::ActiveModel {
+        saga_id: Set(id.into()),
+        definition: Set("fulfillment".into()),
+        definition_version: Set(3),
+        order_id: Set(format!("order-{id}")),
+        status: Set(status.into()),
+        current_step: Set("await_pack".into()),
+        attempts: Set(0),
+        last_error: Set(String::new()),
+        traceparent: Set(String::new()),
+        lease_owner: Set(owner.into()),
+        lease_until_ms: Set(lease_until),
+        next_attempt_at_ms: Set(next_attempt),
+        created_at_ms: Set(0),
+        updated_at_ms: Set(0),
+        data: Set("{}".into()),
+        step_index: Set(7),
+        resume_status: Set(String::new()),
+        parked_reason: Set(String::new()),
+        suggested_action: Set(String::new()),
+        waiting_skus: Set(String::new()),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+}
+
+async fn stalled_and_due(backend: Backend) {
+    let (settings, _dir) = testing::settings(&backend, &[]);
+    let db = erp_runtime::db::connect_and_migrate::<store::Migrator>(&settings, "orchestrator")
+        .await
+        .unwrap();
+    let now = erp_runtime::db::clock_ms(&db).await.unwrap();
+    let local = erp_runtime::time::now_ms();
+    assert!(
+        (now - local).abs() < 5_000,
+        "{}: database clock {now}, local {local}",
+        backend.name()
+    );
+    let day = 86_400_000;
+    // The driver died after a wait: lease expired, next attempt a day away.
+    insert(
+        &db,
+        "dead-driver",
+        "running",
+        "replica-x",
+        now - 5_000,
+        now + day,
+    )
+    .await;
+    // A driver is at work.
+    insert(
+        &db,
+        "driven",
+        "running",
+        "replica-y",
+        now + 30_000,
+        now + day,
+    )
+    .await;
+    // Waits for the packer, released properly: not due, not stalled.
+    insert(&db, "waiting", "waiting", "", 0, now + day).await;
+    // Due a minute ago and nobody took it.
+    insert(&db, "overdue", "pending", "", 0, now - 60_000).await;
+    // Due a moment ago: a replica takes it at its next poll.
+    insert(&db, "just-due", "pending", "", 0, now - 100).await;
+    // Finished, its lease long gone: never stalled.
+    insert(
+        &db,
+        "done",
+        "completed",
+        "replica-x",
+        now - 5_000,
+        now - day,
+    )
+    .await;
+
+    let ids = |rows: Vec<saga::Model>| rows.into_iter().map(|m| m.saga_id).collect::<Vec<_>>();
+    let stalled = saga::Entity::find()
+        .filter(store::stalled_condition(&db, 10_000))
+        .order_by_asc(saga::Column::SagaId)
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(stalled),
+        vec!["dead-driver", "overdue"],
+        "{}",
+        backend.name()
+    );
+    // What a replica (not the dead one, not the live one) takes at its next poll.
+    let due = saga::Entity::find()
+        .filter(store::due_condition(&db, "replica-z"))
+        .order_by_asc(saga::Column::SagaId)
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(due),
+        vec!["dead-driver", "just-due", "overdue"],
+        "{}",
+        backend.name()
+    );
+    db.close().await.unwrap();
+    if let Backend::Postgres(_) = backend {
+        erp_runtime::db::drop_postgres_database(
+            &settings.database.url.replace("{service}", "orchestrator"),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn stalled_sagas_are_those_nobody_drives_and_the_dead_drivers_are_due() {
+    for backend in testing::backends() {
+        stalled_and_due(backend).await;
+    }
+}
