@@ -418,11 +418,14 @@ impl CarrierApi {
         let rows = if let (false, Some(ids)) = (req.order_id.is_empty(), bought) {
             shipment::Entity::find()
                 .filter(shipment::Column::ShipmentId.is_in(ids))
+                .order_by_asc(shipment::Column::ShipmentId)
+                .lock_exclusive()
                 .all(&txn)
                 .await?
         } else if req.order_id.is_empty() {
             vec![
                 shipment::Entity::find_by_id(req.shipment_id.clone())
+                    .lock_exclusive()
                     .one(&txn)
                     .await?
                     .ok_or_else(|| ApiError::not_found(format!("shipment {}", req.shipment_id)))?,
@@ -431,6 +434,7 @@ impl CarrierApi {
             shipment::Entity::find()
                 .filter(shipment::Column::OrderId.eq(&req.order_id))
                 .order_by_asc(shipment::Column::CreatedAtMs)
+                .lock_exclusive()
                 .all(&txn)
                 .await?
         };
@@ -482,8 +486,11 @@ impl CarrierApi {
         v.check(ev.occurred_at.is_some(), "event.occurred_at", "is required");
         v.finish()?;
         let txn = self.db.begin().await?;
+        // Locked: tracking events and a void of one label apply one after the other, so the
+        // status never moves backwards or revives a voided label.
         let s = shipment::Entity::find()
             .filter(shipment::Column::TrackingNumber.eq(&req.tracking_number))
+            .lock_exclusive()
             .one(&txn)
             .await?
             .ok_or_else(|| {

@@ -185,6 +185,15 @@ impl Clients {
     /// Picks every task of `f` and packs it in one carton (idempotent: keyed by task and
     /// fulfillment).
     pub async fn pick_and_pack_fulfillment(&mut self, f: &warehouse::Fulfillment) {
+        self.try_pick_and_pack(f).await.expect("pick and pack");
+    }
+
+    /// [`Self::pick_and_pack_fulfillment`], handing back the warehouse's refusal (or its
+    /// absence, when it is down) instead of failing.
+    pub async fn try_pick_and_pack(
+        &mut self,
+        f: &warehouse::Fulfillment,
+    ) -> Result<(), tonic::Status> {
         for t in &f.tasks {
             self.warehouse
                 .confirm_pick(warehouse::ConfirmPickRequest {
@@ -193,8 +202,7 @@ impl Clients {
                     picked_quantity: t.quantity,
                     picker: "picker-1".into(),
                 })
-                .await
-                .expect("pick");
+                .await?;
         }
         self.warehouse
             .confirm_pack(warehouse::ConfirmPackRequest {
@@ -208,8 +216,8 @@ impl Clients {
                 }),
                 packer: "packer-1".into(),
             })
-            .await
-            .expect("pack");
+            .await?;
+        Ok(())
     }
 
     /// Routing rules that split an order across warehouses and ship what is in stock now (the

@@ -298,11 +298,9 @@ async fn play_floor(mut c: Clients, stop: tokio_util::sync::CancellationToken) {
             };
             for f in list.into_inner().fulfillments {
                 if status != F::Packed {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        c.pick_and_pack_fulfillment(&f),
-                    )
-                    .await;
+                    // The warehouse may be down: the next round tries again.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), c.try_pick_and_pack(&f)).await;
                     continue;
                 }
                 let Ok(labels) = c

@@ -301,6 +301,12 @@ impl FinanceApi {
         );
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.ReverseJournal", req);
+        // The original's row lock makes two reversals of one entry queue: the second sees the
+        // first and is refused.
+        entry::Entity::find_by_id(req.entry_id.clone())
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
         let original = load_entry(&txn, &req.entry_id).await?;
         if entry::Entity::find()
             .filter(entry::Column::ReversesEntryId.eq(&req.entry_id))
@@ -468,7 +474,12 @@ impl FinanceApi {
         } else {
             payment::Entity::find().filter(payment::Column::PaymentId.eq(payment_id))
         };
+        // Every change of a payment reads it here inside its transaction: the row lock
+        // (FOR UPDATE on PostgreSQL; SQLite serializes writers) makes the checks that follow
+        // (left to capture, left to refund) hold until the commit, so concurrent refunds cannot
+        // each pass them and pay out the same money twice.
         query
+            .lock_exclusive()
             .one(c)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("payment {payment_id}{order_id}")))
@@ -518,7 +529,7 @@ impl FinanceApi {
                 ),
             ));
         }
-        let captured = p.captured_minor + amount;
+        let captured = checked(p.captured_minor.checked_add(amount))?;
         let mut am: payment::ActiveModel = p.into();
         am.captured_minor = Set(captured);
         am.status = Set(if req.more_to_follow && amount < left {
@@ -604,7 +615,7 @@ impl FinanceApi {
                 format!("payment is in {}", p.currency),
             ));
         }
-        let refunded = p.refunded_minor + amount.amount_minor;
+        let refunded = checked(p.refunded_minor.checked_add(amount.amount_minor))?;
         if refunded > p.captured_minor {
             return Err(ApiError::precondition(
                 "OVER_REFUND",
@@ -614,7 +625,7 @@ impl FinanceApi {
                 ),
             ));
         }
-        if refunded + p.charged_back_minor > p.captured_minor {
+        if checked(refunded.checked_add(p.charged_back_minor))? > p.captured_minor {
             return Err(ApiError::precondition(
                 "OVER_REFUND",
                 format!(
@@ -654,6 +665,12 @@ impl FinanceApi {
         guard.commit(txn, &response).await?;
         Ok(response)
     }
+}
+
+/// A sum of amounts that cannot overflow once inputs are capped; if one ever does, the request
+/// fails instead of wrapping.
+pub(crate) fn checked(sum: Option<i64>) -> ApiResult<i64> {
+    sum.ok_or_else(|| ApiError::precondition("AMOUNT_OUT_OF_RANGE", "the amount is out of range"))
 }
 
 fn declined(order_id: &str, reason: String) -> ApiError {

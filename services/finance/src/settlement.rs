@@ -11,10 +11,15 @@ use erp_runtime::validate::Violations;
 use erp_runtime::{ApiError, ApiResult};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 
-use crate::api::{FinanceApi, insert_entry, money, payment_to_wire, post_against_clearing};
+use crate::api::{
+    FinanceApi, checked, insert_entry, money, payment_to_wire, post_against_clearing,
+};
 use crate::store::{entry, jline, payment};
 
 /// The profit-and-loss accounts, and where each lands in a channel's result.
+/// The most lines one settlement report may carry.
+const MAX_SETTLEMENT_LINES: usize = 10_000;
+
 fn bucket(account: &str) -> Option<&'static str> {
     match account {
         "4000" | "4100" => Some("revenue"),
@@ -62,7 +67,11 @@ impl FinanceApi {
                 format!("payment is in {}", p.currency),
             ));
         }
-        let open = p.captured_minor - p.refunded_minor - p.charged_back_minor;
+        let open = checked(
+            p.captured_minor
+                .checked_sub(p.refunded_minor)
+                .and_then(|o| o.checked_sub(p.charged_back_minor)),
+        )?;
         if amount.amount_minor > open {
             return Err(ApiError::precondition(
                 "OVER_CHARGEBACK",
@@ -82,7 +91,7 @@ impl FinanceApi {
             &req.reason,
         )
         .await?;
-        let charged_back = p.charged_back_minor + amount.amount_minor;
+        let charged_back = checked(p.charged_back_minor.checked_add(amount.amount_minor))?;
         // An order still shipping in parts keeps taking captures for what ships next.
         let still_capturing = p.status == "partially_captured";
         let mut am: payment::ActiveModel = p.into();
@@ -181,6 +190,12 @@ impl FinanceApi {
         v.code("channel", &req.channel);
         v.text("settlement_id", &req.settlement_id, 100);
         v.check(!req.lines.is_empty(), "lines", "must not be empty");
+        // Bounded lines of bounded amounts: the report's sums cannot overflow.
+        v.check(
+            req.lines.len() <= MAX_SETTLEMENT_LINES,
+            "lines",
+            format!("at most {MAX_SETTLEMENT_LINES} lines per report"),
+        );
         let mut currency = String::new();
         for (i, l) in req.lines.iter().enumerate() {
             v.check(
@@ -190,6 +205,15 @@ impl FinanceApi {
             );
             let a = l.amount.clone().unwrap_or_default();
             v.currency(&format!("lines[{i}].amount.currency"), &a.currency);
+            v.check(
+                a.amount_minor.unsigned_abs()
+                    <= erp_runtime::validate::MAX_AMOUNT_MINOR.unsigned_abs(),
+                format!("lines[{i}].amount.amount_minor"),
+                format!(
+                    "must be within ±{}",
+                    erp_runtime::validate::MAX_AMOUNT_MINOR
+                ),
+            );
             if currency.is_empty() {
                 currency = a.currency.clone();
             }
@@ -238,17 +262,21 @@ impl FinanceApi {
         let mut captured: BTreeMap<String, i64> = BTreeMap::new();
         for p in payment::Entity::find()
             .filter(payment::Column::Channel.eq(&req.channel))
+            .filter(payment::Column::Currency.eq(&currency))
             .filter(payment::Column::CapturedMinor.gt(0))
             .all(&txn)
             .await?
         {
-            captured.insert(p.order_id, p.captured_minor);
+            // An order re-authorized before its first authorization expired has two payments.
+            let sum = captured.entry(p.order_id).or_default();
+            *sum = sum.saturating_add(p.captured_minor);
         }
         let mut fees: BTreeMap<String, i64> = BTreeMap::new();
         let mut returned: BTreeMap<String, i64> = BTreeMap::new();
         for l in jline::Entity::find()
             .filter(jline::Column::Channel.eq(&req.channel))
             .filter(jline::Column::AccountCode.is_in(["5100", "4200", "5300"]))
+            .filter(jline::Column::Currency.eq(&currency))
             .all(&txn)
             .await?
         {

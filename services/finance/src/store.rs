@@ -92,6 +92,18 @@ CREATE TABLE tax_rates (
                 up: "ALTER TABLE payments ADD COLUMN expires_at_ms BIGINT NOT NULL DEFAULT 0",
                 drops: &[],
             }),
+            // Money can neither go negative nor be refunded and charged back beyond what was
+            // captured, whatever a handler gets wrong (concurrent refunds once paid out 3.6 times
+            // the capture).
+            Box::new(erp_runtime::db::CheckConstraint {
+                migration: "m20261129_000004_payment_amounts",
+                table: "payments",
+                constraint: "payments_amounts_in_range",
+                condition: "NEW.authorized_minor >= 0 AND NEW.captured_minor >= 0 \
+                    AND NEW.refunded_minor >= 0 AND NEW.charged_back_minor >= 0 \
+                    AND NEW.captured_minor <= NEW.authorized_minor \
+                    AND NEW.refunded_minor + NEW.charged_back_minor <= NEW.captured_minor",
+            }),
         ]
     }
 }

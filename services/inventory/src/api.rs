@@ -404,6 +404,16 @@ impl InventoryApi {
         v.finish()?;
         let unit_cost = req.unit_cost.as_ref().map(|c| c.amount_minor);
         idempotent!(self, "inventory.ReceiveStock", req, |txn| {
+            // The cost values the stock: it must be in the item's currency.
+            if let Some(cost) = &req.unit_cost
+                && let Some(i) = item::Entity::find_by_id(req.sku.clone()).one(&txn).await?
+                && i.currency != cost.currency
+            {
+                return Err(ApiError::invalid(
+                    "unit_cost.currency",
+                    format!("{} is valued in {}", i.sku, i.currency),
+                ));
+            }
             let source = source_of(req.source.as_ref(), "receipt", "receiving");
             let mut changes = vec![(domain::Bucket::OnHand, req.quantity)];
             let mut reason = domain::Reason::Receipt;
@@ -454,6 +464,11 @@ impl InventoryApi {
         v.code("sku", &req.sku);
         v.code("location", &req.location);
         v.check(req.delta != 0, "delta", "must not be zero");
+        v.check(
+            req.delta.unsigned_abs() <= erp_runtime::validate::MAX_QUANTITY.unsigned_abs(),
+            "delta",
+            format!("must be within ±{}", erp_runtime::validate::MAX_QUANTITY),
+        );
         let bucket = match Bucket::try_from(req.bucket) {
             Ok(Bucket::OnHand) => Some(domain::Bucket::OnHand),
             Ok(Bucket::ReturnsPending) => Some(domain::Bucket::ReturnsPending),

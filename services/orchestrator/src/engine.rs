@@ -483,23 +483,41 @@ impl Engine {
             }
             st.now = self.now();
             // Signals first: they may pause, cancel, or release the wait for shipment.
-            let pending = signal::Entity::find()
+            let stored = signal::Entity::find()
                 .filter(signal::Column::SagaId.eq(st.m.saga_id.as_str()))
                 .filter(signal::Column::Consumed.eq(false))
                 .order_by_asc(signal::Column::Seq)
                 .all(&self.db)
                 .await?;
+            // Held signals come back once the saga knows its fulfillment.
+            let replay = if st.ctx.fulfillment_id.is_empty() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut st.ctx.early_signals)
+            };
+            let pending: Vec<(String, String)> = replay
+                .into_iter()
+                .chain(stored.iter().map(|s| (s.signal.clone(), s.payload.clone())))
+                .collect();
             if !pending.is_empty() {
-                let consumed: Vec<i64> = pending.iter().map(|s| s.seq).collect();
+                let consumed: Vec<i64> = stored.iter().map(|s| s.seq).collect();
                 let mut notes = Vec::new();
                 let mut pause = false;
-                for s in &pending {
-                    match s.signal.as_str() {
+                for (name, payload) in &pending {
+                    if let Some(note) = hold_early(&mut st, name, payload) {
+                        notes.push(note);
+                        continue;
+                    }
+                    let s = Pending {
+                        signal: name,
+                        payload,
+                    };
+                    match s.signal {
                         "SHIPPED" => {
                             // A late or repeated confirmation of an earlier shipment (or of a
                             // fulfillment undone by a re-route) does not ship this one.
                             let p: serde_json::Value =
-                                serde_json::from_str(&s.payload).unwrap_or_default();
+                                serde_json::from_str(s.payload).unwrap_or_default();
                             match p["fulfillment_id"].as_str() {
                                 Some(f) if !f.is_empty() && f != st.ctx.fulfillment_id => {
                                     notes.push(format!(
@@ -512,8 +530,8 @@ impl Engine {
                                 }
                             }
                         }
-                        "CANCEL" if st.ctx.parts && !cancelled_lines(&s.payload).is_empty() => {
-                            notes.push(self.on_line_cancel(&mut st, &s.payload, pivot));
+                        "CANCEL" if st.ctx.parts && !cancelled_lines(s.payload).is_empty() => {
+                            notes.push(self.on_line_cancel(&mut st, s.payload, pivot));
                         }
                         "CANCEL" => {
                             // A customer's cancel applies to a paused or parked saga too (the
@@ -526,7 +544,7 @@ impl Engine {
                                 };
                                 // The step in flight may or may not have happened: undo it too.
                                 let from = i64::from(st.m.step_index).min(i64::from(pivot) - 1);
-                                Self::start_compensation(&mut st, from, reason, &s.payload);
+                                Self::start_compensation(&mut st, from, reason, s.payload);
                                 notes.push(format!("cancelled ({reason}), compensating"));
                             } else {
                                 notes.push(
@@ -537,7 +555,7 @@ impl Engine {
                         }
                         "PACKED" => {
                             let p: serde_json::Value =
-                                serde_json::from_str(&s.payload).unwrap_or_default();
+                                serde_json::from_str(s.payload).unwrap_or_default();
                             let f = p["fulfillment_id"].as_str().unwrap_or_default();
                             if f == st.ctx.fulfillment_id && !st.ctx.rerouting {
                                 let carton = Carton {
@@ -562,10 +580,10 @@ impl Engine {
                             }
                         }
                         "EXCEPTION" => {
-                            notes.push(self.on_exception(&mut st, &s.payload, pivot));
+                            notes.push(self.on_exception(&mut st, s.payload, pivot));
                         }
                         "SITE_OFFLINE" => {
-                            notes.push(self.on_site_offline(&mut st, &s.payload, pivot));
+                            notes.push(self.on_site_offline(&mut st, s.payload, pivot));
                         }
                         "REPLAN" => {
                             // New routing rules: a backordered saga asks them at once.
@@ -596,7 +614,12 @@ impl Engine {
                     st.m.next_attempt_at_ms = st.m.next_attempt_at_ms.min(st.now);
                 }
                 failpoint::hit(&["saga", "signal", "before_consume"]).await;
-                if !self.save(&mut st, entries, &consumed).await? {
+                if consumed.is_empty() {
+                    // Only replayed signals: their effect commits like any other state.
+                    if !self.save(&mut st, entries, &[]).await? {
+                        return Ok(());
+                    }
+                } else if !self.save(&mut st, entries, &consumed).await? {
                     return Ok(());
                 }
             }
@@ -1363,6 +1386,37 @@ pub fn step_crash_points(step: Step) -> Vec<String> {
     out
 }
 
+/// A signal being applied: its name and JSON payload.
+struct Pending<'a> {
+    signal: &'a str,
+    payload: &'a str,
+}
+
+/// Holds a warehouse signal that names a fulfillment while the saga has recorded none for its
+/// shipment yet (it is moving forward towards or at `create_fulfillment`): the fulfillment it
+/// names may be the one the saga created just before its replica died. Returns the timeline
+/// note when held.
+fn hold_early(st: &mut State, name: &str, payload: &str) -> Option<String> {
+    if !matches!(name, "PACKED" | "EXCEPTION" | "SITE_OFFLINE")
+        || !st.ctx.fulfillment_id.is_empty()
+        || st.ctx.rerouting
+        || !matches!(st.m.status.as_str(), "pending" | "running")
+    {
+        return None;
+    }
+    let p: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+    let f = p["fulfillment_id"].as_str().unwrap_or_default();
+    if f.is_empty() {
+        return None;
+    }
+    st.ctx
+        .early_signals
+        .push((name.to_owned(), payload.to_owned()));
+    Some(format!(
+        "{name} of fulfillment {f} held until the saga records its fulfillment"
+    ))
+}
+
 /// Completes the wait the saga stands at when what it waits for happened (the carton is packed,
 /// the shipment confirmed): the next step is due at once. None while it still waits, or when the
 /// saga is not moving forward at a wait.
@@ -1453,6 +1507,8 @@ fn summary(step: Step, ctx: &Ctx) -> String {
 /// shipped), so that the next plan starts clean.
 fn clear_shipment(c: &mut Ctx) {
     c.location.clear();
+    // Held signals name a fulfillment of the shipment being forgotten.
+    c.early_signals.clear();
     c.origin_postal.clear();
     c.reservation_ids.clear();
     c.fulfillment_id.clear();

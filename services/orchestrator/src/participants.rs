@@ -29,6 +29,10 @@ pub struct Ctx {
     pub reservation_ids: Vec<String>,
     pub payment_id: String,
     pub fulfillment_id: String,
+    /// Warehouse signals (PACKED, EXCEPTION, SITE_OFFLINE) naming a fulfillment before the saga
+    /// recorded its own: a replica died between creating the fulfillment and committing it, and
+    /// the floor was quicker. Replayed once the fulfillment is recorded (as `(signal, payload)`).
+    pub early_signals: Vec<(String, String)>,
     pub carrier: String,
     pub service: String,
     pub shipment_id: String,

@@ -275,11 +275,35 @@ fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
     }
 }
 
+/// Reads an order and its lines to change them: the order's row stays locked (FOR UPDATE on
+/// PostgreSQL; SQLite serializes writers) until the caller's transaction ends, so two changes
+/// of one order (a shipment and a cancellation, say) cannot both compute their line buckets
+/// from the same state and overwrite each other.
+pub(crate) async fn load_for_update<C: ConnectionTrait>(
+    c: &C,
+    order_id: &str,
+) -> ApiResult<(order::Model, Vec<line::Model>)> {
+    read(c, order_id, true).await
+}
+
+/// Reads an order and its lines (no lock: for answers, and inside read-only snapshots).
 pub(crate) async fn load<C: ConnectionTrait>(
     c: &C,
     order_id: &str,
 ) -> ApiResult<(order::Model, Vec<line::Model>)> {
-    let o = order::Entity::find_by_id(order_id.to_owned())
+    read(c, order_id, false).await
+}
+
+async fn read<C: ConnectionTrait>(
+    c: &C,
+    order_id: &str,
+    lock: bool,
+) -> ApiResult<(order::Model, Vec<line::Model>)> {
+    let mut query = order::Entity::find_by_id(order_id.to_owned());
+    if lock {
+        query = query.lock_exclusive();
+    }
+    let o = query
         .one(c)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("order {order_id}")))?;
@@ -650,7 +674,7 @@ impl OrderApi {
         v.id("order_id", &req.order_id);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.CancelOrder", req);
-        let (o, lines) = load(&txn, &req.order_id).await?;
+        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
         for id in &req.line_ids {
             if !lines.iter().any(|l| &l.line_id == id) {
                 return Err(ApiError::invalid(
@@ -751,7 +775,7 @@ impl OrderApi {
         }
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.RecordAllocation", req);
-        let (o, lines) = load(&txn, &req.order_id).await?;
+        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
         if matches!(
             OrderState::parse(&o.status),
             Some(OrderState::Cancelled | OrderState::Failed)
@@ -789,7 +813,7 @@ impl OrderApi {
         v.text("tracking_number", &req.tracking_number, 100);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.MarkShipped", req);
-        let (o, lines) = load(&txn, &req.order_id).await?;
+        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
         if lines.iter().all(|l| l.allocated == 0) {
             return Err(ApiError::precondition(
                 "NOTHING_ALLOCATED",
@@ -841,7 +865,7 @@ impl OrderApi {
         }
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.RecordTax", req);
-        let (o, lines) = load(&txn, &req.order_id).await?;
+        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
         if matches!(
             OrderState::parse(&o.status),
             Some(
@@ -907,7 +931,7 @@ impl OrderApi {
         v.code("reason", &req.reason);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.MarkFailed", req);
-        let (o, lines) = load(&txn, &req.order_id).await?;
+        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
         if lines.iter().any(|l| l.shipped > 0) {
             return Err(ApiError::precondition(
                 "ALREADY_SHIPPED",

@@ -418,6 +418,18 @@ async fn lifecycle(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(nothing.orders.is_empty());
+    // A page token beyond any page (it once panicked inside the SQL driver): the field is named.
+    for token in ["18446744073709551615", "9223372036854775808", "-1", "x"] {
+        let err = c
+            .list_orders(ListOrdersRequest {
+                page_token: token.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{token}: {err:?}");
+        assert_eq!(testing::bad_fields(&err), ["page_token"], "{token}");
+    }
     // With the catalog down, known items still sell; an item never seen cannot be checked,
     // so the order is refused as retryable (capture is idempotent), not accepted unchecked.
     inventory.stop().await;

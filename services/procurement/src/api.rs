@@ -287,11 +287,33 @@ impl ProcurementApi {
                 format!("lines[{i}].quantity"),
                 format!("must be a multiple of the pack size {}", t.pack_multiple),
             );
+            if let Some(c) = &l.unit_cost {
+                // A negative cost would pull the total under the approval threshold.
+                v.non_negative(
+                    &format!("lines[{i}].unit_cost.amount_minor"),
+                    c.amount_minor,
+                );
+                v.check(
+                    c.currency == s.currency,
+                    format!("lines[{i}].unit_cost.currency"),
+                    format!("supplier {} invoices in {}", s.code, s.currency),
+                );
+            }
             let cost = l
                 .unit_cost
                 .as_ref()
                 .map_or(t.unit_cost_minor, |c| c.amount_minor);
-            total = total.saturating_add(cost.saturating_mul(l.quantity));
+            match cost
+                .checked_mul(l.quantity)
+                .and_then(|line| total.checked_add(line))
+                .filter(|t| *t <= erp_runtime::validate::MAX_AMOUNT_MINOR)
+            {
+                Some(t) => total = t,
+                None => v.add(
+                    format!("lines[{i}].quantity"),
+                    "the order's total would exceed the largest amount accepted",
+                ),
+            }
             lead_days = lead_days.max(t.lead_time_days);
             lines.push((l.sku.clone(), l.quantity, cost));
         }
@@ -341,7 +363,10 @@ impl ProcurementApi {
         v.text("approver.id", &approver.id, 100);
         v.finish()?;
         let txn = self.db.begin().await?;
+        // Locked until the commit: an approval racing a cancel (or another approver) sees the
+        // status the other one left, never the one both read.
         let p = po::Entity::find_by_id(req.purchase_order_id.clone())
+            .lock_exclusive()
             .one(&txn)
             .await?
             .ok_or_else(|| {
@@ -392,8 +417,12 @@ impl ProcurementApi {
         let mut v = Violations::new();
         v.id("purchase_order_id", &req.purchase_order_id);
         v.finish()?;
+        // The order stays locked from the status read to the status write: a receipt or an
+        // approval arriving meanwhile waits, then sees the cancellation.
+        let txn = self.db.begin().await?;
         let p = po::Entity::find_by_id(req.purchase_order_id.clone())
-            .one(&self.db)
+            .lock_exclusive()
+            .one(&txn)
             .await?
             .ok_or_else(|| {
                 ApiError::not_found(format!("purchase order {}", req.purchase_order_id))
@@ -403,7 +432,7 @@ impl ProcurementApi {
         if matches!(p.status.as_str(), "sent" | "partially_received") {
             let lines = po_line::Entity::find()
                 .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
-                .all(&self.db)
+                .all(&txn)
                 .await?;
             for l in lines.iter().filter(|l| l.quantity > l.received_quantity) {
                 self.inventory
@@ -422,7 +451,6 @@ impl ProcurementApi {
                     .map_err(ApiError::Upstream)?;
             }
         }
-        let txn = self.db.begin().await?;
         let (to, received_at) = match p.status.as_str() {
             "draft" | "approved" | "sent" => ("cancelled", None),
             // Some goods came: the order is closed short, and its fill rate shows it.

@@ -13,7 +13,7 @@ use erp_runtime::{ApiError, ApiResult};
 use erp_runtime::{idempotency, outbox};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
+    QuerySelect, TransactionTrait,
 };
 
 use crate::api::{ProcurementApi, load_po};
@@ -525,7 +525,10 @@ impl ProcurementApi {
         at: i64,
     ) -> ApiResult<bool> {
         let txn = self.db.begin().await?;
+        // Locked: two receipts (or a receipt and a cancel) of one order apply one after the
+        // other, each to what the previous left.
         let Some(p) = po::Entity::find_by_id(purchase_order_id.to_owned())
+            .lock_exclusive()
             .one(&txn)
             .await?
         else {
@@ -562,7 +565,13 @@ impl ProcurementApi {
         }
         for (sku, quantity) in received {
             if let Some(l) = lines.iter_mut().find(|l| &l.sku == sku) {
-                l.received_quantity += quantity;
+                l.received_quantity =
+                    l.received_quantity.checked_add(*quantity).ok_or_else(|| {
+                        ApiError::precondition(
+                            "QUANTITY_OUT_OF_RANGE",
+                            "received quantity out of range",
+                        )
+                    })?;
                 let mut am: po_line::ActiveModel = l.clone().into();
                 am.received_quantity = Set(l.received_quantity);
                 am.update(&txn).await?;

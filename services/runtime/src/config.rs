@@ -65,6 +65,10 @@ pub struct ServerSettings {
     pub concurrency_limit: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// Whether gRPC server reflection (v1 and v1alpha) is served, which grpcurl needs to work
+    /// without proto files. On by default; a deployment that must not describe its API to
+    /// whoever reaches a port turns it off.
+    pub reflection: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +204,7 @@ port = 50051
 request_timeout_ms = 30000
 concurrency_limit = 256
 shutdown_grace_ms = 10000
+reflection = true
 
 [database]
 url = ""

@@ -252,6 +252,59 @@ impl MigrationTrait for DdlMigration {
     }
 }
 
+/// A migration that keeps a table's rows within `condition` (an SQL boolean whose column
+/// references are written `NEW.column`): a CHECK constraint on PostgreSQL; on SQLite, which
+/// cannot add a constraint to an existing table, triggers that abort an insert or update
+/// breaking it. The last line of defence behind the handlers' own checks.
+pub struct CheckConstraint {
+    /// The migration's name (`m20261129_000004_payment_amounts`).
+    pub migration: &'static str,
+    pub table: &'static str,
+    /// The constraint's name, quoted in the error.
+    pub constraint: &'static str,
+    pub condition: &'static str,
+}
+
+impl MigrationName for CheckConstraint {
+    fn name(&self) -> &str {
+        self.migration
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CheckConstraint {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let conn = manager.get_connection();
+        let Self {
+            table,
+            constraint,
+            condition,
+            ..
+        } = self;
+        let statements = match conn.get_database_backend() {
+            DatabaseBackend::Postgres => vec![format!(
+                "ALTER TABLE {table} ADD CONSTRAINT {constraint} CHECK ({})",
+                condition.replace("NEW.", "")
+            )],
+            _ => ["INSERT", "UPDATE"]
+                .iter()
+                .map(|op| {
+                    format!(
+                        "CREATE TRIGGER {constraint}_{} BEFORE {op} ON {table} \
+                         WHEN NOT ({condition}) \
+                         BEGIN SELECT RAISE(ABORT, 'check constraint {constraint} violated'); END",
+                        op.to_lowercase()
+                    )
+                })
+                .collect(),
+        };
+        for sql in statements {
+            conn.execute_unprepared(&sql).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Tables every service has: the outbox, the consumer inbox, idempotency keys and the audit
 /// trail. Each service's migrator lists this first.
 pub fn runtime_tables() -> Box<dyn MigrationTrait> {

@@ -104,7 +104,13 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(_) => Status::already_exists(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
             ApiError::Aborted(_) => Status::aborted(message),
-            ApiError::Internal(_) => Status::internal(message),
+            // The detail (a database's error text, a query) stays in the log; the caller gets a
+            // reference to quote.
+            ApiError::Internal(detail) => {
+                let reference = uuid::Uuid::now_v7();
+                tracing::error!(%reference, detail = %detail, "internal error");
+                Status::internal(format!("internal error; reference {reference}"))
+            }
             ApiError::Upstream(status) => status,
         }
     }
@@ -115,8 +121,9 @@ impl From<sea_orm::DbErr> for ApiError {
         use sea_orm::DbErr;
         match &err {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                tracing::warn!(error = %err, "database unavailable");
-                Self::Unavailable(format!("database unavailable: {err}"))
+                let reference = uuid::Uuid::now_v7();
+                tracing::warn!(%reference, error = %err, "database unavailable");
+                Self::Unavailable(format!("database unavailable; reference {reference}"))
             }
             _ => {
                 let text = err.to_string();
@@ -125,10 +132,10 @@ impl From<sea_orm::DbErr> for ApiError {
                     || text.contains("deadlock detected")
                     || text.contains("database is locked")
                 {
-                    tracing::warn!(error = %err, "database conflict");
-                    Self::Aborted(format!("concurrent update, retry: {text}"))
+                    let reference = uuid::Uuid::now_v7();
+                    tracing::warn!(%reference, error = %err, "database conflict");
+                    Self::Aborted(format!("concurrent update, retry; reference {reference}"))
                 } else {
-                    tracing::error!(error = %err, "database error");
                     Self::Internal(format!("database: {text}"))
                 }
             }
@@ -183,6 +190,21 @@ mod tests {
             .map(|v| v.field.as_str())
             .collect();
         assert_eq!(fields, ["sku", "quantity"]);
+    }
+
+    #[test]
+    fn database_errors_reach_the_log_not_the_caller() {
+        let status: Status = ApiError::from(sea_orm::DbErr::Custom(
+            "relation \"payments\" violates check constraint payments_refund_le_capture".into(),
+        ))
+        .into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().starts_with("internal error; reference "));
+        assert!(
+            !status.message().contains("payments"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]

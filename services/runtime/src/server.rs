@@ -44,10 +44,12 @@ pub async fn serve(
         .with_service_name("grpc.health.v1.Health")
         .build_v1alpha()?;
 
-    let routes = routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let mut routes = routes.add_service(health_service);
+    if settings.reflection {
+        routes = routes
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+    }
 
     let grace = Duration::from_millis(settings.shutdown_grace_ms);
     let drained = shutdown.clone();
@@ -188,7 +190,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        let method = method_label(request.uri().path());
         let service = self.service;
         let started = std::time::Instant::now();
         let response = self.inner.call(request);
@@ -211,5 +213,64 @@ where
                 .record(started.elapsed().as_secs_f64());
             response
         })
+    }
+}
+
+/// Every gRPC method this suite serves, as `/package.Service/Method`: the `erp.*` services,
+/// health and reflection.
+static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        let mut known: std::collections::HashSet<String> = [
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        for set in [
+            erp_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ] {
+            let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(set) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package();
+                for service in &file.service {
+                    for method in &service.method {
+                        known.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        known
+    });
+
+/// The metric label of a request path: the method when this suite serves it, else `unknown`,
+/// so that a client sending made-up paths cannot grow the metric series without bound.
+pub fn method_label(path: &str) -> String {
+    if KNOWN_METHODS.contains(path) {
+        path.to_owned()
+    } else {
+        "unknown".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod method_label_tests {
+    use super::method_label;
+
+    #[test]
+    fn only_served_methods_become_labels() {
+        assert_eq!(
+            method_label("/erp.order.v1.OrderService/CreateOrder"),
+            "/erp.order.v1.OrderService/CreateOrder"
+        );
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        assert_eq!(method_label("/erp.order.v1.OrderService/Bogus"), "unknown");
+        assert_eq!(method_label(&format!("/x/{}", "y".repeat(5000))), "unknown");
     }
 }

@@ -159,6 +159,15 @@ pub struct TestService {
 }
 
 impl TestService {
+    /// `postgres` or `sqlite`: where this service keeps its data.
+    pub fn backend_name(&self) -> &'static str {
+        if self.settings.database.url.starts_with("postgres") {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.url.clone())
             .expect("valid url")

@@ -37,15 +37,28 @@ impl Violations {
         }
     }
 
+    /// A count or an amount in 1..=its cap ([`cap_of`]).
     pub fn positive(&mut self, field: &str, value: i64) {
         if value <= 0 {
             self.add(field, format!("must be positive, got {value}"));
+        } else {
+            self.capped(field, value);
         }
     }
 
+    /// A count or an amount in 0..=its cap ([`cap_of`]).
     pub fn non_negative(&mut self, field: &str, value: i64) {
         if value < 0 {
             self.add(field, format!("must not be negative, got {value}"));
+        } else {
+            self.capped(field, value);
+        }
+    }
+
+    fn capped(&mut self, field: &str, value: i64) {
+        let cap = cap_of(field);
+        if value > cap {
+            self.add(field, format!("must be at most {cap}, got {value}"));
         }
     }
 
@@ -87,6 +100,23 @@ impl Violations {
     }
 }
 
+/// The largest amount of money any request may carry, in minor units (10^12: ten billion
+/// dollars). Sums of capped amounts and products with capped quantities stay far from
+/// `i64::MAX`, and are checked anyway.
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+/// The largest quantity any request may carry, in base units (10^9).
+pub const MAX_QUANTITY: i64 = 1_000_000_000;
+
+/// The cap of a numeric field: quantities (a field named `...quantity`) at [`MAX_QUANTITY`],
+/// everything else (amounts, grams, millimetres, capacities) at [`MAX_AMOUNT_MINOR`].
+pub fn cap_of(field: &str) -> i64 {
+    if field.ends_with("quantity") {
+        MAX_QUANTITY
+    } else {
+        MAX_AMOUNT_MINOR
+    }
+}
+
 pub fn check_code(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".into());
@@ -119,20 +149,31 @@ pub fn page_size(requested: i32) -> ApiResult<u64> {
 }
 
 /// Page tokens are opaque to clients; here they are the offset as text.
+/// The largest offset a page token may carry: beyond any table this suite keeps, and far below
+/// what the SQL drivers accept (an offset past `i64::MAX` panicked inside sqlx).
+pub const MAX_PAGE_OFFSET: u64 = 1 << 40;
+
 pub fn page_offset(token: &str) -> ApiResult<u64> {
     if token.is_empty() {
         return Ok(0);
     }
-    token
-        .parse::<u64>()
-        .map_err(|_| ApiError::invalid("page_token", "is not a token this service issued"))
+    match token.parse::<u64>() {
+        Ok(offset) if offset <= MAX_PAGE_OFFSET => Ok(offset),
+        Ok(_) => Err(ApiError::invalid(
+            "page_token",
+            "is beyond the range of any page this service issued",
+        )),
+        Err(_) => Err(ApiError::invalid(
+            "page_token",
+            "is not a token this service issued",
+        )),
+    }
 }
 
 pub fn next_page_token(offset: u64, returned: usize, page_size: u64) -> String {
-    if returned as u64 == page_size {
-        (offset + page_size).to_string()
-    } else {
-        String::new()
+    match offset.checked_add(page_size) {
+        Some(next) if returned as u64 == page_size && next <= MAX_PAGE_OFFSET => next.to_string(),
+        _ => String::new(),
     }
 }
 
@@ -157,6 +198,28 @@ mod tests {
     }
 
     #[test]
+    fn amounts_and_quantities_are_capped() {
+        let mut v = Violations::new();
+        v.positive("amount.amount_minor", i64::MAX);
+        v.positive("amount.amount_minor", MAX_AMOUNT_MINOR);
+        v.positive("lines[0].quantity", MAX_QUANTITY + 1);
+        v.non_negative("lines[1].quantity", MAX_QUANTITY);
+        v.non_negative("unit_price.amount_minor", -1);
+        let fields: Vec<String> = match v.finish() {
+            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|(f, _)| f).collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            fields,
+            [
+                "amount.amount_minor",
+                "lines[0].quantity",
+                "unit_price.amount_minor"
+            ]
+        );
+    }
+
+    #[test]
     fn codes_refuse_spaces_and_overlong() {
         assert!(check_code("SKU-1_a.b").is_ok());
         assert!(check_code("has space").is_err());
@@ -170,6 +233,9 @@ mod tests {
         assert!(page_size(-1).is_err());
         assert_eq!(page_offset("").unwrap(), 0);
         assert!(page_offset("abc").is_err());
+        assert!(page_offset("18446744073709551615").is_err());
+        assert_eq!(page_offset("1099511627776").unwrap(), MAX_PAGE_OFFSET);
+        assert_eq!(next_page_token(u64::MAX - 5, 10, 10), "");
         assert_eq!(next_page_token(0, 10, 10), "10");
         assert_eq!(next_page_token(0, 3, 10), "");
     }

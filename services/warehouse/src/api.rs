@@ -583,16 +583,21 @@ impl WarehouseApi {
         let rows = if let (false, Some(ids)) = (req.order_id.is_empty(), created) {
             fulfillment::Entity::find()
                 .filter(fulfillment::Column::FulfillmentId.is_in(ids))
+                .order_by_asc(fulfillment::Column::FulfillmentId)
+                .lock_exclusive()
                 .all(&txn)
                 .await?
         } else if req.fulfillment_id.is_empty() {
             fulfillment::Entity::find()
                 .filter(fulfillment::Column::OrderId.eq(&req.order_id))
+                .order_by_asc(fulfillment::Column::FulfillmentId)
+                .lock_exclusive()
                 .all(&txn)
                 .await?
         } else {
             vec![
                 fulfillment::Entity::find_by_id(req.fulfillment_id.clone())
+                    .lock_exclusive()
                     .one(&txn)
                     .await?
                     .ok_or_else(|| {
@@ -640,10 +645,7 @@ impl WarehouseApi {
         v.non_negative("picked_quantity", req.picked_quantity);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "warehouse.ConfirmPick", req);
-        let t = task::Entity::find_by_id(req.task_id.clone())
-            .one(&txn)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("pick task {}", req.task_id)))?;
+        let t = locked_task(&txn, &req.task_id).await?;
         if !matches!(t.status.as_str(), "open" | "released") {
             return Err(ApiError::precondition(
                 "TASK_CLOSED",
@@ -697,7 +699,10 @@ impl WarehouseApi {
         v.text("tracking_number", &req.tracking_number, 100);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "warehouse.ConfirmShip", req);
+        // Every change of a fulfillment and its tasks holds the fulfillment's row lock, so a
+        // shipment racing a cancellation (or two packers) cannot both pass their checks.
         let f = fulfillment::Entity::find_by_id(req.fulfillment_id.clone())
+            .lock_exclusive()
             .one(&txn)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("fulfillment {}", req.fulfillment_id)))?;
@@ -761,6 +766,7 @@ impl WarehouseApi {
         .map_err(|e| ApiError::Internal(e.to_string()))?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "warehouse.ConfirmPack", req);
         let f = fulfillment::Entity::find_by_id(req.fulfillment_id.clone())
+            .lock_exclusive()
             .one(&txn)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("fulfillment {}", req.fulfillment_id)))?;
@@ -843,10 +849,7 @@ impl WarehouseApi {
         v.finish()?;
         let (txn, guard) =
             erp_runtime::begin_idempotent!(&self.db, "warehouse.ReportException", req);
-        let t = task::Entity::find_by_id(req.task_id.clone())
-            .one(&txn)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("pick task {}", req.task_id)))?;
+        let t = locked_task(&txn, &req.task_id).await?;
         let f = fulfillment::Entity::find_by_id(t.fulfillment_id.clone())
             .one(&txn)
             .await?
@@ -1321,4 +1324,23 @@ impl WarehouseService for WarehouseApi {
     ) -> Result<Response<RecordReceiptResponse>, Status> {
         respond(self.record_receipt(r.into_inner()).await)
     }
+}
+
+/// A pick task read under its fulfillment's row lock (taken first: every writer of a
+/// fulfillment's tasks holds it, so the two last picks of a fulfillment cannot each still see
+/// the other open, and a pick cannot overwrite a cancellation).
+async fn locked_task<C: ConnectionTrait>(c: &C, task_id: &str) -> ApiResult<task::Model> {
+    let missing = || ApiError::not_found(format!("pick task {task_id}"));
+    let t = task::Entity::find_by_id(task_id.to_owned())
+        .one(c)
+        .await?
+        .ok_or_else(missing)?;
+    fulfillment::Entity::find_by_id(t.fulfillment_id.clone())
+        .lock_exclusive()
+        .one(c)
+        .await?;
+    task::Entity::find_by_id(task_id.to_owned())
+        .one(c)
+        .await?
+        .ok_or_else(missing)
 }

@@ -541,7 +541,10 @@ impl Store {
         if !ids.is_empty() {
             query = query.filter(reservation::Column::ReservationId.is_in(ids.iter().cloned()));
         }
-        let rows = query.all(c).await?;
+        // Locked until the caller commits: a release racing a commit (or another release, or
+        // the expiry sweep) waits, then sees the reservation no longer active, instead of both
+        // taking its units out of the reserved bucket.
+        let rows = query.lock_exclusive().all(c).await?;
         for row in &rows {
             if !ids.is_empty() && row.state != ReservationState::Active.as_str() {
                 return Err(InventoryError::ReservationNotActive {
@@ -644,16 +647,23 @@ impl Store {
         let mut count = 0;
         for row in due {
             let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
-            count += self
+            match self
                 .release(
                     &txn,
                     &row.order_id,
                     std::slice::from_ref(&row.reservation_id),
                     ReservationState::Expired,
                 )
-                .await?
-                .len();
-            txn.commit().await?;
+                .await
+            {
+                Ok(released) => {
+                    count += released.len();
+                    txn.commit().await?;
+                }
+                // Committed or released since the sweep read it: nothing to expire.
+                Err(e) if e.reason() == Some("RESERVATION_NOT_ACTIVE") => {}
+                Err(e) => return Err(e),
+            }
         }
         if count > 0 {
             self.outbox.wake();
