@@ -520,3 +520,100 @@ async fn an_offline_warehouse_is_routed_around() {
     c.assert_reconciled().await;
     s.stop().await.unwrap();
 }
+
+/// A SHIPPED signal sent through the API (an operator's, after a missed deadline) is a claim the
+/// orchestrator checks with the warehouse: without a fulfillment, for a fulfillment not shipped,
+/// or for another order's, it is refused and the saga does not move; the warehouse's own
+/// confirmation ships the order.
+async fn forged_ship_signals_are_refused(backend: Backend) {
+    use erp_proto::orchestrator::SignalSagaRequest;
+    use erp_runtime::error::status_reason;
+    let (s, mut c) = seeded(&backend).await;
+    let order = c.place("F-1", "MUG-BLUE", 1, "tok_visa", "standard").await;
+    let other = c.place("F-2", "MUG-BLUE", 1, "tok_visa", "standard").await;
+    let saga = c.wait_step(&order, "await_pack").await;
+    c.wait_step(&other, "await_pack").await;
+    let mine = c.open_fulfillments(&order).await.remove(0).fulfillment_id;
+    let theirs = c.open_fulfillments(&other).await.remove(0).fulfillment_id;
+    let signal = |key: &str, payload: String| SignalSagaRequest {
+        saga_id: saga.saga_id.clone(),
+        signal: "SHIPPED".into(),
+        payload_json: payload,
+        idempotency_key: key.into(),
+    };
+    for (key, payload, code, reason) in [
+        (
+            "no-fulfillment",
+            "{}".to_owned(),
+            tonic::Code::InvalidArgument,
+            None,
+        ),
+        (
+            "not-json",
+            "shipped!".to_owned(),
+            tonic::Code::InvalidArgument,
+            None,
+        ),
+        (
+            "not-shipped",
+            format!(r#"{{"fulfillment_id":"{mine}"}}"#),
+            tonic::Code::FailedPrecondition,
+            Some("NOT_SHIPPED"),
+        ),
+        (
+            "another-order",
+            format!(r#"{{"fulfillment_id":"{theirs}"}}"#),
+            tonic::Code::FailedPrecondition,
+            Some("NOT_THIS_ORDER"),
+        ),
+    ] {
+        let err = c
+            .orchestrator
+            .signal_saga(signal(key, payload))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{key}: {err:?}");
+        if let Some(reason) = reason {
+            assert_eq!(status_reason(&err).as_deref(), Some(reason), "{key}");
+        }
+    }
+    // Packed but not shipped: the forged claim would have let the saga capture here.
+    c.pick_and_pack(&order).await;
+    c.wait_step(&order, "await_shipment").await;
+    let err = c
+        .orchestrator
+        .signal_saga(signal(
+            "packed-not-shipped",
+            format!(r#"{{"fulfillment_id":"{mine}"}}"#),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status_reason(&err).as_deref(), Some("NOT_SHIPPED"));
+    let waiting = c.saga(&order).await.unwrap();
+    assert_eq!(waiting.status, SagaStatus::Waiting as i32);
+    assert_eq!(waiting.current_step, "await_shipment");
+    assert!(
+        c.payment(&order)
+            .await
+            .unwrap()
+            .captured
+            .is_none_or(|m| m.amount_minor == 0)
+    );
+    c.confirm_ship(&order).await;
+    c.wait_saga(&order, &[SagaStatus::Completed], T).await;
+    c.ship(&other).await;
+    c.wait_saga(&other, &[SagaStatus::Completed], T).await;
+    c.assert_reconciled().await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_ship_signals_are_refused_on_every_backend() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "forged_ship_signals_are_refused_on_every_backend",
+        std::time::Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        forged_ship_signals_are_refused(backend).await;
+    }
+}

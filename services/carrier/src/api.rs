@@ -308,6 +308,7 @@ impl CarrierApi {
         v.text("destination.postal_code", &dest.postal_code, 20);
         let weight = req.parcel.as_ref().map_or(0, |p| p.weight_grams);
         v.positive("parcel.weight_grams", weight);
+        v.optional_text("fulfillment_id", &req.fulfillment_id, 100);
         v.finish()?;
         // A repeat is answered from the record, without asking the carrier again.
         if let Some(replay) = idempotency::lookup::<_, BuyLabelResponse>(
@@ -477,6 +478,7 @@ impl CarrierApi {
         v.text("tracking_number", &req.tracking_number, 100);
         let ev = req.event.clone().unwrap_or_default();
         v.text("event.event_id", &ev.event_id, 100);
+        v.optional_text("event.detail", &ev.detail, 500);
         v.check(
             ShipmentStatus::try_from(ev.milestone)
                 .is_ok_and(|m| !matches!(m, ShipmentStatus::Unspecified | ShipmentStatus::Voided)),

@@ -263,9 +263,16 @@ impl FinanceApi {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
         v.text("memo", &req.memo, 500);
+        v.source("source", req.source.as_ref());
         for (i, l) in req.lines.iter().enumerate() {
             v.code(&format!("lines[{i}].account_code"), &l.account_code);
             v.currency(&format!("lines[{i}].currency"), &l.currency);
+            // Bounded amounts: a balanced entry of i64::MAX would overflow every sum after it.
+            v.non_negative(&format!("lines[{i}].debit_minor"), l.debit_minor);
+            v.non_negative(&format!("lines[{i}].credit_minor"), l.credit_minor);
+            v.optional_text(&format!("lines[{i}].memo"), &l.memo, 500);
+            v.optional_text(&format!("lines[{i}].channel"), &l.channel, 64);
+            v.optional_text(&format!("lines[{i}].order_id"), &l.order_id, 100);
         }
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.PostJournal", req);
@@ -299,6 +306,7 @@ impl FinanceApi {
             "actor",
             "a reversal needs an actor id and a reason",
         );
+        v.actor("actor", req.actor.as_ref());
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.ReverseJournal", req);
         // The original's row lock makes two reversals of one entry queue: the second sees the
@@ -597,6 +605,7 @@ impl FinanceApi {
         v.id("payment_id", &req.payment_id);
         let amount = req.amount.clone().unwrap_or_default();
         v.positive("amount.amount_minor", amount.amount_minor);
+        v.optional_text("reason", &req.reason, 500);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.RefundPayment", req);
         let p = self.find_payment(&txn, &req.payment_id, "").await?;
@@ -805,15 +814,19 @@ impl FinanceService for FinanceApi {
                         .map(|e| e.entry_id)
                         .collect()
                 } else {
-                    let mut ids: Vec<String> = jline::Entity::find()
+                    // Each entry once, in the order of its first line. Lines of entries posted
+                    // at the same moment interleave by sequence on PostgreSQL, so removing
+                    // only adjacent repeats listed an entry once per run of its lines.
+                    let mut seen = std::collections::HashSet::new();
+                    let ids: Vec<String> = jline::Entity::find()
                         .filter(jline::Column::OrderId.eq(&req.order_id))
                         .order_by_asc(jline::Column::Seq)
                         .all(&self.db)
                         .await?
                         .into_iter()
                         .map(|l| l.entry_id)
+                        .filter(|id| seen.insert(id.clone()))
                         .collect();
-                    ids.dedup();
                     ids.into_iter()
                         .skip(usize::try_from(offset).unwrap_or(usize::MAX))
                         .take(usize::try_from(size).unwrap_or(50))

@@ -204,6 +204,12 @@ impl FinanceApi {
                 "must be ORDER, FEE, ADJUSTMENT or PAYOUT",
             );
             let a = l.amount.clone().unwrap_or_default();
+            v.optional_text(&format!("lines[{i}].order_id"), &l.order_id, 100);
+            v.optional_text(
+                &format!("lines[{i}].external_order_id"),
+                &l.external_order_id,
+                100,
+            );
             v.currency(&format!("lines[{i}].amount.currency"), &a.currency);
             v.check(
                 a.amount_minor.unsigned_abs()

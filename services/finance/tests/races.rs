@@ -274,6 +274,63 @@ async fn the_database_refuses_impossible_payments(svc: &TestService) {
     assert_eq!(amount(&after.refunded), 0);
 }
 
+/// Entries of one order posted at the same moment are each listed once (their lines interleave
+/// by sequence on PostgreSQL).
+async fn concurrent_entries_of_one_order_are_listed_once(svc: &TestService) {
+    let c = FinanceServiceClient::new(svc.channel().await);
+    let order = format!("listed-{}", uuid::Uuid::now_v7());
+    let line = |account: &str, debit: i64, credit: i64| JournalLine {
+        account_code: account.into(),
+        debit_minor: debit,
+        credit_minor: credit,
+        currency: "USD".into(),
+        channel: "web".into(),
+        order_id: order.clone(),
+        memo: String::new(),
+    };
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let mut c = c.clone();
+        let lines = vec![
+            line("1100", 100, 0),
+            line("4000", 0, 60),
+            line("4000", 0, 30),
+            line("2200", 0, 10),
+        ];
+        calls.push(tokio::spawn(async move {
+            c.post_journal(PostJournalRequest {
+                idempotency_key: format!("listed-{i}"),
+                memo: format!("sale part {i}"),
+                source: None,
+                lines,
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    let mut c = c.clone();
+    let entries = c
+        .list_journal_entries(ListJournalEntriesRequest {
+            order_id: order.clone(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let ids: std::collections::HashSet<_> = entries.iter().map(|e| e.entry_id.clone()).collect();
+    assert_eq!(
+        (entries.len(), ids.len()),
+        (20, 20),
+        "{}: each entry once",
+        svc.backend_name()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn money_cannot_be_double_spent_or_wrapped_on_every_backend() {
     for backend in testing::backends() {
@@ -282,6 +339,7 @@ async fn money_cannot_be_double_spent_or_wrapped_on_every_backend() {
         capture_racing_void_has_one_winner(&svc).await;
         hostile_amounts_change_nothing(&svc).await;
         the_database_refuses_impossible_payments(&svc).await;
+        concurrent_entries_of_one_order_are_listed_once(&svc).await;
         if let Backend::Postgres(_) = backend {
             println!("postgres: races and constraints hold");
         }

@@ -274,6 +274,7 @@ impl InventoryApi {
             "status",
             "must be ONLINE or OFFLINE",
         );
+        v.actor("actor", req.actor.as_ref());
         v.finish()?;
         let txn = self.store.db.begin().await?;
         let row = self.store.location(&txn, &req.code).await?;
@@ -401,6 +402,7 @@ impl InventoryApi {
             v.non_negative("unit_cost.amount_minor", cost.amount_minor);
             v.currency("unit_cost.currency", &cost.currency);
         }
+        v.source("source", req.source.as_ref());
         v.finish()?;
         let unit_cost = req.unit_cost.as_ref().map(|c| c.amount_minor);
         idempotent!(self, "inventory.ReceiveStock", req, |txn| {
@@ -491,6 +493,7 @@ impl InventoryApi {
             "actor.id",
             "an adjustment needs an actor",
         );
+        v.actor("actor", req.actor.as_ref());
         v.finish()?;
         let Some(bucket) = bucket else {
             return Err(ApiError::invalid("bucket", "unsupported"));
@@ -521,6 +524,7 @@ impl InventoryApi {
     async fn record_inbound(&self, req: RecordInboundRequest) -> ApiResult<RecordInboundResponse> {
         let mut v = movement(&req.idempotency_key, &req.sku, &req.location, req.quantity);
         v.check(req.expected_at.is_some(), "expected_at", "is required");
+        v.source("source", req.source.as_ref());
         v.finish()?;
         let expected = req
             .expected_at
@@ -547,7 +551,9 @@ impl InventoryApi {
     }
 
     async fn cancel_inbound(&self, req: CancelInboundRequest) -> ApiResult<CancelInboundResponse> {
-        movement(&req.idempotency_key, &req.sku, &req.location, req.quantity).finish()?;
+        let mut v = movement(&req.idempotency_key, &req.sku, &req.location, req.quantity);
+        v.source("source", req.source.as_ref());
+        v.finish()?;
         idempotent!(self, "inventory.CancelInbound", req, |txn| {
             let source = source_of(req.source.as_ref(), "purchase_order", "procurement");
             // Refused (no bucket goes negative) when fewer units are expected than cancelled.
@@ -624,6 +630,7 @@ impl InventoryApi {
             "actor.id",
             "a count needs the counter",
         );
+        v.actor("actor", req.actor.as_ref());
         v.finish()?;
         let actor = actor_id(req.actor.as_ref());
         let reason = req
@@ -653,7 +660,9 @@ impl InventoryApi {
     }
 
     async fn record_return(&self, req: RecordReturnRequest) -> ApiResult<RecordReturnResponse> {
-        movement(&req.idempotency_key, &req.sku, &req.location, req.quantity).finish()?;
+        let mut v = movement(&req.idempotency_key, &req.sku, &req.location, req.quantity);
+        v.source("source", req.source.as_ref());
+        v.finish()?;
         idempotent!(self, "inventory.RecordReturn", req, |txn| {
             let source = source_of(req.source.as_ref(), "return", "receiving");
             let level = self
@@ -682,6 +691,7 @@ impl InventoryApi {
             "disposition",
             "must be RESTOCK or QUARANTINE",
         );
+        v.actor("actor", req.actor.as_ref());
         v.finish()?;
         let (to, reason) = if disposition == ReturnDisposition::Restock {
             (domain::Bucket::OnHand, domain::Reason::Return)

@@ -26,11 +26,81 @@ pub const STALLED_AFTER_MS: i64 = 10_000;
 pub struct OrchestratorApi {
     db: DatabaseConnection,
     wake: Arc<Notify>,
+    /// Asked whether a shipment an operator signals really happened.
+    warehouse: erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient<
+        tonic::transport::Channel,
+    >,
 }
 
 impl OrchestratorApi {
-    pub fn new(db: DatabaseConnection, wake: Arc<Notify>) -> Self {
-        Self { db, wake }
+    pub fn new(
+        db: DatabaseConnection,
+        wake: Arc<Notify>,
+        warehouse: tonic::transport::Channel,
+    ) -> Self {
+        Self {
+            db,
+            wake,
+            warehouse: erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(
+                warehouse,
+            ),
+        }
+    }
+
+    /// A SHIPPED signal from outside is a claim, not a fact: it must name a fulfillment of the
+    /// saga's order that the warehouse has confirmed as shipped (the warehouse's own event is
+    /// the normal path; this one is an operator's, after a missed deadline).
+    async fn verify_shipped(&self, m: &saga::Model, payload_json: &str) -> ApiResult<()> {
+        let payload: serde_json::Value = serde_json::from_str(payload_json).map_err(|_| {
+            ApiError::invalid(
+                "payload_json",
+                "must be a JSON object naming fulfillment_id",
+            )
+        })?;
+        let fulfillment_id = payload["fulfillment_id"].as_str().unwrap_or_default();
+        if fulfillment_id.is_empty() {
+            return Err(ApiError::invalid(
+                "payload_json.fulfillment_id",
+                "a ship confirmation names the fulfillment that shipped",
+            ));
+        }
+        let f = self
+            .warehouse
+            .clone()
+            .get_fulfillment(erp_proto::warehouse::GetFulfillmentRequest {
+                fulfillment_id: fulfillment_id.to_owned(),
+            })
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::NotFound | tonic::Code::InvalidArgument => ApiError::precondition(
+                    "NOT_SHIPPED",
+                    format!("the warehouse knows no fulfillment {fulfillment_id}"),
+                ),
+                _ => ApiError::Upstream(status),
+            })?
+            .into_inner()
+            .fulfillment
+            .unwrap_or_default();
+        if f.order_id != m.order_id {
+            return Err(ApiError::precondition(
+                "NOT_THIS_ORDER",
+                format!(
+                    "fulfillment {fulfillment_id} belongs to order {}, not to this saga's order {}",
+                    f.order_id, m.order_id
+                ),
+            ));
+        }
+        if f.status != erp_proto::warehouse::FulfillmentStatus::Shipped as i32 {
+            return Err(ApiError::precondition(
+                "NOT_SHIPPED",
+                format!(
+                    "the warehouse has not confirmed the shipment of fulfillment {fulfillment_id}: it is {}",
+                    erp_proto::warehouse::FulfillmentStatus::try_from(f.status)
+                        .map_or("unknown", |s| s.as_str_name())
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -159,6 +229,7 @@ impl OrchestratorApi {
             "must be SHIPPED (cancel and pause have their own RPCs)",
         );
         v.idempotency_key(&req.idempotency_key);
+        v.optional_text("payload_json", &req.payload_json, 4096);
         v.finish()?;
         let m = self.saga_by_id(&req.saga_id).await?;
         if matches!(m.status.as_str(), "completed" | "compensated") {
@@ -167,6 +238,7 @@ impl OrchestratorApi {
                 format!("saga {} is {}", m.saga_id, m.status),
             ));
         }
+        self.verify_shipped(&m, &req.payload_json).await?;
         let txn = self.db.begin().await?;
         crate::store::insert_signal(
             &txn,

@@ -519,12 +519,15 @@ impl Engine {
                             let p: serde_json::Value =
                                 serde_json::from_str(s.payload).unwrap_or_default();
                             match p["fulfillment_id"].as_str() {
-                                Some(f) if !f.is_empty() && f != st.ctx.fulfillment_id => {
+                                Some(f) if f != st.ctx.fulfillment_id || f.is_empty() => {
                                     notes.push(format!(
                                         "ship confirmation of fulfillment {f} ignored: not the current one"
                                     ));
                                 }
-                                _ => {
+                                None => notes.push(
+                                    "ship confirmation naming no fulfillment ignored".to_owned(),
+                                ),
+                                Some(_) => {
                                     st.ctx.shipped = true;
                                     notes.push("shipment confirmed by the warehouse".to_owned());
                                 }

@@ -106,7 +106,11 @@ impl erp_runtime::Service for Service {
             ctx.shutdown.clone(),
         ));
         engine.spawn();
-        let api = api::OrchestratorApi::new(ctx.db.clone(), wake);
+        let api = api::OrchestratorApi::new(
+            ctx.db.clone(),
+            wake,
+            erp_runtime::app::peer_channel(&ctx.settings.peers.warehouse)?,
+        );
         Ok(tonic::service::Routes::new(
             erp_proto::orchestrator::orchestrator_service_server::OrchestratorServiceServer::new(
                 api,

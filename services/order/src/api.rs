@@ -376,6 +376,10 @@ fn validate_address(v: &mut Violations, a: Option<&Address>) {
     v.text("ship_to.line1", &a.line1, 200);
     v.text("ship_to.city", &a.city, 100);
     v.text("ship_to.postal_code", &a.postal_code, 20);
+    v.optional_text("ship_to.line2", &a.line2, 200);
+    v.optional_text("ship_to.region", &a.region, 100);
+    v.optional_text("ship_to.phone", &a.phone, 50);
+    v.optional_text("ship_to.email", &a.email, 254);
     v.check(
         a.country_code.len() == 2 && a.country_code.chars().all(|c| c.is_ascii_uppercase()),
         "ship_to.country_code",
@@ -417,6 +421,8 @@ impl OrderApi {
             "channel.net_terms_days",
             "must not be negative",
         );
+        // Compiled for every order of the channel: kept short.
+        v.optional_text("channel.external_id_pattern", &ch.external_id_pattern, 200);
         if !ch.external_id_pattern.is_empty() && regex::Regex::new(&ch.external_id_pattern).is_err()
         {
             v.add(
@@ -460,6 +466,7 @@ impl OrderApi {
         v.text("customer_id", &req.customer_id, 100);
         v.code("service_level", &req.service_level);
         v.currency("currency", &req.currency);
+        v.optional_text("payment_method_token", &req.payment_method_token, 200);
         validate_address(&mut v, req.ship_to.as_ref());
         v.check(
             !req.lines.is_empty(),
@@ -672,6 +679,8 @@ impl OrderApi {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
         v.id("order_id", &req.order_id);
+        v.actor("actor", req.actor.as_ref());
+        v.check(req.line_ids.len() <= 500, "line_ids", "at most 500 lines");
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.CancelOrder", req);
         let (o, lines) = load_for_update(&txn, &req.order_id).await?;
@@ -771,6 +780,8 @@ impl OrderApi {
             v.non_negative(&format!("allocations[{i}].backordered"), a.backordered);
             if a.allocated > 0 {
                 v.code(&format!("allocations[{i}].location"), &a.location);
+            } else {
+                v.optional_text(&format!("allocations[{i}].location"), &a.location, 64);
             }
         }
         v.finish()?;
@@ -929,6 +940,7 @@ impl OrderApi {
         v.idempotency_key(&req.idempotency_key);
         v.id("order_id", &req.order_id);
         v.code("reason", &req.reason);
+        v.optional_text("detail", &req.detail, 500);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.MarkFailed", req);
         let (o, lines) = load_for_update(&txn, &req.order_id).await?;

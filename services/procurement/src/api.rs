@@ -149,6 +149,7 @@ impl ProcurementApi {
             "contact_email",
             "must be an email address",
         );
+        v.optional_text("contact_email", &req.contact_email, 254);
         v.finish()?;
         let txn = self.db.begin().await?;
         if let Some(existing) = supplier::Entity::find()

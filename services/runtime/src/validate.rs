@@ -30,6 +30,29 @@ impl Violations {
         }
     }
 
+    /// An optional text field: empty, or at most `max_len` bytes.
+    pub fn optional_text(&mut self, field: &str, value: &str, max_len: usize) {
+        if value.len() > max_len {
+            self.add(field, format!("must be at most {max_len} bytes"));
+        }
+    }
+
+    /// Who acted and why, when given: an id of at most 100 bytes, a reason of at most 500.
+    pub fn actor(&mut self, field: &str, actor: Option<&erp_proto::common::Actor>) {
+        if let Some(a) = actor {
+            self.optional_text(&format!("{field}.id"), &a.id, 100);
+            self.optional_text(&format!("{field}.reason"), &a.reason, 500);
+        }
+    }
+
+    /// The document a movement came from, when given: kind and id of at most 100 bytes each.
+    pub fn source(&mut self, field: &str, source: Option<&erp_proto::common::SourceDocument>) {
+        if let Some(s) = source {
+            self.optional_text(&format!("{field}.kind"), &s.kind, 100);
+            self.optional_text(&format!("{field}.id"), &s.id, 100);
+        }
+    }
+
     /// A code: 1..=64 characters of `A-Z a-z 0-9 - _ .`.
     pub fn code(&mut self, field: &str, value: &str) {
         if let Err(e) = check_code(value) {
@@ -195,6 +218,34 @@ mod tests {
             }
             other => panic!("expected invalid argument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn free_text_is_bounded() {
+        let mut v = Violations::new();
+        let long = "x".repeat(501);
+        v.optional_text("note", "", 10);
+        v.optional_text("memo", &long, 500);
+        v.actor(
+            "actor",
+            Some(&erp_proto::common::Actor {
+                id: "ops".into(),
+                reason: long.clone(),
+            }),
+        );
+        v.source(
+            "source",
+            Some(&erp_proto::common::SourceDocument {
+                kind: "manual".into(),
+                id: long,
+            }),
+        );
+        v.actor("none", None);
+        let fields: Vec<String> = match v.finish() {
+            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|(f, _)| f).collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(fields, ["memo", "actor.reason", "source.id"]);
     }
 
     #[test]

@@ -436,6 +436,7 @@ impl WarehouseApi {
             "status",
             "must be ONLINE or OFFLINE",
         );
+        v.actor("actor", req.actor.as_ref());
         v.finish()?;
         let txn = self.db.begin().await?;
         let s = site::Entity::find_by_id(req.code.clone())
@@ -482,6 +483,7 @@ impl WarehouseApi {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
         v.text("order_id", &req.order_id, 100);
+        v.optional_text("saga_id", &req.saga_id, 100);
         v.code("site", &req.site);
         v.check(
             !req.lines.is_empty(),
@@ -557,6 +559,7 @@ impl WarehouseApi {
             "fulfillment_id",
             "give exactly one of fulfillment_id and order_id",
         );
+        v.optional_text("reason", &req.reason, 500);
         v.finish()?;
         let (txn, guard) =
             erp_runtime::begin_idempotent!(&self.db, "warehouse.CancelFulfillment", req);
@@ -643,6 +646,7 @@ impl WarehouseApi {
         v.idempotency_key(&req.idempotency_key);
         v.id("task_id", &req.task_id);
         v.non_negative("picked_quantity", req.picked_quantity);
+        v.optional_text("picker", &req.picker, 100);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "warehouse.ConfirmPick", req);
         let t = locked_task(&txn, &req.task_id).await?;
