@@ -21,6 +21,13 @@ declare -A MODULE=(
   [jaeger]="github.com/jaegertracing/jaeger/cmd/jaeger@v1.76.0"
 )
 
+# One install at a time per cache: two runs at once would both build the same tool (helm takes
+# minutes on 2 cores) and race to write it.
+if command -v flock >/dev/null; then
+  exec 9>"$TOOLS_DIR/.lock"
+  flock 9
+fi
+
 wanted=("$@")
 if [ ${#wanted[@]} -eq 0 ]; then wanted=(buf grpcurl helm jaeger); fi
 

@@ -18,13 +18,13 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 
 /// Starts an orchestrator replica; `own_port` false gives it a free port of its own (a second
 /// replica behind the same service).
-fn spawn_orchestrator(s: &Settings, own_port: bool) -> Child {
+fn spawn_orchestrator(s: &Settings, own_port: bool) -> Proc {
     spawn_service(s, "orchestrator", own_port)
 }
 
 /// Starts `service` as its own `erp serve` process on the configured databases and Redis; on
 /// its peer port when `own_port`, else on a free one.
-fn spawn_service(s: &Settings, service: &str, own_port: bool) -> Child {
+fn spawn_service(s: &Settings, service: &str, own_port: bool) -> Proc {
     let port = if own_port {
         s.peers
             .get(service)
@@ -63,15 +63,39 @@ fn spawn_service(s: &Settings, service: &str, own_port: bool) -> Child {
             s.peers.get(peer).unwrap(),
         );
     }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = Proc(cmd.spawn().unwrap());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // A killed process's port may linger a moment: the new one retries its bind.
     let first = lines.next().unwrap().unwrap();
     assert!(
         first.starts_with(&format!("{service} listening on")),
         "{first}"
     );
     child
+}
+
+/// A process the test started, killed when the test ends, also when it fails: an orphan would
+/// hold its port and its databases into the next test (the README runbook's `erp up` once
+/// found port 50056 taken by a failed run's finance).
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,7 +358,7 @@ async fn play_floor(mut c: Clients, stop: tokio_util::sync::CancellationToken) {
 }
 
 /// SIGKILL, then wait for the process to be gone.
-fn kill(child: &mut Child) {
+fn kill(child: &mut Proc) {
     child.kill().unwrap();
     child.wait().unwrap();
 }

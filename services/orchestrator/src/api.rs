@@ -483,8 +483,16 @@ impl OrchestratorApi {
             };
             query = query.filter(crate::store::stalled_condition(&self.db, grace));
         } else if req.min_age_seconds > 0 {
-            let cutoff = now_ms() - req.min_age_seconds.saturating_mul(1000);
-            query = query.filter(saga::Column::UpdatedAtMs.lte(cutoff));
+            // On the database's clock, like every time the engine writes.
+            let cutoff = Expr::cust(format!(
+                "({} - {})",
+                erp_runtime::db::clock_ms_sql(self.db.get_database_backend()),
+                req.min_age_seconds.saturating_mul(1000)
+            ));
+            query = query.filter(sea_orm::sea_query::ExprTrait::lte(
+                Expr::col(saga::Column::UpdatedAtMs),
+                cutoff,
+            ));
         }
         let rows = query.offset(offset).limit(size).all(&self.db).await?;
         let next = next_page_token(offset, rows.len(), size);

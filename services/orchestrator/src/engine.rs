@@ -418,6 +418,43 @@ impl Engine {
         self.release(saga_id).await;
     }
 
+    /// A saga whose stored context cannot be read is parked as it is, the context untouched for
+    /// whoever investigates: starting again from an empty one would repeat its steps.
+    async fn park_unreadable(&self, m: &saga::Model, error: &str) -> anyhow::Result<()> {
+        let detail = format!("CORRUPT_CONTEXT: the saga's stored context cannot be read: {error}");
+        let txn = self.db.begin().await?;
+        let parked = saga::Entity::update_many()
+            .col_expr(saga::Column::ResumeStatus, Expr::value(m.status.clone()))
+            .col_expr(saga::Column::Status, Expr::value("parked"))
+            .col_expr(saga::Column::ParkedReason, Expr::value(detail.clone()))
+            .col_expr(
+                saga::Column::SuggestedAction,
+                Expr::value("repair the saga's data column from its timeline, then RetrySaga"),
+            )
+            .col_expr(saga::Column::UpdatedAtMs, crate::store::clock(&self.db))
+            .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
+            .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()))
+            .exec(&txn)
+            .await?;
+        if parked.rows_affected == 1 {
+            step::ActiveModel {
+                saga_id: Set(m.saga_id.clone()),
+                step: Set("saga".into()),
+                direction: Set("forward".into()),
+                outcome: Set("rejected".into()),
+                attempt: Set(m.attempts.max(1)),
+                detail: Set(format!("parked: {detail}")),
+                recorded_at_ms: Set(self.now()),
+                ..Default::default()
+            }
+            .insert(&txn)
+            .await?;
+        }
+        txn.commit().await?;
+        tracing::error!(saga_id = %m.saga_id, error, "saga context unreadable; parked");
+        Ok(())
+    }
+
     fn park(st: &mut State, reason: &str, detail: &str, action: &str) -> Option<Log> {
         st.m.resume_status = st.m.status.clone();
         st.m.status = "parked".into();
@@ -447,7 +484,10 @@ impl Engine {
     }
 
     async fn drive(&self, m: saga::Model) -> anyhow::Result<()> {
-        let mut ctx: Ctx = serde_json::from_str(&m.data).unwrap_or_default();
+        let mut ctx: Ctx = match serde_json::from_str(&m.data) {
+            Ok(ctx) => ctx,
+            Err(e) => return self.park_unreadable(&m, &e.to_string()).await,
+        };
         ctx.parts = m.definition_version >= 3;
         let mut st = State {
             m,

@@ -134,3 +134,47 @@ async fn stalled_sagas_are_those_nobody_drives_and_the_dead_drivers_are_due() {
         stalled_and_due(backend).await;
     }
 }
+
+/// A saga whose stored context cannot be read is parked with its data untouched, not restarted
+/// from an empty context (which would repeat its steps under the same keys).
+async fn unreadable_context_parks(backend: Backend) {
+    use sea_orm::ConnectionTrait;
+    let svc = testing::spawn::<erp_orchestrator::Service>(&backend).await;
+    let db = &svc.running.db;
+    let now = erp_runtime::db::clock_ms(db).await.unwrap();
+    insert(db, "garbled", "running", "", 0, now - 1).await;
+    db.execute_unprepared("UPDATE sagas SET data = 'not json{' WHERE saga_id = 'garbled'")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let parked = loop {
+        let m = saga::Entity::find_by_id("garbled".to_owned())
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap();
+        if m.status == "parked" {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: not parked: {m:?}",
+            backend.name()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        parked.parked_reason.starts_with("CORRUPT_CONTEXT"),
+        "{parked:?}"
+    );
+    assert_eq!(parked.resume_status, "running");
+    assert_eq!(parked.data, "not json{", "the evidence is kept");
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_with_an_unreadable_context_is_parked_on_every_backend() {
+    for backend in testing::backends() {
+        unreadable_context_parks(backend).await;
+    }
+}
