@@ -206,9 +206,21 @@ impl InventoryApi {
     async fn list_items(&self, req: ListItemsRequest) -> ApiResult<ListItemsResponse> {
         let size = page_size(req.page_size)?;
         let offset = page_offset(&req.page_token)?;
+        let mut v = Violations::new();
+        v.optional_text("sku_prefix", &req.sku_prefix, 64);
+        v.finish()?;
         let mut query = item::Entity::find().order_by_asc(item::Column::Sku);
         if !req.sku_prefix.is_empty() {
-            query = query.filter(item::Column::Sku.starts_with(&req.sku_prefix));
+            // A prefix, not a pattern: `_` (allowed in SKUs) and `%` match only themselves.
+            let escaped = req
+                .sku_prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            query = query.filter(sea_orm::sea_query::ExprTrait::like(
+                sea_orm::sea_query::Expr::col(item::Column::Sku),
+                sea_orm::sea_query::LikeExpr::new(format!("{escaped}%")).escape('\\'),
+            ));
         }
         let rows = query.offset(offset).limit(size).all(&self.store.db).await?;
         let next = next_page_token(offset, rows.len(), size);
@@ -771,6 +783,11 @@ impl InventoryApi {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
         v.text("order_id", &req.order_id, 100);
+        v.check(
+            req.reservation_ids.len() <= 500,
+            "reservation_ids",
+            "at most 500 per call",
+        );
         v.finish()?;
         idempotent!(self, "inventory.ReleaseReservations", req, |txn| {
             idempotency::tombstone_forward(&txn, "inventory.ReserveStock", &req.idempotency_key)
@@ -797,6 +814,11 @@ impl InventoryApi {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
         v.text("order_id", &req.order_id, 100);
+        v.check(
+            req.reservation_ids.len() <= 500,
+            "reservation_ids",
+            "at most 500 per call",
+        );
         v.finish()?;
         idempotent!(self, "inventory.CommitReservations", req, |txn| {
             let committed = self

@@ -849,3 +849,65 @@ async fn a_reservation_leaves_the_reserved_bucket_once_on_every_backend() {
         release_racing_commit(backend).await;
     }
 }
+
+/// A SKU prefix is a prefix, not a LIKE pattern (`_` is allowed in SKUs), and lists of ids in a
+/// request are bounded.
+async fn prefixes_match_literally(backend: Backend) {
+    let svc = testing::spawn::<erp_inventory::Service>(&backend).await;
+    let mut client = InventoryServiceClient::new(svc.channel().await);
+    for sku in ["P_1", "P_2", "PX1", "P-1"] {
+        client
+            .create_item(CreateItemRequest {
+                item: Some(Item {
+                    sku: sku.into(),
+                    name: sku.into(),
+                    unit_cost: Some(Money {
+                        amount_minor: 100,
+                        currency: "USD".into(),
+                    }),
+                    weight_grams: 100,
+                    tax_class: "standard".into(),
+                    low_stock_threshold: 0,
+                    created_at: None,
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    let listed = |prefix: &str| ListItemsRequest {
+        sku_prefix: prefix.into(),
+        ..Default::default()
+    };
+    let skus: Vec<String> = client
+        .list_items(listed("P_"))
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|i| i.sku)
+        .collect();
+    assert_eq!(skus, ["P_1", "P_2"], "{}", backend.name());
+    let err = client
+        .list_items(listed(&"P".repeat(65)))
+        .await
+        .unwrap_err();
+    assert_eq!(testing::bad_fields(&err), ["sku_prefix"]);
+    let err = client
+        .release_reservations(ReleaseReservationsRequest {
+            idempotency_key: "too-many".into(),
+            order_id: "o-1".into(),
+            reservation_ids: (0..501).map(|i| format!("r-{i}")).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(testing::bad_fields(&err), ["reservation_ids"]);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_match_literally_on_every_backend() {
+    for backend in testing::backends() {
+        prefixes_match_literally(backend).await;
+    }
+}
