@@ -8,9 +8,13 @@ command -v jq >/dev/null || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=n
 
 ERP_BIN="${ERP_BIN:-${CARGO_TARGET_DIR:-target}/debug/erp}"
 [ -x "$ERP_BIN" ] || cargo build -q -p erp
+# The runbook mints its tokens with `erp token`, which finds the suite's key through the same
+# ERP__DATA_DIR.
+export PATH="$(cd "$(dirname "$ERP_BIN")" && pwd):$PATH"
 DATA="$(mktemp -d)"
 LOG="$DATA/erp.log"
-ERP__DATA_DIR="$DATA" ERP__TELEMETRY__LOG_FILTER=warn ERP__ORCHESTRATOR__POLL_INTERVAL_MS=50 \
+export ERP__DATA_DIR="$DATA"
+ERP__TELEMETRY__LOG_FILTER=warn ERP__ORCHESTRATOR__POLL_INTERVAL_MS=50 \
   "$ERP_BIN" up --seed >"$LOG" 2>&1 &
 ERP_PID=$!
 cleanup() {
@@ -37,7 +41,11 @@ source "$RUNBOOK" >"$DATA/runbook.out" 2>&1
 set -o pipefail
 
 check() { if eval "$2"; then echo "  ok: $1"; else echo "  FAILED: $1" >&2; cat "$DATA/runbook.out" >&2; exit 1; fi; }
-g() { grpcurl -plaintext "$@"; }
+g() { grpcurl -plaintext -H "$OPS" "$@"; }
+check "a call without a token is refused" \
+  "(grpcurl -plaintext 127.0.0.1:50051 list 2>&1 || true) | grep -q Unauthenticated"
+check "the pause, resume and cancel are audited under ops-1" \
+  "[ \"\$(grpcurl -plaintext -H \"\$AUDITOR\" -d '{\"target\":\"saga:$SAGA2\",\"principal\":\"ops-1\"}' 127.0.0.1:50057 erp.audit.v1.AuditService/ListAuditEvents | jq '.events | length')\" = 3 ]"
 check "list shows the order service, health and reflection" \
   "g 127.0.0.1:50051 list | grep erp.order.v1.OrderService >/dev/null"
 check "first order shipped" \

@@ -14,17 +14,72 @@ pub async fn suite(settings: Settings, bus: Bus) -> erp::Suite {
         .expect("suite starts")
 }
 
-/// Settings for a fresh suite on `backend`, plus extra `ERP__...` overrides.
+/// Settings for a fresh suite on `backend`, plus extra `ERP__...` overrides. The suite runs
+/// as deployed: every call authenticated (a key set of its own under the data directory).
 pub fn settings(backend: &Backend, extra: &[(&str, &str)]) -> Settings {
-    erp_runtime::testing::settings(backend, extra).0
+    let mut all = vec![("ERP__AUTH__MODE", "jwt")];
+    all.extend_from_slice(extra);
+    erp_runtime::testing::settings(backend, &all).0
 }
 
-pub async fn channel(url: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(url.to_owned())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connects")
+/// A channel to `service` of the suite presenting an admin's token (`audit` is served by
+/// every service: the order service's is used).
+pub fn channel(s: &erp::Suite, service: &str) -> erp_runtime::auth::PeerChannel {
+    erp::testkit::channel_as(
+        &s.settings,
+        if service == "audit" { "order" } else { service },
+        erp::testkit::TOOL_SUBJECT,
+        &[erp_runtime::auth::roles::ADMIN],
+    )
+}
+
+/// Passes bytes through unchanged, so a test can send anything on the wire, to any method.
+#[derive(Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
 }
 
 pub use erp::testkit::Clients;

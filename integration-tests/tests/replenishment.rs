@@ -171,34 +171,57 @@ async fn replenish(backend: Backend) {
         .into_inner();
     assert!(again.suggestions.is_empty() && again.draft_purchase_order_ids.is_empty());
 
-    // 60 x 250.00 = 15,000.00, above the 10,000.00 threshold: an approver is needed.
-    let approve = |roles: Vec<String>| ApprovePurchaseOrderRequest {
+    // 60 x 250.00 = 15,000.00, above the 10,000.00 threshold: an approver whose limit covers
+    // it is needed, and not the one who drafted it (maker-checker).
+    let approve = ApprovePurchaseOrderRequest {
         purchase_order_id: po_id.clone(),
         approver: Some(Actor {
-            id: "buyer-1".into(),
+            id: "ignored: the token says who".into(),
             reason: "weekly replenishment".into(),
         }),
-        approver_roles: roles,
     };
-    let err = p.approve_purchase_order(approve(vec![])).await.unwrap_err();
-    assert_eq!(
-        status_reason(&err).as_deref(),
-        Some("APPROVER_ROLE_REQUIRED")
-    );
+    use erp_runtime::auth::roles;
+    for (who, roles, limit, why) in [
+        ("buyer-2", &[roles::BUYER][..], None, "approver role"),
+        (
+            "approver-low",
+            &[roles::APPROVER][..],
+            Some(1_000_000),
+            "at most 1000000",
+        ),
+        (
+            erp::testkit::TOOL_SUBJECT,
+            &[roles::ADMIN][..],
+            None,
+            "maker-checker",
+        ),
+    ] {
+        let err = c
+            .as_principal(who, roles, limit)
+            .procurement
+            .approve_purchase_order(approve.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{who}: {err:?}");
+        assert!(err.message().contains(why), "{who}: {}", err.message());
+    }
     let send = SendPurchaseOrderRequest {
         purchase_order_id: po_id.clone(),
     };
     let err = p.send_purchase_order(send.clone()).await.unwrap_err();
     assert_eq!(status_reason(&err).as_deref(), Some("NOT_APPROVED"));
-    let approved = p
-        .approve_purchase_order(approve(vec!["approver".into()]))
+    let approved = c
+        .as_principal("approver-1", &[roles::APPROVER], Some(5_000_000))
+        .procurement
+        .approve_purchase_order(approve.clone())
         .await
         .unwrap()
         .into_inner()
         .purchase_order
         .unwrap();
     assert_eq!(approved.status, PurchaseOrderStatus::Approved as i32);
-    assert_eq!(approved.approved_by, "buyer-1");
+    assert_eq!(approved.approved_by, "approver-1");
+    assert_eq!(approved.created_by, erp::testkit::TOOL_SUBJECT);
     assert_eq!(approved.total.unwrap().amount_minor, 1_500_000);
 
     // Sent: 60 inbound, promisable from the expected date on, not before.
@@ -341,12 +364,14 @@ async fn replenish(backend: Backend) {
         .purchase_order
         .unwrap()
         .purchase_order_id;
-    p.approve_purchase_order(ApprovePurchaseOrderRequest {
-        purchase_order_id: second.clone(),
-        ..approve(vec!["approver".into()])
-    })
-    .await
-    .unwrap();
+    c.as_principal("approver-1", &[roles::APPROVER], Some(5_000_000))
+        .procurement
+        .approve_purchase_order(ApprovePurchaseOrderRequest {
+            purchase_order_id: second.clone(),
+            ..approve
+        })
+        .await
+        .unwrap();
     p.send_purchase_order(SendPurchaseOrderRequest {
         purchase_order_id: second.clone(),
     })
@@ -512,7 +537,7 @@ async fn a_low_stock_event_drafts_a_purchase_order_once() {
         })
         .await
         .unwrap();
-    let drafts = |p: &mut ProcurementServiceClient<tonic::transport::Channel>| {
+    let drafts = |p: &mut ProcurementServiceClient<erp_runtime::auth::PeerChannel>| {
         let mut p = p.clone();
         let supplier_id = supplier.supplier_id.clone();
         async move {

@@ -375,10 +375,16 @@ async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
         operator: "ops-2".into(),
         reason: "parcel found, shipped".into(),
     });
-    c.orchestrator
+    // Who retried is the token's subject; `action.operator` is not trusted.
+    let ops = c.as_principal("ops-2", &[erp_runtime::auth::roles::OPERATOR], None);
+    ops.orchestrator
+        .clone()
         .retry_saga(erp_proto::orchestrator::RetrySagaRequest {
             saga_id: parked.saga_id.clone(),
-            action: action.clone(),
+            action: Some(OperatorAction {
+                operator: "someone-else".into(),
+                ..action.clone().unwrap()
+            }),
         })
         .await
         .unwrap();
@@ -389,6 +395,21 @@ async fn a_missed_ship_deadline_parks_and_an_operator_recovers_it() {
             .iter()
             .any(|e| e.detail.contains("retried by ops-2"))
     );
+    // The retry is in the orchestrator's audit trail, under the verified caller.
+    let trail = c
+        .audit_of("orchestrator")
+        .list_audit_events(erp_proto::audit::ListAuditEventsRequest {
+            target: format!("saga:{}", parked.saga_id),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert_eq!(trail[0].principal, "ops-2");
+    assert_eq!(trail[0].reason, "parcel found, shipped");
+    assert!(trail[0].method.ends_with("/RetrySaga"));
     assert_eq!(c.order(&id).await.status, OrderStatus::Shipped as i32);
     c.assert_reconciled().await;
     s.stop().await.unwrap();

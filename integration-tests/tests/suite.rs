@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use erp_integration_tests::{channel, settings, suite};
+use erp_integration_tests::{RawCodec, channel, settings, suite};
 use erp_proto::orchestrator::orchestrator_service_client::OrchestratorServiceClient;
 use erp_proto::orchestrator::{GetSagaRequest, ListSagasRequest};
 use erp_proto::order::GetOrderRequest;
@@ -19,7 +19,7 @@ use tonic::Code;
 
 /// Waits until the orchestrator has the saga of `order_id`.
 async fn wait_for_saga(
-    orch: &mut OrchestratorServiceClient<tonic::transport::Channel>,
+    orch: &mut OrchestratorServiceClient<erp_runtime::auth::PeerChannel>,
     order_id: &str,
 ) -> erp_proto::orchestrator::Saga {
     for _ in 0..200 {
@@ -60,7 +60,7 @@ async fn every_rpc_answers_junk_with_a_clear_status_and_stays_up() {
         }
         for service in &file.service {
             let short = package.split('.').nth(1).unwrap();
-            let ch = channel(&s.url(short)).await;
+            let ch = channel(&s, short);
             for method in &service.method {
                 let path = format!("/{package}.{}/{}", service.name(), method.name());
                 // An empty message, and bytes that are not a valid message at all.
@@ -87,8 +87,7 @@ async fn every_rpc_answers_junk_with_a_clear_status_and_stays_up() {
     assert!(calls > 150, "only {calls} calls made");
     // Every service is still up and healthy.
     for service in SERVICES {
-        let mut health =
-            tonic_health::pb::health_client::HealthClient::new(channel(&s.url(service)).await);
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&s, service));
         let r = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
@@ -104,60 +103,11 @@ async fn every_rpc_answers_junk_with_a_clear_status_and_stays_up() {
     s.stop().await.unwrap();
 }
 
-/// Passes bytes through unchanged, so the test can send anything on the wire.
-#[derive(Clone, Copy)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use prost::bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use prost::bytes::Buf;
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
 async fn order_becomes_one_saga(backend: Backend, bus: Bus) {
     let s = suite(settings(&backend, &[]), bus).await;
     erp::seed::seed(&s).await.unwrap();
-    let mut order = OrderServiceClient::new(channel(&s.url("order")).await);
-    let mut orch = OrchestratorServiceClient::new(channel(&s.url("orchestrator")).await);
+    let mut order = OrderServiceClient::new(channel(&s, "order"));
+    let mut orch = OrchestratorServiceClient::new(channel(&s, "orchestrator"));
     let first = order
         .create_order(erp::seed::sample_order("EXT-1", "MUG-BLUE", 2))
         .await
@@ -251,20 +201,20 @@ async fn records_survive_a_restart() {
     let cfg = settings(&Backend::Sqlite, &[]);
     let s = suite(cfg.clone(), Bus::InProcess(Default::default())).await;
     erp::seed::seed(&s).await.unwrap();
-    let mut order = OrderServiceClient::new(channel(&s.url("order")).await);
+    let mut order = OrderServiceClient::new(channel(&s, "order"));
     let created = order
         .create_order(erp::seed::sample_order("EXT-R", "TEE-M", 1))
         .await
         .unwrap()
         .into_inner();
     let order_id = created.order.unwrap().order_id;
-    let mut orch = OrchestratorServiceClient::new(channel(&s.url("orchestrator")).await);
+    let mut orch = OrchestratorServiceClient::new(channel(&s, "orchestrator"));
     wait_for_saga(&mut orch, &order_id).await;
     drop((order, orch));
     s.stop().await.unwrap();
 
     let s = suite(cfg, Bus::InProcess(Default::default())).await;
-    let mut order = OrderServiceClient::new(channel(&s.url("order")).await);
+    let mut order = OrderServiceClient::new(channel(&s, "order"));
     let got = order
         .get_order(GetOrderRequest {
             order_id: order_id.clone(),
@@ -273,7 +223,7 @@ async fn records_survive_a_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(got.order.unwrap().lines[0].sku, "TEE-M");
-    let mut orch = OrchestratorServiceClient::new(channel(&s.url("orchestrator")).await);
+    let mut orch = OrchestratorServiceClient::new(channel(&s, "orchestrator"));
     let saga = wait_for_saga(&mut orch, &order_id).await;
     assert_eq!(saga.order_id, order_id);
     s.stop().await.unwrap();

@@ -4,6 +4,11 @@
 
 /// Packages as declared in the protos (`erp.<service>.v1`).
 pub mod erp {
+    pub mod audit {
+        pub mod v1 {
+            tonic::include_proto!("erp.audit.v1");
+        }
+    }
     pub mod common {
         pub mod v1 {
             tonic::include_proto!("erp.common.v1");
@@ -46,6 +51,7 @@ pub mod erp {
     }
 }
 
+pub use erp::audit::v1 as audit;
 pub use erp::carrier::v1 as carrier;
 pub use erp::common::v1 as common;
 pub use erp::finance::v1 as finance;
@@ -68,4 +74,5 @@ pub mod service_names {
     pub const PROCUREMENT: &str = "erp.procurement.v1.ProcurementService";
     pub const FINANCE: &str = "erp.finance.v1.FinanceService";
     pub const ORCHESTRATOR: &str = "erp.orchestrator.v1.OrchestratorService";
+    pub const AUDIT: &str = "erp.audit.v1.AuditService";
 }

@@ -53,11 +53,30 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 
 {{- define "erp.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the JWKS. */}}
+{{- define "erp.authSecret" -}}
+{{- default (printf "%s-auth" (include "erp.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
 
 {{/* Environment every erp process gets: where the database, Redis and the peers are. */}}
 {{- define "erp.commonEnv" -}}
+- name: ERP__AUTH__MODE
+  value: {{ .Values.auth.mode | quote }}
+- name: ERP__AUTH__ISSUER
+  value: {{ .Values.auth.issuer | quote }}
+- name: ERP__AUTH__AUDIENCE
+  value: {{ .Values.auth.audience | quote }}
+- name: ERP__AUTH__GENERATE_KEY
+  value: "false"
+- name: ERP__AUTH__JWKS_FILE
+  value: /etc/erp/auth/jwks.json
 - name: ERP__DATABASE__URL
   valueFrom:
     secretKeyRef:

@@ -3,6 +3,8 @@
 use erp_proto::carrier::carrier_service_server::CarrierService;
 use erp_proto::carrier::*;
 use erp_proto::common::Money;
+use erp_runtime::audit;
+use erp_runtime::auth::Caller;
 use erp_runtime::error::respond;
 use erp_runtime::idempotency::{self, Forward};
 use erp_runtime::outbox::{self, OutboxWaker};
@@ -117,7 +119,11 @@ async fn shipment_to_wire<C: ConnectionTrait>(c: &C, s: shipment::Model) -> ApiR
 }
 
 impl CarrierApi {
-    async fn upsert(&self, req: UpsertCarrierRequest) -> ApiResult<UpsertCarrierResponse> {
+    async fn upsert(
+        &self,
+        caller: &Caller,
+        req: UpsertCarrierRequest,
+    ) -> ApiResult<UpsertCarrierResponse> {
         let Some(c) = req.carrier else {
             return Err(ApiError::invalid("carrier", "is required"));
         };
@@ -178,6 +184,14 @@ impl CarrierApi {
                 );
                 bands.push((r.zone, r.max_weight_grams, p.amount_minor));
             }
+            if let Some(surcharge) = &s.surcharge {
+                v.non_negative(&f("surcharge.amount_minor"), surcharge.amount_minor);
+                v.check(
+                    surcharge.currency == currency || surcharge.amount_minor == 0,
+                    f("surcharge.currency"),
+                    "must be the rates' currency",
+                );
+            }
             offerings.push(Offering {
                 code: s.code.clone(),
                 level: s.level,
@@ -195,6 +209,7 @@ impl CarrierApi {
                 "must be 0..1440",
             );
         }
+        v.optional_text("reason", &req.reason, 500);
         v.finish()?;
         let cutoffs: Vec<(String, i32)> = c
             .cutoffs
@@ -203,8 +218,12 @@ impl CarrierApi {
             .collect();
         let txn = self.db.begin().await?;
         let existing = carrier::Entity::find_by_id(c.code.clone())
+            .lock_exclusive()
             .one(&txn)
             .await?;
+        let before = existing
+            .as_ref()
+            .map(|e| serde_json::json!({ "name": e.name, "offerings": e.offerings, "cutoffs": e.cutoffs, "active": e.active }));
         let am = carrier::ActiveModel {
             code: Set(c.code.clone()),
             name: Set(c.name.clone()),
@@ -217,6 +236,17 @@ impl CarrierApi {
         } else {
             am.insert(&txn).await?
         };
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("carrier:{}", m.code),
+                reason: &req.reason,
+                before,
+                after: Some(serde_json::json!({ "name": m.name, "offerings": m.offerings, "cutoffs": m.cutoffs, "active": m.active })),
+            },
+        )
+        .await?;
         txn.commit().await?;
         Ok(UpsertCarrierResponse {
             carrier: Some(carrier_to_wire(m)?),
@@ -569,7 +599,8 @@ impl CarrierService for CarrierApi {
         &self,
         r: Request<UpsertCarrierRequest>,
     ) -> Result<Response<UpsertCarrierResponse>, Status> {
-        respond(self.upsert(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.upsert(&caller, r.into_inner()).await)
     }
 
     async fn list_carriers(

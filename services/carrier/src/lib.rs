@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod api;
 pub mod domain;
+pub mod policy;
 pub mod store;
 
 pub struct Service;
@@ -14,6 +15,7 @@ pub struct Service;
 impl erp_runtime::Service for Service {
     const NAME: &'static str = "carrier";
     const GRPC_NAME: &'static str = erp_proto::service_names::CARRIER;
+    const POLICY: &'static erp_runtime::auth::Policy = &policy::POLICY;
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {

@@ -45,6 +45,7 @@ CREATE TABLE tracking_events (
 CREATE INDEX tracking_events_shipment ON tracking_events (shipment_id, occurred_at_ms)",
                 drops: &["tracking_events", "shipments", "carriers"],
             }),
+            erp_runtime::audit::migration(),
         ]
     }
 }

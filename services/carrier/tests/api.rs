@@ -43,6 +43,7 @@ async fn rates_labels_tracking(backend: Backend) {
     let svc = testing::spawn::<erp_carrier::Service>(&backend).await;
     let mut c = CarrierServiceClient::new(svc.channel().await);
     c.upsert_carrier(UpsertCarrierRequest {
+        reason: "setup".into(),
         carrier: Some(Carrier {
             code: "fastco".into(),
             name: "FastCo".into(),
@@ -60,6 +61,7 @@ async fn rates_labels_tracking(backend: Backend) {
     .await
     .unwrap();
     c.upsert_carrier(UpsertCarrierRequest {
+        reason: "setup".into(),
         carrier: Some(Carrier {
             code: "slowco".into(),
             name: "SlowCo".into(),

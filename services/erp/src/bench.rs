@@ -144,7 +144,10 @@ pub async fn distributed(
     let exe = std::env::current_exe()?;
     let run = uuid::Uuid::now_v7().simple().to_string();
     let tag = &run[run.len() - 10..];
-    let mut peers = erp_runtime::config::Settings::load_with(None, Some(Default::default()))?.peers;
+    // One key set for the seven processes and this client.
+    let jwks = std::env::temp_dir().join(format!("erp-bench-{tag}-jwks.json"));
+    let mut settings = crate::tool_settings(&jwks)?;
+    let peers = &mut settings.peers;
     let mut ports = Vec::new();
     for service in erp_runtime::config::SERVICES {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -167,6 +170,7 @@ pub async fn distributed(
             .env("ERP__BUS__STREAM_PREFIX", format!("erp-bench-{tag}"))
             .env("ERP__BUS__RELAY_INTERVAL_MS", "100")
             .env("ERP__ORCHESTRATOR__POLL_INTERVAL_MS", "50")
+            .env("ERP__AUTH__JWKS_FILE", &jwks)
             .env("ERP__TELEMETRY__LOG_FILTER", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
@@ -189,7 +193,8 @@ pub async fn distributed(
         );
         children.push(child);
     }
-    let result = async { seed_and_run(&peers, orders, concurrency).await }.await;
+    let result = async { seed_and_run(&settings, orders, concurrency).await }.await;
+    let _ = std::fs::remove_file(&jwks);
     for mut child in children {
         let _ = child.kill();
         let _ = child.wait();
@@ -198,12 +203,12 @@ pub async fn distributed(
 }
 
 async fn seed_and_run(
-    peers: &erp_runtime::config::Peers,
+    settings: &erp_runtime::config::Settings,
     orders: usize,
     concurrency: usize,
 ) -> anyhow::Result<Figures> {
-    crate::seed::seed_peers(peers).await?;
-    let mut c = Clients::for_peers(peers);
+    let mut c = Clients::for_settings(settings);
+    crate::seed::seed_with(&c).await?;
     stock_up(&mut c, 1_000_000).await?;
     run(&c, orders, concurrency).await
 }

@@ -459,16 +459,21 @@ async fn buy(c: &mut Clients, run: i64, waiting: &[String]) -> anyhow::Result<i6
         .into_inner()
         .purchase_order
         .ok_or_else(|| anyhow::anyhow!("no purchase order"))?;
-    c.procurement
-        .approve_purchase_order(p::ApprovePurchaseOrderRequest {
-            purchase_order_id: po.purchase_order_id.clone(),
-            approver: Some(erp_proto::common::Actor {
-                id: "demo-buyer".into(),
-                reason: "backordered customer orders".into(),
-            }),
-            approver_roles: vec!["approver".into()],
-        })
-        .await?;
+    // Maker-checker: someone other than the buyer who raised it approves it.
+    c.as_principal(
+        "demo-approver",
+        &[erp_runtime::auth::roles::APPROVER],
+        Some(10_000_000),
+    )
+    .procurement
+    .approve_purchase_order(p::ApprovePurchaseOrderRequest {
+        purchase_order_id: po.purchase_order_id.clone(),
+        approver: Some(erp_proto::common::Actor {
+            id: String::new(),
+            reason: "backordered customer orders".into(),
+        }),
+    })
+    .await?;
     c.procurement
         .send_purchase_order(p::SendPurchaseOrderRequest {
             purchase_order_id: po.purchase_order_id.clone(),

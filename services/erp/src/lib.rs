@@ -88,6 +88,34 @@ fn port_of(url: &str) -> anyhow::Result<u16> {
         .ok_or_else(|| anyhow::anyhow!("peer url {url} has no port"))
 }
 
+/// The authorization table of every service (the audit service's is
+/// [`erp_runtime::auth::AUDIT_POLICY`]).
+pub fn policies() -> [&'static erp_runtime::auth::Policy; 7] {
+    use erp_runtime::Service as _;
+    [
+        erp_order::Service::POLICY,
+        erp_inventory::Service::POLICY,
+        erp_warehouse::Service::POLICY,
+        erp_carrier::Service::POLICY,
+        erp_procurement::Service::POLICY,
+        erp_finance::Service::POLICY,
+        erp_orchestrator::Service::POLICY,
+    ]
+}
+
+/// Settings for a tool or test driving services that run as their own processes: the defaults
+/// with the key set at `jwks` (created here when missing, so that the processes, given
+/// `ERP__AUTH__JWKS_FILE`, share it). Peers are the caller's to set.
+pub fn tool_settings(jwks: &std::path::Path) -> anyhow::Result<Settings> {
+    erp_runtime::auth::ensure_local_key(jwks)?;
+    let mut env = std::collections::HashMap::new();
+    env.insert(
+        "ERP__AUTH__JWKS_FILE".to_owned(),
+        jwks.display().to_string(),
+    );
+    Ok(Settings::load_with(None, Some(env))?)
+}
+
 /// Binds every service (on the ports of `settings.peers`, or on free ports when `ephemeral`),
 /// points the peers at the real addresses, then starts them all.
 pub async fn start_suite(settings: Settings, bus: Bus, ephemeral: bool) -> anyhow::Result<Suite> {

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use erp_proto::order::order_service_client::OrderServiceClient;
 use erp_runtime::bus::Bus;
 use erp_runtime::config::Settings;
 
@@ -65,6 +64,24 @@ enum Command {
         /// order, inventory, warehouse, carrier, procurement, finance or orchestrator.
         service: String,
     },
+    /// Mint a bearer token from the suite's key set (auth.jwks_file, by default
+    /// <data_dir>/auth/jwks.json, which `erp up` creates), for grpcurl:
+    /// -H "authorization: Bearer $(erp token --role operator)"
+    Token {
+        /// A role the token grants; repeat for several (admin, operator, customer-service,
+        /// warehouse, buyer, approver, finance, auditor, integration, service:<name>).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// The principal's name, recorded in audit trails.
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// The most (minor units) the principal may approve.
+        #[arg(long)]
+        approval_limit: Option<i64>,
+    },
     /// Load and validate the configuration (defaults, file, environment), print where things go.
     CheckConfig,
     /// Apply database migrations for one service, or all of them.
@@ -86,6 +103,31 @@ async fn main() -> anyhow::Result<()> {
     };
     let _telemetry = erp_runtime::telemetry::init(&service_name, &settings.telemetry)?;
     match cli.command {
+        Command::Token {
+            roles,
+            subject,
+            ttl,
+            approval_limit,
+        } => {
+            let roles = erp_runtime::auth::parse_roles(&roles)?;
+            let mut settings = settings;
+            settings.auth.mode = erp_runtime::config::AuthMode::Jwt;
+            let auth = erp_runtime::auth::Authenticator::from_settings(&settings)?;
+            let subject = if subject.is_empty() {
+                std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
+            } else {
+                subject
+            };
+            println!(
+                "{}",
+                auth.mint(
+                    &subject,
+                    &roles,
+                    std::time::Duration::from_secs(ttl),
+                    approval_limit
+                )?
+            );
+        }
         Command::CheckConfig => {
             println!("configuration ok");
             println!(
@@ -123,10 +165,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{report}");
             let reconciles = report.reconciles();
             if !exit {
-                println!(
-                    "serving on; try: grpcurl -plaintext {} list   (Ctrl-C stops)",
-                    suite.services[0].addr
-                );
+                print_access(&suite);
+                println!("serving on (Ctrl-C stops)");
                 erp_runtime::server::shutdown_signal().await;
             }
             suite.stop().await?;
@@ -235,11 +275,7 @@ async fn main() -> anyhow::Result<()> {
             }
             if seed {
                 erp::seed::seed(&suite).await?;
-                let mut order = OrderServiceClient::new(
-                    tonic::transport::Endpoint::from_shared(suite.url("order"))?
-                        .connect()
-                        .await?,
-                );
+                let mut order = erp::testkit::Clients::for_suite(&suite).order;
                 for (i, (sku, ..)) in erp::seed::CATALOG.iter().enumerate() {
                     let created = order
                         .create_order(erp::seed::sample_order(
@@ -265,10 +301,30 @@ async fn main() -> anyhow::Result<()> {
                     "seeded: 3 items, 3 warehouses with stock, carrier parcelco, channels web/amazon-us/wholesale, supplier acme"
                 );
             }
-            println!("try: grpcurl -plaintext {} list", suite.services[0].addr);
+            print_access(&suite);
             erp_runtime::server::shutdown_signal().await;
             suite.stop().await?;
         }
     }
     Ok(())
+}
+
+/// How to reach the suite: plaintext on loopback, and where tokens come from.
+fn print_access(suite: &erp::Suite) {
+    let addr = suite.services[0].addr;
+    match suite.settings.auth.mode {
+        erp_runtime::config::AuthMode::Jwt => {
+            println!(
+                "plaintext gRPC (no TLS) on loopback; every call but health needs a bearer token signed by {}",
+                suite.settings.jwks_path().display()
+            );
+            println!(
+                "try: grpcurl -plaintext -H \"authorization: Bearer $(erp token --role operator)\" {addr} list"
+            );
+        }
+        erp_runtime::config::AuthMode::Off => {
+            println!("plaintext gRPC (no TLS), NO authentication (auth.mode = \"off\")");
+            println!("try: grpcurl -plaintext {addr} list");
+        }
+    }
 }

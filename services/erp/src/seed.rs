@@ -2,22 +2,17 @@
 //! stock, a carrier with a rate card, three channels, a supplier. Idempotent: running it twice
 //! changes nothing the second time.
 
-use erp_proto::carrier::carrier_service_client::CarrierServiceClient;
 use erp_proto::carrier::{
     Carrier, PickupCutoff, RateBand, ServiceLevel, ServiceOffering, UpsertCarrierRequest,
 };
 use erp_proto::common::{Address, Money};
-use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
 use erp_proto::inventory::{
     CreateItemRequest, CreateLocationRequest, Item, Location, ReceiveStockRequest,
 };
-use erp_proto::order::order_service_client::OrderServiceClient;
 use erp_proto::order::{
     Channel, ChannelKind, CreateOrderRequest, OrderLineInput, UpsertChannelRequest,
 };
-use erp_proto::procurement::procurement_service_client::ProcurementServiceClient;
 use erp_proto::procurement::{CreateSupplierRequest, SetSupplierTermRequest, SupplierTerm};
-use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
 use erp_proto::warehouse::{Site, UpsertSiteRequest};
 
 fn usd(amount_minor: i64) -> Option<Money> {
@@ -44,21 +39,15 @@ pub const WAREHOUSES: [(&str, &str, &str, i32); 3] = [
     ("west", "US-CA", "94105", 3),
 ];
 
-async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .connect()
-        .await?)
-}
-
 /// Seeds the catalog against a running suite.
 pub async fn seed(suite: &crate::Suite) -> anyhow::Result<()> {
-    seed_peers(&suite.settings.peers).await
+    seed_with(&crate::testkit::Clients::for_suite(suite)).await
 }
 
-/// Seeds the catalog against services wherever they run.
-pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()> {
-    let mut inventory = InventoryServiceClient::new(channel(&peers.inventory).await?);
-    let mut warehouse = WarehouseServiceClient::new(channel(&peers.warehouse).await?);
+/// Seeds the catalog against services wherever they run, as the principal of `clients`.
+pub async fn seed_with(clients: &crate::testkit::Clients) -> anyhow::Result<()> {
+    let mut inventory = clients.inventory.clone();
+    let mut warehouse = clients.warehouse.clone();
     for (sku, name, cost, weight) in CATALOG {
         inventory
             .create_item(CreateItemRequest {
@@ -88,6 +77,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
             .await?;
         warehouse
             .upsert_site(UpsertSiteRequest {
+                reason: "setup".into(),
                 site: Some(Site {
                     code: code.into(),
                     name: format!("{code} distribution center"),
@@ -118,12 +108,11 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
         }
     }
     // Sales tax: New Jersey's rate for the sample orders, a default for the rest of the US.
-    let mut finance = erp_proto::finance::finance_service_client::FinanceServiceClient::new(
-        channel(&peers.finance).await?,
-    );
+    let mut finance = clients.finance.clone();
     for (jurisdiction, rate_bps) in TAX_RATES {
         finance
             .set_tax_rate(erp_proto::finance::SetTaxRateRequest {
+                reason: "setup".into(),
                 rate: Some(erp_proto::finance::TaxRate {
                     jurisdiction: jurisdiction.into(),
                     tax_class: "standard".into(),
@@ -132,7 +121,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
             })
             .await?;
     }
-    let mut carrier = CarrierServiceClient::new(channel(&peers.carrier).await?);
+    let mut carrier = clients.carrier.clone();
     let bands = |base: i64| -> Vec<RateBand> {
         (1..=10)
             .flat_map(|zone| {
@@ -146,6 +135,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
     };
     carrier
         .upsert_carrier(UpsertCarrierRequest {
+            reason: "setup".into(),
             carrier: Some(Carrier {
                 code: "parcelco".into(),
                 name: "ParcelCo".into(),
@@ -179,6 +169,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
     // A cheaper two-day carrier whose API times out once per label (the simulated adapter).
     carrier
         .upsert_carrier(UpsertCarrierRequest {
+            reason: "setup".into(),
             carrier: Some(Carrier {
                 code: "flakyship".into(),
                 name: "FlakyShip".into(),
@@ -194,7 +185,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
             }),
         })
         .await?;
-    let mut order = OrderServiceClient::new(channel(&peers.order).await?);
+    let mut order = clients.order.clone();
     for (code, kind, commission, pattern, ship_complete) in [
         ("web", ChannelKind::WebStore, 0, "", false),
         (
@@ -208,6 +199,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
     ] {
         order
             .upsert_channel(UpsertChannelRequest {
+                reason: "setup".into(),
                 channel: Some(Channel {
                     code: code.into(),
                     name: code.into(),
@@ -223,7 +215,7 @@ pub async fn seed_peers(peers: &erp_runtime::config::Peers) -> anyhow::Result<()
             })
             .await?;
     }
-    let mut procurement = ProcurementServiceClient::new(channel(&peers.procurement).await?);
+    let mut procurement = clients.procurement.clone();
     let acme = procurement
         .create_supplier(CreateSupplierRequest {
             code: "acme".into(),

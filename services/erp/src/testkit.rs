@@ -11,46 +11,121 @@ use erp_proto::orchestrator::orchestrator_service_client::OrchestratorServiceCli
 use erp_proto::order::order_service_client::OrderServiceClient;
 use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
 use erp_proto::{carrier, finance, inventory, orchestrator, order, warehouse};
-use tonic::transport::Channel;
+use erp_runtime::auth::{Authenticator, Credentials, PeerChannel};
+use erp_runtime::config::{AuthMode, Peers, Settings};
 
-/// A client for every service the tests drive.
+/// A client for every service the tests drive, all presenting one principal's token.
 #[derive(Clone)]
 pub struct Clients {
-    pub order: OrderServiceClient<Channel>,
-    pub inventory: InventoryServiceClient<Channel>,
-    pub warehouse: WarehouseServiceClient<Channel>,
-    pub carrier: CarrierServiceClient<Channel>,
-    pub finance: FinanceServiceClient<Channel>,
-    pub orchestrator: OrchestratorServiceClient<Channel>,
+    pub order: OrderServiceClient<PeerChannel>,
+    pub inventory: InventoryServiceClient<PeerChannel>,
+    pub warehouse: WarehouseServiceClient<PeerChannel>,
+    pub carrier: CarrierServiceClient<PeerChannel>,
+    pub finance: FinanceServiceClient<PeerChannel>,
+    pub orchestrator: OrchestratorServiceClient<PeerChannel>,
     pub procurement:
-        erp_proto::procurement::procurement_service_client::ProcurementServiceClient<Channel>,
+        erp_proto::procurement::procurement_service_client::ProcurementServiceClient<PeerChannel>,
+    peers: Peers,
+    credentials: Credentials,
+    auth: Option<std::sync::Arc<Authenticator>>,
 }
 
-fn lazy(url: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(url.to_owned())
+fn lazy(url: &str, credentials: &Credentials) -> PeerChannel {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
         .expect("url")
-        .connect_lazy()
+        .connect_lazy();
+    tonic::service::interceptor::InterceptedService::new(channel, credentials.clone())
 }
+
+/// A channel to `service` (by short name) of the services `settings.peers` names, presenting
+/// a token for `subject` with `roles` minted from the settings' key set.
+pub fn channel_as(
+    settings: &Settings,
+    service: &str,
+    subject: &str,
+    roles: &[&str],
+) -> PeerChannel {
+    let credentials = match settings.auth.mode {
+        AuthMode::Jwt => Credentials::minted(
+            Authenticator::from_settings(settings).expect("the suite's key set"),
+            subject,
+            roles,
+            Duration::from_secs(24 * 3600),
+            None,
+        ),
+        AuthMode::Off => Credentials::none(),
+    };
+    lazy(
+        settings.peers.get(service).expect("a service name"),
+        &credentials,
+    )
+}
+
+/// The subject of the tokens tests and tools mint for themselves.
+pub const TOOL_SUBJECT: &str = "erp-admin";
 
 impl Clients {
     /// Lazily connected clients: a service that is down now can come back later.
     pub fn for_suite(suite: &crate::Suite) -> Self {
-        Self::for_peers(&suite.settings.peers)
+        Self::for_settings(&suite.settings)
     }
 
-    pub fn for_peers(peers: &erp_runtime::config::Peers) -> Self {
+    /// Clients of the services `settings.peers` names, as an admin minted from the settings'
+    /// key set (no token when auth is off).
+    pub fn for_settings(settings: &Settings) -> Self {
+        let auth = (settings.auth.mode == AuthMode::Jwt)
+            .then(|| Authenticator::from_settings(settings).expect("the suite's key set"));
+        let mut c = Self::with_credentials(&settings.peers, Credentials::none());
+        c.auth = auth;
+        c.as_principal(TOOL_SUBJECT, &[erp_runtime::auth::roles::ADMIN], None)
+    }
+
+    /// The same services, called as `subject` holding `roles` (and an approval limit).
+    pub fn as_principal(&self, subject: &str, roles: &[&str], approval_limit: Option<i64>) -> Self {
+        let credentials = match &self.auth {
+            Some(auth) => Credentials::minted(
+                auth.clone(),
+                subject,
+                roles,
+                Duration::from_secs(24 * 3600),
+                approval_limit,
+            ),
+            None => Credentials::none(),
+        };
+        let mut c = Self::with_credentials(&self.peers, credentials);
+        c.auth = self.auth.clone();
+        c
+    }
+
+    /// Clients presenting `credentials`.
+    pub fn with_credentials(peers: &Peers, credentials: Credentials) -> Self {
+        let c = &credentials;
         Self {
-            order: OrderServiceClient::new(lazy(&peers.order)),
-            inventory: InventoryServiceClient::new(lazy(&peers.inventory)),
-            warehouse: WarehouseServiceClient::new(lazy(&peers.warehouse)),
-            carrier: CarrierServiceClient::new(lazy(&peers.carrier)),
-            finance: FinanceServiceClient::new(lazy(&peers.finance)),
-            orchestrator: OrchestratorServiceClient::new(lazy(&peers.orchestrator)),
+            order: OrderServiceClient::new(lazy(&peers.order, c)),
+            inventory: InventoryServiceClient::new(lazy(&peers.inventory, c)),
+            warehouse: WarehouseServiceClient::new(lazy(&peers.warehouse, c)),
+            carrier: CarrierServiceClient::new(lazy(&peers.carrier, c)),
+            finance: FinanceServiceClient::new(lazy(&peers.finance, c)),
+            orchestrator: OrchestratorServiceClient::new(lazy(&peers.orchestrator, c)),
             procurement:
                 erp_proto::procurement::procurement_service_client::ProcurementServiceClient::new(
-                    lazy(&peers.procurement),
+                    lazy(&peers.procurement, c),
                 ),
+            peers: peers.clone(),
+            credentials: credentials.clone(),
+            auth: None,
         }
+    }
+
+    /// An audit client of one service (`finance`, `procurement`...).
+    pub fn audit_of(
+        &self,
+        service: &str,
+    ) -> erp_proto::audit::audit_service_client::AuditServiceClient<PeerChannel> {
+        erp_proto::audit::audit_service_client::AuditServiceClient::new(lazy(
+            self.peers.get(service).expect("a service name"),
+            &self.credentials,
+        ))
     }
 
     /// Adds an item to the catalog (USD, `standard` tax class).

@@ -39,6 +39,14 @@ fn spawn_service(s: &Settings, service: &str, own_port: bool) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_erp"));
     cmd.args(["serve", service])
         .env("ERP__DATA_DIR", &s.data_dir)
+        .env(
+            "ERP__AUTH__MODE",
+            match s.auth.mode {
+                erp_runtime::config::AuthMode::Jwt => "jwt",
+                erp_runtime::config::AuthMode::Off => "off",
+            },
+        )
+        .env("ERP__AUTH__JWKS_FILE", s.jwks_path())
         .env("ERP__SERVER__PORT", port)
         .env("ERP__DATABASE__URL", &s.database.url)
         .env("ERP__BUS__KIND", "redis")
@@ -112,6 +120,7 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
     let (settings, _dir) = testing::settings(
         &backend,
         &[
+            ("ERP__AUTH__MODE", "jwt"),
             ("ERP__BUS__KIND", "redis"),
             ("ERP__BUS__REDIS_URL", &redis_url),
             ("ERP__BUS__STREAM_PREFIX", &prefix),
@@ -384,6 +393,7 @@ async fn chaos_two_replicas_killed_at_random_and_participants_restarted() {
     let (settings, _dir) = testing::settings(
         &backend,
         &[
+            ("ERP__AUTH__MODE", "jwt"),
             ("ERP__BUS__KIND", "redis"),
             ("ERP__BUS__REDIS_URL", &redis_url),
             ("ERP__BUS__STREAM_PREFIX", &prefix),

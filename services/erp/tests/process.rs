@@ -55,7 +55,7 @@ fn start(data_dir: &std::path::Path, ports: &[u16], seed: bool) -> Up {
             ready_after = started.elapsed();
         } else if let Some(rest) = line.strip_prefix("  placed order ") {
             orders.push(rest.split_whitespace().next().unwrap().to_owned());
-        } else if line.starts_with("  ") {
+        } else if line.starts_with("  ") && line.contains("127.0.0.1") {
             let mut parts = line.split_whitespace();
             addresses.push((
                 parts.next().unwrap().to_owned(),
@@ -106,7 +106,15 @@ async fn up_prints_addresses_survives_sigkill_and_stops_on_sigterm() {
     up.child.wait().unwrap();
 
     let mut up2 = start(&data_dir, &ports, false);
-    let mut client = OrderServiceClient::connect(order_url).await.unwrap();
+    // A token from the key `erp up` wrote under its data directory.
+    let mut settings = erp::tool_settings(&data_dir.join("auth").join("jwks.json")).unwrap();
+    settings.peers.order = order_url;
+    let mut client = OrderServiceClient::new(erp::testkit::channel_as(
+        &settings,
+        "order",
+        "process-test",
+        &[erp_runtime::auth::roles::OPERATOR],
+    ));
     for id in &up.orders {
         let order = client
             .get_order(GetOrderRequest {

@@ -68,9 +68,10 @@ async fn one_order_is_one_trace_across_every_service_it_touched() {
 
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let tag = &tag[tag.len() - 10..];
-    let mut peers = erp_runtime::config::Settings::load_with(None, Some(Default::default()))
-        .unwrap()
-        .peers;
+    // One key set for the seven processes and this client.
+    let jwks = std::env::temp_dir().join(format!("erp-trace-{tag}-jwks.json"));
+    let mut settings = erp::tool_settings(&jwks).unwrap();
+    let peers = &mut settings.peers;
     let ports = testing::free_ports(SERVICES.len());
     for (s, p) in SERVICES.iter().zip(&ports) {
         peers.set(s, format!("http://127.0.0.1:{p}"));
@@ -89,6 +90,7 @@ async fn one_order_is_one_trace_across_every_service_it_touched() {
             .env("ERP__ORCHESTRATOR__POLL_INTERVAL_MS", "50")
             .env("ERP__TELEMETRY__OTLP_ENDPOINT", "http://127.0.0.1:4317")
             .env("ERP__TELEMETRY__LOG_FILTER", "info")
+            .env("ERP__AUTH__JWKS_FILE", &jwks)
             .stdout(Stdio::piped());
         // Kept in a file: when a service does not come up, its own words say why.
         let log = std::env::temp_dir().join(format!("erp-trace-{tag}-{service}.log"));
@@ -112,8 +114,8 @@ async fn one_order_is_one_trace_across_every_service_it_touched() {
         children.0.push(child);
     }
 
-    erp::seed::seed_peers(&peers).await.unwrap();
-    let mut c = Clients::for_peers(&peers);
+    let mut c = Clients::for_settings(&settings);
+    erp::seed::seed_with(&c).await.unwrap();
     // The storefront's request starts the trace.
     let trace_id = format!("{:032x}", uuid::Uuid::now_v7().as_u128());
     let mut order = erp::seed::sample_order(&format!("TR-{tag}"), "MUG-BLUE", 1);

@@ -3,6 +3,8 @@
 use erp_proto::common::{Money, SourceDocument};
 use erp_proto::finance::finance_service_server::FinanceService;
 use erp_proto::finance::*;
+use erp_runtime::audit;
+use erp_runtime::auth::Caller;
 use erp_runtime::error::respond;
 use erp_runtime::idempotency::{self, Begun};
 use erp_runtime::outbox::{self, OutboxWaker};
@@ -18,7 +20,8 @@ use tonic::{Request, Response, Status};
 use crate::domain::{self, ProviderAnswer};
 use crate::store::{account, entry, jline, payment};
 
-type Orders = erp_proto::order::order_service_client::OrderServiceClient<tonic::transport::Channel>;
+type Orders =
+    erp_proto::order::order_service_client::OrderServiceClient<erp_runtime::auth::PeerChannel>;
 
 pub struct FinanceApi {
     pub(crate) db: DatabaseConnection,
@@ -29,6 +32,8 @@ pub struct FinanceApi {
     timed_out: std::sync::Mutex<std::collections::HashSet<String>>,
     /// How long an authorization is honoured.
     authorization_ttl_ms: i64,
+    /// Refunds above this wait for a second person's approval.
+    pub(crate) refund_approval_threshold_minor: i64,
 }
 
 impl FinanceApi {
@@ -36,14 +41,16 @@ impl FinanceApi {
         db: DatabaseConnection,
         outbox: OutboxWaker,
         orders: Orders,
-        authorization_ttl_ms: u64,
+        settings: &erp_runtime::config::FinanceSettings,
     ) -> Self {
         Self {
             db,
             outbox,
             orders,
             timed_out: Default::default(),
-            authorization_ttl_ms: i64::try_from(authorization_ttl_ms).unwrap_or(i64::MAX / 4),
+            authorization_ttl_ms: i64::try_from(settings.authorization_ttl_ms)
+                .unwrap_or(i64::MAX / 4),
+            refund_approval_threshold_minor: settings.refund_approval_threshold_minor,
         }
     }
 
@@ -259,7 +266,11 @@ pub(crate) async fn insert_entry<C: ConnectionTrait>(
 }
 
 impl FinanceApi {
-    async fn post_journal(&self, req: PostJournalRequest) -> ApiResult<PostJournalResponse> {
+    async fn post_journal(
+        &self,
+        caller: &Caller,
+        req: PostJournalRequest,
+    ) -> ApiResult<PostJournalResponse> {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
         v.text("memo", &req.memo, 500);
@@ -284,9 +295,19 @@ impl FinanceApi {
             &serde_json::json!({ "entry_id": id }),
         )
         .await?;
-        let response = PostJournalResponse {
-            entry: Some(load_entry(&txn, &id).await?),
-        };
+        let entry = load_entry(&txn, &id).await?;
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("journal_entry:{id}"),
+                reason: &req.memo,
+                before: None,
+                after: Some(entry_state(&entry)),
+            },
+        )
+        .await?;
+        let response = PostJournalResponse { entry: Some(entry) };
         guard.commit(txn, &response).await?;
         self.outbox.wake();
         Ok(response)
@@ -294,6 +315,7 @@ impl FinanceApi {
 
     async fn reverse_journal(
         &self,
+        caller: &Caller,
         req: ReverseJournalRequest,
     ) -> ApiResult<ReverseJournalResponse> {
         let mut v = Violations::new();
@@ -349,9 +371,19 @@ impl FinanceApi {
             &req.entry_id,
         )
         .await?;
-        let response = ReverseJournalResponse {
-            entry: Some(load_entry(&txn, &id).await?),
-        };
+        let entry = load_entry(&txn, &id).await?;
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("journal_entry:{}", req.entry_id),
+                reason: &reason,
+                before: Some(entry_state(&original)),
+                after: Some(entry_state(&entry)),
+            },
+        )
+        .await?;
+        let response = ReverseJournalResponse { entry: Some(entry) };
         guard.commit(txn, &response).await?;
         Ok(response)
     }
@@ -598,82 +630,16 @@ impl FinanceApi {
         guard.commit(txn, &response).await?;
         Ok(response)
     }
+}
 
-    async fn refund(&self, req: RefundPaymentRequest) -> ApiResult<RefundPaymentResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.id("payment_id", &req.payment_id);
-        let amount = req.amount.clone().unwrap_or_default();
-        v.positive("amount.amount_minor", amount.amount_minor);
-        v.optional_text("reason", &req.reason, 500);
-        v.finish()?;
-        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.RefundPayment", req);
-        let p = self.find_payment(&txn, &req.payment_id, "").await?;
-        if !matches!(
-            p.status.as_str(),
-            "captured" | "partially_refunded" | "partially_captured"
-        ) {
-            return Err(ApiError::precondition(
-                "PAYMENT_NOT_CAPTURED",
-                format!("payment {} is {}", p.payment_id, p.status),
-            ));
-        }
-        if amount.currency != p.currency {
-            return Err(ApiError::invalid(
-                "amount.currency",
-                format!("payment is in {}", p.currency),
-            ));
-        }
-        let refunded = checked(p.refunded_minor.checked_add(amount.amount_minor))?;
-        if refunded > p.captured_minor {
-            return Err(ApiError::precondition(
-                "OVER_REFUND",
-                format!(
-                    "cannot refund {}: {} captured, {} already refunded",
-                    amount.amount_minor, p.captured_minor, p.refunded_minor
-                ),
-            ));
-        }
-        if checked(refunded.checked_add(p.charged_back_minor))? > p.captured_minor {
-            return Err(ApiError::precondition(
-                "OVER_REFUND",
-                format!(
-                    "cannot refund {}: {} of {} captured was charged back",
-                    amount.amount_minor, p.charged_back_minor, p.captured_minor
-                ),
-            ));
-        }
-        let captured = p.captured_minor;
-        // The refund leaves the provider clearing account and reduces the channel's sales.
-        post_against_clearing(
-            &txn,
-            &p,
-            "4200",
-            amount.amount_minor,
-            "refund",
-            &req.idempotency_key,
-            &req.reason,
-        )
-        .await?;
-        let still_capturing = p.status == "partially_captured";
-        let mut am: payment::ActiveModel = p.into();
-        am.refunded_minor = Set(refunded);
-        am.status = Set(if still_capturing {
-            // More shipments are coming: the payment keeps taking captures.
-            "partially_captured"
-        } else if refunded == captured {
-            "refunded"
-        } else {
-            "partially_refunded"
-        }
-        .into());
-        let p = am.update(&txn).await?;
-        let response = RefundPaymentResponse {
-            payment: Some(payment_to_wire(p)),
-        };
-        guard.commit(txn, &response).await?;
-        Ok(response)
-    }
+/// What the audit trail digests of a journal entry.
+fn entry_state(e: &JournalEntry) -> serde_json::Value {
+    serde_json::json!({
+        "entry_id": e.entry_id,
+        "memo": e.memo,
+        "reverses": e.reverses_entry_id,
+        "lines": e.lines.iter().map(|l| (l.account_code.clone(), l.debit_minor, l.credit_minor, l.currency.clone())).collect::<Vec<_>>(),
+    })
 }
 
 /// A sum of amounts that cannot overflow once inputs are capped; if one ever does, the request
@@ -717,6 +683,7 @@ impl FinanceService for FinanceApi {
         &self,
         r: Request<CreateAccountRequest>,
     ) -> Result<Response<CreateAccountResponse>, Status> {
+        let caller = Caller::of(&r)?;
         let req = r.into_inner();
         respond(
             async {
@@ -752,6 +719,19 @@ impl FinanceService for FinanceApi {
                 }
                 .insert(&txn)
                 .await?;
+                audit::record(
+                    &txn,
+                    audit::Change {
+                        caller: &caller,
+                        target: format!("account:{}", m.code),
+                        reason: "created",
+                        before: None,
+                        after: Some(serde_json::json!({
+                            "code": m.code, "name": m.name, "type": m.account_type,
+                        })),
+                    },
+                )
+                .await?;
                 txn.commit().await?;
                 Ok(CreateAccountResponse {
                     account: Some(account_to_wire(m)),
@@ -766,14 +746,16 @@ impl FinanceService for FinanceApi {
         &self,
         r: Request<PostJournalRequest>,
     ) -> Result<Response<PostJournalResponse>, Status> {
-        respond(self.post_journal(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.post_journal(&caller, r.into_inner()).await)
     }
 
     async fn reverse_journal(
         &self,
         r: Request<ReverseJournalRequest>,
     ) -> Result<Response<ReverseJournalResponse>, Status> {
-        respond(self.reverse_journal(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.reverse_journal(&caller, r.into_inner()).await)
     }
 
     async fn get_journal_entry(
@@ -878,14 +860,39 @@ impl FinanceService for FinanceApi {
         &self,
         r: Request<RefundPaymentRequest>,
     ) -> Result<Response<RefundPaymentResponse>, Status> {
-        respond(self.refund(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.refund(&caller, r.into_inner()).await)
+    }
+
+    async fn approve_refund(
+        &self,
+        r: Request<ApproveRefundRequest>,
+    ) -> Result<Response<ApproveRefundResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        respond(FinanceApi::approve_refund(self, &caller, r.into_inner()).await)
+    }
+
+    async fn reject_refund(
+        &self,
+        r: Request<RejectRefundRequest>,
+    ) -> Result<Response<RejectRefundResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        respond(FinanceApi::reject_refund(self, &caller, r.into_inner()).await)
+    }
+
+    async fn list_refund_approvals(
+        &self,
+        r: Request<ListRefundApprovalsRequest>,
+    ) -> Result<Response<ListRefundApprovalsResponse>, Status> {
+        respond(FinanceApi::list_refund_approvals(self, r.into_inner()).await)
     }
 
     async fn record_chargeback(
         &self,
         r: Request<RecordChargebackRequest>,
     ) -> Result<Response<RecordChargebackResponse>, Status> {
-        respond(self.chargeback(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.chargeback(&caller, r.into_inner()).await)
     }
 
     async fn get_payment(
@@ -917,7 +924,8 @@ impl FinanceService for FinanceApi {
         &self,
         r: Request<SetTaxRateRequest>,
     ) -> Result<Response<SetTaxRateResponse>, Status> {
-        respond(FinanceApi::set_tax_rate(self, r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(FinanceApi::set_tax_rate(self, &caller, r.into_inner()).await)
     }
 
     async fn calculate_tax(

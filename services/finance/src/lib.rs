@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod domain;
+pub mod policy;
+pub mod refunds;
 pub mod settlement;
 pub mod store;
 pub mod tax;
@@ -16,15 +18,16 @@ pub struct Service;
 impl erp_runtime::Service for Service {
     const NAME: &'static str = "finance";
     const GRPC_NAME: &'static str = erp_proto::service_names::FINANCE;
+    const POLICY: &'static erp_runtime::auth::Policy = &policy::POLICY;
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let orders = erp_runtime::app::peer_channel(&ctx.settings.peers.order)?;
+        let orders = erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.order)?;
         let api = std::sync::Arc::new(api::FinanceApi::new(
             ctx.db.clone(),
             ctx.outbox.clone(),
             erp_proto::order::order_service_client::OrderServiceClient::new(orders),
-            ctx.settings.finance.authorization_ttl_ms,
+            &ctx.settings.finance,
         ));
         // Inventory's value changes become journal entries.
         let consumer = api.clone();

@@ -37,6 +37,7 @@ impl FinanceApi {
     /// dispute more than once: its id is the idempotency key, so a duplicate changes nothing.
     pub(crate) async fn chargeback(
         &self,
+        caller: &erp_runtime::auth::Caller,
         req: RecordChargebackRequest,
     ) -> ApiResult<RecordChargebackResponse> {
         let mut v = Violations::new();
@@ -92,6 +93,7 @@ impl FinanceApi {
         )
         .await?;
         let charged_back = checked(p.charged_back_minor.checked_add(amount.amount_minor))?;
+        let before = crate::refunds::payment_state(&p);
         // An order still shipping in parts keeps taking captures for what ships next.
         let still_capturing = p.status == "partially_captured";
         let mut am: payment::ActiveModel = p.into();
@@ -103,6 +105,17 @@ impl FinanceApi {
         }
         .into());
         let p = am.update(&txn).await?;
+        erp_runtime::audit::record(
+            &txn,
+            erp_runtime::audit::Change {
+                caller,
+                target: format!("payment:{}", p.payment_id),
+                reason: &req.reason,
+                before: Some(before),
+                after: Some(crate::refunds::payment_state(&p)),
+            },
+        )
+        .await?;
         let response = RecordChargebackResponse {
             payment: Some(payment_to_wire(p)),
         };

@@ -104,6 +104,26 @@ CREATE TABLE tax_rates (
                     AND NEW.captured_minor <= NEW.authorized_minor \
                     AND NEW.refunded_minor + NEW.charged_back_minor <= NEW.captured_minor",
             }),
+            erp_runtime::audit::migration(),
+            Box::new(DdlMigration {
+                name: "m20261130_000001_refund_approvals",
+                up: r"
+CREATE TABLE refund_approvals (
+    approval_id TEXT PRIMARY KEY,
+    payment_id TEXT NOT NULL REFERENCES payments (payment_id),
+    amount_minor BIGINT NOT NULL CHECK (amount_minor > 0),
+    currency TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    status TEXT NOT NULL,
+    decided_by TEXT NOT NULL,
+    decision_reason TEXT NOT NULL,
+    requested_at_ms BIGINT NOT NULL,
+    decided_at_ms BIGINT
+);
+CREATE INDEX refund_approvals_status ON refund_approvals (status, requested_at_ms)",
+                drops: &["refund_approvals"],
+            }),
         ]
     }
 }
@@ -164,4 +184,20 @@ entity!(tax_rate, "tax_rates", {
     #[sea_orm(primary_key, auto_increment = false)]
     pub tax_class: String,
     pub rate_bps: i32,
+});
+
+entity!(refund_approval, "refund_approvals", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub approval_id: String,
+    pub payment_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reason: String,
+    pub requested_by: String,
+    /// pending, approved, rejected
+    pub status: String,
+    pub decided_by: String,
+    pub decision_reason: String,
+    pub requested_at_ms: i64,
+    pub decided_at_ms: Option<i64>,
 });

@@ -1,9 +1,11 @@
 //! Sales tax from a rate table by jurisdiction and item tax class.
 
 use erp_proto::finance::*;
+use erp_runtime::audit;
 use erp_runtime::validate::Violations;
 use erp_runtime::{ApiError, ApiResult};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, TransactionTrait};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, EntityTrait, QuerySelect, TransactionTrait};
 
 use crate::api::{FinanceApi, money};
 use crate::domain;
@@ -12,8 +14,10 @@ use crate::store::tax_rate;
 impl FinanceApi {
     pub(crate) async fn set_tax_rate(
         &self,
+        caller: &erp_runtime::auth::Caller,
         req: SetTaxRateRequest,
     ) -> ApiResult<SetTaxRateResponse> {
+        let reason = req.reason;
         let r = req.rate.unwrap_or_default();
         let mut v = Violations::new();
         v.check(
@@ -27,6 +31,7 @@ impl FinanceApi {
             "rate.rate_bps",
             "must be 0..=10000 basis points",
         );
+        v.optional_text("reason", &reason, 500);
         v.finish()?;
         let txn = self.db.begin().await?;
         let am = tax_rate::ActiveModel {
@@ -34,15 +39,30 @@ impl FinanceApi {
             tax_class: Set(r.tax_class.clone()),
             rate_bps: Set(r.rate_bps),
         };
-        if tax_rate::Entity::find_by_id((r.jurisdiction.clone(), r.tax_class.clone()))
+        let before = tax_rate::Entity::find_by_id((r.jurisdiction.clone(), r.tax_class.clone()))
+            .lock_exclusive()
             .one(&txn)
-            .await?
-            .is_some()
-        {
-            am.update(&txn).await?;
-        } else {
-            am.insert(&txn).await?;
-        }
+            .await?;
+        // One statement either way: two first settings of a rate racing do not collide.
+        tax_rate::Entity::insert(am)
+            .on_conflict(
+                OnConflict::columns([tax_rate::Column::Jurisdiction, tax_rate::Column::TaxClass])
+                    .update_column(tax_rate::Column::RateBps)
+                    .to_owned(),
+            )
+            .exec(&txn)
+            .await?;
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("tax_rate:{}/{}", r.jurisdiction, r.tax_class),
+                reason: &reason,
+                before: before.map(|b| serde_json::json!({ "rate_bps": b.rate_bps })),
+                after: Some(serde_json::json!({ "rate_bps": r.rate_bps })),
+            },
+        )
+        .await?;
         txn.commit().await?;
         Ok(SetTaxRateResponse { rate: Some(r) })
     }

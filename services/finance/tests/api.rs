@@ -222,6 +222,7 @@ async fn taxes(backend: Backend) {
     let mut c = FinanceServiceClient::new(svc.channel().await);
     let err = c
         .set_tax_rate(SetTaxRateRequest {
+            reason: "setup".into(),
             rate: Some(TaxRate {
                 jurisdiction: "usa".into(),
                 tax_class: String::new(),
@@ -237,6 +238,7 @@ async fn taxes(backend: Backend) {
     );
     for (jurisdiction, rate_bps) in [("US", 500), ("US-NJ", 663), ("US-NJ", 663)] {
         c.set_tax_rate(SetTaxRateRequest {
+            reason: "setup".into(),
             rate: Some(TaxRate {
                 jurisdiction: jurisdiction.into(),
                 tax_class: "standard".into(),

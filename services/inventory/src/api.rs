@@ -1,8 +1,10 @@
 //! gRPC handlers: validate, map wire types to the domain, run one transaction, map back.
 
-use erp_proto::common::{Actor, SourceDocument};
+use erp_proto::common::SourceDocument;
 use erp_proto::inventory::inventory_service_server::InventoryService;
 use erp_proto::inventory::*;
+use erp_runtime::audit;
+use erp_runtime::auth::Caller;
 use erp_runtime::error::respond;
 use erp_runtime::idempotency;
 use erp_runtime::time::{from_timestamp, now_ms, opt_timestamp, to_timestamp};
@@ -23,11 +25,22 @@ use crate::store::{Source, Store, levels};
 pub struct InventoryApi {
     store: Store,
     batcher: crate::batcher::Batcher,
+    /// A person's write-off worth more than this (minor units at the item's cost) needs the
+    /// approver role and a limit covering it.
+    write_off_approval_minor: i64,
 }
 
 impl InventoryApi {
-    pub fn new(store: Store, batcher: crate::batcher::Batcher) -> Self {
-        Self { store, batcher }
+    pub fn new(
+        store: Store,
+        batcher: crate::batcher::Batcher,
+        write_off_approval_minor: i64,
+    ) -> Self {
+        Self {
+            store,
+            batcher,
+            write_off_approval_minor,
+        }
     }
 }
 
@@ -111,10 +124,6 @@ fn source_of(doc: Option<&SourceDocument>, default_kind: &str, actor: &str) -> S
         id: doc.map(|d| d.id.clone()).unwrap_or_default(),
         actor: actor.to_owned(),
     }
-}
-
-fn actor_id(actor: Option<&Actor>) -> String {
-    actor.map(|a| a.id.clone()).unwrap_or_default()
 }
 
 /// The fields every stock movement carries: key, sku, location and a positive quantity.
@@ -276,6 +285,7 @@ impl InventoryApi {
 
     async fn set_location_status(
         &self,
+        caller: &Caller,
         req: SetLocationStatusRequest,
     ) -> ApiResult<SetLocationStatusResponse> {
         let mut v = Violations::new();
@@ -290,6 +300,7 @@ impl InventoryApi {
         v.finish()?;
         let txn = self.store.db.begin().await?;
         let row = self.store.location(&txn, &req.code).await?;
+        let before = serde_json::json!({ "online": row.online, "reason": row.status_reason });
         let mut am: location::ActiveModel = row.into();
         am.online = Set(status == LocationStatus::Online);
         am.status_reason = Set(req
@@ -302,7 +313,20 @@ impl InventoryApi {
             &txn,
             "inventory.location_status_changed",
             &req.code,
-            &serde_json::json!({ "location": req.code, "online": model.online, "by": actor_id(req.actor.as_ref()) }),
+            &serde_json::json!({ "location": req.code, "online": model.online, "by": caller.subject }),
+        )
+        .await?;
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("location:{}", req.code),
+                reason: &model.status_reason,
+                before: Some(before),
+                after: Some(
+                    serde_json::json!({ "online": model.online, "reason": model.status_reason }),
+                ),
+            },
         )
         .await?;
         txn.commit().await?;
@@ -472,7 +496,11 @@ impl InventoryApi {
         })
     }
 
-    async fn adjust_stock(&self, req: AdjustStockRequest) -> ApiResult<AdjustStockResponse> {
+    async fn adjust_stock(
+        &self,
+        caller: &Caller,
+        req: AdjustStockRequest,
+    ) -> ApiResult<AdjustStockResponse> {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
         v.code("sku", &req.sku);
@@ -500,21 +528,33 @@ impl InventoryApi {
             "actor.reason",
             "an adjustment needs a reason",
         );
-        v.check(
-            req.actor.as_ref().is_some_and(|a| !a.id.trim().is_empty()),
-            "actor.id",
-            "an adjustment needs an actor",
-        );
         v.actor("actor", req.actor.as_ref());
         v.finish()?;
         let Some(bucket) = bucket else {
             return Err(ApiError::invalid("bucket", "unsupported"));
         };
         idempotent!(self, "inventory.AdjustStock", req, |txn| {
+            // A person writing off more than the threshold's worth needs approval authority;
+            // the suite's services write off what the floor reported (audited either way).
+            if req.delta < 0 && !caller.roles.iter().any(|r| r.starts_with("service:")) {
+                let item = self.store.item(&txn, &req.sku).await?;
+                let value = item
+                    .unit_cost_minor
+                    .checked_mul(req.delta.saturating_neg())
+                    .unwrap_or(i64::MAX);
+                if value > self.write_off_approval_minor
+                    && let Err(why) = caller.may_approve(value)
+                {
+                    return Err(ApiError::denied(format!(
+                        "writing off {} x {} ({value} {}) exceeds the threshold {}: {why}",
+                        -req.delta, req.sku, item.currency, self.write_off_approval_minor
+                    )));
+                }
+            }
             let source = Source {
                 kind: "adjustment".into(),
                 id: reason.to_owned(),
-                actor: actor_id(req.actor.as_ref()),
+                actor: caller.subject.clone(),
             };
             let level = self
                 .store
@@ -527,6 +567,21 @@ impl InventoryApi {
                     &source,
                 )
                 .await?;
+            audit::record(
+                &txn,
+                audit::Change {
+                    caller,
+                    target: format!("stock:{}@{}", req.sku, req.location),
+                    reason,
+                    before: None,
+                    after: Some(serde_json::json!({
+                        "bucket": format!("{bucket:?}"),
+                        "delta": req.delta,
+                        "on_hand": level.on_hand,
+                    })),
+                },
+            )
+            .await?;
             AdjustStockResponse {
                 level: Some(level_to_wire(&level)),
             }
@@ -630,6 +685,7 @@ impl InventoryApi {
 
     async fn record_cycle_count(
         &self,
+        caller: &Caller,
         req: RecordCycleCountRequest,
     ) -> ApiResult<RecordCycleCountResponse> {
         let mut v = Violations::new();
@@ -637,14 +693,9 @@ impl InventoryApi {
         v.code("sku", &req.sku);
         v.code("location", &req.location);
         v.non_negative("counted_quantity", req.counted_quantity);
-        v.check(
-            req.actor.as_ref().is_some_and(|a| !a.id.trim().is_empty()),
-            "actor.id",
-            "a count needs the counter",
-        );
         v.actor("actor", req.actor.as_ref());
         v.finish()?;
-        let actor = actor_id(req.actor.as_ref());
+        let actor = caller.subject.clone();
         let reason = req
             .actor
             .as_ref()
@@ -662,6 +713,17 @@ impl InventoryApi {
                     &reason,
                 )
                 .await?;
+            audit::record(
+                &txn,
+                audit::Change {
+                    caller,
+                    target: format!("stock:{}@{}", req.sku, req.location),
+                    reason: &reason,
+                    before: Some(serde_json::json!({ "on_hand": expected })),
+                    after: Some(serde_json::json!({ "on_hand": req.counted_quantity })),
+                },
+            )
+            .await?;
             RecordCycleCountResponse {
                 expected_quantity: expected,
                 variance: req.counted_quantity - expected,
@@ -694,7 +756,11 @@ impl InventoryApi {
         })
     }
 
-    async fn inspect_return(&self, req: InspectReturnRequest) -> ApiResult<InspectReturnResponse> {
+    async fn inspect_return(
+        &self,
+        caller: &Caller,
+        req: InspectReturnRequest,
+    ) -> ApiResult<InspectReturnResponse> {
         let mut v = movement(&req.idempotency_key, &req.sku, &req.location, req.quantity);
         let disposition =
             ReturnDisposition::try_from(req.disposition).unwrap_or(ReturnDisposition::Unspecified);
@@ -718,7 +784,7 @@ impl InventoryApi {
                     .as_ref()
                     .map(|a| a.reason.clone())
                     .unwrap_or_default(),
-                actor: actor_id(req.actor.as_ref()),
+                actor: caller.subject.clone(),
             };
             let level = self
                 .store
@@ -1142,7 +1208,11 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<SetLocationStatusRequest>,
     ) -> Result<Response<SetLocationStatusResponse>, Status> {
-        respond(self.set_location_status(request.into_inner()).await)
+        let caller = Caller::of(&request)?;
+        respond(
+            self.set_location_status(&caller, request.into_inner())
+                .await,
+        )
     }
 
     async fn get_stock(
@@ -1178,7 +1248,7 @@ impl InventoryService for InventoryApi {
         respond(
             self.store
                 .cache
-                .tracked(self.adjust_stock(request.into_inner()))
+                .tracked(self.adjust_stock(&Caller::of(&request)?, request.into_inner()))
                 .await,
         )
     }
@@ -1214,7 +1284,7 @@ impl InventoryService for InventoryApi {
         respond(
             self.store
                 .cache
-                .tracked(self.record_cycle_count(request.into_inner()))
+                .tracked(self.record_cycle_count(&Caller::of(&request)?, request.into_inner()))
                 .await,
         )
     }
@@ -1238,7 +1308,7 @@ impl InventoryService for InventoryApi {
         respond(
             self.store
                 .cache
-                .tracked(self.inspect_return(request.into_inner()))
+                .tracked(self.inspect_return(&Caller::of(&request)?, request.into_inner()))
                 .await,
         )
     }

@@ -429,6 +429,7 @@ fn clone_error(e: &ApiError, message: &str) -> ApiError {
             metadata: metadata.clone(),
         },
         ApiError::NotFound(_) => ApiError::NotFound(message.to_owned()),
+        ApiError::PermissionDenied(_) => ApiError::PermissionDenied(message.to_owned()),
         ApiError::InvalidArgument(v) => ApiError::InvalidArgument(v.clone()),
         ApiError::AlreadyExists(_) => ApiError::AlreadyExists(message.to_owned()),
         ApiError::Unavailable(_) => ApiError::Unavailable(message.to_owned()),

@@ -10,6 +10,7 @@ pub mod api;
 pub mod batcher;
 pub mod cache;
 pub mod domain;
+pub mod policy;
 pub mod store;
 
 /// How often expired reservations are looked for.
@@ -21,6 +22,7 @@ pub struct Service;
 impl erp_runtime::Service for Service {
     const NAME: &'static str = "inventory";
     const GRPC_NAME: &'static str = erp_proto::service_names::INVENTORY;
+    const POLICY: &'static erp_runtime::auth::Policy = &policy::POLICY;
     type Migrator = store::migration::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
@@ -51,7 +53,11 @@ impl erp_runtime::Service for Service {
             ctx.settings.inventory.reservation_batch,
             &ctx,
         );
-        let api = api::InventoryApi::new(store, batcher);
+        let api = api::InventoryApi::new(
+            store,
+            batcher,
+            ctx.settings.inventory.write_off_approval_minor,
+        );
         Ok(tonic::service::Routes::new(
             erp_proto::inventory::inventory_service_server::InventoryServiceServer::new(api),
         ))

@@ -2,6 +2,8 @@
 
 use erp_proto::orchestrator::orchestrator_service_server::OrchestratorService;
 use erp_proto::orchestrator::*;
+use erp_runtime::audit;
+use erp_runtime::auth::Caller;
 use erp_runtime::error::respond;
 use erp_runtime::time::{now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -28,7 +30,7 @@ pub struct OrchestratorApi {
     wake: Arc<Notify>,
     /// Asked whether a shipment an operator signals really happened.
     warehouse: erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient<
-        tonic::transport::Channel,
+        erp_runtime::auth::PeerChannel,
     >,
 }
 
@@ -36,7 +38,7 @@ impl OrchestratorApi {
     pub fn new(
         db: DatabaseConnection,
         wake: Arc<Notify>,
-        warehouse: tonic::transport::Channel,
+        warehouse: erp_runtime::auth::PeerChannel,
     ) -> Self {
         Self {
             db,
@@ -173,14 +175,52 @@ fn to_wire(m: saga::Model, steps: Vec<step::Model>) -> Saga {
     }
 }
 
-/// Who acted and why, required on every operator control.
-fn operator(action: Option<&OperatorAction>) -> ApiResult<(String, String)> {
+/// Who acted (the verified caller, never `action.operator`) and why (required on every
+/// operator control).
+fn operator(caller: &Caller, action: Option<&OperatorAction>) -> ApiResult<(String, String)> {
     let mut v = Violations::new();
     let a = action.cloned().unwrap_or_default();
-    v.text("action.operator", &a.operator, 100);
+    v.optional_text("action.operator", &a.operator, 100);
     v.text("action.reason", &a.reason, 500);
     v.finish()?;
-    Ok((a.operator, a.reason))
+    Ok((caller.subject.clone(), a.reason))
+}
+
+/// What the audit trail digests of a saga.
+fn saga_state(m: &saga::Model) -> serde_json::Value {
+    serde_json::json!({
+        "status": m.status,
+        "current_step": m.current_step,
+        "step_index": m.step_index,
+        "attempts": m.attempts,
+        "parked_reason": m.parked_reason,
+    })
+}
+
+/// Appends the audit record of an operator action on saga `saga_id` inside `txn`, with the
+/// saga's state before and as it is now in `txn`.
+async fn audit_saga<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    caller: &Caller,
+    before: &saga::Model,
+    reason: &str,
+) -> ApiResult<()> {
+    let after = saga::Entity::find_by_id(before.saga_id.clone())
+        .one(txn)
+        .await?
+        .map(|m| saga_state(&m));
+    audit::record(
+        txn,
+        audit::Change {
+            caller,
+            target: format!("saga:{}", before.saga_id),
+            reason,
+            before: Some(saga_state(before)),
+            after,
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 impl OrchestratorApi {
@@ -220,7 +260,11 @@ impl OrchestratorApi {
         Ok(())
     }
 
-    async fn signal(&self, req: SignalSagaRequest) -> ApiResult<SignalSagaResponse> {
+    async fn signal(
+        &self,
+        caller: &Caller,
+        req: SignalSagaRequest,
+    ) -> ApiResult<SignalSagaResponse> {
         let mut v = Violations::new();
         v.id("saga_id", &req.saga_id);
         v.check(
@@ -240,7 +284,7 @@ impl OrchestratorApi {
         }
         self.verify_shipped(&m, &req.payload_json).await?;
         let txn = self.db.begin().await?;
-        crate::store::insert_signal(
+        let inserted = crate::store::insert_signal(
             &txn,
             &req.saga_id,
             &req.signal,
@@ -248,6 +292,10 @@ impl OrchestratorApi {
             &format!("rpc:{}", req.idempotency_key),
         )
         .await?;
+        // A repeated delivery (same key) adds nothing, and records nothing.
+        if inserted {
+            audit_saga(&txn, caller, &m, &format!("signal {}", req.signal)).await?;
+        }
         txn.commit().await?;
         self.wake.notify_one();
         Ok(SignalSagaResponse {
@@ -255,8 +303,8 @@ impl OrchestratorApi {
         })
     }
 
-    async fn pause(&self, req: PauseSagaRequest) -> ApiResult<PauseSagaResponse> {
-        let (who, why) = operator(req.action.as_ref())?;
+    async fn pause(&self, caller: &Caller, req: PauseSagaRequest) -> ApiResult<PauseSagaResponse> {
+        let (who, why) = operator(caller, req.action.as_ref())?;
         let m = self.saga_by_id(&req.saga_id).await?;
         if !crate::engine::ACTIVE.contains(&m.status.as_str()) {
             return Err(ApiError::precondition(
@@ -271,6 +319,7 @@ impl OrchestratorApi {
         let key = format!("pause:{}:{}", m.saga_id, now_ms());
         crate::store::insert_signal(&txn, &m.saga_id, "PAUSE", &why, &key).await?;
         Self::note(&txn, &m.saga_id, format!("pause requested by {who}: {why}")).await?;
+        audit_saga(&txn, caller, &m, &why).await?;
         txn.commit().await?;
         self.wake.notify_one();
         Ok(PauseSagaResponse {
@@ -281,12 +330,13 @@ impl OrchestratorApi {
     /// Moves a saga from `from` back to the status it had, due now.
     async fn reactivate(
         &self,
+        caller: &Caller,
         saga_id: &str,
         from: &str,
-        who: &str,
         why: &str,
         verb: &str,
     ) -> ApiResult<()> {
+        let who = caller.subject.as_str();
         let m = self.saga_by_id(saga_id).await?;
         if m.status != from {
             return Err(ApiError::precondition(
@@ -330,31 +380,40 @@ impl OrchestratorApi {
             format!("{verb} by {who}: {why} (back to {back})"),
         )
         .await?;
+        audit_saga(&txn, caller, &m, why).await?;
         txn.commit().await?;
         self.wake.notify_one();
         Ok(())
     }
 
-    async fn retry(&self, req: RetrySagaRequest) -> ApiResult<RetrySagaResponse> {
-        let (who, why) = operator(req.action.as_ref())?;
-        self.reactivate(&req.saga_id, "parked", &who, &why, "retried")
+    async fn retry(&self, caller: &Caller, req: RetrySagaRequest) -> ApiResult<RetrySagaResponse> {
+        let (_, why) = operator(caller, req.action.as_ref())?;
+        self.reactivate(caller, &req.saga_id, "parked", &why, "retried")
             .await?;
         Ok(RetrySagaResponse {
             saga: Some(self.wire(&req.saga_id).await?),
         })
     }
 
-    async fn resume(&self, req: ResumeSagaRequest) -> ApiResult<ResumeSagaResponse> {
-        let (who, why) = operator(req.action.as_ref())?;
-        self.reactivate(&req.saga_id, "paused", &who, &why, "resumed")
+    async fn resume(
+        &self,
+        caller: &Caller,
+        req: ResumeSagaRequest,
+    ) -> ApiResult<ResumeSagaResponse> {
+        let (_, why) = operator(caller, req.action.as_ref())?;
+        self.reactivate(caller, &req.saga_id, "paused", &why, "resumed")
             .await?;
         Ok(ResumeSagaResponse {
             saga: Some(self.wire(&req.saga_id).await?),
         })
     }
 
-    async fn cancel(&self, req: CancelSagaRequest) -> ApiResult<CancelSagaResponse> {
-        let (who, why) = operator(req.action.as_ref())?;
+    async fn cancel(
+        &self,
+        caller: &Caller,
+        req: CancelSagaRequest,
+    ) -> ApiResult<CancelSagaResponse> {
+        let (who, why) = operator(caller, req.action.as_ref())?;
         let m = self.saga_by_id(&req.saga_id).await?;
         let steps =
             crate::definition::steps(&m.definition, m.definition_version).unwrap_or_default();
@@ -392,6 +451,7 @@ impl OrchestratorApi {
             format!("cancel requested by {who}: {why}"),
         )
         .await?;
+        audit_saga(&txn, caller, &m, &why).await?;
         txn.commit().await?;
         self.wake.notify_one();
         Ok(CancelSagaResponse {
@@ -557,35 +617,40 @@ impl OrchestratorService for OrchestratorApi {
         &self,
         r: Request<SignalSagaRequest>,
     ) -> Result<Response<SignalSagaResponse>, Status> {
-        respond(self.signal(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.signal(&caller, r.into_inner()).await)
     }
 
     async fn retry_saga(
         &self,
         r: Request<RetrySagaRequest>,
     ) -> Result<Response<RetrySagaResponse>, Status> {
-        respond(self.retry(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.retry(&caller, r.into_inner()).await)
     }
 
     async fn pause_saga(
         &self,
         r: Request<PauseSagaRequest>,
     ) -> Result<Response<PauseSagaResponse>, Status> {
-        respond(self.pause(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.pause(&caller, r.into_inner()).await)
     }
 
     async fn resume_saga(
         &self,
         r: Request<ResumeSagaRequest>,
     ) -> Result<Response<ResumeSagaResponse>, Status> {
-        respond(self.resume(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.resume(&caller, r.into_inner()).await)
     }
 
     async fn cancel_saga(
         &self,
         r: Request<CancelSagaRequest>,
     ) -> Result<Response<CancelSagaResponse>, Status> {
-        respond(self.cancel(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.cancel(&caller, r.into_inner()).await)
     }
 
     async fn list_exceptions(

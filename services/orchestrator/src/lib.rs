@@ -10,6 +10,7 @@ pub mod api;
 pub mod definition;
 pub mod engine;
 pub mod participants;
+pub mod policy;
 pub mod store;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub struct Service;
 impl erp_runtime::Service for Service {
     const NAME: &'static str = "orchestrator";
     const GRPC_NAME: &'static str = erp_proto::service_names::ORCHESTRATOR;
+    const POLICY: &'static erp_runtime::auth::Policy = &policy::POLICY;
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
@@ -95,8 +97,9 @@ impl erp_runtime::Service for Service {
                 )
                 .await?;
         }
-        let participants = participants::Participants::connect_lazy(&ctx.settings.peers)?
-            .with_reauthorize_within(ctx.settings.orchestrator.reauthorize_within_ms);
+        let participants =
+            participants::Participants::connect_lazy(&ctx.settings.peers, &ctx.credentials)?
+                .with_reauthorize_within(ctx.settings.orchestrator.reauthorize_within_ms);
         let engine = Arc::new(engine::Engine::new(
             ctx.db.clone(),
             participants,
@@ -109,7 +112,7 @@ impl erp_runtime::Service for Service {
         let api = api::OrchestratorApi::new(
             ctx.db.clone(),
             wake,
-            erp_runtime::app::peer_channel(&ctx.settings.peers.warehouse)?,
+            erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.warehouse)?,
         );
         Ok(tonic::service::Routes::new(
             erp_proto::orchestrator::orchestrator_service_server::OrchestratorServiceServer::new(

@@ -11,9 +11,10 @@ use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
 use erp_proto::order::order_service_client::OrderServiceClient;
 use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
 use erp_proto::{carrier, finance, inventory, order, warehouse};
+use erp_runtime::auth::{Credentials, PeerChannel};
 use erp_runtime::config::Peers;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::definition::Step;
@@ -285,18 +286,22 @@ impl From<Status> for StepError {
 pub struct Participants {
     /// A later shipment re-authorizes when the authorization expires within this long.
     reauthorize_within_ms: i64,
-    order: OrderServiceClient<Channel>,
-    inventory: InventoryServiceClient<Channel>,
-    warehouse: WarehouseServiceClient<Channel>,
-    carrier: CarrierServiceClient<Channel>,
-    finance: FinanceServiceClient<Channel>,
+    order: OrderServiceClient<PeerChannel>,
+    inventory: InventoryServiceClient<PeerChannel>,
+    warehouse: WarehouseServiceClient<PeerChannel>,
+    carrier: CarrierServiceClient<PeerChannel>,
+    finance: FinanceServiceClient<PeerChannel>,
 }
 
-fn lazy(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+fn lazy(credentials: &Credentials, url: &str) -> anyhow::Result<PeerChannel> {
+    let channel = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
-        .connect_lazy())
+        .connect_lazy();
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        credentials.clone(),
+    ))
 }
 
 /// A request carrying the caller's trace context and a deadline.
@@ -338,14 +343,14 @@ fn missing(what: &str) -> StepError {
 
 impl Participants {
     /// Clients that connect on first use and reconnect after a participant restarts.
-    pub fn connect_lazy(peers: &Peers) -> anyhow::Result<Self> {
+    pub fn connect_lazy(peers: &Peers, credentials: &Credentials) -> anyhow::Result<Self> {
         Ok(Self {
             reauthorize_within_ms: 86_400_000,
-            order: OrderServiceClient::new(lazy(&peers.order)?),
-            inventory: InventoryServiceClient::new(lazy(&peers.inventory)?),
-            warehouse: WarehouseServiceClient::new(lazy(&peers.warehouse)?),
-            carrier: CarrierServiceClient::new(lazy(&peers.carrier)?),
-            finance: FinanceServiceClient::new(lazy(&peers.finance)?),
+            order: OrderServiceClient::new(lazy(credentials, &peers.order)?),
+            inventory: InventoryServiceClient::new(lazy(credentials, &peers.inventory)?),
+            warehouse: WarehouseServiceClient::new(lazy(credentials, &peers.warehouse)?),
+            carrier: CarrierServiceClient::new(lazy(credentials, &peers.carrier)?),
+            finance: FinanceServiceClient::new(lazy(credentials, &peers.finance)?),
         })
     }
 

@@ -82,6 +82,7 @@ CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
                 up: "CREATE INDEX sagas_lease ON sagas (status, lease_until_ms)",
                 drops: &[],
             }),
+            erp_runtime::audit::migration(),
         ]
     }
 }

@@ -3,6 +3,8 @@
 use erp_proto::common::{Address, Money};
 use erp_proto::order::order_service_server::OrderService;
 use erp_proto::order::*;
+use erp_runtime::audit;
+use erp_runtime::auth::Caller;
 use erp_runtime::error::respond;
 use erp_runtime::idempotency::{self};
 use erp_runtime::outbox::{self, OutboxWaker};
@@ -20,13 +22,14 @@ use crate::domain::{LineQty, Status as OrderState};
 use crate::store::{channel, line, order};
 
 type Inventory = erp_proto::inventory::inventory_service_client::InventoryServiceClient<
-    tonic::transport::Channel,
+    erp_runtime::auth::PeerChannel,
 >;
 type Warehouse = erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient<
-    tonic::transport::Channel,
+    erp_runtime::auth::PeerChannel,
 >;
-type Carrier =
-    erp_proto::carrier::carrier_service_client::CarrierServiceClient<tonic::transport::Channel>;
+type Carrier = erp_proto::carrier::carrier_service_client::CarrierServiceClient<
+    erp_runtime::auth::PeerChannel,
+>;
 
 pub struct OrderApi {
     pub(crate) db: DatabaseConnection,
@@ -214,6 +217,31 @@ fn qty(l: &line::Model) -> LineQty {
     }
 }
 
+/// What the audit trail digests of an order's lines.
+fn lines_state(lines: &[line::Model]) -> serde_json::Value {
+    serde_json::json!(
+        lines
+            .iter()
+            .map(|l| (l.line_id.clone(), l.ordered, l.cancelled, l.allocated))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// What the audit trail digests of a channel.
+fn channel_state(c: &Channel) -> serde_json::Value {
+    serde_json::json!({
+        "name": c.name,
+        "kind": c.kind,
+        "currency": c.currency,
+        "service_levels": c.service_levels,
+        "commission_bps": c.commission_bps,
+        "fixed_fee_minor": c.fixed_fee_minor,
+        "external_id_pattern": c.external_id_pattern,
+        "ship_complete": c.ship_complete,
+        "net_terms_days": c.net_terms_days,
+    })
+}
+
 fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
     let address: StoredAddress = serde_json::from_str(&o.ship_to).unwrap_or_default();
     let status = OrderState::parse(&o.status).map_or(OrderStatus::Unspecified, status_to_wire);
@@ -265,7 +293,8 @@ fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
         updated_at: Some(to_timestamp(o.updated_at_ms)),
         promised_by: (o.promised_by_ms > 0).then(|| to_timestamp(o.promised_by_ms)),
         routing_decisions: vec![],
-        payment_method_token: o.payment_method_token,
+        // Never in a read: GetOrder adds it for the orchestrator alone.
+        payment_method_token: String::new(),
         tracking_number: o.tracking_number,
         tax_total: Some(Money {
             amount_minor: o.tax_minor,
@@ -388,7 +417,11 @@ fn validate_address(v: &mut Violations, a: Option<&Address>) {
 }
 
 impl OrderApi {
-    async fn upsert_channel(&self, req: UpsertChannelRequest) -> ApiResult<UpsertChannelResponse> {
+    async fn upsert_channel(
+        &self,
+        caller: &Caller,
+        req: UpsertChannelRequest,
+    ) -> ApiResult<UpsertChannelResponse> {
         let Some(ch) = req.channel else {
             return Err(ApiError::invalid("channel", "is required"));
         };
@@ -430,11 +463,14 @@ impl OrderApi {
                 "is not a valid regular expression",
             );
         }
+        v.optional_text("reason", &req.reason, 500);
         v.finish()?;
         let txn = self.db.begin().await?;
         let existing = channel::Entity::find_by_id(ch.code.clone())
+            .lock_exclusive()
             .one(&txn)
             .await?;
+        let before = existing.clone().map(|m| channel_state(&channel_to_wire(m)));
         let am = channel::ActiveModel {
             code: Set(ch.code.clone()),
             name: Set(ch.name.clone()),
@@ -453,6 +489,17 @@ impl OrderApi {
         } else {
             am.insert(&txn).await?
         };
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("channel:{}", model.code),
+                reason: &req.reason,
+                before,
+                after: Some(channel_state(&channel_to_wire(model.clone()))),
+            },
+        )
+        .await?;
         txn.commit().await?;
         Ok(UpsertChannelResponse {
             channel: Some(channel_to_wire(model)),
@@ -675,7 +722,11 @@ impl OrderApi {
         })
     }
 
-    async fn cancel_order(&self, req: CancelOrderRequest) -> ApiResult<CancelOrderResponse> {
+    async fn cancel_order(
+        &self,
+        caller: &Caller,
+        req: CancelOrderRequest,
+    ) -> ApiResult<CancelOrderResponse> {
         let mut v = Violations::new();
         v.idempotency_key(&req.idempotency_key);
         v.id("order_id", &req.order_id);
@@ -684,6 +735,7 @@ impl OrderApi {
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.CancelOrder", req);
         let (o, lines) = load_for_update(&txn, &req.order_id).await?;
+        let before = lines_state(&lines);
         for id in &req.line_ids {
             if !lines.iter().any(|l| &l.line_id == id) {
                 return Err(ApiError::invalid(
@@ -751,6 +803,25 @@ impl OrderApi {
                 "include_allocated": req.include_allocated,
                 "reason": reason,
             }),
+        )
+        .await?;
+        let after: Vec<_> = order
+            .lines
+            .iter()
+            .map(|l| {
+                let q = l.quantities.unwrap_or_default();
+                (l.line_id.clone(), q.ordered, q.cancelled, q.allocated)
+            })
+            .collect();
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("order:{}", req.order_id),
+                reason: &reason,
+                before: Some(before),
+                after: Some(serde_json::json!(after)),
+            },
         )
         .await?;
         let response = CancelOrderResponse {
@@ -984,7 +1055,8 @@ impl OrderService for OrderApi {
         &self,
         r: Request<UpsertChannelRequest>,
     ) -> Result<Response<UpsertChannelResponse>, Status> {
-        respond(self.upsert_channel(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.upsert_channel(&caller, r.into_inner()).await)
     }
 
     async fn list_channels(
@@ -1016,6 +1088,13 @@ impl OrderService for OrderApi {
         &self,
         r: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        // The payment token is for the saga that authorizes with it, nobody else.
+        let with_token = caller
+            .roles
+            .iter()
+            .any(|role| role == erp_runtime::auth::roles::ORCHESTRATOR)
+            || !caller.authenticated;
         let req = r.into_inner();
         respond(
             async {
@@ -1025,7 +1104,9 @@ impl OrderService for OrderApi {
                 // One snapshot: the order, its lines and its decisions as one moment saw them.
                 let txn = erp_runtime::db::snapshot(&self.db).await?;
                 let (o, lines) = load(&txn, &req.order_id).await?;
+                let token = with_token.then(|| o.payment_method_token.clone());
                 let mut order = order_to_wire(o, lines);
+                order.payment_method_token = token.unwrap_or_default();
                 order.routing_decisions =
                     crate::route_api::decisions_of(&txn, &req.order_id).await?;
                 txn.commit().await?;
@@ -1046,7 +1127,8 @@ impl OrderService for OrderApi {
         &self,
         r: Request<CancelOrderRequest>,
     ) -> Result<Response<CancelOrderResponse>, Status> {
-        respond(self.cancel_order(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.cancel_order(&caller, r.into_inner()).await)
     }
 
     async fn record_allocation(
@@ -1081,7 +1163,8 @@ impl OrderService for OrderApi {
         &self,
         r: Request<PutRoutingRulesRequest>,
     ) -> Result<Response<PutRoutingRulesResponse>, Status> {
-        respond(self.put_rules(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.put_rules(&caller, r.into_inner()).await)
     }
 
     async fn get_routing_rules(

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod policy;
 pub mod promise;
 pub mod route_api;
 pub mod routing;
@@ -16,6 +17,7 @@ pub struct Service;
 impl erp_runtime::Service for Service {
     const NAME: &'static str = "order";
     const GRPC_NAME: &'static str = erp_proto::service_names::ORDER;
+    const POLICY: &'static erp_runtime::auth::Policy = &policy::POLICY;
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
@@ -23,13 +25,13 @@ impl erp_runtime::Service for Service {
             ctx.db.clone(),
             ctx.outbox.clone(),
             erp_proto::inventory::inventory_service_client::InventoryServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.settings.peers.inventory)?,
+                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.inventory)?,
             ),
             erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.settings.peers.warehouse)?,
+                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.warehouse)?,
             ),
             erp_proto::carrier::carrier_service_client::CarrierServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.settings.peers.carrier)?,
+                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.carrier)?,
             ),
         );
         Ok(tonic::service::Routes::new(

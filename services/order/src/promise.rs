@@ -10,7 +10,6 @@ use erp_proto::carrier::{QuoteRatesRequest, ServiceLevel};
 use erp_proto::common::{Address, Parcel};
 use erp_proto::inventory::InboundLot;
 use erp_runtime::time::{from_timestamp, to_timestamp};
-use tonic::transport::Channel;
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
@@ -52,7 +51,7 @@ pub fn covering_lot(lots: &[InboundLot], need: i64) -> Option<&InboundLot> {
 
 /// Asks carriers for delivery estimates, one quote per warehouse and ship time.
 pub struct Promiser<'a> {
-    pub carrier: CarrierServiceClient<Channel>,
+    pub carrier: CarrierServiceClient<erp_runtime::auth::PeerChannel>,
     pub sites: &'a HashMap<String, SiteClock>,
     pub destination: Address,
     pub service_level: &'a str,
@@ -61,7 +60,7 @@ pub struct Promiser<'a> {
 
 impl<'a> Promiser<'a> {
     pub fn new(
-        carrier: CarrierServiceClient<Channel>,
+        carrier: CarrierServiceClient<erp_runtime::auth::PeerChannel>,
         sites: &'a HashMap<String, SiteClock>,
         destination: Address,
         service_level: &'a str,

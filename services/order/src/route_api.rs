@@ -105,11 +105,12 @@ impl OrderApi {
     /// Stores a new version of the rules; decisions keep naming the version that made them.
     pub(crate) async fn put_rules(
         &self,
+        caller: &erp_runtime::auth::Caller,
         req: PutRoutingRulesRequest,
     ) -> ApiResult<PutRoutingRulesResponse> {
         let mut v = Violations::new();
         let actor = req.actor.clone().unwrap_or_default();
-        v.text("actor.id", &actor.id, 100);
+        v.optional_text("actor.id", &actor.id, 100);
         v.text("actor.reason", &actor.reason, 500);
         let mut rules = Vec::with_capacity(req.rules.len());
         let mut names = std::collections::HashSet::new();
@@ -149,20 +150,44 @@ impl OrderApi {
         }
         v.finish()?;
         let txn = self.db.begin().await?;
-        let latest = rule_set::Entity::find()
+        // Two changes racing both try version n+1: the primary key lets one in and the other
+        // is told to retry (ABORTED), not given an internal error.
+        let previous = rule_set::Entity::find()
             .order_by_desc(rule_set::Column::Version)
             .one(&txn)
-            .await?
-            .map_or(0, |m| m.version);
+            .await?;
+        let latest = previous.as_ref().map_or(0, |m| m.version);
         let m = rule_set::ActiveModel {
             version: Set(latest + 1),
             rules: Set(
                 serde_json::to_string(&rules).map_err(|e| ApiError::Internal(e.to_string()))?
             ),
             created_at_ms: Set(now_ms()),
-            created_by: Set(format!("{}: {}", actor.id, actor.reason)),
+            created_by: Set(format!("{}: {}", caller.subject, actor.reason)),
         }
         .insert(&txn)
+        .await
+        .map_err(|e| {
+            if matches!(
+                e.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) {
+                ApiError::Aborted("the routing rules changed concurrently; retry".into())
+            } else {
+                e.into()
+            }
+        })?;
+        erp_runtime::audit::record(
+            &txn,
+            erp_runtime::audit::Change {
+                caller,
+                target: "routing_rules".into(),
+                reason: &actor.reason,
+                before: previous
+                    .map(|p| serde_json::json!({ "version": p.version, "rules": p.rules })),
+                after: Some(serde_json::json!({ "version": m.version, "rules": m.rules })),
+            },
+        )
         .await?;
         // Orders waiting for stock are planned again under the new rules.
         erp_runtime::outbox::enqueue(

@@ -99,6 +99,7 @@ CREATE INDEX routing_decisions_order ON routing_decisions (order_id, seq)",
                 up: "ALTER TABLE orders ADD COLUMN promised_by_ms BIGINT NOT NULL DEFAULT 0",
                 drops: &[],
             }),
+            erp_runtime::audit::migration(),
         ]
     }
 }

@@ -100,6 +100,7 @@ async fn lifecycle(backend: Backend) {
         ),
     ] {
         c.upsert_channel(UpsertChannelRequest {
+            reason: "setup".into(),
             channel: Some(Channel {
                 code: code.into(),
                 name: code.into(),

@@ -3,6 +3,8 @@
 use erp_proto::common::Money;
 use erp_proto::procurement::procurement_service_server::ProcurementService;
 use erp_proto::procurement::*;
+use erp_runtime::audit;
+use erp_runtime::auth::Caller;
 use erp_runtime::error::respond;
 use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
@@ -18,10 +20,10 @@ use crate::store::{po, po_line, supplier, term};
 const DAY_MS: i64 = 86_400_000;
 
 type Inventory = erp_proto::inventory::inventory_service_client::InventoryServiceClient<
-    tonic::transport::Channel,
+    erp_runtime::auth::PeerChannel,
 >;
 type Warehouse = erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient<
-    tonic::transport::Channel,
+    erp_runtime::auth::PeerChannel,
 >;
 
 pub struct ProcurementApi {
@@ -122,6 +124,18 @@ pub(crate) async fn load_po<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<Pu
         approved_by: p.approved_by,
         approved_at: opt_timestamp(p.approved_at_ms),
         created_at: Some(to_timestamp(p.created_at_ms)),
+        created_by: p.created_by,
+    })
+}
+
+/// What the audit trail digests of a purchase order.
+fn po_state(p: &PurchaseOrder) -> serde_json::Value {
+    serde_json::json!({
+        "status": p.status,
+        "total_minor": p.total.as_ref().map_or(0, |t| t.amount_minor),
+        "approved_by": p.approved_by,
+        "created_by": p.created_by,
+        "lines": p.lines.iter().map(|l| (l.sku.clone(), l.quantity, l.received_quantity)).collect::<Vec<_>>(),
     })
 }
 
@@ -234,6 +248,7 @@ impl ProcurementApi {
 
     pub(crate) async fn create_po(
         &self,
+        caller: &Caller,
         req: CreatePurchaseOrderRequest,
     ) -> ApiResult<CreatePurchaseOrderResponse> {
         let mut v = Violations::new();
@@ -333,6 +348,7 @@ impl ProcurementApi {
             created_at_ms: Set(now),
             sent_at_ms: Set(None),
             received_at_ms: Set(None),
+            created_by: Set(caller.subject.clone()),
         }
         .insert(&txn)
         .await?;
@@ -347,8 +363,20 @@ impl ProcurementApi {
             .insert(&txn)
             .await?;
         }
+        let created = load_po(&txn, &id).await?;
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("purchase_order:{id}"),
+                reason: "created",
+                before: None,
+                after: Some(po_state(&created)),
+            },
+        )
+        .await?;
         let response = CreatePurchaseOrderResponse {
-            purchase_order: Some(load_po(&txn, &id).await?),
+            purchase_order: Some(created),
         };
         guard.commit(txn, &response).await?;
         Ok(response)
@@ -356,13 +384,14 @@ impl ProcurementApi {
 
     async fn approve(
         &self,
+        caller: &Caller,
         req: ApprovePurchaseOrderRequest,
     ) -> ApiResult<ApprovePurchaseOrderResponse> {
         let mut v = Violations::new();
         v.id("purchase_order_id", &req.purchase_order_id);
-        let approver = req.approver.clone().unwrap_or_default();
-        v.text("approver.id", &approver.id, 100);
+        v.actor("approver", req.approver.as_ref());
         v.finish()?;
+        let reason = req.approver.as_ref().map_or("", |a| a.reason.as_str());
         let txn = self.db.begin().await?;
         // Locked until the commit: an approval racing a cancel (or another approver) sees the
         // status the other one left, never the one both read.
@@ -375,7 +404,7 @@ impl ProcurementApi {
             })?;
         match p.status.as_str() {
             "draft" => {}
-            "approved" if p.approved_by == approver.id => {
+            "approved" if p.approved_by == caller.subject => {
                 return Ok(ApprovePurchaseOrderResponse {
                     purchase_order: Some(load_po(&txn, &p.purchase_order_id).await?),
                 });
@@ -387,24 +416,42 @@ impl ProcurementApi {
                 ));
             }
         }
+        // Maker-checker: whoever created the order does not approve it.
+        if caller.authenticated && p.created_by == caller.subject {
+            return Err(ApiError::denied(format!(
+                "maker-checker: {} created purchase order {} and cannot approve it",
+                caller.subject, p.purchase_order_id
+            )));
+        }
+        // Above the threshold only an approver whose limit covers the total may approve;
+        // below it a second buyer may.
         if p.total_minor > crate::APPROVAL_THRESHOLD_MINOR
-            && !req.approver_roles.iter().any(|r| r == "approver")
+            && let Err(why) = caller.may_approve(p.total_minor)
         {
-            return Err(ApiError::precondition(
-                "APPROVER_ROLE_REQUIRED",
-                format!(
-                    "purchase order total {} exceeds the approval threshold {}: the approver needs the approver role",
-                    p.total_minor,
-                    crate::APPROVAL_THRESHOLD_MINOR
-                ),
-            ));
+            return Err(ApiError::denied(format!(
+                "purchase order total {} exceeds the approval threshold {}: {why}",
+                p.total_minor,
+                crate::APPROVAL_THRESHOLD_MINOR
+            )));
         }
         let id = p.purchase_order_id.clone();
+        let before = load_po(&txn, &id).await?;
         let mut am: po::ActiveModel = p.into();
         am.status = Set("approved".into());
-        am.approved_by = Set(approver.id.clone());
+        am.approved_by = Set(caller.subject.clone());
         am.approved_at_ms = Set(Some(now_ms()));
         am.update(&txn).await?;
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("purchase_order:{id}"),
+                reason,
+                before: Some(po_state(&before)),
+                after: Some(po_state(&load_po(&txn, &id).await?)),
+            },
+        )
+        .await?;
         txn.commit().await?;
         Ok(ApprovePurchaseOrderResponse {
             purchase_order: Some(load_po(&self.db, &id).await?),
@@ -413,10 +460,12 @@ impl ProcurementApi {
 
     async fn cancel(
         &self,
+        caller: &Caller,
         req: CancelPurchaseOrderRequest,
     ) -> ApiResult<CancelPurchaseOrderResponse> {
         let mut v = Violations::new();
         v.id("purchase_order_id", &req.purchase_order_id);
+        v.actor("actor", req.actor.as_ref());
         v.finish()?;
         // The order stays locked from the status read to the status write: a receipt or an
         // approval arriving meanwhile waits, then sees the cancellation.
@@ -465,10 +514,26 @@ impl ProcurementApi {
             }
         };
         let to = to.to_owned();
+        let unchanged = to == p.status;
+        let before = load_po(&txn, &p.purchase_order_id).await?;
         let mut am: po::ActiveModel = p.into();
         am.status = Set(to);
         am.received_at_ms = Set(received_at);
         am.update(&txn).await?;
+        // A repeated cancel changes nothing and records nothing.
+        if !unchanged {
+            audit::record(
+                &txn,
+                audit::Change {
+                    caller,
+                    target: format!("purchase_order:{}", req.purchase_order_id),
+                    reason: req.actor.as_ref().map_or("", |a| a.reason.as_str()),
+                    before: Some(po_state(&before)),
+                    after: Some(po_state(&load_po(&txn, &req.purchase_order_id).await?)),
+                },
+            )
+            .await?;
+        }
         txn.commit().await?;
         Ok(CancelPurchaseOrderResponse {
             purchase_order: Some(load_po(&self.db, &req.purchase_order_id).await?),
@@ -563,14 +628,16 @@ impl ProcurementService for ProcurementApi {
         &self,
         r: Request<SuggestReplenishmentRequest>,
     ) -> Result<Response<SuggestReplenishmentResponse>, Status> {
-        respond(self.suggest(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.suggest(&caller, r.into_inner()).await)
     }
 
     async fn create_purchase_order(
         &self,
         r: Request<CreatePurchaseOrderRequest>,
     ) -> Result<Response<CreatePurchaseOrderResponse>, Status> {
-        respond(self.create_po(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.create_po(&caller, r.into_inner()).await)
     }
 
     async fn get_purchase_order(
@@ -636,7 +703,8 @@ impl ProcurementService for ProcurementApi {
         &self,
         r: Request<ApprovePurchaseOrderRequest>,
     ) -> Result<Response<ApprovePurchaseOrderResponse>, Status> {
-        respond(self.approve(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.approve(&caller, r.into_inner()).await)
     }
 
     async fn send_purchase_order(
@@ -657,7 +725,8 @@ impl ProcurementService for ProcurementApi {
         &self,
         r: Request<CancelPurchaseOrderRequest>,
     ) -> Result<Response<CancelPurchaseOrderResponse>, Status> {
-        respond(self.cancel(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.cancel(&caller, r.into_inner()).await)
     }
 
     async fn get_supplier_scorecard(

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod domain;
 pub mod lifecycle;
+pub mod policy;
 pub mod store;
 
 /// Purchase orders above this total (minor units) need an approver with the `approver` role.
@@ -18,6 +19,7 @@ pub struct Service;
 impl erp_runtime::Service for Service {
     const NAME: &'static str = "procurement";
     const GRPC_NAME: &'static str = erp_proto::service_names::PROCUREMENT;
+    const POLICY: &'static erp_runtime::auth::Policy = &policy::POLICY;
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
@@ -25,10 +27,10 @@ impl erp_runtime::Service for Service {
             ctx.db.clone(),
             ctx.outbox.clone(),
             erp_proto::inventory::inventory_service_client::InventoryServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.settings.peers.inventory)?,
+                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.inventory)?,
             ),
             erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.settings.peers.warehouse)?,
+                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.warehouse)?,
             ),
         ));
         // Demand from shipments, drafts on low stock, and receipts recorded at the warehouse.

@@ -2,6 +2,7 @@
 //! after approval (sent: inbound in inventory; received through the warehouse), and supplier
 //! scorecards.
 
+use erp_runtime::auth::Caller;
 use std::collections::BTreeMap;
 
 use erp_proto::procurement::*;
@@ -165,6 +166,7 @@ impl ProcurementApi {
     /// supplier and location.
     pub(crate) async fn suggest(
         &self,
+        caller: &Caller,
         req: SuggestReplenishmentRequest,
     ) -> ApiResult<SuggestReplenishmentResponse> {
         let mut v = Violations::new();
@@ -180,12 +182,18 @@ impl ProcurementApi {
         if !req.location.is_empty() {
             q = q.filter(policy::Column::Location.eq(&req.location));
         }
-        self.suggest_for(q.all(&self.db).await?, &req.positions, req.create_drafts)
-            .await
+        self.suggest_for(
+            caller,
+            q.all(&self.db).await?,
+            &req.positions,
+            req.create_drafts,
+        )
+        .await
     }
 
     async fn suggest_for(
         &self,
+        caller: &Caller,
         policies: Vec<policy::Model>,
         positions: &[StockPosition],
         create_drafts: bool,
@@ -254,12 +262,15 @@ impl ProcurementApi {
             }
             for ((supplier_id, location), lines) in groups {
                 let created = self
-                    .create_po(CreatePurchaseOrderRequest {
-                        idempotency_key: format!("replenish:{}", uuid::Uuid::now_v7()),
-                        supplier_id,
-                        location,
-                        lines,
-                    })
+                    .create_po(
+                        caller,
+                        CreatePurchaseOrderRequest {
+                            idempotency_key: format!("replenish:{}", uuid::Uuid::now_v7()),
+                            supplier_id,
+                            location,
+                            lines,
+                        },
+                    )
                     .await?;
                 if let Some(p) = created.purchase_order {
                     drafts.push(p.purchase_order_id);
@@ -707,7 +718,12 @@ impl ProcurementApi {
             return Ok(());
         }
         let r = self
-            .suggest_for(policies, &[], true)
+            .suggest_for(
+                &Caller::system("procurement", "scheduled replenishment"),
+                policies,
+                &[],
+                true,
+            )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !r.draft_purchase_order_ids.is_empty() {

@@ -88,6 +88,12 @@ CREATE TABLE po_receipts (
 CREATE INDEX po_receipts_po ON po_receipts (purchase_order_id)",
                 drops: &["po_receipts", "demand_events", "reorder_policies"],
             }),
+            erp_runtime::audit::migration(),
+            Box::new(DdlMigration {
+                name: "m20261130_000001_po_maker",
+                up: "ALTER TABLE purchase_orders ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -128,6 +134,8 @@ entity!(po, "purchase_orders", {
     pub sent_at_ms: Option<i64>,
     /// When the receipt that completed (or closed) the order arrived.
     pub received_at_ms: Option<i64>,
+    /// The principal who created it (maker-checker: they cannot approve it).
+    pub created_by: String,
 });
 
 entity!(po_line, "purchase_order_lines", {

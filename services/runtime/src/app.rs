@@ -30,6 +30,8 @@ pub struct ServiceContext {
     /// Background work of the service. A stopped service has no task left running: its
     /// [`Running::task`] ends only after every task spawned here ended (or the grace period).
     pub tasks: TaskTracker,
+    /// This service's identity towards its peers (see [`peer_channel`]).
+    pub credentials: crate::auth::Credentials,
 }
 
 impl ServiceContext {
@@ -50,6 +52,8 @@ pub trait Service: Send + Sync + 'static {
     /// Fully qualified gRPC service name, registered with health and reflection.
     const GRPC_NAME: &'static str;
     type Migrator: MigratorTrait;
+    /// Who may call each method (see [`crate::auth`]).
+    const POLICY: &'static crate::auth::Policy;
 
     /// Builds the gRPC routes; may subscribe to events and spawn background work that stops at
     /// `ctx.shutdown`.
@@ -71,6 +75,8 @@ pub async fn start<S: Service>(
     bus: Bus,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    let auth = crate::auth::Authenticator::from_settings(&settings)?;
+    let credentials = crate::auth::Credentials::for_service(&settings, S::NAME)?;
     let db = crate::db::connect_and_migrate::<S::Migrator>(&settings, S::NAME).await?;
     let outbox = OutboxWaker::default();
     let relay = Relay {
@@ -90,13 +96,26 @@ pub async fn start<S: Service>(
         outbox,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
+        credentials,
     };
     let routes = S::build(ctx).await?;
     let addr = listener.local_addr()?;
     let server_settings = settings.server.clone();
+    let routes = routes.add_service(crate::audit::AuditApi::server(db.clone()));
+    let auth = crate::auth::AuthLayer {
+        auth,
+        policy: S::POLICY,
+    };
     let task = tokio::spawn(async move {
-        let served =
-            crate::server::serve(S::GRPC_NAME, listener, routes, &server_settings, shutdown).await;
+        let served = crate::server::serve(
+            S::GRPC_NAME,
+            listener,
+            routes,
+            &server_settings,
+            auth,
+            shutdown,
+        )
+        .await;
         // Background work (relay, consumers, workers) has seen the same cancellation; wait for it
         // so that a stopped service leaves nothing behind touching its database.
         tasks.close();
@@ -120,12 +139,19 @@ pub async fn start<S: Service>(
 }
 
 /// A channel to a peer service that connects on first use and reconnects after the peer
-/// restarts, with a connect timeout and a per-call deadline.
-pub fn peer_channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+/// restarts, with a connect timeout and a per-call deadline, presenting `credentials`.
+pub fn peer_channel(
+    credentials: &crate::auth::Credentials,
+    url: &str,
+) -> anyhow::Result<crate::auth::PeerChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))
-        .connect_lazy())
+        .connect_lazy();
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        credentials.clone(),
+    ))
 }
 
 /// `--config FILE` from the command line, else `ERP_CONFIG`.

@@ -23,6 +23,40 @@ pub struct Settings {
     pub inventory: InventorySettings,
     pub warehouse: WarehouseSettings,
     pub finance: FinanceSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// No authentication: every caller may call every method. Only on a loopback address,
+    /// unless `server.insecure = true`.
+    Off,
+    /// Every request but health checks carries `authorization: Bearer <JWT>`, verified against
+    /// the keys of `auth.jwks_file`; each method admits the roles of the service's table.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// JSON Web Key Set with the issuer's verification keys (RSA, EC P-256/P-384, Ed25519, or
+    /// a symmetric `oct` key). Empty: `<data_dir>/auth/jwks.json`. A process holding an `oct`
+    /// key can also mint tokens (`erp token`, and its own service identity towards its peers).
+    pub jwks_file: String,
+    /// Create `jwks_file` with a fresh random HS256 key when it does not exist (the embedded
+    /// default); a deployment mounts the issuer's keys and turns this off.
+    pub generate_key: bool,
+    /// Expected `iss` claim.
+    pub issuer: String,
+    /// Expected `aud` claim.
+    pub audience: String,
+    /// A file holding this service's own bearer token for calls to its peers (a projected,
+    /// rotated Secret), used when the JWKS has no key to mint one. Re-read when it changes.
+    pub service_token_file: String,
+    /// Lifetime of the tokens this process mints for itself.
+    pub service_token_ttl_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +65,9 @@ pub struct FinanceSettings {
     /// How long the payment provider honours an authorization; a capture after that is
     /// refused `AUTHORIZATION_EXPIRED` (card networks: about 7 days).
     pub authorization_ttl_ms: u64,
+    /// Refunds above this amount (minor units of the payment's currency) wait for an approver
+    /// other than the requester, whose approval limit covers them.
+    pub refund_approval_threshold_minor: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +87,9 @@ pub struct InventorySettings {
     /// 0 disables the cache. Stock changes invalidate before they answer; the lifetime only
     /// bounds staleness if Redis itself fails mid-invalidation.
     pub availability_cache_ms: u64,
+    /// A person's stock write-off (a negative adjustment) worth more than this, in minor units
+    /// at the item's cost, needs the approver role and a limit that covers it.
+    pub write_off_approval_minor: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +109,9 @@ pub struct ServerSettings {
     /// without proto files. On by default; a deployment that must not describe its API to
     /// whoever reaches a port turns it off.
     pub reflection: bool,
+    /// Allows binding an address other than loopback without transport security and
+    /// authentication. Off by default: such a bind is refused at start.
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +248,7 @@ request_timeout_ms = 30000
 concurrency_limit = 256
 shutdown_grace_ms = 10000
 reflection = true
+insecure = false
 
 [database]
 url = ""
@@ -236,12 +280,23 @@ orchestrator = "http://127.0.0.1:50057"
 [inventory]
 reservation_batch = 128
 availability_cache_ms = 2000
+write_off_approval_minor = 100000
 
 [warehouse]
 auto_wave_interval_ms = 0
 
 [finance]
 authorization_ttl_ms = 604800000
+refund_approval_threshold_minor = 50000
+
+[auth]
+mode = "jwt"
+jwks_file = ""
+generate_key = true
+issuer = "erp-local"
+audience = "erp"
+service_token_file = ""
+service_token_ttl_s = 3600
 
 [orchestrator]
 lease_ms = 15000
@@ -356,13 +411,47 @@ impl Settings {
                 });
             }
         }
+        if self.auth.mode == AuthMode::Jwt
+            && (self.auth.issuer.is_empty() || self.auth.audience.is_empty())
+        {
+            return Err(invalid(
+                "auth.issuer",
+                "issuer and audience must be set when auth.mode = \"jwt\"",
+            ));
+        }
+        if !self.server.insecure && !is_loopback(&self.server.host) {
+            // Transport security is not built yet: any other address needs the explicit opt-in.
+            return Err(invalid(
+                "server.insecure",
+                &format!(
+                    "server.host = {:?} is not a loopback address and this build serves without TLS: \
+                     set server.insecure = true to accept that, knowingly",
+                    self.server.host
+                ),
+            ));
+        }
         if !(1..=1000).contains(&self.inventory.reservation_batch) {
             return Err(invalid("inventory.reservation_batch", "must be 1..=1000"));
+        }
+        if self.finance.refund_approval_threshold_minor < 0 {
+            return Err(invalid(
+                "finance.refund_approval_threshold_minor",
+                "must not be negative",
+            ));
         }
         if self.orchestrator.lease_ms == 0 {
             return Err(invalid("orchestrator.lease_ms", "must be positive"));
         }
         Ok(())
+    }
+
+    /// Where the JWKS lives: `auth.jwks_file`, else `<data_dir>/auth/jwks.json`.
+    pub fn jwks_path(&self) -> PathBuf {
+        if self.auth.jwks_file.is_empty() {
+            self.data_dir.join("auth").join("jwks.json")
+        } else {
+            PathBuf::from(&self.auth.jwks_file)
+        }
     }
 
     /// The database URL of one service.
@@ -375,6 +464,15 @@ impl Settings {
             url.replace("{service}", service)
         }
     }
+}
+
+/// `127.0.0.1`, `::1`, `localhost` and the like.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn peer_key(service: &str) -> &'static str {

@@ -26,6 +26,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// The caller is known but may not do this (a limit, maker-checker, a fulfillment that is
+    /// not theirs to signal).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     AlreadyExists(String),
     /// A dependency (database, peer service) is temporarily unavailable: retry.
@@ -65,6 +69,10 @@ impl ApiError {
         }
     }
 
+    pub fn denied(why: impl Into<String>) -> Self {
+        Self::PermissionDenied(why.into())
+    }
+
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::NotFound(what.into())
     }
@@ -101,6 +109,7 @@ impl From<ApiError> for Status {
                 ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
             ),
             ApiError::NotFound(_) => Status::not_found(message),
+            ApiError::PermissionDenied(_) => Status::permission_denied(message),
             ApiError::AlreadyExists(_) => Status::already_exists(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
             ApiError::Aborted(_) => Status::aborted(message),

@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod db;

@@ -21,8 +21,19 @@ pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     settings: &ServerSettings,
+    auth: crate::auth::AuthLayer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if auth.auth.mode() == crate::config::AuthMode::Off {
+        tracing::warn!(
+            service = grpc_service_name,
+            "serving WITHOUT authentication (auth.mode = \"off\"): every caller may call every method"
+        );
+    }
+    tracing::info!(
+        service = grpc_service_name,
+        "serving without TLS (plaintext gRPC)"
+    );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status(grpc_service_name, tonic_health::ServingStatus::Serving)
@@ -66,6 +77,8 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             undecodable_is_invalid_argument,
         ))
+        // Who calls, and may they: before any handler, after the metrics (denials are counted).
+        .layer(auth)
         .trace_fn(move |request| {
             let span = tracing::info_span!(
                 "grpc",

@@ -133,6 +133,9 @@ pub fn settings(backend: &Backend, extra: &[(&str, &str)]) -> (Settings, PathBuf
     env.insert("ERP__DATA_DIR".into(), dir.display().to_string());
     env.insert("ERP__TELEMETRY__LOG_FILTER".into(), "warn".into());
     env.insert("ERP__BUS__RELAY_INTERVAL_MS".into(), "50".into());
+    // A service's own API tests exercise its rules, not authentication: off unless a test
+    // turns it on (the suite's tests do, through `extra`).
+    env.insert("ERP__AUTH__MODE".into(), "off".into());
     if let Backend::Postgres(server) = backend {
         // Short unique prefix: PostgreSQL truncates names at 63 bytes.
         let db = format!(

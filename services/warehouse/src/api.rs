@@ -2,6 +2,8 @@
 
 use erp_proto::warehouse::warehouse_service_server::WarehouseService;
 use erp_proto::warehouse::*;
+use erp_runtime::audit;
+use erp_runtime::auth::Caller;
 use erp_runtime::error::respond;
 use erp_runtime::idempotency::{self, Forward};
 use erp_runtime::outbox::{self, OutboxWaker};
@@ -17,7 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::store::{exception, fulfillment, receipt, site, task, wave};
 
 type Inventory = erp_proto::inventory::inventory_service_client::InventoryServiceClient<
-    tonic::transport::Channel,
+    erp_runtime::auth::PeerChannel,
 >;
 
 pub struct WarehouseApi {
@@ -86,6 +88,21 @@ fn exception_to_wire(e: exception::Model) -> WarehouseException {
         note: e.note,
         reported_at: Some(to_timestamp(e.reported_at_ms)),
     }
+}
+
+/// What the audit trail digests of a site.
+fn site_state(s: &Site) -> serde_json::Value {
+    serde_json::json!({
+        "name": s.name,
+        "region": s.region,
+        "status": s.status,
+        "status_reason": s.status_reason,
+        "daily_capacity": s.daily_capacity,
+        "cutoff_minute_of_day": s.cutoff_minute_of_day,
+        "utc_offset_minutes": s.utc_offset_minutes,
+        "cost_index": s.cost_index,
+        "postal_code": s.postal_code,
+    })
 }
 
 fn site_to_wire(m: site::Model) -> Site {
@@ -355,7 +372,11 @@ impl WarehouseApi {
         }
     }
 
-    async fn upsert_site(&self, req: UpsertSiteRequest) -> ApiResult<UpsertSiteResponse> {
+    async fn upsert_site(
+        &self,
+        caller: &Caller,
+        req: UpsertSiteRequest,
+    ) -> ApiResult<UpsertSiteResponse> {
         let Some(s) = req.site else {
             return Err(ApiError::invalid("site", "is required"));
         };
@@ -380,9 +401,14 @@ impl WarehouseApi {
             "site.postal_code",
             "must be at most 20 bytes",
         );
+        v.optional_text("reason", &req.reason, 500);
         v.finish()?;
         let txn = self.db.begin().await?;
-        let existing = site::Entity::find_by_id(s.code.clone()).one(&txn).await?;
+        let existing = site::Entity::find_by_id(s.code.clone())
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
+        let before = existing.clone().map(|e| site_state(&site_to_wire(e)));
         let am = site::ActiveModel {
             code: Set(s.code.clone()),
             name: Set(s.name.clone()),
@@ -403,6 +429,17 @@ impl WarehouseApi {
         } else {
             am.insert(&txn).await?
         };
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("site:{}", m.code),
+                reason: &req.reason,
+                before,
+                after: Some(site_state(&site_to_wire(m.clone()))),
+            },
+        )
+        .await?;
         txn.commit().await?;
         Ok(UpsertSiteResponse {
             site: Some(site_to_wire(m)),
@@ -427,7 +464,11 @@ impl WarehouseApi {
         Ok(out)
     }
 
-    async fn set_site_status(&self, req: SetSiteStatusRequest) -> ApiResult<SetSiteStatusResponse> {
+    async fn set_site_status(
+        &self,
+        caller: &Caller,
+        req: SetSiteStatusRequest,
+    ) -> ApiResult<SetSiteStatusResponse> {
         let mut v = Violations::new();
         v.code("code", &req.code);
         let status = SiteStatus::try_from(req.status).unwrap_or(SiteStatus::Unspecified);
@@ -440,9 +481,11 @@ impl WarehouseApi {
         v.finish()?;
         let txn = self.db.begin().await?;
         let s = site::Entity::find_by_id(req.code.clone())
+            .lock_exclusive()
             .one(&txn)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("site {}", req.code)))?;
+        let before = site_state(&site_to_wire(s.clone()));
         let mut am: site::ActiveModel = s.into();
         am.online = Set(status == SiteStatus::Online);
         am.status_reason = Set(req
@@ -466,6 +509,17 @@ impl WarehouseApi {
                     .map(|f| serde_json::json!({ "fulfillment_id": f.fulfillment_id, "order_id": f.order_id }))
                     .collect::<Vec<_>>(),
             }),
+        )
+        .await?;
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("site:{}", req.code),
+                reason: &m.status_reason,
+                before: Some(before),
+                after: Some(site_state(&site_to_wire(m.clone()))),
+            },
         )
         .await?;
         txn.commit().await?;
@@ -1151,7 +1205,8 @@ impl WarehouseService for WarehouseApi {
         &self,
         r: Request<UpsertSiteRequest>,
     ) -> Result<Response<UpsertSiteResponse>, Status> {
-        respond(self.upsert_site(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.upsert_site(&caller, r.into_inner()).await)
     }
 
     async fn get_site(
@@ -1207,7 +1262,8 @@ impl WarehouseService for WarehouseApi {
         &self,
         r: Request<SetSiteStatusRequest>,
     ) -> Result<Response<SetSiteStatusResponse>, Status> {
-        respond(self.set_site_status(r.into_inner()).await)
+        let caller = Caller::of(&r)?;
+        respond(self.set_site_status(&caller, r.into_inner()).await)
     }
 
     async fn create_fulfillment(

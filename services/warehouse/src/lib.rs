@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod policy;
 pub mod store;
 
 pub struct Service;
@@ -12,10 +13,12 @@ pub struct Service;
 impl erp_runtime::Service for Service {
     const NAME: &'static str = "warehouse";
     const GRPC_NAME: &'static str = erp_proto::service_names::WAREHOUSE;
+    const POLICY: &'static erp_runtime::auth::Policy = &policy::POLICY;
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let inventory = erp_runtime::app::peer_channel(&ctx.settings.peers.inventory)?;
+        let inventory =
+            erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.inventory)?;
         let api = std::sync::Arc::new(api::WarehouseApi::new(
             ctx.db.clone(),
             ctx.outbox.clone(),

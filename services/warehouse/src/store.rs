@@ -97,6 +97,7 @@ CREATE INDEX receipts_document ON receipts (document_id)",
                 up: "ALTER TABLE sites ADD COLUMN postal_code TEXT NOT NULL DEFAULT ''",
                 drops: &[],
             }),
+            erp_runtime::audit::migration(),
         ]
     }
 }

@@ -27,6 +27,7 @@ fn fulfillment(key: &str, order: &str) -> CreateFulfillmentRequest {
 /// The east site, picking at most `daily_capacity` units a day.
 async fn east_site(c: &mut WarehouseServiceClient<tonic::transport::Channel>, daily_capacity: i64) {
     c.upsert_site(UpsertSiteRequest {
+        reason: "setup".into(),
         site: Some(Site {
             code: "east".into(),
             name: "East DC".into(),
@@ -349,6 +350,7 @@ async fn waves_respect_capacity(backend: Backend) {
 
     // Many operators releasing at once never exceed the day's capacity.
     c.upsert_site(UpsertSiteRequest {
+        reason: "setup".into(),
         site: Some(Site {
             code: "west".into(),
             name: "West DC".into(),

@@ -137,6 +137,7 @@ CREATE TABLE receipt_costs (
 )",
                 drops: &["receipt_costs", "item_values"],
             }),
+            erp_runtime::audit::migration(),
         ]
     }
 }

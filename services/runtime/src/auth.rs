@@ -1,0 +1,1013 @@
+//! Who is calling, and may they: bearer tokens (JWT) verified against the issuer's key set, the
+//! caller's roles checked against one declarative table per service, in one tower layer in
+//! front of every handler. Handlers read the verified [`Caller`] from the request; nothing in a
+//! request body says who acts.
+//!
+//! Roles are plain strings in the token's `roles` claim: people and tools hold the roles of
+//! [`roles::HUMAN`]; a service calling a peer holds `service:<name>`. `admin` may call every
+//! method (but is still subject to the rules handlers enforce, such as maker-checker).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::codegen::http;
+use tonic::{Code, Status};
+
+use crate::config::{AuthMode, Settings};
+
+/// The roles the suite knows. A table naming anything else fails its test.
+pub mod roles {
+    pub const ADMIN: &str = "admin";
+    /// Runs the floor of operations: sagas, exceptions, routing, sites, channels.
+    pub const OPERATOR: &str = "operator";
+    /// Takes and amends orders for customers.
+    pub const CUSTOMER_SERVICE: &str = "customer-service";
+    /// Works the warehouse floor: waves, picks, packs, shipments, receipts.
+    pub const WAREHOUSE: &str = "warehouse";
+    /// Buys: suppliers, terms, purchase orders.
+    pub const BUYER: &str = "buyer";
+    /// Approves purchase orders and large refunds, within the token's approval limit.
+    pub const APPROVER: &str = "approver";
+    /// Money: payments, refunds, the journal, taxes, settlements.
+    pub const FINANCE: &str = "finance";
+    /// Reads the audit trail and verifies its chain.
+    pub const AUDITOR: &str = "auditor";
+    /// Systems outside the suite feeding it: sales-channel connectors (orders), carrier
+    /// tracking webhooks, payment processor notifications.
+    pub const INTEGRATION: &str = "integration";
+
+    pub const ORDER: &str = "service:order";
+    pub const INVENTORY: &str = "service:inventory";
+    pub const WAREHOUSE_SERVICE: &str = "service:warehouse";
+    pub const CARRIER: &str = "service:carrier";
+    pub const PROCUREMENT: &str = "service:procurement";
+    pub const FINANCE_SERVICE: &str = "service:finance";
+    pub const ORCHESTRATOR: &str = "service:orchestrator";
+
+    /// Roles people and tools hold.
+    pub const HUMAN: [&str; 9] = [
+        ADMIN,
+        OPERATOR,
+        CUSTOMER_SERVICE,
+        WAREHOUSE,
+        BUYER,
+        APPROVER,
+        FINANCE,
+        AUDITOR,
+        INTEGRATION,
+    ];
+    /// Identities of the suite's services.
+    pub const SERVICES: [&str; 7] = [
+        ORDER,
+        INVENTORY,
+        WAREHOUSE_SERVICE,
+        CARRIER,
+        PROCUREMENT,
+        FINANCE_SERVICE,
+        ORCHESTRATOR,
+    ];
+
+    /// Every role, people's and services'.
+    pub fn all() -> impl Iterator<Item = &'static str> {
+        HUMAN.into_iter().chain(SERVICES)
+    }
+
+    /// The identity of a service by its short name (`order` → `service:order`).
+    pub fn of_service(name: &str) -> Option<&'static str> {
+        SERVICES
+            .into_iter()
+            .find(|r| r.strip_prefix("service:") == Some(name))
+    }
+}
+
+/// One service's authorization table: each method of its gRPC service and the roles that may
+/// call it. A method that is not listed is denied to everyone but `admin`... and to `admin` too:
+/// unlisted means nobody.
+#[derive(Debug)]
+pub struct Policy {
+    /// Fully qualified gRPC service, e.g. `erp.order.v1.OrderService`.
+    pub service: &'static str,
+    pub rules: &'static [(&'static str, &'static [&'static str])],
+}
+
+/// The audit service every process serves: auditors (and admins) only.
+pub const AUDIT_POLICY: Policy = Policy {
+    service: "erp.audit.v1.AuditService",
+    rules: &[
+        ("ListAuditEvents", &[roles::AUDITOR]),
+        ("VerifyAuditChain", &[roles::AUDITOR]),
+    ],
+};
+
+impl Policy {
+    /// The roles allowed to call `method` (the bare name, `CreateOrder`), if it is listed.
+    pub fn allowed(&self, method: &str) -> Option<&'static [&'static str]> {
+        self.rules
+            .iter()
+            .find(|(m, _)| *m == method)
+            .map(|(_, roles)| *roles)
+    }
+}
+
+/// What may happen to a request path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Health checks: no credentials needed (probes carry none).
+    Public,
+    /// Any authenticated caller (server reflection).
+    Authenticated,
+    /// Callers holding one of these roles (or `admin`).
+    Roles(&'static [&'static str]),
+    /// Not in any table.
+    Unlisted,
+}
+
+/// Decides a request path against the service's table and the runtime's own services.
+pub fn decide(policy: &Policy, path: &str) -> Decision {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return Decision::Unlisted;
+    };
+    if service == "grpc.health.v1.Health" {
+        return Decision::Public;
+    }
+    if service.starts_with("grpc.reflection.") {
+        return Decision::Authenticated;
+    }
+    for p in [policy, &AUDIT_POLICY] {
+        if p.service == service {
+            return p
+                .allowed(method)
+                .map_or(Decision::Unlisted, Decision::Roles);
+        }
+    }
+    Decision::Unlisted
+}
+
+/// The claims of the suite's bearer tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub iat: u64,
+    pub exp: u64,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The most, in minor units, this principal may approve (purchase orders, refunds,
+    /// write-offs above their thresholds). Absent: nothing above the thresholds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_limit_minor: Option<i64>,
+}
+
+/// The verified caller of one request, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's subject (`alice`, `service:orchestrator`); `anonymous` when auth is off.
+    pub subject: String,
+    pub roles: Vec<String>,
+    pub approval_limit_minor: Option<i64>,
+    /// False only when the service runs with `auth.mode = "off"`.
+    pub authenticated: bool,
+    /// The caller's `x-request-id`, or one made up here; recorded in the audit trail.
+    pub request_id: String,
+    /// `/package.Service/Method`.
+    pub method: String,
+}
+
+impl Caller {
+    /// The service itself acting on its own schedule (a background job), for audit records and
+    /// maker fields: `service:<name>`, doing `what`.
+    pub fn system(service: &str, what: &str) -> Self {
+        let identity = roles::of_service(service).unwrap_or("service:unknown");
+        Self {
+            subject: identity.to_owned(),
+            roles: vec![identity.to_owned()],
+            approval_limit_minor: None,
+            authenticated: true,
+            request_id: uuid::Uuid::now_v7().to_string(),
+            method: what.to_owned(),
+        }
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role || r == roles::ADMIN)
+    }
+
+    /// The caller of `request`, as the auth layer left it. A request that did not come through
+    /// the layer (none do in a running service) is refused rather than trusted.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, Status> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no verified caller"))
+    }
+
+    /// Whether this caller may approve `amount_minor`: the `approver` role (or admin) and an
+    /// approval limit that covers it. Admin without a limit claim approves without limit.
+    pub fn may_approve(&self, amount_minor: i64) -> Result<(), String> {
+        if !self.authenticated {
+            return Ok(());
+        }
+        if !self.has_role(roles::APPROVER) {
+            return Err(format!("{} does not hold the approver role", self.subject));
+        }
+        let admin = self.roles.iter().any(|r| r == roles::ADMIN);
+        match self.approval_limit_minor {
+            Some(limit) if amount_minor > limit => Err(format!(
+                "{} may approve at most {limit} (minor units), not {amount_minor}",
+                self.subject
+            )),
+            None if !admin => Err(format!(
+                "{} has no approval limit in their token",
+                self.subject
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The keys of a JWKS file, by key id, and the key this process may sign with (an `oct` key).
+struct KeySet {
+    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    signing: Option<(Option<String>, EncodingKey)>,
+    loaded_from_mtime: Option<SystemTime>,
+}
+
+fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
+    if let Some(alg) = jwk.common.key_algorithm {
+        return alg.to_string().parse().ok();
+    }
+    Some(match &jwk.algorithm {
+        AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P384 => Algorithm::ES384,
+            _ => Algorithm::ES256,
+        },
+        AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+fn load_keys(path: &Path) -> anyhow::Result<KeySet> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("auth: cannot read the JWKS {}: {e}", path.display()))?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("auth: {} is not a JWKS: {e}", path.display()))?;
+    let mut keys = Vec::new();
+    let mut signing = None;
+    for jwk in &set.keys {
+        let Some(alg) = algorithm_of(jwk) else {
+            anyhow::bail!(
+                "auth: a key of {} has an unsupported type or algorithm",
+                path.display()
+            );
+        };
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| anyhow::anyhow!("auth: a key of {} is invalid: {e}", path.display()))?;
+        if let AlgorithmParameters::OctetKey(p) = &jwk.algorithm
+            && signing.is_none()
+        {
+            let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p.value.trim_end_matches('='))
+                .map_err(|e| anyhow::anyhow!("auth: oct key of {}: {e}", path.display()))?;
+            let key = EncodingKey::from_secret(&secret)
+                .map_err(|e| anyhow::anyhow!("auth: oct key of {}: {e}", path.display()))?;
+            signing = Some((jwk.common.key_id.clone(), key));
+        }
+        keys.push((jwk.common.key_id.clone(), alg, key));
+    }
+    if keys.is_empty() {
+        anyhow::bail!("auth: {} holds no keys", path.display());
+    }
+    Ok(KeySet {
+        keys,
+        signing,
+        loaded_from_mtime: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+    })
+}
+
+/// Writes a JWKS with one fresh 256-bit HS256 key at `path` unless a file is already there.
+/// Several processes may race here: the file appears atomically, and the losers read it.
+pub fn ensure_local_key(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let secret: [u8; 32] = rand::random();
+    let jwks = serde_json::json!({
+        "keys": [{
+            "kty": "oct",
+            "kid": format!("local-{}", uuid::Uuid::now_v7().simple()),
+            "alg": "HS256",
+            "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+        }]
+    });
+    let tmp = dir.join(format!(".jwks-{}.tmp", uuid::Uuid::now_v7().simple()));
+    {
+        use std::io::Write as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
+        f.write_all(serde_json::to_string_pretty(&jwks)?.as_bytes())?;
+        f.sync_all()?;
+    }
+    // A hard link fails when the target exists: exactly one writer wins.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Verifies and mints tokens for one process.
+pub struct Authenticator {
+    mode: AuthMode,
+    path: PathBuf,
+    issuer: String,
+    audience: String,
+    keys: RwLock<Arc<KeySet>>,
+    last_reload: RwLock<Instant>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("mode", &self.mode)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a key set is trusted before an unknown key id makes it re-read the file.
+const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(10);
+
+impl Authenticator {
+    /// From the settings: loads (and in the embedded default first creates) the key set.
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Self>> {
+        let path = settings.jwks_path();
+        let keys = match settings.auth.mode {
+            AuthMode::Off => KeySet {
+                keys: Vec::new(),
+                signing: None,
+                loaded_from_mtime: None,
+            },
+            AuthMode::Jwt => {
+                if settings.auth.generate_key {
+                    ensure_local_key(&path)?;
+                }
+                load_keys(&path)?
+            }
+        };
+        Ok(Arc::new(Self {
+            mode: settings.auth.mode,
+            path,
+            issuer: settings.auth.issuer.clone(),
+            audience: settings.auth.audience.clone(),
+            keys: RwLock::new(Arc::new(keys)),
+            last_reload: RwLock::new(Instant::now()),
+        }))
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        self.keys
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Re-reads the key file when it changed (key rotation), at most every few seconds.
+    fn maybe_reload(&self) {
+        let due = self
+            .last_reload
+            .read()
+            .map(|t| t.elapsed() >= RELOAD_AT_MOST_EVERY)
+            .unwrap_or(true);
+        if !due {
+            return;
+        }
+        if let Ok(mut t) = self.last_reload.write() {
+            *t = Instant::now();
+        }
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if mtime.is_some() && mtime == self.current().loaded_from_mtime {
+            return;
+        }
+        match load_keys(&self.path) {
+            Ok(keys) => {
+                if let Ok(mut k) = self.keys.write() {
+                    *k = Arc::new(keys);
+                }
+                tracing::info!(path = %self.path.display(), "auth: key set reloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "auth: key set not reloaded"),
+        }
+    }
+
+    /// Whether this process can mint tokens (it holds a symmetric key).
+    pub fn can_mint(&self) -> bool {
+        self.current().signing.is_some()
+    }
+
+    /// Signs a token for `subject` with `roles`, valid for `ttl`.
+    pub fn mint(
+        &self,
+        subject: &str,
+        roles: &[&str],
+        ttl: Duration,
+        approval_limit_minor: Option<i64>,
+    ) -> anyhow::Result<String> {
+        let keys = self.current();
+        let Some((kid, key)) = &keys.signing else {
+            anyhow::bail!(
+                "auth: {} holds no symmetric key to sign with",
+                self.path.display()
+            );
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: subject.to_owned(),
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs()),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            approval_limit_minor,
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid.clone();
+        Ok(jsonwebtoken::encode(&header, &claims, key)?)
+    }
+
+    /// Verifies a bearer token: signature by a key of the set (the key's own algorithm only),
+    /// issuer, audience, expiry (30 s of leeway).
+    pub fn verify(&self, token: &str) -> Result<Claims, Status> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| Status::unauthenticated(format!("malformed bearer token: {e}")))?;
+        let find = |keys: &KeySet| -> Option<(Algorithm, DecodingKey)> {
+            let mut candidates = keys.keys.iter().filter(|(kid, _, _)| match &header.kid {
+                Some(wanted) => kid.as_deref() == Some(wanted.as_str()),
+                None => true,
+            });
+            let first = candidates.next()?;
+            // Without a key id the set must be unambiguous.
+            if header.kid.is_none() && candidates.next().is_some() {
+                return None;
+            }
+            Some((first.1, first.2.clone()))
+        };
+        let found = find(&self.current()).or_else(|| {
+            self.maybe_reload();
+            find(&self.current())
+        });
+        let Some((alg, key)) = found else {
+            return Err(Status::unauthenticated(
+                "bearer token signed by an unknown key",
+            ));
+        };
+        if header.alg != alg {
+            return Err(Status::unauthenticated(format!(
+                "bearer token uses {:?}, its key is for {alg:?}",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| Status::unauthenticated(format!("bearer token rejected: {e}")))
+    }
+
+    /// Authenticates and authorizes one request: the caller to put in its extensions, or the
+    /// status to answer with.
+    pub fn admit(
+        &self,
+        policy: &Policy,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Caller>, Status> {
+        let decision = decide(policy, path);
+        let request_id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 100)
+            .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+        if self.mode == AuthMode::Off {
+            return Ok(Some(Caller {
+                subject: "anonymous".into(),
+                roles: vec![roles::ADMIN.into()],
+                approval_limit_minor: None,
+                authenticated: false,
+                request_id,
+                method: path.to_owned(),
+            }));
+        }
+        if decision == Decision::Public {
+            return Ok(None);
+        }
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "missing `authorization: Bearer <token>` (mint one with `erp token --role ...`)",
+                )
+            })?;
+        let claims = self.verify(token.trim())?;
+        let caller = Caller {
+            subject: claims.sub,
+            roles: claims.roles,
+            approval_limit_minor: claims.approval_limit_minor,
+            authenticated: true,
+            request_id,
+            method: path.to_owned(),
+        };
+        match decision {
+            Decision::Public | Decision::Authenticated => Ok(Some(caller)),
+            Decision::Roles(allowed) => {
+                if allowed.iter().any(|r| caller.has_role(r)) {
+                    Ok(Some(caller))
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "{path} needs one of the roles [{}]; {} holds [{}]",
+                        allowed.join(", "),
+                        caller.subject,
+                        caller.roles.join(", ")
+                    )))
+                }
+            }
+            Decision::Unlisted => Err(Status::permission_denied(format!(
+                "{path} is not in this service's authorization table"
+            ))),
+        }
+    }
+}
+
+/// The tower layer that runs [`Authenticator::admit`] in front of every handler.
+#[derive(Clone)]
+pub struct AuthLayer {
+    pub auth: Arc<Authenticator>,
+    pub policy: &'static Policy,
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authorized<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorized {
+            inner,
+            auth: self.auth.clone(),
+            policy: self.policy,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authorized<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+    policy: &'static Policy,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Authorized<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        match self.auth.admit(self.policy, &path, request.headers()) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                futures::future::Either::Left(self.inner.call(request))
+            }
+            Err(status) => {
+                if status.code() == Code::PermissionDenied {
+                    tracing::warn!(method = %path, message = status.message(), "permission denied");
+                }
+                futures::future::Either::Right(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+/// Where a service's outgoing calls get their bearer token.
+#[derive(Clone)]
+pub struct Credentials(Arc<CredentialSource>);
+
+enum CredentialSource {
+    None,
+    /// Minted by this process for its own identity, renewed before expiry.
+    Minted {
+        auth: Arc<Authenticator>,
+        subject: String,
+        roles: Vec<String>,
+        approval_limit_minor: Option<i64>,
+        ttl: Duration,
+        cached: RwLock<Option<(http::HeaderValue, Instant)>>,
+    },
+    /// Read from a file (a mounted, rotated Secret), re-read when it changes.
+    File {
+        path: PathBuf,
+        cached: RwLock<Option<(http::HeaderValue, Option<SystemTime>)>>,
+    },
+}
+
+impl Credentials {
+    /// No token (auth off).
+    pub fn none() -> Self {
+        Self(Arc::new(CredentialSource::None))
+    }
+
+    /// A service's own identity towards its peers: minted when this process holds a signing
+    /// key, else read from `auth.service_token_file`.
+    pub fn for_service(settings: &Settings, service: &str) -> anyhow::Result<Self> {
+        if settings.auth.mode == AuthMode::Off {
+            return Ok(Self::none());
+        }
+        if !settings.auth.service_token_file.is_empty() {
+            return Ok(Self(Arc::new(CredentialSource::File {
+                path: PathBuf::from(&settings.auth.service_token_file),
+                cached: RwLock::new(None),
+            })));
+        }
+        let auth = Authenticator::from_settings(settings)?;
+        if !auth.can_mint() {
+            anyhow::bail!(
+                "auth: {service} has no identity towards its peers: set auth.service_token_file, \
+                 or give it a JWKS with a signing key"
+            );
+        }
+        let role = roles::of_service(service)
+            .ok_or_else(|| anyhow::anyhow!("auth: unknown service {service}"))?;
+        Ok(Self::minted(
+            auth,
+            role,
+            &[role],
+            Duration::from_secs(settings.auth.service_token_ttl_s.max(60)),
+            None,
+        ))
+    }
+
+    /// Tokens minted by `auth` for `subject` with `roles` (tools and tests).
+    pub fn minted(
+        auth: Arc<Authenticator>,
+        subject: &str,
+        roles: &[&str],
+        ttl: Duration,
+        approval_limit_minor: Option<i64>,
+    ) -> Self {
+        Self(Arc::new(CredentialSource::Minted {
+            auth,
+            subject: subject.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            approval_limit_minor,
+            ttl,
+            cached: RwLock::new(None),
+        }))
+    }
+
+    /// The `authorization` header value for the next call, if any.
+    pub fn header(&self) -> Result<Option<http::HeaderValue>, Status> {
+        match &*self.0 {
+            CredentialSource::None => Ok(None),
+            CredentialSource::Minted {
+                auth,
+                subject,
+                roles,
+                approval_limit_minor,
+                ttl,
+                cached,
+            } => {
+                // Renewed once a third of its life is left.
+                if let Ok(c) = cached.read()
+                    && let Some((value, renew_at)) = &*c
+                    && Instant::now() < *renew_at
+                {
+                    return Ok(Some(value.clone()));
+                }
+                let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+                let token = auth
+                    .mint(subject, &roles, *ttl, *approval_limit_minor)
+                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
+                let value = bearer(&token)?;
+                if let Ok(mut c) = cached.write() {
+                    *c = Some((value.clone(), Instant::now() + *ttl * 2 / 3));
+                }
+                Ok(Some(value))
+            }
+            CredentialSource::File { path, cached } => {
+                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                if let Ok(c) = cached.read()
+                    && let Some((value, seen)) = &*c
+                    && *seen == mtime
+                {
+                    return Ok(Some(value.clone()));
+                }
+                let token = std::fs::read_to_string(path).map_err(|e| {
+                    Status::unauthenticated(format!(
+                        "cannot read the service token {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let value = bearer(token.trim())?;
+                if let Ok(mut c) = cached.write() {
+                    *c = Some((value.clone(), mtime));
+                }
+                Ok(Some(value))
+            }
+        }
+    }
+}
+
+fn bearer(token: &str) -> Result<http::HeaderValue, Status> {
+    let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| Status::unauthenticated("the token is not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = self.header()? {
+            let value = tonic::metadata::MetadataValue::try_from(value.as_bytes())
+                .map_err(|_| Status::unauthenticated("the token is not a valid header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to a peer that presents this service's credentials on every call.
+pub type PeerChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Credentials>;
+
+/// Roles of a test or tool token by name, checked against the known roles.
+pub fn parse_roles(list: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    let known: HashMap<&str, &'static str> = roles::all().map(|r| (r, r)).collect();
+    list.iter()
+        .map(|r| {
+            known.get(r.as_str()).copied().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown role {r:?}; known: {}",
+                    roles::all().collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path) -> Settings {
+        let mut env = HashMap::new();
+        env.insert("ERP__DATA_DIR".to_owned(), dir.display().to_string());
+        Settings::load_with(None, Some(env)).expect("valid settings")
+    }
+
+    const POLICY: Policy = Policy {
+        service: "erp.test.v1.TestService",
+        rules: &[
+            ("Refund", &[roles::FINANCE]),
+            ("Read", &[roles::OPERATOR, roles::FINANCE]),
+        ],
+    };
+
+    fn headers(token: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(t) = token {
+            h.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&format!("Bearer {t}")).expect("header"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn tokens_are_verified_and_roles_checked() {
+        let dir = std::env::temp_dir().join(format!("erp-auth-{}", uuid::Uuid::now_v7()));
+        let auth = Authenticator::from_settings(&settings(&dir)).expect("keys");
+        let hour = Duration::from_secs(3600);
+        let finance = auth
+            .mint("fin", &[roles::FINANCE], hour, None)
+            .expect("minted");
+        let operator = auth
+            .mint("op", &[roles::OPERATOR], hour, None)
+            .expect("minted");
+        let path = "/erp.test.v1.TestService/Refund";
+
+        let caller = auth
+            .admit(&POLICY, path, &headers(Some(&finance)))
+            .expect("finance may refund")
+            .expect("a caller");
+        assert_eq!(caller.subject, "fin");
+        assert!(caller.authenticated);
+
+        let denied = auth
+            .admit(&POLICY, path, &headers(Some(&operator)))
+            .expect_err("an operator may not refund");
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        assert!(denied.message().contains("finance"), "{}", denied.message());
+
+        let missing = auth.admit(&POLICY, path, &headers(None)).unwrap_err();
+        assert_eq!(missing.code(), Code::Unauthenticated);
+
+        // Unlisted methods are denied even to admin.
+        let admin = auth
+            .mint("root", &[roles::ADMIN], hour, None)
+            .expect("minted");
+        let unlisted = auth
+            .admit(
+                &POLICY,
+                "/erp.test.v1.TestService/Other",
+                &headers(Some(&admin)),
+            )
+            .unwrap_err();
+        assert_eq!(unlisted.code(), Code::PermissionDenied);
+        // Health needs nothing.
+        assert!(
+            auth.admit(&POLICY, "/grpc.health.v1.Health/Check", &headers(None))
+                .expect("public")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn forged_expired_and_foreign_tokens_are_refused() {
+        let dir = std::env::temp_dir().join(format!("erp-auth-{}", uuid::Uuid::now_v7()));
+        let auth = Authenticator::from_settings(&settings(&dir)).expect("keys");
+        let other_dir = std::env::temp_dir().join(format!("erp-auth-{}", uuid::Uuid::now_v7()));
+        let other = Authenticator::from_settings(&settings(&other_dir)).expect("keys");
+        let path = "/erp.test.v1.TestService/Refund";
+
+        // Signed by another key set (its kid is unknown here).
+        let foreign = other
+            .mint("fin", &[roles::FINANCE], Duration::from_secs(60), None)
+            .expect("minted");
+        let e = auth
+            .admit(&POLICY, path, &headers(Some(&foreign)))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+        // Expired beyond the leeway.
+        let keys = auth.current();
+        let (kid, key) = keys.signing.as_ref().expect("signing key");
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid.clone();
+        let stale = Claims {
+            iss: "erp-local".into(),
+            aud: "erp".into(),
+            sub: "fin".into(),
+            iat: now - 7200,
+            exp: now - 3600,
+            roles: vec![roles::FINANCE.into()],
+            approval_limit_minor: None,
+        };
+        let expired = jsonwebtoken::encode(&header, &stale, key).expect("encoded");
+        let e = auth
+            .admit(&POLICY, path, &headers(Some(&expired)))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert!(e.message().contains("xpired"), "{}", e.message());
+
+        // Another audience.
+        let wrong_aud = Claims {
+            aud: "someone-else".into(),
+            exp: now + 600,
+            ..stale.clone()
+        };
+        let token = jsonwebtoken::encode(&header, &wrong_aud, key).expect("encoded");
+        assert_eq!(
+            auth.admit(&POLICY, path, &headers(Some(&token)))
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
+
+        // A tampered payload (roles widened) fails the signature.
+        let good = auth
+            .mint("op", &[roles::OPERATOR], Duration::from_secs(60), None)
+            .expect("minted");
+        let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+        let widened = Claims {
+            roles: vec![roles::FINANCE.into()],
+            sub: "op".into(),
+            exp: now + 600,
+            ..stale
+        };
+        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&widened).expect("json"));
+        let tampered = parts.join(".");
+        assert_eq!(
+            auth.admit(&POLICY, path, &headers(Some(&tampered)))
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
+        // `alg: none` is never accepted.
+        let none = format!(
+            "{}.{}.",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            parts[1]
+        );
+        assert_eq!(
+            auth.admit(&POLICY, path, &headers(Some(&none)))
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn approval_limits() {
+        let caller = |roles: &[&str], limit| Caller {
+            subject: "a".into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            approval_limit_minor: limit,
+            authenticated: true,
+            request_id: String::new(),
+            method: String::new(),
+        };
+        assert!(
+            caller(&[roles::APPROVER], Some(100))
+                .may_approve(100)
+                .is_ok()
+        );
+        assert!(
+            caller(&[roles::APPROVER], Some(100))
+                .may_approve(101)
+                .is_err()
+        );
+        assert!(caller(&[roles::APPROVER], None).may_approve(1).is_err());
+        assert!(caller(&[roles::BUYER], Some(1000)).may_approve(1).is_err());
+        assert!(caller(&[roles::ADMIN], None).may_approve(i64::MAX).is_ok());
+    }
+
+    #[test]
+    fn local_key_is_created_once() {
+        let dir = std::env::temp_dir().join(format!("erp-auth-{}", uuid::Uuid::now_v7()));
+        let path = dir.join("auth").join("jwks.json");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || ensure_local_key(&p))
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread").expect("key ensured");
+        }
+        let first = std::fs::read_to_string(&path).expect("written");
+        ensure_local_key(&path).expect("idempotent");
+        assert_eq!(first, std::fs::read_to_string(&path).expect("still there"));
+        let leftovers = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("dir")
+            .count();
+        assert_eq!(leftovers, 1, "temporary files removed");
+    }
+}
