@@ -65,6 +65,17 @@ app.kubernetes.io/component: {{ .name }}
 {{- default (printf "%s-auth" (include "erp.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
 
+{{/* The database URL of service `name` (dict root, name): the shared URL with its `{service}`
+placeholder, or with `database.perServiceUsers` the service's own URL (its own user, rights on
+its own database only) under `<secretKey>-<name>`. */}}
+{{- define "erp.databaseEnv" -}}
+- name: ERP__DATABASE__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "erp.databaseSecret" .root }}
+      key: {{ if .root.Values.database.perServiceUsers }}{{ printf "%s-%s" .root.Values.database.secretKey .name }}{{ else }}{{ .root.Values.database.secretKey }}{{ end }}
+{{- end -}}
+
 {{/* Environment every erp process gets: where the database, Redis and the peers are. */}}
 {{- define "erp.commonEnv" -}}
 - name: ERP__AUTH__MODE
@@ -77,11 +88,6 @@ app.kubernetes.io/component: {{ .name }}
   value: "false"
 - name: ERP__AUTH__JWKS_FILE
   value: /etc/erp/auth/jwks.json
-- name: ERP__DATABASE__URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "erp.databaseSecret" . }}
-      key: {{ .Values.database.secretKey }}
 - name: ERP__DATABASE__MAX_CONNECTIONS
   value: {{ .Values.database.maxConnections | quote }}
 - name: ERP__BUS__KIND
@@ -94,6 +100,6 @@ app.kubernetes.io/component: {{ .name }}
 {{- $root := . }}
 {{- range $name := list "order" "inventory" "warehouse" "carrier" "procurement" "finance" "orchestrator" }}
 - name: ERP__PEERS__{{ upper $name }}
-  value: {{ printf "http://%s-%s:%d" (include "erp.fullname" $root) $name (int $root.Values.port) | quote }}
+  value: {{ printf "%s://%s-%s:%d" (ternary "https" "http" $root.Values.tls.enabled) (include "erp.fullname" $root) $name (int $root.Values.port) | quote }}
 {{- end }}
 {{- end -}}

@@ -287,6 +287,8 @@ pub async fn flash_sale(
         batch.to_string(),
     );
     env.insert("ERP__TELEMETRY__LOG_FILTER".to_owned(), "warn".to_owned());
+    // The reservation engine is measured here; what authentication costs is `--mode security`.
+    env.insert("ERP__AUTH__MODE".to_owned(), "off".to_owned());
     if redis.starts_with("redis://") {
         // Distributed-mode settings turn the availability cache on.
         env.insert("ERP__BUS__KIND".to_owned(), "redis".to_owned());
@@ -502,6 +504,157 @@ pub fn print_flash(f: &Flash, hot_row_ceiling: Option<f64>) {
             "flash sale batch={:<4} ratio to the single-hot-row UPDATE ceiling ({c:.0} commits/s): {:.2}x",
             f.batch,
             f.decisions_per_second() / c
+        );
+    }
+}
+
+/// One way of serving a read, and how many reads per second it sustained.
+pub struct SecurityFigure {
+    pub setup: &'static str,
+    pub reads_per_second: f64,
+}
+
+/// Reads of `READ-1` per second through `channels` by `clients` concurrent callers.
+async fn get_item_rate(
+    channels: &[erp_runtime::auth::PeerChannel],
+    clients: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    use erp_proto::inventory::GetItemRequest;
+    use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
+    let started = Instant::now();
+    let stop = started + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let mut c = InventoryServiceClient::new(channels[i % channels.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                c.get_item(GetItemRequest {
+                    sku: "READ-1".into(),
+                })
+                .await?;
+                n += 1;
+            }
+            Ok::<u64, tonic::Status>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// What transport security and token checks cost on a simple read: `GetItem` against an
+/// inventory service (SQLite) served three ways in this process — plaintext without
+/// authentication, plaintext with a bearer token checked on every call, mutual TLS with the
+/// token — by `clients` concurrent callers over 8 connections each. The three run side by
+/// side, warmed up, then are measured in turns (`rounds` rounds of `seconds` each, the median
+/// kept), so that neither the order nor a noisy second favours one. Connections are set up
+/// before timing: the figure is the per-request cost, not handshakes.
+pub async fn security_cost(
+    clients: usize,
+    seconds: u64,
+    rounds: usize,
+) -> anyhow::Result<Vec<SecurityFigure>> {
+    use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
+    use erp_proto::inventory::{CreateItemRequest, Item};
+
+    let run = std::env::temp_dir().join(format!("erp-bench-security-{}", uuid::Uuid::now_v7()));
+    crate::certs::generate(&run.join("tls"), &["127.0.0.1".to_owned()])?;
+    let setups = [
+        ("plaintext, no authentication", "off", false),
+        ("plaintext + JWT check", "jwt", false),
+        ("mutual TLS + JWT check", "jwt", true),
+    ];
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut servers = Vec::new();
+    for (setup, auth, tls) in setups {
+        let mut env = std::collections::HashMap::new();
+        env.insert(
+            "ERP__DATA_DIR".to_owned(),
+            run.join(setup.replace(' ', "-")).display().to_string(),
+        );
+        env.insert("ERP__AUTH__MODE".to_owned(), auth.to_owned());
+        env.insert("ERP__TELEMETRY__LOG_FILTER".to_owned(), "warn".to_owned());
+        env.insert(
+            "ERP__SERVER__CONCURRENCY_LIMIT".to_owned(),
+            "100000".to_owned(),
+        );
+        if tls {
+            env.extend(crate::certs::settings_env(&run.join("tls")));
+        }
+        let settings = Arc::new(erp_runtime::config::Settings::load_with(None, Some(env))?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let running = erp_runtime::app::start::<erp_inventory::Service>(
+            settings.clone(),
+            listener,
+            erp_runtime::bus::Bus::InProcess(Default::default()),
+            shutdown.clone(),
+        )
+        .await?;
+        let credentials = match settings.auth.mode {
+            erp_runtime::config::AuthMode::Jwt => erp_runtime::auth::Credentials::minted(
+                erp_runtime::auth::Authenticator::from_settings(&settings)?,
+                "bench",
+                &[erp_runtime::auth::roles::OPERATOR],
+                Duration::from_secs(3600),
+                None,
+            ),
+            erp_runtime::config::AuthMode::Off => erp_runtime::auth::Credentials::none(),
+        };
+        let access = crate::testkit::tool_access(&settings, credentials);
+        let url = format!("http://{}", running.addr);
+        let mut channels = Vec::new();
+        for _ in 0..8 {
+            channels.push(access.intercept(access.endpoint(&url)?));
+        }
+        InventoryServiceClient::new(channels[0].clone())
+            .create_item(CreateItemRequest {
+                item: Some(Item {
+                    sku: "READ-1".into(),
+                    name: "Read me".into(),
+                    unit_cost: Some(erp_proto::common::Money {
+                        amount_minor: 100,
+                        currency: "USD".into(),
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+        // Warm-up: every connection up (through its handshake), caches filled.
+        get_item_rate(&channels, clients, 1.0).await?;
+        servers.push((setup, running, channels, Vec::new()));
+    }
+    for _ in 0..rounds.max(1) {
+        for (_, _, channels, rates) in &mut servers {
+            rates.push(get_item_rate(channels, clients, seconds as f64).await?);
+        }
+    }
+    shutdown.cancel();
+    let mut figures = Vec::new();
+    for (setup, running, _, mut rates) in servers {
+        let _ = running.task.await;
+        rates.sort_by(f64::total_cmp);
+        figures.push(SecurityFigure {
+            setup,
+            reads_per_second: rates[rates.len() / 2],
+        });
+    }
+    let _ = std::fs::remove_dir_all(&run);
+    Ok(figures)
+}
+
+pub fn print_security(figures: &[SecurityFigure]) {
+    let base = figures.first().map_or(1.0, |f| f.reads_per_second);
+    println!("GetItem reads/s (one inventory service on SQLite, same process, same run):");
+    for f in figures {
+        println!(
+            "  {:<30} {:>9.0}/s  {:.2}x of plaintext without authentication",
+            f.setup,
+            f.reads_per_second,
+            f.reads_per_second / base
         );
     }
 }

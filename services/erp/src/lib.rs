@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod certs;
 pub mod demo;
 pub mod seed;
 pub mod testkit;
@@ -142,7 +143,12 @@ pub async fn start_suite_without(
             .await
             .map_err(|e| anyhow::anyhow!("{service}: cannot bind port {port}: {e}"))?;
         let addr = listener.local_addr()?;
-        settings.peers.set(service, format!("http://{addr}"));
+        let scheme = if settings.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        settings.peers.set(service, format!("{scheme}://{addr}"));
         listeners.push((service, listener));
     }
     let settings = Arc::new(settings);

@@ -41,7 +41,8 @@ enum Command {
     /// Measure completed sagas per second and saga latency (prints figures, never fails on time).
     Bench {
         /// embedded (this process, SQLite), distributed (seven processes, PostgreSQL + Redis), or
-        /// flash (a flash sale of `orders` one-unit reservations for 500 units on PostgreSQL).
+        /// flash (a flash sale of `orders` one-unit reservations for 500 units on PostgreSQL),
+        /// or security (what TLS and token checks cost on a simple read).
         #[arg(long, default_value = "embedded")]
         mode: String,
         #[arg(long, default_value_t = 200)]
@@ -81,6 +82,16 @@ enum Command {
         /// The most (minor units) the principal may approve.
         #[arg(long)]
         approval_limit: Option<i64>,
+    },
+    /// Write a development CA and a certificate per service (and `client` for tools) for
+    /// mutual TLS; then point [tls] at them (the command prints the settings).
+    Certs {
+        /// Directory for ca.pem, <name>.pem and <name>-key.pem.
+        #[arg(long, default_value = "./data/tls")]
+        out: PathBuf,
+        /// Host names and addresses the certificates are valid for.
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_owned(), "localhost".to_owned()])]
+        hosts: Vec<String>,
     },
     /// Load and validate the configuration (defaults, file, environment), print where things go.
     CheckConfig,
@@ -127,6 +138,13 @@ async fn main() -> anyhow::Result<()> {
                     approval_limit
                 )?
             );
+        }
+        Command::Certs { out, hosts } => {
+            erp::certs::generate(&out, &hosts)?;
+            println!("certificates written to {}; use them with:", out.display());
+            for (key, value) in erp::certs::settings_env(&out) {
+                println!("  export {key}='{value}'");
+            }
         }
         Command::CheckConfig => {
             println!("configuration ok");
@@ -202,6 +220,11 @@ async fn main() -> anyhow::Result<()> {
                 "distributed" => {
                     erp::bench::distributed(&postgres, &redis, orders, concurrency).await?
                 }
+                "security" => {
+                    let figures = erp::bench::security_cost(concurrency, 5, 3).await?;
+                    erp::bench::print_security(&figures);
+                    return Ok(());
+                }
                 "flash" => {
                     // The same flash sale one transaction per reservation, then group-committed
                     // (with the availability cache when --redis is given).
@@ -223,7 +246,9 @@ async fn main() -> anyhow::Result<()> {
                     return Ok(());
                 }
                 other => {
-                    anyhow::bail!("--mode must be embedded, distributed or flash, not {other}")
+                    anyhow::bail!(
+                        "--mode must be embedded, distributed, flash or security, not {other}"
+                    )
                 }
             };
             erp::bench::print(

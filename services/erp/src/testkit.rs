@@ -11,10 +11,12 @@ use erp_proto::orchestrator::orchestrator_service_client::OrchestratorServiceCli
 use erp_proto::order::order_service_client::OrderServiceClient;
 use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
 use erp_proto::{carrier, finance, inventory, orchestrator, order, warehouse};
+use erp_runtime::app::PeerAccess;
 use erp_runtime::auth::{Authenticator, Credentials, PeerChannel};
 use erp_runtime::config::{AuthMode, Peers, Settings};
 
-/// A client for every service the tests drive, all presenting one principal's token.
+/// A client for every service the tests drive, all presenting one principal's token (and,
+/// with TLS, the tools' certificate: `{service}` = `client` in the TLS file names).
 #[derive(Clone)]
 pub struct Clients {
     pub order: OrderServiceClient<PeerChannel>,
@@ -26,15 +28,39 @@ pub struct Clients {
     pub procurement:
         erp_proto::procurement::procurement_service_client::ProcurementServiceClient<PeerChannel>,
     peers: Peers,
-    credentials: Credentials,
+    access: PeerAccess,
     auth: Option<std::sync::Arc<Authenticator>>,
 }
 
-fn lazy(url: &str, credentials: &Credentials) -> PeerChannel {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .expect("url")
-        .connect_lazy();
-    tonic::service::interceptor::InterceptedService::new(channel, credentials.clone())
+fn lazy(url: &str, access: &PeerAccess) -> PeerChannel {
+    access.intercept(
+        access
+            .endpoint(url)
+            .expect("a valid peer url and TLS setup"),
+    )
+}
+
+/// How tools and tests reach the suite of `settings`: the tools' TLS certificate when TLS is
+/// on, and `credentials`.
+pub fn tool_access(settings: &Settings, credentials: Credentials) -> PeerAccess {
+    PeerAccess {
+        credentials,
+        tls: erp_runtime::tls::client_config(&settings.tls.for_service("client"))
+            .expect("the tools' certificate"),
+    }
+}
+
+fn minted(settings: &Settings, subject: &str, roles: &[&str]) -> Credentials {
+    match settings.auth.mode {
+        AuthMode::Jwt => Credentials::minted(
+            Authenticator::from_settings(settings).expect("the suite's key set"),
+            subject,
+            roles,
+            Duration::from_secs(24 * 3600),
+            None,
+        ),
+        AuthMode::Off => Credentials::none(),
+    }
 }
 
 /// A channel to `service` (by short name) of the services `settings.peers` names, presenting
@@ -45,19 +71,9 @@ pub fn channel_as(
     subject: &str,
     roles: &[&str],
 ) -> PeerChannel {
-    let credentials = match settings.auth.mode {
-        AuthMode::Jwt => Credentials::minted(
-            Authenticator::from_settings(settings).expect("the suite's key set"),
-            subject,
-            roles,
-            Duration::from_secs(24 * 3600),
-            None,
-        ),
-        AuthMode::Off => Credentials::none(),
-    };
     lazy(
         settings.peers.get(service).expect("a service name"),
-        &credentials,
+        &tool_access(settings, minted(settings, subject, roles)),
     )
 }
 
@@ -75,7 +91,7 @@ impl Clients {
     pub fn for_settings(settings: &Settings) -> Self {
         let auth = (settings.auth.mode == AuthMode::Jwt)
             .then(|| Authenticator::from_settings(settings).expect("the suite's key set"));
-        let mut c = Self::with_credentials(&settings.peers, Credentials::none());
+        let mut c = Self::with_access(&settings.peers, tool_access(settings, Credentials::none()));
         c.auth = auth;
         c.as_principal(TOOL_SUBJECT, &[erp_runtime::auth::roles::ADMIN], None)
     }
@@ -92,27 +108,31 @@ impl Clients {
             ),
             None => Credentials::none(),
         };
-        let mut c = Self::with_credentials(&self.peers, credentials);
+        let access = PeerAccess {
+            credentials,
+            tls: self.access.tls.clone(),
+        };
+        let mut c = Self::with_access(&self.peers, access);
         c.auth = self.auth.clone();
         c
     }
 
-    /// Clients presenting `credentials`.
-    pub fn with_credentials(peers: &Peers, credentials: Credentials) -> Self {
-        let c = &credentials;
+    /// Clients reaching `peers` with `access`.
+    pub fn with_access(peers: &Peers, access: PeerAccess) -> Self {
+        let a = &access;
         Self {
-            order: OrderServiceClient::new(lazy(&peers.order, c)),
-            inventory: InventoryServiceClient::new(lazy(&peers.inventory, c)),
-            warehouse: WarehouseServiceClient::new(lazy(&peers.warehouse, c)),
-            carrier: CarrierServiceClient::new(lazy(&peers.carrier, c)),
-            finance: FinanceServiceClient::new(lazy(&peers.finance, c)),
-            orchestrator: OrchestratorServiceClient::new(lazy(&peers.orchestrator, c)),
+            order: OrderServiceClient::new(lazy(&peers.order, a)),
+            inventory: InventoryServiceClient::new(lazy(&peers.inventory, a)),
+            warehouse: WarehouseServiceClient::new(lazy(&peers.warehouse, a)),
+            carrier: CarrierServiceClient::new(lazy(&peers.carrier, a)),
+            finance: FinanceServiceClient::new(lazy(&peers.finance, a)),
+            orchestrator: OrchestratorServiceClient::new(lazy(&peers.orchestrator, a)),
             procurement:
                 erp_proto::procurement::procurement_service_client::ProcurementServiceClient::new(
-                    lazy(&peers.procurement, c),
+                    lazy(&peers.procurement, a),
                 ),
             peers: peers.clone(),
-            credentials: credentials.clone(),
+            access: access.clone(),
             auth: None,
         }
     }
@@ -124,7 +144,7 @@ impl Clients {
     ) -> erp_proto::audit::audit_service_client::AuditServiceClient<PeerChannel> {
         erp_proto::audit::audit_service_client::AuditServiceClient::new(lazy(
             self.peers.get(service).expect("a service name"),
-            &self.credentials,
+            &self.access,
         ))
     }
 

@@ -22,7 +22,7 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let orders = erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.order)?;
+        let orders = ctx.peer.channel(&ctx.settings.peers.order)?;
         let api = std::sync::Arc::new(api::FinanceApi::new(
             ctx.db.clone(),
             ctx.outbox.clone(),

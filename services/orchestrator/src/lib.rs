@@ -98,7 +98,7 @@ impl erp_runtime::Service for Service {
                 .await?;
         }
         let participants =
-            participants::Participants::connect_lazy(&ctx.settings.peers, &ctx.credentials)?
+            participants::Participants::connect_lazy(&ctx.settings.peers, &ctx.peer)?
                 .with_reauthorize_within(ctx.settings.orchestrator.reauthorize_within_ms);
         let engine = Arc::new(engine::Engine::new(
             ctx.db.clone(),
@@ -112,7 +112,7 @@ impl erp_runtime::Service for Service {
         let api = api::OrchestratorApi::new(
             ctx.db.clone(),
             wake,
-            erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.warehouse)?,
+            ctx.peer.channel(&ctx.settings.peers.warehouse)?,
         );
         Ok(tonic::service::Routes::new(
             erp_proto::orchestrator::orchestrator_service_server::OrchestratorServiceServer::new(

@@ -11,10 +11,10 @@ use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
 use erp_proto::order::order_service_client::OrderServiceClient;
 use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
 use erp_proto::{carrier, finance, inventory, order, warehouse};
-use erp_runtime::auth::{Credentials, PeerChannel};
+use erp_runtime::app::PeerAccess;
+use erp_runtime::auth::PeerChannel;
 use erp_runtime::config::Peers;
 use serde::{Deserialize, Serialize};
-use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::definition::Step;
@@ -293,15 +293,8 @@ pub struct Participants {
     finance: FinanceServiceClient<PeerChannel>,
 }
 
-fn lazy(credentials: &Credentials, url: &str) -> anyhow::Result<PeerChannel> {
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    Ok(tonic::service::interceptor::InterceptedService::new(
-        channel,
-        credentials.clone(),
-    ))
+fn lazy(peer: &PeerAccess, url: &str) -> anyhow::Result<PeerChannel> {
+    Ok(peer.intercept(peer.endpoint(url)?.tcp_nodelay(true)))
 }
 
 /// A request carrying the caller's trace context and a deadline.
@@ -343,14 +336,14 @@ fn missing(what: &str) -> StepError {
 
 impl Participants {
     /// Clients that connect on first use and reconnect after a participant restarts.
-    pub fn connect_lazy(peers: &Peers, credentials: &Credentials) -> anyhow::Result<Self> {
+    pub fn connect_lazy(peers: &Peers, peer: &PeerAccess) -> anyhow::Result<Self> {
         Ok(Self {
             reauthorize_within_ms: 86_400_000,
-            order: OrderServiceClient::new(lazy(credentials, &peers.order)?),
-            inventory: InventoryServiceClient::new(lazy(credentials, &peers.inventory)?),
-            warehouse: WarehouseServiceClient::new(lazy(credentials, &peers.warehouse)?),
-            carrier: CarrierServiceClient::new(lazy(credentials, &peers.carrier)?),
-            finance: FinanceServiceClient::new(lazy(credentials, &peers.finance)?),
+            order: OrderServiceClient::new(lazy(peer, &peers.order)?),
+            inventory: InventoryServiceClient::new(lazy(peer, &peers.inventory)?),
+            warehouse: WarehouseServiceClient::new(lazy(peer, &peers.warehouse)?),
+            carrier: CarrierServiceClient::new(lazy(peer, &peers.carrier)?),
+            finance: FinanceServiceClient::new(lazy(peer, &peers.finance)?),
         })
     }
 

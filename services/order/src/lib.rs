@@ -25,13 +25,13 @@ impl erp_runtime::Service for Service {
             ctx.db.clone(),
             ctx.outbox.clone(),
             erp_proto::inventory::inventory_service_client::InventoryServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.inventory)?,
+                ctx.peer.channel(&ctx.settings.peers.inventory)?,
             ),
             erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.warehouse)?,
+                ctx.peer.channel(&ctx.settings.peers.warehouse)?,
             ),
             erp_proto::carrier::carrier_service_client::CarrierServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.carrier)?,
+                ctx.peer.channel(&ctx.settings.peers.carrier)?,
             ),
         );
         Ok(tonic::service::Routes::new(

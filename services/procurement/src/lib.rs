@@ -27,10 +27,10 @@ impl erp_runtime::Service for Service {
             ctx.db.clone(),
             ctx.outbox.clone(),
             erp_proto::inventory::inventory_service_client::InventoryServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.inventory)?,
+                ctx.peer.channel(&ctx.settings.peers.inventory)?,
             ),
             erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(
-                erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.warehouse)?,
+                ctx.peer.channel(&ctx.settings.peers.warehouse)?,
             ),
         ));
         // Demand from shipments, drafts on low stock, and receipts recorded at the warehouse.

@@ -30,8 +30,8 @@ pub struct ServiceContext {
     /// Background work of the service. A stopped service has no task left running: its
     /// [`Running::task`] ends only after every task spawned here ended (or the grace period).
     pub tasks: TaskTracker,
-    /// This service's identity towards its peers (see [`peer_channel`]).
-    pub credentials: crate::auth::Credentials,
+    /// How this service reaches its peers: its token and its TLS identity.
+    pub peer: PeerAccess,
 }
 
 impl ServiceContext {
@@ -76,7 +76,12 @@ pub async fn start<S: Service>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let auth = crate::auth::Authenticator::from_settings(&settings)?;
-    let credentials = crate::auth::Credentials::for_service(&settings, S::NAME)?;
+    let tls = settings.tls.for_service(S::NAME);
+    let peer = PeerAccess {
+        credentials: crate::auth::Credentials::for_service(&settings, S::NAME)?,
+        tls: crate::tls::client_config(&tls)?,
+    };
+    let server_tls = crate::tls::server_config(&tls)?;
     let db = crate::db::connect_and_migrate::<S::Migrator>(&settings, S::NAME).await?;
     let outbox = OutboxWaker::default();
     let relay = Relay {
@@ -96,7 +101,7 @@ pub async fn start<S: Service>(
         outbox,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
-        credentials,
+        peer,
     };
     let routes = S::build(ctx).await?;
     let addr = listener.local_addr()?;
@@ -113,6 +118,7 @@ pub async fn start<S: Service>(
             routes,
             &server_settings,
             auth,
+            server_tls,
             shutdown,
         )
         .await;
@@ -138,20 +144,43 @@ pub async fn start<S: Service>(
     })
 }
 
-/// A channel to a peer service that connects on first use and reconnects after the peer
-/// restarts, with a connect timeout and a per-call deadline, presenting `credentials`.
-pub fn peer_channel(
-    credentials: &crate::auth::Credentials,
-    url: &str,
-) -> anyhow::Result<crate::auth::PeerChannel> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
-    Ok(tonic::service::interceptor::InterceptedService::new(
-        channel,
-        credentials.clone(),
-    ))
+/// How a process reaches the suite's services: the bearer token it presents and, with TLS,
+/// the CA it trusts and the certificate it presents.
+#[derive(Clone)]
+pub struct PeerAccess {
+    pub credentials: crate::auth::Credentials,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl PeerAccess {
+    /// An endpoint for `url` (over TLS when configured: an `http://` URL is then taken as
+    /// `https://`), with a connect timeout.
+    pub fn endpoint(&self, url: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+        let url = match (&self.tls, url.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => url.to_owned(),
+        };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(url)?.connect_timeout(Duration::from_secs(2));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(endpoint)
+    }
+
+    /// A lazily connected channel from `endpoint` presenting the credentials.
+    pub fn intercept(&self, endpoint: tonic::transport::Endpoint) -> crate::auth::PeerChannel {
+        tonic::service::interceptor::InterceptedService::new(
+            endpoint.connect_lazy(),
+            self.credentials.clone(),
+        )
+    }
+
+    /// A channel to a peer service that connects on first use and reconnects after the peer
+    /// restarts, with a per-call deadline.
+    pub fn channel(&self, url: &str) -> anyhow::Result<crate::auth::PeerChannel> {
+        Ok(self.intercept(self.endpoint(url)?.timeout(Duration::from_secs(10))))
+    }
 }
 
 /// `--config FILE` from the command line, else `ERP_CONFIG`.

@@ -343,6 +343,9 @@ pub struct Authenticator {
     audience: String,
     keys: RwLock<Arc<KeySet>>,
     last_reload: RwLock<Instant>,
+    /// With TLS, a token claiming a service's identity must come over a connection whose
+    /// client certificate names that service (see [`crate::tls`]).
+    bind_service_certs: bool,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -381,6 +384,7 @@ impl Authenticator {
             audience: settings.auth.audience.clone(),
             keys: RwLock::new(Arc::new(keys)),
             last_reload: RwLock::new(Instant::now()),
+            bind_service_certs: settings.tls.enabled(),
         }))
     }
 
@@ -509,6 +513,7 @@ impl Authenticator {
         policy: &Policy,
         path: &str,
         headers: &http::HeaderMap,
+        peer_certs: Option<&[rustls_pki_types::CertificateDer<'static>]>,
     ) -> Result<Option<Caller>, Status> {
         let decision = decide(policy, path);
         let request_id = headers
@@ -542,6 +547,19 @@ impl Authenticator {
                 )
             })?;
         let claims = self.verify(token.trim())?;
+        if self.bind_service_certs {
+            for role in claims.roles.iter().filter(|r| r.starts_with("service:")) {
+                let name = crate::tls::service_dns_name(role.trim_start_matches("service:"));
+                let proven = peer_certs
+                    .and_then(|certs| certs.first())
+                    .is_some_and(|leaf| crate::tls::certificate_names(leaf, &name));
+                if !proven {
+                    return Err(Status::unauthenticated(format!(
+                        "a token for {role} is only accepted with that service's client certificate ({name})"
+                    )));
+                }
+            }
+        }
         let caller = Caller {
             subject: claims.sub,
             roles: claims.roles,
@@ -616,7 +634,16 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_owned();
-        match self.auth.admit(self.policy, &path, request.headers()) {
+        let certs = request
+            .extensions()
+            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+            .and_then(tonic::transport::server::TlsConnectInfo::peer_certs);
+        match self.auth.admit(
+            self.policy,
+            &path,
+            request.headers(),
+            certs.as_deref().map(Vec::as_slice),
+        ) {
             Ok(caller) => {
                 if let Some(caller) = caller {
                     request.extensions_mut().insert(caller);
@@ -842,19 +869,19 @@ mod tests {
         let path = "/erp.test.v1.TestService/Refund";
 
         let caller = auth
-            .admit(&POLICY, path, &headers(Some(&finance)))
+            .admit(&POLICY, path, &headers(Some(&finance)), None)
             .expect("finance may refund")
             .expect("a caller");
         assert_eq!(caller.subject, "fin");
         assert!(caller.authenticated);
 
         let denied = auth
-            .admit(&POLICY, path, &headers(Some(&operator)))
+            .admit(&POLICY, path, &headers(Some(&operator)), None)
             .expect_err("an operator may not refund");
         assert_eq!(denied.code(), Code::PermissionDenied);
         assert!(denied.message().contains("finance"), "{}", denied.message());
 
-        let missing = auth.admit(&POLICY, path, &headers(None)).unwrap_err();
+        let missing = auth.admit(&POLICY, path, &headers(None), None).unwrap_err();
         assert_eq!(missing.code(), Code::Unauthenticated);
 
         // Unlisted methods are denied even to admin.
@@ -866,14 +893,20 @@ mod tests {
                 &POLICY,
                 "/erp.test.v1.TestService/Other",
                 &headers(Some(&admin)),
+                None,
             )
             .unwrap_err();
         assert_eq!(unlisted.code(), Code::PermissionDenied);
         // Health needs nothing.
         assert!(
-            auth.admit(&POLICY, "/grpc.health.v1.Health/Check", &headers(None))
-                .expect("public")
-                .is_none()
+            auth.admit(
+                &POLICY,
+                "/grpc.health.v1.Health/Check",
+                &headers(None),
+                None
+            )
+            .expect("public")
+            .is_none()
         );
     }
 
@@ -890,7 +923,7 @@ mod tests {
             .mint("fin", &[roles::FINANCE], Duration::from_secs(60), None)
             .expect("minted");
         let e = auth
-            .admit(&POLICY, path, &headers(Some(&foreign)))
+            .admit(&POLICY, path, &headers(Some(&foreign)), None)
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
 
@@ -911,7 +944,7 @@ mod tests {
         };
         let expired = jsonwebtoken::encode(&header, &stale, key).expect("encoded");
         let e = auth
-            .admit(&POLICY, path, &headers(Some(&expired)))
+            .admit(&POLICY, path, &headers(Some(&expired)), None)
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         assert!(e.message().contains("xpired"), "{}", e.message());
@@ -924,7 +957,7 @@ mod tests {
         };
         let token = jsonwebtoken::encode(&header, &wrong_aud, key).expect("encoded");
         assert_eq!(
-            auth.admit(&POLICY, path, &headers(Some(&token)))
+            auth.admit(&POLICY, path, &headers(Some(&token)), None)
                 .unwrap_err()
                 .code(),
             Code::Unauthenticated
@@ -945,7 +978,7 @@ mod tests {
             .encode(serde_json::to_vec(&widened).expect("json"));
         let tampered = parts.join(".");
         assert_eq!(
-            auth.admit(&POLICY, path, &headers(Some(&tampered)))
+            auth.admit(&POLICY, path, &headers(Some(&tampered)), None)
                 .unwrap_err()
                 .code(),
             Code::Unauthenticated
@@ -957,7 +990,7 @@ mod tests {
             parts[1]
         );
         assert_eq!(
-            auth.admit(&POLICY, path, &headers(Some(&none)))
+            auth.admit(&POLICY, path, &headers(Some(&none)), None)
                 .unwrap_err()
                 .code(),
             Code::Unauthenticated

@@ -24,6 +24,42 @@ pub struct Settings {
     pub warehouse: WarehouseSettings,
     pub finance: FinanceSettings,
     pub auth: AuthSettings,
+    pub tls: TlsSettings,
+}
+
+/// Transport security. Off while `cert_file` is empty. File names may hold a `{service}`
+/// placeholder, replaced with the service's name (`order`...), so that the seven services of
+/// one process (or one chart) each present their own certificate; tools use `client`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain this process presents, as a server and as a client of its peers.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+    /// PEM CA bundle the suite's certificates chain to: clients verify servers against it,
+    /// servers accept client certificates it signed.
+    pub ca_file: String,
+    /// Servers demand a client certificate (mutual TLS). Off: people and tools may connect
+    /// with a token alone; a service identity still needs its certificate.
+    pub require_client_cert: bool,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+
+    /// The settings of `service` (`{service}` replaced in the file names).
+    pub fn for_service(&self, service: &str) -> Self {
+        let r = |s: &str| s.replace("{service}", service);
+        Self {
+            cert_file: r(&self.cert_file),
+            key_file: r(&self.key_file),
+            ca_file: r(&self.ca_file),
+            require_client_cert: self.require_client_cert,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -298,6 +334,12 @@ audience = "erp"
 service_token_file = ""
 service_token_ttl_s = 3600
 
+[tls]
+cert_file = ""
+key_file = ""
+ca_file = ""
+require_client_cert = true
+
 [orchestrator]
 lease_ms = 15000
 poll_interval_ms = 200
@@ -419,13 +461,20 @@ impl Settings {
                 "issuer and audience must be set when auth.mode = \"jwt\"",
             ));
         }
-        if !self.server.insecure && !is_loopback(&self.server.host) {
-            // Transport security is not built yet: any other address needs the explicit opt-in.
+        if self.tls.enabled() && (self.tls.key_file.is_empty() || self.tls.ca_file.is_empty()) {
+            return Err(invalid(
+                "tls.key_file",
+                "tls.cert_file, tls.key_file and tls.ca_file go together",
+            ));
+        }
+        let secured = self.tls.enabled() && self.auth.mode == AuthMode::Jwt;
+        if !self.server.insecure && !secured && !is_loopback(&self.server.host) {
             return Err(invalid(
                 "server.insecure",
                 &format!(
-                    "server.host = {:?} is not a loopback address and this build serves without TLS: \
-                     set server.insecure = true to accept that, knowingly",
+                    "server.host = {:?} is not a loopback address, and without TLS and token \
+                     authentication anyone on the network can call and read everything: configure \
+                     [tls] and auth.mode = \"jwt\", or set server.insecure = true, knowingly",
                     self.server.host
                 ),
             ));

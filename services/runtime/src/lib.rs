@@ -20,6 +20,7 @@ pub mod server;
 pub mod telemetry;
 pub mod testing;
 pub mod time;
+pub mod tls;
 pub mod validate;
 
 pub use app::{Service, ServiceContext};

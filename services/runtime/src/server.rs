@@ -22,18 +22,21 @@ pub async fn serve(
     routes: Routes,
     settings: &ServerSettings,
     auth: crate::auth::AuthLayer,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if auth.auth.mode() == crate::config::AuthMode::Off {
-        tracing::warn!(
+        tracing::info!(
             service = grpc_service_name,
             "serving WITHOUT authentication (auth.mode = \"off\"): every caller may call every method"
         );
     }
-    tracing::info!(
-        service = grpc_service_name,
-        "serving without TLS (plaintext gRPC)"
-    );
+    if tls.is_none() {
+        tracing::info!(
+            service = grpc_service_name,
+            "serving without TLS (plaintext gRPC)"
+        );
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status(grpc_service_name, tonic_health::ServingStatus::Serving)
@@ -64,7 +67,11 @@ pub async fn serve(
 
     let grace = Duration::from_millis(settings.shutdown_grace_ms);
     let drained = shutdown.clone();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .timeout(Duration::from_millis(settings.request_timeout_ms))
         // When the global limit is reached, refuse at once with RESOURCE_EXHAUSTED rather than
         // queueing without bound.

@@ -17,8 +17,7 @@ impl erp_runtime::Service for Service {
     type Migrator = store::Migrator;
 
     async fn build(ctx: erp_runtime::ServiceContext) -> anyhow::Result<tonic::service::Routes> {
-        let inventory =
-            erp_runtime::app::peer_channel(&ctx.credentials, &ctx.settings.peers.inventory)?;
+        let inventory = ctx.peer.channel(&ctx.settings.peers.inventory)?;
         let api = std::sync::Arc::new(api::WarehouseApi::new(
             ctx.db.clone(),
             ctx.outbox.clone(),
