@@ -18,13 +18,17 @@ use erp_runtime::config::TlsSettings;
 use erp_runtime::testing::Backend;
 use tonic::Code;
 
-/// A call that never reached a handler: the connection or handshake failed.
+/// A call that never reached a handler: the connection or the handshake failed on the client's
+/// side of the wire (the status carries the transport error; the code varies with the moment
+/// the server hung up: Unavailable, Unknown, Internal or Cancelled).
 fn refused_in_transport(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
     matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::Internal
-    ) && (status.message().contains("transport error")
-        || status.message().contains("h2 protocol error"))
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    ) && status
+        .source()
+        .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
 fn tls_files(dir: &std::path::Path, holder: &str) -> TlsSettings {

@@ -390,17 +390,34 @@ impl FinanceApi {
 
     async fn trial_balance(&self) -> ApiResult<GetTrialBalanceResponse> {
         let lines = jline::Entity::find().all(&self.db).await?;
-        let mut rows: std::collections::BTreeMap<(String, String), (i64, i64)> = Default::default();
-        let mut totals: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        // Exact sums (i128), refused if a total does not fit the wire's i64.
+        let mut wide: std::collections::BTreeMap<(String, String), (i128, i128)> =
+            Default::default();
+        let mut wide_totals: std::collections::BTreeMap<String, (i128, i128)> = Default::default();
         for l in lines {
-            let r = rows
+            let r = wide
                 .entry((l.account_code, l.currency.clone()))
                 .or_default();
-            r.0 += l.debit_minor;
-            r.1 += l.credit_minor;
-            let t = totals.entry(l.currency).or_default();
-            t.0 += l.debit_minor;
-            t.1 += l.credit_minor;
+            r.0 += i128::from(l.debit_minor);
+            r.1 += i128::from(l.credit_minor);
+            let t = wide_totals.entry(l.currency).or_default();
+            t.0 += i128::from(l.debit_minor);
+            t.1 += i128::from(l.credit_minor);
+        }
+        let narrow = |(d, c): (i128, i128)| -> ApiResult<(i64, i64)> {
+            let f = |v: i128| {
+                i64::try_from(v)
+                    .map_err(|_| erp_runtime::money::out_of_range("a trial balance total"))
+            };
+            Ok((f(d)?, f(c)?))
+        };
+        let mut rows = std::collections::BTreeMap::new();
+        for (k, v) in wide {
+            rows.insert(k, narrow(v)?);
+        }
+        let mut totals = std::collections::BTreeMap::new();
+        for (k, v) in wide_totals {
+            totals.insert(k, narrow(v)?);
         }
         let balanced = totals.values().all(|(d, c)| d == c);
         Ok(GetTrialBalanceResponse {
@@ -645,7 +662,7 @@ fn entry_state(e: &JournalEntry) -> serde_json::Value {
 /// A sum of amounts that cannot overflow once inputs are capped; if one ever does, the request
 /// fails instead of wrapping.
 pub(crate) fn checked(sum: Option<i64>) -> ApiResult<i64> {
-    sum.ok_or_else(|| ApiError::precondition("AMOUNT_OUT_OF_RANGE", "the amount is out of range"))
+    sum.ok_or_else(|| erp_runtime::money::out_of_range("the amount"))
 }
 
 fn declined(order_id: &str, reason: String) -> ApiError {

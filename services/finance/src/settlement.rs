@@ -161,28 +161,29 @@ impl FinanceApi {
                     channel: l.channel.clone(),
                     ..Default::default()
                 });
-            let debit_side = l.debit_minor - l.credit_minor;
-            match kind {
-                "revenue" => r.revenue_minor -= debit_side,
-                "refunds" => r.refunds_minor += debit_side,
-                "cogs" => r.cogs_minor += debit_side,
-                "fees" => r.fees_minor += debit_side,
-                "shipping" => r.shipping_minor += debit_side,
-                _ => r.chargebacks_minor += debit_side,
-            }
+            let debit_side = checked(l.debit_minor.checked_sub(l.credit_minor))?;
+            let (slot, delta) = match kind {
+                "revenue" => (&mut r.revenue_minor, checked(debit_side.checked_neg())?),
+                "refunds" => (&mut r.refunds_minor, debit_side),
+                "cogs" => (&mut r.cogs_minor, debit_side),
+                "fees" => (&mut r.fees_minor, debit_side),
+                "shipping" => (&mut r.shipping_minor, debit_side),
+                _ => (&mut r.chargebacks_minor, debit_side),
+            };
+            *slot = checked(slot.checked_add(delta))?;
         }
-        let channels = by_channel
-            .into_values()
-            .map(|mut r| {
-                r.margin_minor = r.revenue_minor
-                    - r.refunds_minor
-                    - r.chargebacks_minor
-                    - r.cogs_minor
-                    - r.fees_minor
-                    - r.shipping_minor;
-                r
-            })
-            .collect();
+        let mut channels = Vec::with_capacity(by_channel.len());
+        for mut r in by_channel.into_values() {
+            let margin = i128::from(r.revenue_minor)
+                - i128::from(r.refunds_minor)
+                - i128::from(r.chargebacks_minor)
+                - i128::from(r.cogs_minor)
+                - i128::from(r.fees_minor)
+                - i128::from(r.shipping_minor);
+            r.margin_minor = i64::try_from(margin)
+                .map_err(|_| erp_runtime::money::out_of_range("a channel's margin"))?;
+            channels.push(r);
+        }
         Ok(ChannelProfitabilityResponse {
             currency: req.currency,
             channels,
@@ -299,12 +300,13 @@ impl FinanceApi {
             .all(&txn)
             .await?
         {
-            let amount = l.debit_minor - l.credit_minor;
-            if l.account_code == "5100" {
-                *fees.entry(l.order_id).or_default() += amount;
+            let amount = checked(l.debit_minor.checked_sub(l.credit_minor))?;
+            let slot = if l.account_code == "5100" {
+                fees.entry(l.order_id).or_default()
             } else {
-                *returned.entry(l.order_id).or_default() += amount;
-            }
+                returned.entry(l.order_id).or_default()
+            };
+            *slot = checked(slot.checked_add(amount))?;
         }
         let mut reported_fees: BTreeMap<String, i64> = BTreeMap::new();
         let mut discrepancies = Vec::new();

@@ -978,10 +978,13 @@ impl InventoryApi {
         }
         let rows = q.all(&self.store.db).await?;
         let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
+        for r in &rows {
+            let t = totals.entry(r.currency.clone()).or_default();
+            *t = erp_runtime::money::add(*t, r.value_minor, "the stock valuation total")?;
+        }
         let items = rows
             .into_iter()
             .map(|r| {
-                *totals.entry(r.currency.clone()).or_default() += r.value_minor;
                 let money = |amount_minor| {
                     Some(erp_proto::common::Money {
                         amount_minor,
@@ -1063,19 +1066,22 @@ impl InventoryApi {
                         "one currency per allocation",
                     ));
                 }
-                total = total.saturating_add(a.amount_minor);
+                total = erp_runtime::money::add(total, a.amount_minor, "the charges' total")?;
             }
             let mut weights = Vec::with_capacity(lines.len());
             for l in &lines {
                 weights.push(match basis {
-                    AllocationBasis::Value => l.quantity.saturating_mul(l.unit_cost_minor),
-                    AllocationBasis::Quantity => l.quantity,
+                    // Exact weights: products of 10^9 units and 10^12 costs exceed i64.
+                    AllocationBasis::Value => {
+                        i128::from(l.quantity) * i128::from(l.unit_cost_minor)
+                    }
+                    AllocationBasis::Quantity => i128::from(l.quantity),
                     _ => {
                         let grams = item::Entity::find_by_id(l.sku.clone())
                             .one(&txn)
                             .await?
                             .map_or(0, |i| i.weight_grams);
-                        l.quantity.saturating_mul(grams)
+                        i128::from(l.quantity) * i128::from(grams)
                     }
                 });
             }

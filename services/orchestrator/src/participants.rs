@@ -1680,8 +1680,11 @@ fn parcel(o: &OrderSnapshot, packed: Option<&Carton>) -> Parcel {
         weight_grams: o
             .lines
             .iter()
-            .map(|l| l.weight_grams * l.quantity)
-            .sum::<i64>()
+            // A figure for quoting: saturating (a carrier finds no band for an absurd weight
+            // and the saga compensates) rather than a panic in the step.
+            .fold(0i64, |sum, l| {
+                sum.saturating_add(l.weight_grams.saturating_mul(l.quantity))
+            })
             .max(100),
         ..Default::default()
     }
@@ -1716,8 +1719,13 @@ pub fn journal_lines(o: &OrderSnapshot, label_cost_minor: i64) -> Vec<finance::J
     }
     // The cost of the goods is posted by finance from inventory's shipment, at the moving
     // average that the inventory valuation holds.
-    let fees =
-        (o.total_minor - o.tax_minor) * i64::from(o.commission_bps) / 10_000 + o.fixed_fee_minor;
+    // Exact, then bounded: the order's total is at most 10^12 and the rate at most 100%.
+    let commission = (i128::from(o.total_minor) - i128::from(o.tax_minor))
+        * i128::from(o.commission_bps)
+        / 10_000;
+    let fees = i64::try_from(commission)
+        .unwrap_or(i64::MAX)
+        .saturating_add(o.fixed_fee_minor);
     if fees > 0 {
         lines.push(line("5100", fees, 0, "channel commission and fees"));
         if on_account {

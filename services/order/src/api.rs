@@ -560,7 +560,16 @@ impl OrderApi {
                     .and_then(|p| p.amount_minor.checked_mul(l.quantity))
                     .and_then(|x| acc.checked_add(x))
             })
-            .ok_or_else(|| ApiError::invalid("lines", "order total overflows"))?;
+            .filter(|t| *t <= erp_runtime::validate::MAX_AMOUNT_MINOR)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "lines",
+                    format!(
+                        "the order's total exceeds the largest amount accepted ({} minor units)",
+                        erp_runtime::validate::MAX_AMOUNT_MINOR
+                    ),
+                )
+            })?;
         let hash = idempotency::fingerprint(&req);
         self.check_items(&req.lines).await?;
 

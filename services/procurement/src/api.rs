@@ -209,9 +209,9 @@ impl ProcurementApi {
         let cost = t.unit_cost.clone().unwrap_or_default();
         v.non_negative("term.unit_cost.amount_minor", cost.amount_minor);
         v.check(
-            t.lead_time_days >= 0,
+            (0..=crate::domain::MAX_DAYS).contains(&t.lead_time_days),
             "term.lead_time_days",
-            "must not be negative",
+            format!("must be 0..={}", crate::domain::MAX_DAYS),
         );
         v.non_negative("term.minimum_order_quantity", t.minimum_order_quantity);
         v.positive("term.pack_multiple", t.pack_multiple);

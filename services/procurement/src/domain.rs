@@ -30,19 +30,31 @@ pub fn daily_rate_milli(units_in_window: i64, window_days: i64) -> i64 {
     if window_days <= 0 {
         return 0;
     }
-    (units_in_window * 1000 + window_days - 1) / window_days
+    narrow(
+        (i128::from(units_in_window) * 1000 + i128::from(window_days) - 1)
+            / i128::from(window_days),
+    )
+}
+
+/// The longest lead time or safety cover accepted, in days (ten years).
+pub const MAX_DAYS: i32 = 3650;
+
+/// An exact intermediate brought back to i64, saturating: these are suggestions, and a
+/// suggested quantity beyond the largest accepted is refused when it becomes an order.
+fn narrow(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// `ceil(rate_milli * days / 1000)`: units needed to cover `days` of demand.
 fn cover(rate_milli: i64, days: i64) -> i64 {
-    (rate_milli * days + 999) / 1000
+    narrow((i128::from(rate_milli) * i128::from(days) + 999) / 1000)
 }
 
 /// Rounds `raw` up to at least the minimum order quantity, then up to the pack multiple.
 pub fn order_quantity(raw: i64, terms: &Terms) -> i64 {
-    let at_least = raw.max(terms.minimum_order_quantity).max(1);
-    let pack = terms.pack_multiple.max(1);
-    (at_least + pack - 1) / pack * pack
+    let at_least = i128::from(raw.max(terms.minimum_order_quantity).max(1));
+    let pack = i128::from(terms.pack_multiple.max(1));
+    narrow((at_least + pack - 1) / pack * pack)
 }
 
 /// The replenishment decision for one item at one location.
@@ -61,7 +73,7 @@ pub fn suggest(
     let lead = i64::from(terms.lead_time_days);
     let (trigger, target, why) = if policy.safety_stock_days > 0 {
         let rop = cover(rate_milli, lead + i64::from(policy.safety_stock_days));
-        let target = rop + cover(rate_milli, lead);
+        let target = rop.saturating_add(cover(rate_milli, lead));
         (
             rop,
             target,
@@ -82,7 +94,7 @@ pub fn suggest(
     if position > trigger || target <= position {
         return None;
     }
-    let raw = target - position;
+    let raw = target.saturating_sub(position);
     let quantity = order_quantity(raw, terms);
     Some(Suggestion {
         quantity,
@@ -123,13 +135,17 @@ pub fn scorecard(deliveries: &[Delivery]) -> Scorecard {
         .iter()
         .filter(|d| d.received_at_ms <= d.expected_at_ms)
         .count() as i64;
-    let ordered: i64 = deliveries.iter().map(|d| d.ordered).sum();
-    let received: i64 = deliveries.iter().map(|d| d.received.min(d.ordered)).sum();
-    let variance_ms: i64 = deliveries
+    // Exact sums: many orders of 10^9 units, or times far apart, add up past i64.
+    let ordered: i128 = deliveries.iter().map(|d| i128::from(d.ordered)).sum();
+    let received: i128 = deliveries
         .iter()
-        .map(|d| ((d.received_at_ms - d.sent_at_ms) - (d.expected_at_ms - d.sent_at_ms)).abs())
+        .map(|d| i128::from(d.received.min(d.ordered)))
         .sum();
-    let bps = |part: i64, whole: i64| {
+    let variance_ms: i128 = deliveries
+        .iter()
+        .map(|d| (i128::from(d.received_at_ms) - i128::from(d.expected_at_ms)).abs())
+        .sum();
+    let bps = |part: i128, whole: i128| {
         if whole == 0 {
             0
         } else {
@@ -137,9 +153,9 @@ pub fn scorecard(deliveries: &[Delivery]) -> Scorecard {
         }
     };
     Scorecard {
-        on_time_rate_bps: bps(on_time, n),
+        on_time_rate_bps: bps(i128::from(on_time), i128::from(n)),
         fill_rate_bps: bps(received, ordered),
-        lead_time_variance_hours: variance_ms / n / 3_600_000,
+        lead_time_variance_hours: narrow(variance_ms / i128::from(n) / 3_600_000),
         deliveries: n,
     }
 }

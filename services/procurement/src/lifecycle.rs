@@ -52,9 +52,9 @@ impl ProcurementApi {
         v.non_negative("policy.min_quantity", p.min_quantity);
         v.non_negative("policy.max_quantity", p.max_quantity);
         v.check(
-            p.safety_stock_days >= 0,
+            (0..=crate::domain::MAX_DAYS).contains(&p.safety_stock_days),
             "policy.safety_stock_days",
-            "must not be negative",
+            format!("must be 0..={}", crate::domain::MAX_DAYS),
         );
         if p.safety_stock_days == 0 {
             v.check(
@@ -176,6 +176,9 @@ impl ProcurementApi {
         for (i, p) in req.positions.iter().enumerate() {
             v.code(&format!("positions[{i}].sku"), &p.sku);
             v.code(&format!("positions[{i}].location"), &p.location);
+            // Counts of units: never negative, bounded.
+            v.non_negative(&format!("positions[{i}].available"), p.available);
+            v.non_negative(&format!("positions[{i}].inbound"), p.inbound);
         }
         v.finish()?;
         let mut q = policy::Entity::find().order_by_asc(policy::Column::Sku);
@@ -209,7 +212,7 @@ impl ProcurementApi {
                 .iter()
                 .find(|x| x.sku == p.sku && x.location == p.location)
             {
-                Some(x) => x.available + x.inbound,
+                Some(x) => x.available.saturating_add(x.inbound),
                 None => self.stock_position(&p.sku, &p.location).await?,
             };
             let unsent = self.unsent_quantity(&p.sku, &p.location).await?;
@@ -220,8 +223,7 @@ impl ProcurementApi {
                 .all(&self.db)
                 .await?
                 .iter()
-                .map(|d| d.quantity)
-                .sum();
+                .fold(0i64, |sum, d| sum.saturating_add(d.quantity));
             let rate = domain::daily_rate_milli(window, DEMAND_WINDOW_DAYS);
             let rule = Policy {
                 min_quantity: p.min_quantity,
@@ -233,7 +235,7 @@ impl ProcurementApi {
                 minimum_order_quantity: t.minimum_order_quantity,
                 pack_multiple: t.pack_multiple,
             };
-            if let Some(s) = domain::suggest(&rule, &terms, stock + unsent, rate) {
+            if let Some(s) = domain::suggest(&rule, &terms, stock.saturating_add(unsent), rate) {
                 suggestions.push(ReplenishmentSuggestion {
                     sku: p.sku,
                     location: p.location,

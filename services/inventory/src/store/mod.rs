@@ -30,6 +30,10 @@ pub struct Source {
     pub actor: String,
 }
 
+/// The most units one bucket of one item at one location may hold (each movement is at most
+/// `MAX_QUANTITY`; a thousand times that per bucket keeps every sum of buckets far from i64).
+pub const MAX_STOCK: i64 = 1_000_000_000_000;
+
 #[derive(Clone)]
 pub struct Store {
     pub db: DatabaseConnection,
@@ -187,6 +191,10 @@ impl Store {
             update = update.col_expr(col, Expr::col(col).add(delta));
             if delta < 0 {
                 update = update.filter(Expr::col(col).add(delta).gte(0));
+            } else {
+                // Bounded above too, in the same statement: no bucket grows past MAX_STOCK
+                // (SQLite would turn an overflowing sum into a REAL, PostgreSQL into an error).
+                update = update.filter(Expr::col(col).lte(MAX_STOCK - delta));
             }
             match bucket {
                 Bucket::OnHand => d_on_hand += delta,
@@ -210,6 +218,18 @@ impl Store {
             .ok_or_else(|| ApiError::Internal(format!("stock row {sku}@{loc} vanished")))?;
         if result.rows_affected == 0 {
             let current = levels(&after);
+            if let Some(&(bucket, _)) = changes
+                .iter()
+                .find(|&&(b, d)| d > 0 && current.get(b).saturating_add(d) > MAX_STOCK)
+            {
+                return Err(ApiError::precondition(
+                    "STOCK_OUT_OF_RANGE",
+                    format!(
+                        "{} of {sku} at {loc} would exceed {MAX_STOCK} units",
+                        bucket.as_str()
+                    ),
+                ));
+            }
             if d_reserved > 0 || d_on_hand < 0 {
                 return Err(InventoryError::InsufficientStock {
                     sku: sku.to_owned(),
@@ -222,7 +242,7 @@ impl Store {
             let (bucket, delta) = changes
                 .iter()
                 .copied()
-                .find(|&(b, d)| current.get(b) + d < 0)
+                .find(|&(b, d)| current.get(b).saturating_add(d) < 0)
                 .unwrap_or((Bucket::OnHand, 0));
             return Err(InventoryError::NegativeBucket {
                 sku: sku.to_owned(),

@@ -22,8 +22,8 @@ pub fn removal_value(held: i64, value: i64, quantity: i64) -> i64 {
 
 /// Splits `total` across `weights` in proportion, largest remainder first, so the parts add up
 /// to the total exactly.
-pub fn allocate(total: i64, weights: &[i64]) -> Vec<i64> {
-    let sum: i128 = weights.iter().map(|w| i128::from(*w)).sum();
+pub fn allocate(total: i64, weights: &[i128]) -> Vec<i64> {
+    let sum: i128 = weights.iter().sum();
     if sum <= 0 {
         return vec![0; weights.len()];
     }
@@ -31,7 +31,7 @@ pub fn allocate(total: i64, weights: &[i64]) -> Vec<i64> {
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let exact = i128::from(total) * i128::from(*w);
+            let exact = i128::from(total) * *w;
             (i, i64::try_from(exact / sum).unwrap_or(0), exact % sum)
         })
         .collect();
@@ -113,14 +113,21 @@ impl Store {
                     .await?
                     .map_or(0, |i| i.unit_cost_minor),
             };
-            owned.saturating_mul(unit)
+            erp_runtime::money::value_of(owned, unit, "the value of the units received")?
         } else {
             -removal_value(v.quantity, v.value_minor, -owned)
         };
         let currency = v.currency.clone();
+        // The stock of one item is worth at most the largest amount accepted anywhere, so that
+        // every total of it (valuation, journal, margins) stays in range.
+        let value = erp_runtime::money::add(v.value_minor, delta, "the item's stock value")?;
+        if value > erp_runtime::validate::MAX_AMOUNT_MINOR {
+            return Err(erp_runtime::money::out_of_range("the item's stock value"));
+        }
         let mut am: item_value::ActiveModel = v.clone().into();
-        am.quantity = Set((v.quantity + owned).max(0));
-        am.value_minor = Set((v.value_minor + delta).max(0));
+        am.quantity =
+            Set(erp_runtime::money::add(v.quantity, owned, "the item's quantity")?.max(0));
+        am.value_minor = Set(value.max(0));
         am.update(c).await?;
         Ok(Valued {
             value_delta: delta,
@@ -141,8 +148,12 @@ impl Store {
         if v.quantity == 0 {
             return Ok((false, currency));
         }
+        let value = erp_runtime::money::add(v.value_minor, amount, "the item's stock value")?;
+        if value > erp_runtime::validate::MAX_AMOUNT_MINOR {
+            return Err(erp_runtime::money::out_of_range("the item's stock value"));
+        }
         let mut am: item_value::ActiveModel = v.clone().into();
-        am.value_minor = Set(v.value_minor + amount);
+        am.value_minor = Set(value);
         am.update(c).await?;
         Ok((true, currency))
     }
@@ -173,7 +184,11 @@ impl Store {
         match receipt_cost::Entity::find_by_id(key).one(c).await? {
             Some(r) => {
                 let mut am: receipt_cost::ActiveModel = r.clone().into();
-                am.quantity = Set(r.quantity + quantity);
+                am.quantity = Set(erp_runtime::money::add(
+                    r.quantity,
+                    quantity,
+                    "the receipt's quantity",
+                )?);
                 am.unit_cost_minor = Set(unit);
                 am.update(c).await?;
             }
@@ -254,5 +269,13 @@ mod tests {
         // 1.00 in three: the remainder goes to the largest fractions, first line first.
         assert_eq!(allocate(100, &[1, 1, 1]), [34, 33, 33]);
         assert_eq!(allocate(100, &[0, 0]), [0, 0]);
+        // Weights beyond i64 (10^9 units at 10^12 each) still split exactly.
+        assert_eq!(
+            allocate(
+                300,
+                &[1_000_000_000_000_000_000_000, 2_000_000_000_000_000_000_000]
+            ),
+            [100, 200]
+        );
     }
 }
