@@ -3,7 +3,9 @@
 #   1. installs the pinned tools (buf) into a cache under $HOME and lints the protos,
 #   2. installs and starts PostgreSQL and Redis when missing (scripts/test-env.sh), and builds
 #      Jaeger for the trace test,
-#   3. checks formatting and clippy, then runs every Rust test against SQLite and PostgreSQL,
+#   3. checks formatting, clippy and the dependency tree (cargo deny: licenses, bans, sources,
+#      advisories when the advisory database is reachable), then runs every Rust test against
+#      SQLite and PostgreSQL,
 #   4. lints and renders the Helm chart and validates the manifests against Kubernetes schemas,
 #   5. runs the README's grpcurl runbook against a fresh `erp up --seed` and checks the results.
 set -euo pipefail
@@ -47,6 +49,19 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo deny (licenses, bans and duplicate versions, sources; advisories when reachable)"
+DENY_ROOT="${ERP_TOOLS_DIR:-$HOME/.cache/erp-tools}/cargo"
+if ! "$DENY_ROOT/bin/cargo-deny" --version 2>/dev/null | grep -q '0.20.2'; then
+  echo "installing cargo-deny 0.20.2 into $DENY_ROOT (once; a few minutes)"
+  cargo install --locked --quiet cargo-deny@0.20.2 --root "$DENY_ROOT"
+fi
+PATH="$DENY_ROOT/bin:$PATH" cargo deny --offline check licenses bans sources
+if timeout 20 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
+  PATH="$DENY_ROOT/bin:$PATH" cargo deny check advisories
+else
+  echo "advisories NOT checked: the RustSec database (github.com/rustsec/advisory-db) is unreachable from here"
+fi
 
 step "cargo test"
 # The tests arm watchdogs of their own; this bounds anything else (a stuck build script).
