@@ -78,7 +78,7 @@ pub async fn start<S: Service>(
     let auth = crate::auth::Authenticator::from_settings(&settings)?;
     let tls = settings.tls.for_service(S::NAME);
     let peer = PeerAccess {
-        credentials: crate::auth::Credentials::for_service(&settings, S::NAME)?,
+        credentials: crate::auth::Credentials::for_service(&settings, &auth, S::NAME)?,
         tls: crate::tls::client_config(&tls)?,
     };
     let server_tls = crate::tls::server_config(&tls)?;

@@ -688,9 +688,14 @@ impl Credentials {
         Self(Arc::new(CredentialSource::None))
     }
 
-    /// A service's own identity towards its peers: minted when this process holds a signing
-    /// key, else read from `auth.service_token_file`.
-    pub fn for_service(settings: &Settings, service: &str) -> anyhow::Result<Self> {
+    /// A service's own identity towards its peers: minted with `auth` (the key set the service
+    /// already loaded to verify its callers) when it holds a signing key, else read from
+    /// `auth.service_token_file`.
+    pub fn for_service(
+        settings: &Settings,
+        auth: &Arc<Authenticator>,
+        service: &str,
+    ) -> anyhow::Result<Self> {
         if settings.auth.mode == AuthMode::Off {
             return Ok(Self::none());
         }
@@ -700,7 +705,6 @@ impl Credentials {
                 cached: RwLock::new(None),
             })));
         }
-        let auth = Authenticator::from_settings(settings)?;
         if !auth.can_mint() {
             anyhow::bail!(
                 "auth: {service} has no identity towards its peers: set auth.service_token_file, \
@@ -710,7 +714,7 @@ impl Credentials {
         let role = roles::of_service(service)
             .ok_or_else(|| anyhow::anyhow!("auth: unknown service {service}"))?;
         Ok(Self::minted(
-            auth,
+            auth.clone(),
             role,
             &[role],
             Duration::from_secs(settings.auth.service_token_ttl_s.max(60)),
