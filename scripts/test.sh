@@ -56,6 +56,9 @@ if ! "$DENY_ROOT/bin/cargo-deny" --version 2>/dev/null | grep -q '0.20.2'; then
   echo "installing cargo-deny 0.20.2 into $DENY_ROOT (once; a few minutes)"
   cargo install --locked --quiet cargo-deny@0.20.2 --root "$DENY_ROOT"
 fi
+# cargo deny reads the metadata of every crate in the lock file, for every target (a build
+# downloads only the host's): fetch them first.
+cargo fetch --locked --quiet
 PATH="$DENY_ROOT/bin:$PATH" cargo deny --offline check licenses bans sources
 if timeout 20 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
   PATH="$DENY_ROOT/bin:$PATH" cargo deny check advisories

@@ -60,6 +60,11 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the keys come from the JWKS Secret (not from the issuer's endpoint). */}}
+{{- define "erp.jwksFromSecret" -}}
+{{- and (eq .Values.auth.mode "jwt") (not .Values.auth.jwksUrl) -}}
+{{- end -}}
+
 {{/* The Secret holding the JWKS. */}}
 {{- define "erp.authSecret" -}}
 {{- default (printf "%s-auth" (include "erp.fullname" .)) .Values.auth.existingSecret -}}
@@ -86,8 +91,19 @@ its own database only) under `<secretKey>-<name>`. */}}
   value: {{ .Values.auth.audience | quote }}
 - name: ERP__AUTH__GENERATE_KEY
   value: "false"
+{{- if .Values.auth.jwksUrl }}
+- name: ERP__AUTH__JWKS_URL
+  value: {{ .Values.auth.jwksUrl | quote }}
+- name: ERP__AUTH__JWKS_REFRESH_S
+  value: {{ .Values.auth.jwksRefreshSeconds | quote }}
+{{- if .Values.auth.jwksCaConfigMap }}
+- name: ERP__AUTH__JWKS_CA_FILE
+  value: /etc/erp/jwks-ca/ca.crt
+{{- end }}
+{{- else }}
 - name: ERP__AUTH__JWKS_FILE
   value: /etc/erp/auth/jwks.json
+{{- end }}
 - name: ERP__DATABASE__MAX_CONNECTIONS
   value: {{ .Values.database.maxConnections | quote }}
 - name: ERP__BUS__KIND

@@ -76,6 +76,11 @@ pub async fn start<S: Service>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let auth = crate::auth::Authenticator::from_settings(&settings)?;
+    let tasks = TaskTracker::new();
+    // Keys from the issuer's endpoint are fetched before anything is served or minted.
+    if let Some(refresh) = auth.fetch_keys(shutdown.clone()).await {
+        tasks.spawn(refresh);
+    }
     let tls = settings.tls.for_service(S::NAME);
     let peer = PeerAccess {
         credentials: crate::auth::Credentials::for_service(&settings, &auth, S::NAME)?,
@@ -91,7 +96,6 @@ pub async fn start<S: Service>(
         waker: outbox.clone(),
         interval: Duration::from_millis(settings.bus.relay_interval_ms),
     };
-    let tasks = TaskTracker::new();
     tasks.spawn(relay.run(shutdown.clone()));
     let ctx = ServiceContext {
         name: S::NAME,
@@ -111,6 +115,7 @@ pub async fn start<S: Service>(
         auth,
         policy: S::POLICY,
     };
+    let pool = db.clone();
     let task = tokio::spawn(async move {
         let served = crate::server::serve(
             S::GRPC_NAME,
@@ -132,6 +137,17 @@ pub async fn start<S: Service>(
                 left = tasks.len(),
                 "background tasks did not stop within the grace period"
             );
+        }
+        // Close the pool here rather than leave it to whoever drops the last clone: a pool
+        // dropped during a runtime's teardown leaves its maintenance task and (on SQLite) its
+        // connection threads racing the runtime's shutdown.
+        match tokio::time::timeout(grace, pool.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(service = S::NAME, %error, "closing the pool failed"),
+            Err(_) => tracing::warn!(
+                service = S::NAME,
+                "connections still in use after the grace period; pool left to be dropped"
+            ),
         }
         served
     });

@@ -8,13 +8,11 @@
 //! method (but is still subject to the rules handlers enforce, such as maker-checker).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine as _;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::codegen::http;
 use tonic::{Code, Status};
@@ -233,116 +231,15 @@ impl Caller {
     }
 }
 
-/// The keys of a JWKS file, by key id, and the key this process may sign with (an `oct` key).
-struct KeySet {
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
-    signing: Option<(Option<String>, EncodingKey)>,
-    loaded_from_mtime: Option<SystemTime>,
-}
-
-fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
-    if let Some(alg) = jwk.common.key_algorithm {
-        return alg.to_string().parse().ok();
-    }
-    Some(match &jwk.algorithm {
-        AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
-        AlgorithmParameters::EllipticCurve(p) => match p.curve {
-            EllipticCurve::P384 => Algorithm::ES384,
-            _ => Algorithm::ES256,
-        },
-        AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-        _ => return None,
-    })
-}
-
-fn load_keys(path: &Path) -> anyhow::Result<KeySet> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("auth: cannot read the JWKS {}: {e}", path.display()))?;
-    let set: JwkSet = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("auth: {} is not a JWKS: {e}", path.display()))?;
-    let mut keys = Vec::new();
-    let mut signing = None;
-    for jwk in &set.keys {
-        let Some(alg) = algorithm_of(jwk) else {
-            anyhow::bail!(
-                "auth: a key of {} has an unsupported type or algorithm",
-                path.display()
-            );
-        };
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|e| anyhow::anyhow!("auth: a key of {} is invalid: {e}", path.display()))?;
-        if let AlgorithmParameters::OctetKey(p) = &jwk.algorithm
-            && signing.is_none()
-        {
-            let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p.value.trim_end_matches('='))
-                .map_err(|e| anyhow::anyhow!("auth: oct key of {}: {e}", path.display()))?;
-            let key = EncodingKey::from_secret(&secret)
-                .map_err(|e| anyhow::anyhow!("auth: oct key of {}: {e}", path.display()))?;
-            signing = Some((jwk.common.key_id.clone(), key));
-        }
-        keys.push((jwk.common.key_id.clone(), alg, key));
-    }
-    if keys.is_empty() {
-        anyhow::bail!("auth: {} holds no keys", path.display());
-    }
-    Ok(KeySet {
-        keys,
-        signing,
-        loaded_from_mtime: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
-    })
-}
-
-/// Writes a JWKS with one fresh 256-bit HS256 key at `path` unless a file is already there.
-/// Several processes may race here: the file appears atomically, and the losers read it.
-pub fn ensure_local_key(path: &Path) -> anyhow::Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let secret: [u8; 32] = rand::random();
-    let jwks = serde_json::json!({
-        "keys": [{
-            "kty": "oct",
-            "kid": format!("local-{}", uuid::Uuid::now_v7().simple()),
-            "alg": "HS256",
-            "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
-        }]
-    });
-    let tmp = dir.join(format!(".jwks-{}.tmp", uuid::Uuid::now_v7().simple()));
-    {
-        use std::io::Write as _;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        let mut f = options.open(&tmp)?;
-        f.write_all(serde_json::to_string_pretty(&jwks)?.as_bytes())?;
-        f.sync_all()?;
-    }
-    // A hard link fails when the target exists: exactly one writer wins.
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
+use crate::jwks::KeyStore;
+pub use crate::jwks::ensure_local_key;
 
 /// Verifies and mints tokens for one process.
 pub struct Authenticator {
     mode: AuthMode,
-    path: PathBuf,
     issuer: String,
     audience: String,
-    keys: RwLock<Arc<KeySet>>,
-    last_reload: RwLock<Instant>,
+    keys: Arc<KeyStore>,
     /// With TLS, a token claiming a service's identity must come over a connection whose
     /// client certificate names that service (see [`crate::tls`]).
     bind_service_certs: bool,
@@ -352,86 +249,50 @@ impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("mode", &self.mode)
-            .field("path", &self.path)
+            .field("keys", &self.keys.origin())
             .finish_non_exhaustive()
     }
 }
 
-/// How long a key set is trusted before an unknown key id makes it re-read the file.
-const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(10);
-
 impl Authenticator {
-    /// From the settings: loads (and in the embedded default first creates) the key set.
+    /// From the settings: loads (and in the embedded default first creates) the key set, or
+    /// prepares its endpoint (see [`Authenticator::fetch_keys`]).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Self>> {
-        let path = settings.jwks_path();
-        let keys = match settings.auth.mode {
-            AuthMode::Off => KeySet {
-                keys: Vec::new(),
-                signing: None,
-                loaded_from_mtime: None,
-            },
-            AuthMode::Jwt => {
-                if settings.auth.generate_key {
-                    ensure_local_key(&path)?;
-                }
-                load_keys(&path)?
-            }
-        };
         Ok(Arc::new(Self {
             mode: settings.auth.mode,
-            path,
             issuer: settings.auth.issuer.clone(),
             audience: settings.auth.audience.clone(),
-            keys: RwLock::new(Arc::new(keys)),
-            last_reload: RwLock::new(Instant::now()),
+            keys: Arc::new(KeyStore::from_settings(settings)?),
             bind_service_certs: settings.tls.enabled(),
         }))
+    }
+
+    /// With `auth.jwks_url`: fetches the keys once (before serving) and returns the task that
+    /// keeps them fresh; a first fetch that fails is logged and retried by that task, tokens
+    /// being refused meanwhile. `None` for a key file.
+    pub async fn fetch_keys(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<futures::future::BoxFuture<'static, ()>> {
+        if !self.keys.is_endpoint() {
+            return None;
+        }
+        if let Err(error) = self.keys.fetch().await {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "auth: no key set yet; every token is refused until a fetch succeeds"
+            );
+        }
+        Some(Box::pin(self.keys.clone().keep_fresh(shutdown)))
     }
 
     pub fn mode(&self) -> AuthMode {
         self.mode
     }
 
-    fn current(&self) -> Arc<KeySet> {
-        self.keys
-            .read()
-            .map(|k| k.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
-    }
-
-    /// Re-reads the key file when it changed (key rotation), at most every few seconds.
-    fn maybe_reload(&self) {
-        let due = self
-            .last_reload
-            .read()
-            .map(|t| t.elapsed() >= RELOAD_AT_MOST_EVERY)
-            .unwrap_or(true);
-        if !due {
-            return;
-        }
-        if let Ok(mut t) = self.last_reload.write() {
-            *t = Instant::now();
-        }
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if mtime.is_some() && mtime == self.current().loaded_from_mtime {
-            return;
-        }
-        match load_keys(&self.path) {
-            Ok(keys) => {
-                if let Ok(mut k) = self.keys.write() {
-                    *k = Arc::new(keys);
-                }
-                tracing::info!(path = %self.path.display(), "auth: key set reloaded");
-            }
-            Err(e) => tracing::warn!(error = %e, "auth: key set not reloaded"),
-        }
-    }
-
     /// Whether this process can mint tokens (it holds a symmetric key).
     pub fn can_mint(&self) -> bool {
-        self.current().signing.is_some()
+        self.keys.current().signing.is_some()
     }
 
     /// Signs a token for `subject` with `roles`, valid for `ttl`.
@@ -442,11 +303,11 @@ impl Authenticator {
         ttl: Duration,
         approval_limit_minor: Option<i64>,
     ) -> anyhow::Result<String> {
-        let keys = self.current();
+        let keys = self.keys.current();
         let Some((kid, key)) = &keys.signing else {
             anyhow::bail!(
                 "auth: {} holds no symmetric key to sign with",
-                self.path.display()
+                self.keys.origin()
             );
         };
         let now = jsonwebtoken::get_current_timestamp();
@@ -469,7 +330,7 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<Claims, Status> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| Status::unauthenticated(format!("malformed bearer token: {e}")))?;
-        let find = |keys: &KeySet| -> Option<(Algorithm, DecodingKey)> {
+        let find = |keys: &crate::jwks::KeySet| -> Option<(Algorithm, DecodingKey)> {
             let mut candidates = keys.keys.iter().filter(|(kid, _, _)| match &header.kid {
                 Some(wanted) => kid.as_deref() == Some(wanted.as_str()),
                 None => true,
@@ -481,9 +342,14 @@ impl Authenticator {
             }
             Some((first.1, first.2.clone()))
         };
-        let found = find(&self.current()).or_else(|| {
-            self.maybe_reload();
-            find(&self.current())
+        let found = find(&self.keys.current()).or_else(|| {
+            // Perhaps the issuer rotated its keys: a changed file is re-read now; an endpoint
+            // is fetched in the background, so that a retry a moment later succeeds.
+            if self.keys.unknown_key_seen() {
+                find(&self.keys.current())
+            } else {
+                None
+            }
         });
         let Some((alg, key)) = found else {
             return Err(Status::unauthenticated(
@@ -833,6 +699,8 @@ pub fn parse_roles(list: &[String]) -> anyhow::Result<Vec<&'static str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use std::path::Path;
 
     fn settings(dir: &Path) -> Settings {
         let mut env = HashMap::new();
@@ -932,7 +800,7 @@ mod tests {
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
 
         // Expired beyond the leeway.
-        let keys = auth.current();
+        let keys = auth.keys.current();
         let (kid, key) = keys.signing.as_ref().expect("signing key");
         let now = jsonwebtoken::get_current_timestamp();
         let mut header = Header::new(Algorithm::HS256);

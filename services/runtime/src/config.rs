@@ -81,6 +81,18 @@ pub struct AuthSettings {
     /// a symmetric `oct` key). Empty: `<data_dir>/auth/jwks.json`. A process holding an `oct`
     /// key can also mint tokens (`erp token`, and its own service identity towards its peers).
     pub jwks_file: String,
+    /// The issuer's JWKS endpoint (for example `https://idp.example/.well-known/jwks.json`).
+    /// When set, the keys come from there instead of `jwks_file` (and `generate_key` is
+    /// ignored): fetched before the service serves, again every `jwks_refresh_s`, and at once
+    /// (at most every 10 s) when a token names an unknown key id. `https://` only, except on a
+    /// loopback host. Until a first fetch succeeds every token is refused as signed by an
+    /// unknown key, and the fetch is retried with backoff.
+    pub jwks_url: String,
+    /// PEM file of the CA(s) that sign the JWKS endpoint's certificate (an in-cluster issuer);
+    /// empty: the public web PKI roots.
+    pub jwks_ca_file: String,
+    /// How often the keys of `jwks_url` are fetched again, in seconds.
+    pub jwks_refresh_s: u64,
     /// Create `jwks_file` with a fresh random HS256 key when it does not exist (the embedded
     /// default); a deployment mounts the issuer's keys and turns this off.
     pub generate_key: bool,
@@ -328,6 +340,9 @@ refund_approval_threshold_minor = 50000
 [auth]
 mode = "jwt"
 jwks_file = ""
+jwks_url = ""
+jwks_ca_file = ""
+jwks_refresh_s = 300
 generate_key = true
 issuer = "erp-local"
 audience = "erp"
@@ -487,6 +502,16 @@ impl Settings {
                 "finance.refund_approval_threshold_minor",
                 "must not be negative",
             ));
+        }
+        let jwks_url = self.auth.jwks_url.trim();
+        if !jwks_url.is_empty() && !crate::jwks::jwks_url_allowed(jwks_url) {
+            return Err(invalid(
+                "auth.jwks_url",
+                "must be an https:// URL (plain http:// only to a loopback host)",
+            ));
+        }
+        if !jwks_url.is_empty() && self.auth.jwks_refresh_s == 0 {
+            return Err(invalid("auth.jwks_refresh_s", "must be positive"));
         }
         if self.orchestrator.lease_ms == 0 {
             return Err(invalid("orchestrator.lease_ms", "must be positive"));

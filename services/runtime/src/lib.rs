@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod failpoint;
 pub mod idempotency;
+pub mod jwks;
 pub mod money;
 pub mod outbox;
 pub mod server;
