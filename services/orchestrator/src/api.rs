@@ -20,6 +20,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use tokio::sync::Notify;
 
+use crate::definition::Signal;
 use crate::store::{saga, step};
 
 /// How long a saga may be due without a replica taking it before it counts as stalled.
@@ -268,7 +269,7 @@ impl OrchestratorApi {
         let mut v = Violations::new();
         v.id("saga_id", &req.saga_id);
         v.check(
-            matches!(req.signal.as_str(), "SHIPPED"),
+            Signal::parse(&req.signal) == Some(Signal::Shipped),
             "signal",
             "must be SHIPPED (cancel and pause have their own RPCs)",
         );
@@ -317,7 +318,7 @@ impl OrchestratorApi {
         }
         let txn = self.db.begin().await?;
         let key = format!("pause:{}:{}", m.saga_id, now_ms());
-        crate::store::insert_signal(&txn, &m.saga_id, "PAUSE", &why, &key).await?;
+        crate::store::insert_signal(&txn, &m.saga_id, Signal::Pause.as_str(), &why, &key).await?;
         Self::note(&txn, &m.saga_id, format!("pause requested by {who}: {why}")).await?;
         audit_saga(&txn, caller, &m, &why).await?;
         txn.commit().await?;
@@ -443,8 +444,14 @@ impl OrchestratorApi {
                 .await?;
         }
         let key = format!("cancel:{}", m.saga_id);
-        crate::store::insert_signal(&txn, &m.saga_id, "CANCEL", &format!("{who}: {why}"), &key)
-            .await?;
+        crate::store::insert_signal(
+            &txn,
+            &m.saga_id,
+            Signal::Cancel.as_str(),
+            &format!("{who}: {why}"),
+            &key,
+        )
+        .await?;
         Self::note(
             &txn,
             &m.saga_id,

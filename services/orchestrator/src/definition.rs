@@ -56,7 +56,6 @@ impl Step {
         }
     }
 
-    /// Whether undoing this step calls a participant.
     /// Whether the step is tied to the warehouse that was chosen: a re-route (after a short
     /// pick) undoes exactly these, keeping the order read and the payment authorized.
     pub fn site_bound(self) -> bool {
@@ -71,15 +70,10 @@ impl Step {
         matches!(self, Self::AwaitPack | Self::AwaitShipment)
     }
 
+    /// Whether undoing this step calls a participant: read from the step's handlers (see
+    /// [`crate::steps`]), the one place that says how a step is undone.
     pub fn compensable(self) -> bool {
-        matches!(
-            self,
-            Self::LoadOrder
-                | Self::ReserveStock
-                | Self::AuthorizePayment
-                | Self::CreateFulfillment
-                | Self::BuyLabel
-        )
+        crate::steps::handlers(self).undo.is_some()
     }
 
     pub fn policy(self) -> Policy {
@@ -98,6 +92,53 @@ impl Step {
                 timeout: Duration::from_secs(5),
             },
         }
+    }
+}
+
+/// What can be said to a running saga, by the warehouse (packed, shipped, a stock exception, a
+/// site offline), the order service and operators (cancel, pause), and routing (replan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Packed,
+    Shipped,
+    Exception,
+    SiteOffline,
+    Cancel,
+    Pause,
+    Replan,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 7] = [
+        Self::Packed,
+        Self::Shipped,
+        Self::Exception,
+        Self::SiteOffline,
+        Self::Cancel,
+        Self::Pause,
+        Self::Replan,
+    ];
+
+    /// The name stored with the signal and used on the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Packed => "PACKED",
+            Self::Shipped => "SHIPPED",
+            Self::Exception => "EXCEPTION",
+            Self::SiteOffline => "SITE_OFFLINE",
+            Self::Cancel => "CANCEL",
+            Self::Pause => "PAUSE",
+            Self::Replan => "REPLAN",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Signals from the warehouse about one fulfillment.
+    pub fn names_fulfillment(self) -> bool {
+        matches!(self, Self::Packed | Self::Exception | Self::SiteOffline)
     }
 }
 
@@ -213,6 +254,14 @@ mod tests {
         assert_eq!(backoff(0, 0.0), Duration::from_millis(100));
         assert!(backoff(3, 1.0) > backoff(2, 1.0));
         assert_eq!(backoff(40, 1.0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn signals_round_trip() {
+        for s in Signal::ALL {
+            assert_eq!(Signal::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Signal::parse("shipped"), None);
     }
 
     #[test]

@@ -7,10 +7,17 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ctx;
 pub mod definition;
 pub mod engine;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fake;
+pub mod outcome;
 pub mod participants;
+pub mod plan;
 pub mod policy;
+pub mod ports;
+pub mod steps;
 pub mod store;
 
 use std::sync::Arc;

@@ -11,6 +11,8 @@ use sea_orm::{
 };
 use sea_orm_migration::prelude::*;
 
+use crate::definition::Signal;
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -360,7 +362,7 @@ pub async fn wake_waiting_for_stock(
             insert_signal(
                 &txn,
                 &s.saga_id,
-                "REPLAN",
+                Signal::Replan.as_str(),
                 &format!("routing rules v{} stored", p["version"]),
                 &format!("event:{}:{}", event.id, s.saga_id),
             )
@@ -442,7 +444,7 @@ pub async fn on_site_status(
         insert_signal(
             &txn,
             &saga.saga_id,
-            "SITE_OFFLINE",
+            Signal::SiteOffline.as_str(),
             &serde_json::json!({ "site": site, "fulfillment_id": a["fulfillment_id"] }).to_string(),
             &format!("event:{}:{}", event.id, saga.saga_id),
         )
@@ -478,16 +480,16 @@ pub async fn on_participant_event(
     }
     if let Some(saga) = fulfillment_saga(&txn, &order_id).await? {
         let (name, payload) = match event.topic.as_str() {
-            "warehouse.shipped" => ("SHIPPED", event.payload.to_string()),
-            "warehouse.packed" => ("PACKED", event.payload.to_string()),
-            "warehouse.exception" => ("EXCEPTION", event.payload.to_string()),
+            "warehouse.shipped" => (Signal::Shipped, event.payload.to_string()),
+            "warehouse.packed" => (Signal::Packed, event.payload.to_string()),
+            "warehouse.exception" => (Signal::Exception, event.payload.to_string()),
             // The orchestrator's own cancellation of the lines it stopped: nothing to signal.
             _ if event.payload["include_allocated"].as_bool() == Some(true) => {
                 txn.commit().await?;
                 return Ok(());
             }
             _ => (
-                "CANCEL",
+                Signal::Cancel,
                 serde_json::json!({
                     "reason": "ORDER_CANCELLED",
                     "detail": format!(
@@ -507,7 +509,7 @@ pub async fn on_participant_event(
         insert_signal(
             &txn,
             &saga.saga_id,
-            name,
+            name.as_str(),
             &payload,
             &format!("event:{}", event.id),
         )

@@ -1,0 +1,567 @@
+//! The saga engine. Each replica polls for due sagas, claims one with a lease (a conditional
+//! UPDATE, so two replicas never run the same saga), and drives it step by step. Every
+//! transition is committed with its timeline entry before the next call, and only while the
+//! lease is still ours (fencing), so a replica that lost its lease cannot overwrite the one that
+//! took over. A killed replica's sagas are taken over when their lease expires: a saga whose
+//! lease is held by nobody alive is due at once, whatever its wait's deadline says (the lease,
+//! not the deadline, is what holds a running saga). Leases and due times are judged by the
+//! database's clock, one clock for every replica.
+//!
+//! Every commit and every participant call passes named crash points
+//! ([`erp_runtime::failpoint`], listed by [`crash_points`]); the crash-point test dies at each
+//! of them and checks that the saga still ends exactly once.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use erp_runtime::config::OrchestratorSettings;
+use erp_runtime::failpoint;
+use sea_orm::sea_query::{Condition, Expr};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::ctx::{Ctx, OrderSnapshot};
+use crate::definition;
+use crate::outcome::{Reason, StepError};
+use crate::participants::Participants;
+use crate::store::{saga, signal, step};
+
+mod crash_points;
+mod moves;
+mod reroute;
+mod signals;
+
+pub use crash_points::{crash_points, step_crash_points};
+
+/// Statuses a worker drives.
+pub const ACTIVE: [&str; 4] = ["pending", "running", "waiting", "compensating"];
+
+pub struct Engine {
+    pub db: DatabaseConnection,
+    pub participants: Participants,
+    pub replica: String,
+    pub settings: OrchestratorSettings,
+    pub wake: Arc<Notify>,
+    running: Mutex<HashSet<String>>,
+    permits: Arc<Semaphore>,
+    /// Every saga run is tracked, so a stopped orchestrator has no call left in flight.
+    tasks: TaskTracker,
+    /// Runs stop between steps once this is cancelled; the next owner resumes from the log.
+    shutdown: CancellationToken,
+    last_report: std::sync::atomic::AtomicI64,
+    /// The database's clock minus this machine's, measured at every poll: due times written by
+    /// this replica are on the database's clock, like the leases compared in SQL.
+    clock_offset_ms: std::sync::atomic::AtomicI64,
+}
+
+/// One timeline entry.
+struct Log {
+    step: &'static str,
+    direction: &'static str,
+    outcome: &'static str,
+    detail: String,
+}
+
+fn log(
+    step: &'static str,
+    direction: &'static str,
+    outcome: &'static str,
+    detail: impl Into<String>,
+) -> Option<Log> {
+    Some(Log {
+        step,
+        direction,
+        outcome,
+        detail: detail.into(),
+    })
+}
+
+struct State {
+    m: saga::Model,
+    ctx: Ctx,
+    /// The database's clock when the current move began (see [`Engine::now`]).
+    now: i64,
+}
+
+impl Engine {
+    pub fn new(
+        db: DatabaseConnection,
+        participants: Participants,
+        settings: OrchestratorSettings,
+        wake: Arc<Notify>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            db,
+            participants,
+            replica: format!("replica-{}", uuid::Uuid::now_v7()),
+            settings,
+            wake,
+            running: Mutex::new(HashSet::new()),
+            permits: Arc::new(Semaphore::new(64)),
+            tasks,
+            shutdown,
+            last_report: std::sync::atomic::AtomicI64::new(0),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// Polls until `shutdown`; woken early by new sagas and signals.
+    pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let shutdown = self.shutdown.clone();
+        self.tasks.clone().spawn(async move {
+            let poll = Duration::from_millis(self.settings.poll_interval_ms);
+            loop {
+                if let Err(e) = self.tick(&shutdown).await {
+                    tracing::warn!(replica = %self.replica, error = %format!("{e:#}"), "saga poll failed");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                }
+            }
+        })
+    }
+
+    /// The database's clock plus `ms`, as an SQL expression.
+    fn clock_plus(&self, ms: i64) -> Expr {
+        Expr::cust(format!(
+            "({} + {ms})",
+            erp_runtime::db::clock_ms_sql(self.db.get_database_backend())
+        ))
+    }
+
+    /// This replica's estimate of the database's clock (its own clock plus the offset measured
+    /// at the last poll), for due times and deadlines written into the saga.
+    fn now(&self) -> i64 {
+        erp_runtime::time::now_ms()
+            + self
+                .clock_offset_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.settings.lease_ms).unwrap_or(i64::MAX / 4)
+    }
+
+    /// Nobody alive holds the lease (it expired), or we hold it.
+    fn lease_free(&self) -> Condition {
+        crate::store::lease_free(&self.db, &self.replica)
+    }
+
+    async fn tick(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let local = erp_runtime::time::now_ms();
+        let db_now = erp_runtime::db::clock_ms(&self.db).await?;
+        // Half the round trip is the best guess of when the database read its clock.
+        let offset = db_now - (local + erp_runtime::time::now_ms()) / 2;
+        self.clock_offset_ms
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        self.report_statuses(db_now).await;
+        let mut ids: Vec<String> = saga::Entity::find()
+            .filter(crate::store::due_condition(&self.db, &self.replica))
+            .order_by_asc(saga::Column::NextAttemptAtMs)
+            .limit(64)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| m.saga_id)
+            .collect();
+        // A signal (shipment confirmed, cancel, pause) makes a saga due at once.
+        let signalled: Vec<String> = signal::Entity::find()
+            .filter(signal::Column::Consumed.eq(false))
+            .order_by_asc(signal::Column::Seq)
+            .limit(64)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|s| s.saga_id)
+            .collect();
+        ids.extend(signalled);
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            {
+                let running = self
+                    .running
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?;
+                if running.contains(&id) {
+                    continue;
+                }
+            }
+            if !self.claim(&id).await? {
+                continue;
+            }
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                break;
+            };
+            self.running
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .insert(id.clone());
+            let engine = self.clone();
+            self.tasks.spawn(async move {
+                engine.run(&id).await;
+                if let Ok(mut running) = engine.running.lock() {
+                    running.remove(&id);
+                }
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    /// Sagas per status as a gauge, at most every five seconds.
+    async fn report_statuses(&self, now: i64) {
+        let last = self.last_report.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last < 5_000 {
+            return;
+        }
+        self.last_report
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        for status in [
+            "pending",
+            "running",
+            "waiting",
+            "compensating",
+            "completed",
+            "compensated",
+            "parked",
+            "paused",
+        ] {
+            if let Ok(n) = sea_orm::PaginatorTrait::count(
+                saga::Entity::find().filter(saga::Column::Status.eq(status)),
+                &self.db,
+            )
+            .await
+            {
+                metrics::gauge!("sagas", "status" => status).set(n as f64);
+            }
+        }
+        if let Ok(n) = sea_orm::PaginatorTrait::count(
+            saga::Entity::find().filter(crate::store::stalled_condition(
+                &self.db,
+                crate::api::STALLED_AFTER_MS,
+            )),
+            &self.db,
+        )
+        .await
+        {
+            metrics::gauge!("sagas_stalled").set(n as f64);
+        }
+    }
+
+    /// Takes the lease of a saga that nobody holds (or that we hold). Any status: a paused,
+    /// parked or finished saga is claimed only for its signals, which `drive` consumes (a
+    /// customer's cancel applies to a paused saga; a late repeat of an event to a finished one
+    /// is noted and dropped instead of staying in the signal queue for ever).
+    async fn claim(&self, saga_id: &str) -> anyhow::Result<bool> {
+        let r = saga::Entity::update_many()
+            .col_expr(saga::Column::LeaseOwner, Expr::value(self.replica.clone()))
+            .col_expr(saga::Column::LeaseUntilMs, self.clock_plus(self.lease_ms()))
+            .filter(saga::Column::SagaId.eq(saga_id))
+            .filter(self.lease_free())
+            .exec(&self.db)
+            .await?;
+        if r.rows_affected == 1 {
+            failpoint::hit(&["saga", "claim", "after_commit"]).await;
+        }
+        Ok(r.rows_affected == 1)
+    }
+
+    async fn release(&self, saga_id: &str) {
+        let r = saga::Entity::update_many()
+            .col_expr(saga::Column::LeaseOwner, Expr::value(""))
+            .col_expr(saga::Column::LeaseUntilMs, Expr::value(0))
+            .filter(saga::Column::SagaId.eq(saga_id))
+            .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()))
+            .exec(&self.db)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(saga_id, error = %e, "releasing the lease failed; it will expire");
+        }
+    }
+
+    /// Commits the saga's new state and a timeline entry, only if we still hold the lease.
+    async fn save(
+        &self,
+        st: &mut State,
+        entries: impl IntoIterator<Item = Log>,
+        consumed: &[i64],
+    ) -> anyhow::Result<bool> {
+        let entries: Vec<Log> = entries.into_iter().collect();
+        let now = self.now();
+        let txn = self.db.begin().await?;
+        let m = &st.m;
+        let r = saga::Entity::update_many()
+            .col_expr(saga::Column::Status, Expr::value(m.status.clone()))
+            .col_expr(
+                saga::Column::CurrentStep,
+                Expr::value(m.current_step.clone()),
+            )
+            .col_expr(saga::Column::Attempts, Expr::value(m.attempts))
+            .col_expr(saga::Column::LastError, Expr::value(m.last_error.clone()))
+            .col_expr(
+                saga::Column::NextAttemptAtMs,
+                Expr::value(m.next_attempt_at_ms),
+            )
+            .col_expr(saga::Column::StepIndex, Expr::value(m.step_index))
+            .col_expr(
+                saga::Column::ResumeStatus,
+                Expr::value(m.resume_status.clone()),
+            )
+            .col_expr(
+                saga::Column::ParkedReason,
+                Expr::value(m.parked_reason.clone()),
+            )
+            .col_expr(
+                saga::Column::SuggestedAction,
+                Expr::value(m.suggested_action.clone()),
+            )
+            .col_expr(
+                saga::Column::Data,
+                Expr::value(serde_json::to_string(&st.ctx)?),
+            )
+            .col_expr(
+                saga::Column::WaitingSkus,
+                Expr::value(m.waiting_skus.clone()),
+            )
+            .col_expr(saga::Column::UpdatedAtMs, crate::store::clock(&self.db))
+            .col_expr(saga::Column::LeaseUntilMs, self.clock_plus(self.lease_ms()))
+            .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
+            .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()))
+            .exec(&txn)
+            .await?;
+        if r.rows_affected != 1 {
+            tracing::warn!(saga_id = %m.saga_id, replica = %self.replica, "lease lost; another replica owns this saga now");
+            return Ok(false);
+        }
+        // What this commit is, for its crash point: the first entry that is not a "started".
+        let point = entries
+            .iter()
+            .find(|e| e.outcome != "started")
+            .map(|e| (e.step, e.direction));
+        for entry in &entries {
+            metrics::counter!(
+                "saga_steps_total",
+                "step" => entry.step,
+                "direction" => entry.direction,
+                "outcome" => entry.outcome
+            )
+            .increment(1);
+        }
+        for entry in entries {
+            step::ActiveModel {
+                saga_id: Set(m.saga_id.clone()),
+                step: Set(entry.step.to_owned()),
+                direction: Set(entry.direction.to_owned()),
+                outcome: Set(entry.outcome.to_owned()),
+                attempt: Set(m.attempts.max(1)),
+                detail: Set(entry.detail),
+                recorded_at_ms: Set(now),
+                ..Default::default()
+            }
+            .insert(&txn)
+            .await?;
+        }
+        if !consumed.is_empty() {
+            signal::Entity::update_many()
+                .col_expr(signal::Column::Consumed, Expr::value(true))
+                .filter(signal::Column::Seq.is_in(consumed.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        if !consumed.is_empty() {
+            failpoint::hit(&["saga", "signal", "after_consume"]).await;
+        } else if let Some((step, direction)) = point {
+            failpoint::hit(&["saga", direction, step, "after_commit"]).await;
+        }
+        Ok(true)
+    }
+
+    /// A participant call, bounded by the step's timeout, between its two crash points.
+    async fn call<T>(
+        &self,
+        path: &'static str,
+        step: &'static str,
+        timeout: Duration,
+        call: impl std::future::Future<Output = Result<T, StepError>>,
+    ) -> Result<T, StepError> {
+        failpoint::hit(&["saga", path, step, "before_call"]).await;
+        let result = bounded(timeout, call).await;
+        failpoint::hit(&["saga", path, step, "after_call"]).await;
+        result
+    }
+
+    async fn run(&self, saga_id: &str) {
+        let Ok(Some(m)) = saga::Entity::find_by_id(saga_id.to_owned())
+            .one(&self.db)
+            .await
+        else {
+            self.release(saga_id).await;
+            return;
+        };
+        let span = tracing::info_span!("saga", saga_id = %m.saga_id, order_id = %m.order_id);
+        erp_runtime::telemetry::adopt_traceparent(&span, &m.traceparent);
+        if let Err(e) = self.drive(m).instrument(span).await {
+            tracing::warn!(saga_id, error = %format!("{e:#}"), "saga run interrupted; it resumes on the next poll");
+        }
+        self.release(saga_id).await;
+    }
+
+    /// A saga whose stored context cannot be read is parked as it is, the context untouched for
+    /// whoever investigates: starting again from an empty one would repeat its steps.
+    async fn park_unreadable(&self, m: &saga::Model, error: &str) -> anyhow::Result<()> {
+        let detail = format!("CORRUPT_CONTEXT: the saga's stored context cannot be read: {error}");
+        let txn = self.db.begin().await?;
+        let parked = saga::Entity::update_many()
+            .col_expr(saga::Column::ResumeStatus, Expr::value(m.status.clone()))
+            .col_expr(saga::Column::Status, Expr::value("parked"))
+            .col_expr(saga::Column::ParkedReason, Expr::value(detail.clone()))
+            .col_expr(
+                saga::Column::SuggestedAction,
+                Expr::value("repair the saga's data column from its timeline, then RetrySaga"),
+            )
+            .col_expr(saga::Column::UpdatedAtMs, crate::store::clock(&self.db))
+            .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
+            .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()))
+            .exec(&txn)
+            .await?;
+        if parked.rows_affected == 1 {
+            step::ActiveModel {
+                saga_id: Set(m.saga_id.clone()),
+                step: Set("saga".into()),
+                direction: Set("forward".into()),
+                outcome: Set("rejected".into()),
+                attempt: Set(m.attempts.max(1)),
+                detail: Set(format!("parked: {detail}")),
+                recorded_at_ms: Set(self.now()),
+                ..Default::default()
+            }
+            .insert(&txn)
+            .await?;
+        }
+        txn.commit().await?;
+        tracing::error!(saga_id = %m.saga_id, error, "saga context unreadable; parked");
+        Ok(())
+    }
+
+    fn park(st: &mut State, reason: &Reason, detail: &str, action: &str) -> Option<Log> {
+        st.m.resume_status = st.m.status.clone();
+        st.m.status = "parked".into();
+        st.m.parked_reason = format!("{reason}: {detail}");
+        st.m.suggested_action = action.to_owned();
+        log(
+            "saga",
+            "forward",
+            "rejected",
+            format!("parked: {reason}: {detail}"),
+        )
+    }
+
+    fn start_compensation(st: &mut State, from: i64, reason: Reason, detail: &str) {
+        if st.ctx.failure_reason.is_empty() {
+            st.ctx.failure_reason = reason.as_str().to_owned();
+            st.ctx.failure_detail = detail.to_owned();
+        }
+        st.m.status = "compensating".into();
+        // After a re-route the saga stands before steps it completed in an earlier round (the
+        // payment authorization): undo from the highest one ever completed.
+        let from = from.max(i64::from(st.ctx.completed) - 1);
+        st.ctx.rerouting = false;
+        st.m.step_index = i32::try_from(from).unwrap_or(-1);
+        st.m.attempts = 0;
+        st.m.next_attempt_at_ms = st.now;
+    }
+
+    async fn drive(&self, m: saga::Model) -> anyhow::Result<()> {
+        let mut ctx: Ctx = match serde_json::from_str(&m.data) {
+            Ok(ctx) => ctx,
+            Err(e) => return self.park_unreadable(&m, &e.to_string()).await,
+        };
+        ctx.parts = m.definition_version >= 3;
+        let mut st = State {
+            m,
+            ctx,
+            now: self.now(),
+        };
+        if st.ctx.order.is_none() {
+            st.ctx.order = Some(OrderSnapshot {
+                order_id: st.m.order_id.clone(),
+                ..Default::default()
+            });
+        }
+        let Some(steps) = definition::steps(&st.m.definition, st.m.definition_version) else {
+            let detail = format!(
+                "{} v{} is not known to this build",
+                st.m.definition, st.m.definition_version
+            );
+            let entry = Self::park(
+                &mut st,
+                &Reason::UnknownDefinition,
+                &detail,
+                "run a replica that knows this definition version",
+            );
+            self.save(&mut st, entry, &[]).await?;
+            return Ok(());
+        };
+        let pivot = definition::pivot(steps) as i32;
+        loop {
+            if self.shutdown.is_cancelled() {
+                // Everything done so far is committed; another replica (or this one restarted)
+                // continues from the log once the lease is released.
+                return Ok(());
+            }
+            st.now = self.now();
+            // Signals first: they may pause, cancel, or release the wait for shipment.
+            if !self.apply_signals(&mut st, steps, pivot).await? {
+                return Ok(());
+            }
+            match st.m.status.as_str() {
+                "pending" | "running" | "waiting" if st.ctx.rerouting => {
+                    if !self.reroute_step(&mut st, steps).await? {
+                        return Ok(());
+                    }
+                }
+                "pending" | "running" | "waiting" => {
+                    if !self.forward_step(&mut st, steps, pivot).await? {
+                        return Ok(());
+                    }
+                }
+                "compensating" => {
+                    if !self.compensate_step(&mut st, steps).await? {
+                        return Ok(());
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// A participant call that gives up (as a transient failure) after the step's timeout.
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StepError::Transient(format!(
+                "no answer within {timeout:?}"
+            )))
+        })
+}
