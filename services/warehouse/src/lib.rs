@@ -5,8 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod domain;
+pub mod error;
 pub mod policy;
 pub mod store;
+pub mod wire;
 
 pub struct Service;
 

@@ -1,8 +1,14 @@
 //! Tables of the warehouse service.
 
+use erp_runtime::ApiResult;
 use erp_runtime::db::DdlMigration;
 use erp_runtime::entity;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use sea_orm_migration::prelude::*;
+
+use crate::domain::{FulfillmentState, TaskState};
+use crate::error::WarehouseError;
 
 pub struct Migrator;
 
@@ -178,3 +184,225 @@ entity!(receipt, "receipts", {
     pub lines: String,
     pub recorded_at_ms: i64,
 });
+
+// ---- Queries the handlers share: each reads a set in a fixed number of queries, never one per
+// row, and every read a check depends on can take the row lock.
+
+/// A site, locked for the transaction when `lock` (PostgreSQL; SQLite has one writer).
+pub async fn site<C: ConnectionTrait>(c: &C, code: &str, lock: bool) -> ApiResult<site::Model> {
+    let mut q = site::Entity::find_by_id(code.to_owned());
+    if lock {
+        q = q.lock_exclusive();
+    }
+    Ok(q.one(c)
+        .await?
+        .ok_or_else(|| WarehouseError::SiteNotFound(code.to_owned()))?)
+}
+
+/// A fulfillment, locked when `lock`: every change of a fulfillment and its tasks holds its
+/// row lock, so a shipment racing a cancellation (or two packers) cannot both pass their checks.
+pub async fn fulfillment<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    lock: bool,
+) -> ApiResult<fulfillment::Model> {
+    let mut q = fulfillment::Entity::find_by_id(id.to_owned());
+    if lock {
+        q = q.lock_exclusive();
+    }
+    Ok(q.one(c)
+        .await?
+        .ok_or_else(|| WarehouseError::FulfillmentNotFound(id.to_owned()))?)
+}
+
+/// A pick task read under its fulfillment's row lock (taken first: every writer of a
+/// fulfillment's tasks holds it, so the two last picks of a fulfillment cannot each still see
+/// the other open, and a pick cannot overwrite a cancellation).
+pub async fn locked_task<C: ConnectionTrait>(c: &C, task_id: &str) -> ApiResult<task::Model> {
+    let missing = || WarehouseError::TaskNotFound(task_id.to_owned());
+    let t = task::Entity::find_by_id(task_id.to_owned())
+        .one(c)
+        .await?
+        .ok_or_else(missing)?;
+    fulfillment(c, &t.fulfillment_id, true).await?;
+    Ok(task::Entity::find_by_id(task_id.to_owned())
+        .one(c)
+        .await?
+        .ok_or_else(missing)?)
+}
+
+/// The tasks of `fulfillments`, in one query, grouped in the fulfillments' order.
+pub async fn with_tasks<C: ConnectionTrait>(
+    c: &C,
+    fulfillments: Vec<fulfillment::Model>,
+    only: Option<TaskState>,
+) -> ApiResult<Vec<(fulfillment::Model, Vec<task::Model>)>> {
+    if fulfillments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = fulfillments
+        .iter()
+        .map(|f| f.fulfillment_id.clone())
+        .collect();
+    let mut q = task::Entity::find()
+        .filter(task::Column::FulfillmentId.is_in(ids))
+        .order_by_asc(task::Column::TaskId);
+    if let Some(state) = only {
+        q = q.filter(task::Column::Status.eq(state.as_str()));
+    }
+    let mut tasks = q.all(c).await?;
+    Ok(fulfillments
+        .into_iter()
+        .map(|f| {
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut tasks)
+                .into_iter()
+                .partition(|t| t.fulfillment_id == f.fulfillment_id);
+            tasks = rest;
+            (f, mine)
+        })
+        .collect())
+}
+
+/// A fulfillment with its tasks.
+pub async fn load<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+) -> ApiResult<(fulfillment::Model, Vec<task::Model>)> {
+    let f = fulfillment(c, id, false).await?;
+    Ok(with_tasks(c, vec![f], None)
+        .await?
+        .pop()
+        .ok_or_else(|| WarehouseError::FulfillmentNotFound(id.to_owned()))?)
+}
+
+/// The fulfillments of a site in `states`, oldest first, with their tasks.
+pub async fn at_site<C: ConnectionTrait>(
+    c: &C,
+    site: &str,
+    states: &[FulfillmentState],
+) -> ApiResult<Vec<(fulfillment::Model, Vec<task::Model>)>> {
+    let rows = fulfillment::Entity::find()
+        .filter(fulfillment::Column::Site.eq(site))
+        .filter(fulfillment::Column::Status.is_in(states.iter().map(|s| s.as_str())))
+        .order_by_asc(fulfillment::Column::CreatedAtMs)
+        .all(c)
+        .await?;
+    with_tasks(c, rows, None).await
+}
+
+/// The open fulfillments of a site, most urgent first, with their open tasks: what a wave
+/// may release.
+pub async fn open_for_wave<C: ConnectionTrait>(
+    c: &C,
+    site: &str,
+) -> ApiResult<Vec<(fulfillment::Model, Vec<task::Model>)>> {
+    let rows = fulfillment::Entity::find()
+        .filter(fulfillment::Column::Site.eq(site))
+        .filter(fulfillment::Column::Status.eq(FulfillmentState::Open.as_str()))
+        .order_by_asc(fulfillment::Column::Priority)
+        .order_by_asc(fulfillment::Column::CreatedAtMs)
+        .all(c)
+        .await?;
+    with_tasks(c, rows, Some(TaskState::Open)).await
+}
+
+/// Releases the open tasks of `fulfillments` in wave `wave_id`, and the fulfillments with
+/// them: two statements whatever the size of the wave.
+pub async fn release<C: ConnectionTrait>(
+    c: &C,
+    fulfillments: &[String],
+    wave_id: &str,
+) -> ApiResult<()> {
+    task::Entity::update_many()
+        .col_expr(
+            task::Column::Status,
+            Expr::value(TaskState::Released.as_str()),
+        )
+        .col_expr(task::Column::WaveId, Expr::value(wave_id))
+        .filter(task::Column::FulfillmentId.is_in(fulfillments.iter().cloned()))
+        .filter(task::Column::Status.eq(TaskState::Open.as_str()))
+        .exec(c)
+        .await?;
+    set_status(c, fulfillments, FulfillmentState::Released, "").await
+}
+
+/// Moves `fulfillments` to `state` with `reason`.
+pub async fn set_status<C: ConnectionTrait>(
+    c: &C,
+    fulfillments: &[String],
+    state: FulfillmentState,
+    reason: &str,
+) -> ApiResult<()> {
+    fulfillment::Entity::update_many()
+        .col_expr(fulfillment::Column::Status, Expr::value(state.as_str()))
+        .col_expr(fulfillment::Column::StatusReason, Expr::value(reason))
+        .filter(fulfillment::Column::FulfillmentId.is_in(fulfillments.iter().cloned()))
+        .exec(c)
+        .await?;
+    Ok(())
+}
+
+/// Cancels `fulfillments` and all their tasks.
+pub async fn cancel<C: ConnectionTrait>(
+    c: &C,
+    fulfillments: &[String],
+    reason: &str,
+) -> ApiResult<()> {
+    set_status(c, fulfillments, FulfillmentState::Cancelled, reason).await?;
+    task::Entity::update_many()
+        .col_expr(
+            task::Column::Status,
+            Expr::value(TaskState::Cancelled.as_str()),
+        )
+        .filter(task::Column::FulfillmentId.is_in(fulfillments.iter().cloned()))
+        .exec(c)
+        .await?;
+    Ok(())
+}
+
+/// How many tasks of a fulfillment are still to be picked.
+pub async fn unpicked_tasks<C: ConnectionTrait>(c: &C, fulfillment_id: &str) -> ApiResult<u64> {
+    use sea_orm::PaginatorTrait;
+    Ok(task::Entity::find()
+        .filter(task::Column::FulfillmentId.eq(fulfillment_id))
+        .filter(
+            task::Column::Status.is_in([TaskState::Open.as_str(), TaskState::Released.as_str()]),
+        )
+        .count(c)
+        .await?)
+}
+
+/// Units released at each of `sites` on its own current day, in one query.
+pub async fn released_today<C: ConnectionTrait>(
+    c: &C,
+    sites: &[site::Model],
+    now_ms: i64,
+) -> ApiResult<Vec<i64>> {
+    if sites.is_empty() {
+        return Ok(Vec::new());
+    }
+    let days: Vec<(String, String)> = sites
+        .iter()
+        .map(|s| {
+            (
+                s.code.clone(),
+                crate::domain::site_day(now_ms, s.utc_offset_minutes),
+            )
+        })
+        .collect();
+    let waves = wave::Entity::find()
+        .filter(wave::Column::Site.is_in(days.iter().map(|(s, _)| s.clone())))
+        .filter(wave::Column::SiteDay.is_in(days.iter().map(|(_, d)| d.clone())))
+        .all(c)
+        .await?;
+    Ok(days
+        .iter()
+        .map(|(site, day)| {
+            waves
+                .iter()
+                .filter(|w| &w.site == site && &w.site_day == day)
+                .map(|w| w.units)
+                .fold(0, i64::saturating_add)
+        })
+        .collect())
+}
