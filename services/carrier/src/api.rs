@@ -17,8 +17,9 @@ use sea_orm::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::adapter::{AdapterError, CarrierPort, LabelOrder};
+use crate::adapter::{CarrierPort, LabelOrder};
 use crate::domain::{self, Offering};
+use crate::error::CarrierError;
 use crate::store::{carrier, shipment, tracking};
 
 const DAY_MS: i64 = 86_400_000;
@@ -367,14 +368,11 @@ impl CarrierApi {
                 )
             })?;
         let zone = domain::zone(&req.origin_region, &dest.postal_code);
-        let price = domain::price(&o, zone, weight).ok_or_else(|| {
-            ApiError::precondition(
-                "NO_RATE",
-                format!(
-                    "{} {} has no rate for zone {zone} at {weight} g",
-                    c.code, o.code
-                ),
-            )
+        let price = domain::price(&o, zone, weight).ok_or_else(|| CarrierError::NoRate {
+            carrier: c.code.clone(),
+            service: o.code.clone(),
+            zone,
+            weight,
         })?;
         // The carrier books the label outside any transaction: a slow carrier holds no lock.
         let label = self
@@ -387,12 +385,7 @@ impl CarrierApi {
                 weight_grams: weight,
             })
             .await
-            .map_err(|e| match e {
-                AdapterError::Timeout(m) => ApiError::Unavailable(m),
-                AdapterError::Refused { reason, message } => {
-                    ApiError::precondition(reason, message)
-                }
-            })?;
+            .map_err(CarrierError::from)?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "carrier.BuyLabel", req);
         let now = now_ms();
         let shipment_id = uuid::Uuid::now_v7();
@@ -478,13 +471,7 @@ impl CarrierApi {
             } else if s.status == ShipmentStatus::Voided as i32 {
                 s
             } else {
-                return Err(ApiError::precondition(
-                    "ALREADY_PICKED_UP",
-                    format!(
-                        "shipment {} was picked up by the carrier and cannot be voided",
-                        s.tracking_number
-                    ),
-                ));
+                return Err(CarrierError::AlreadyPickedUp(s.tracking_number).into());
             };
             voided.push(shipment_to_wire(&txn, s).await?);
         }

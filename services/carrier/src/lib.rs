@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod api;
 pub mod domain;
+pub mod error;
 pub mod policy;
 pub mod store;
 

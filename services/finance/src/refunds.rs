@@ -16,6 +16,7 @@ use sea_orm::{
 };
 
 use crate::api::{FinanceApi, checked, payment_to_wire, post_against_clearing};
+use crate::error::FinanceError;
 use crate::store::{payment, refund_approval};
 
 fn approval_to_wire(a: refund_approval::Model) -> RefundApproval {
@@ -71,10 +72,12 @@ fn refundable(p: &payment::Model, amount: &Money) -> ApiResult<i64> {
         p.status.as_str(),
         "captured" | "partially_refunded" | "partially_captured"
     ) {
-        return Err(ApiError::precondition(
-            "PAYMENT_NOT_CAPTURED",
-            format!("payment {} is {}", p.payment_id, p.status),
-        ));
+        return Err(FinanceError::PaymentNotCaptured {
+            payment: p.payment_id.clone(),
+            status: p.status.clone(),
+            chargeback: false,
+        }
+        .into());
     }
     if amount.currency != p.currency {
         return Err(ApiError::invalid(
@@ -84,22 +87,20 @@ fn refundable(p: &payment::Model, amount: &Money) -> ApiResult<i64> {
     }
     let refunded = checked(p.refunded_minor.checked_add(amount.amount_minor))?;
     if refunded > p.captured_minor {
-        return Err(ApiError::precondition(
-            "OVER_REFUND",
-            format!(
-                "cannot refund {}: {} captured, {} already refunded",
-                amount.amount_minor, p.captured_minor, p.refunded_minor
-            ),
-        ));
+        return Err(FinanceError::OverRefund {
+            amount: amount.amount_minor,
+            captured: p.captured_minor,
+            refunded: p.refunded_minor,
+        }
+        .into());
     }
     if checked(refunded.checked_add(p.charged_back_minor))? > p.captured_minor {
-        return Err(ApiError::precondition(
-            "OVER_REFUND",
-            format!(
-                "cannot refund {}: {} of {} captured was charged back",
-                amount.amount_minor, p.charged_back_minor, p.captured_minor
-            ),
-        ));
+        return Err(FinanceError::RefundChargedBack {
+            amount: amount.amount_minor,
+            charged_back: p.charged_back_minor,
+            captured: p.captured_minor,
+        }
+        .into());
     }
     Ok(refunded)
 }
@@ -222,13 +223,12 @@ impl FinanceApi {
             .await?
             .ok_or_else(|| ApiError::not_found(format!("refund approval {id}")))?;
         if a.status != "pending" {
-            return Err(ApiError::precondition(
-                "NOT_PENDING",
-                format!(
-                    "refund approval {id} is already {} by {}",
-                    a.status, a.decided_by
-                ),
-            ));
+            return Err(FinanceError::NotPending {
+                approval: id.to_owned(),
+                status: a.status,
+                by: a.decided_by,
+            }
+            .into());
         }
         if caller.authenticated && caller.subject == a.requested_by {
             return Err(ApiError::denied(format!(

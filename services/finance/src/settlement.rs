@@ -14,6 +14,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, Quer
 use crate::api::{
     FinanceApi, checked, insert_entry, money, payment_to_wire, post_against_clearing,
 };
+use crate::error::FinanceError;
 use crate::store::{entry, jline, payment};
 
 /// The profit-and-loss accounts, and where each lands in a channel's result.
@@ -54,13 +55,12 @@ impl FinanceApi {
             p.status.as_str(),
             "captured" | "partially_refunded" | "charged_back" | "partially_captured"
         ) {
-            return Err(ApiError::precondition(
-                "PAYMENT_NOT_CAPTURED",
-                format!(
-                    "payment {} is {}: only captured money can be charged back",
-                    p.payment_id, p.status
-                ),
-            ));
+            return Err(FinanceError::PaymentNotCaptured {
+                payment: p.payment_id,
+                status: p.status,
+                chargeback: true,
+            }
+            .into());
         }
         if amount.currency != p.currency {
             return Err(ApiError::invalid(
@@ -74,13 +74,13 @@ impl FinanceApi {
                 .and_then(|o| o.checked_sub(p.charged_back_minor)),
         )?;
         if amount.amount_minor > open {
-            return Err(ApiError::precondition(
-                "OVER_CHARGEBACK",
-                format!(
-                    "cannot charge back {}: {} captured, {} refunded, {} charged back",
-                    amount.amount_minor, p.captured_minor, p.refunded_minor, p.charged_back_minor
-                ),
-            ));
+            return Err(FinanceError::OverChargeback {
+                amount: amount.amount_minor,
+                captured: p.captured_minor,
+                refunded: p.refunded_minor,
+                charged_back: p.charged_back_minor,
+            }
+            .into());
         }
         post_against_clearing(
             &txn,

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod error;
 pub mod policy;
 pub mod promise;
 pub mod route_api;

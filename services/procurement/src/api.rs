@@ -15,6 +15,7 @@ use sea_orm::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::error::ProcurementError;
 use crate::store::{po, po_line, supplier, term};
 
 const DAY_MS: i64 = 86_400_000;
@@ -410,10 +411,11 @@ impl ProcurementApi {
                 });
             }
             other => {
-                return Err(ApiError::precondition(
-                    "NOT_DRAFT",
-                    format!("purchase order {} is {other}", p.purchase_order_id),
-                ));
+                return Err(ProcurementError::NotDraft {
+                    po: p.purchase_order_id.clone(),
+                    status: other.to_owned(),
+                }
+                .into());
             }
         }
         // Maker-checker: whoever created the order does not approve it.
@@ -507,10 +509,10 @@ impl ProcurementApi {
             "partially_received" => ("closed", Some(now_ms())),
             "cancelled" | "closed" => (p.status.as_str(), p.received_at_ms),
             other => {
-                return Err(ApiError::precondition(
-                    "NOT_CANCELLABLE",
-                    format!("purchase order is {other}: everything was received"),
-                ));
+                return Err(ProcurementError::NotCancellable {
+                    status: other.to_owned(),
+                }
+                .into());
             }
         };
         let to = to.to_owned();
@@ -671,18 +673,11 @@ impl ProcurementService for ProcurementApi {
                 if !req.supplier_id.is_empty() {
                     q = q.filter(po::Column::SupplierId.eq(&req.supplier_id));
                 }
-                match PurchaseOrderStatus::try_from(req.status) {
-                    Ok(PurchaseOrderStatus::Unspecified) => {}
-                    Ok(s) => {
-                        let name = s
-                            .as_str_name()
-                            .trim_start_matches("PURCHASE_ORDER_STATUS_")
-                            .to_lowercase();
-                        q = q.filter(po::Column::Status.eq(name));
-                    }
-                    Err(_) => {
-                        return Err(ApiError::invalid("status", "unknown purchase order status"));
-                    }
+                if let Some(status) = erp_runtime::validate::status_filter(
+                    PurchaseOrderStatus::try_from(req.status).map(|s| s.as_str_name()),
+                    "PURCHASE_ORDER_STATUS_",
+                )? {
+                    q = q.filter(po::Column::Status.eq(status));
                 }
                 let rows = q.offset(offset).limit(size).all(&self.db).await?;
                 let next = next_page_token(offset, rows.len(), size);

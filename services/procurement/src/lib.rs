@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod error;
 pub mod lifecycle;
 pub mod policy;
 pub mod store;

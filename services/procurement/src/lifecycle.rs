@@ -19,6 +19,7 @@ use sea_orm::{
 
 use crate::api::{ProcurementApi, load_po};
 use crate::domain::{self, Delivery, Policy, Terms};
+use crate::error::ProcurementError;
 use crate::store::{demand, po, po_line, policy, receipt, term};
 
 const DAY_MS: i64 = 86_400_000;
@@ -359,13 +360,11 @@ impl ProcurementApi {
                 });
             }
             other => {
-                return Err(ApiError::precondition(
-                    "NOT_APPROVED",
-                    format!(
-                        "purchase order {} is {other}; it is sent once approved",
-                        p.purchase_order_id
-                    ),
-                ));
+                return Err(ProcurementError::NotApproved {
+                    po: p.purchase_order_id.clone(),
+                    status: other.to_owned(),
+                }
+                .into());
             }
         }
         let now = now_ms();
@@ -449,13 +448,11 @@ impl ProcurementApi {
         }
         let p = find_po(&self.db, &req.purchase_order_id).await?;
         if !matches!(p.status.as_str(), "sent" | "partially_received") {
-            return Err(ApiError::precondition(
-                "NOT_RECEIVABLE",
-                format!(
-                    "purchase order {} is {}; goods are received while it is sent or partially received",
-                    p.purchase_order_id, p.status
-                ),
-            ));
+            return Err(ProcurementError::NotReceivable {
+                po: p.purchase_order_id,
+                status: p.status,
+            }
+            .into());
         }
         let lines = po_line::Entity::find()
             .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
@@ -578,13 +575,10 @@ impl ProcurementApi {
         }
         for (sku, quantity) in received {
             if let Some(l) = lines.iter_mut().find(|l| &l.sku == sku) {
-                l.received_quantity =
-                    l.received_quantity.checked_add(*quantity).ok_or_else(|| {
-                        ApiError::precondition(
-                            "QUANTITY_OUT_OF_RANGE",
-                            "received quantity out of range",
-                        )
-                    })?;
+                l.received_quantity = l
+                    .received_quantity
+                    .checked_add(*quantity)
+                    .ok_or(ProcurementError::QuantityOutOfRange)?;
                 let mut am: po_line::ActiveModel = l.clone().into();
                 am.received_quantity = Set(l.received_quantity);
                 am.update(&txn).await?;

@@ -193,6 +193,20 @@ pub fn page_offset(token: &str) -> ApiResult<u64> {
     }
 }
 
+/// A list request's status filter as the stored status name: `None` for the enum's
+/// `..._UNSPECIFIED` (no filter), else its wire name without `prefix`, lower-cased
+/// (`ORDER_STATUS_BACKORDERED` → `backordered`). `wire_name` is the enum's name of the request
+/// value (`Enum::try_from(v).map(|s| s.as_str_name())`); a value the enum does not know is
+/// INVALID_ARGUMENT naming `status`.
+pub fn status_filter<E>(
+    wire_name: Result<&'static str, E>,
+    prefix: &str,
+) -> ApiResult<Option<String>> {
+    let name = wire_name.map_err(|_| ApiError::invalid("status", "is not a known status"))?;
+    let short = name.trim_start_matches(prefix);
+    Ok((short != "UNSPECIFIED").then(|| short.to_lowercase()))
+}
+
 pub fn next_page_token(offset: u64, returned: usize, page_size: u64) -> String {
     match offset.checked_add(page_size) {
         Some(next) if returned as u64 == page_size && next <= MAX_PAGE_OFFSET => next.to_string(),
@@ -203,6 +217,19 @@ pub fn next_page_token(offset: u64, returned: usize, page_size: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_filter_is_the_stored_name_or_none() {
+        assert_eq!(
+            status_filter::<()>(Ok("ORDER_STATUS_BACKORDERED"), "ORDER_STATUS_").unwrap(),
+            Some("backordered".to_owned())
+        );
+        assert_eq!(
+            status_filter::<()>(Ok("ORDER_STATUS_UNSPECIFIED"), "ORDER_STATUS_").unwrap(),
+            None
+        );
+        assert!(status_filter::<()>(Err(()), "ORDER_STATUS_").is_err());
+    }
 
     #[test]
     fn collects_every_violation() {

@@ -18,6 +18,7 @@ use sea_orm::{
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, ProviderAnswer};
+use crate::error::FinanceError;
 use crate::store::{account, entry, jline, payment};
 
 type Orders =
@@ -266,257 +267,6 @@ pub(crate) async fn insert_entry<C: ConnectionTrait>(
 }
 
 impl FinanceApi {
-    async fn post_journal(
-        &self,
-        caller: &Caller,
-        req: PostJournalRequest,
-    ) -> ApiResult<PostJournalResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.text("memo", &req.memo, 500);
-        v.source("source", req.source.as_ref());
-        for (i, l) in req.lines.iter().enumerate() {
-            v.code(&format!("lines[{i}].account_code"), &l.account_code);
-            v.currency(&format!("lines[{i}].currency"), &l.currency);
-            // Bounded amounts: a balanced entry of i64::MAX would overflow every sum after it.
-            v.non_negative(&format!("lines[{i}].debit_minor"), l.debit_minor);
-            v.non_negative(&format!("lines[{i}].credit_minor"), l.credit_minor);
-            v.optional_text(&format!("lines[{i}].memo"), &l.memo, 500);
-            v.optional_text(&format!("lines[{i}].channel"), &l.channel, 64);
-            v.optional_text(&format!("lines[{i}].order_id"), &l.order_id, 100);
-        }
-        v.finish()?;
-        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.PostJournal", req);
-        let id = insert_entry(&txn, &req.memo, req.source.as_ref(), &req.lines, "").await?;
-        outbox::enqueue(
-            &txn,
-            "finance.journal_posted",
-            &id,
-            &serde_json::json!({ "entry_id": id }),
-        )
-        .await?;
-        let entry = load_entry(&txn, &id).await?;
-        audit::record(
-            &txn,
-            audit::Change {
-                caller,
-                target: format!("journal_entry:{id}"),
-                reason: &req.memo,
-                before: None,
-                after: Some(entry_state(&entry)),
-            },
-        )
-        .await?;
-        let response = PostJournalResponse { entry: Some(entry) };
-        guard.commit(txn, &response).await?;
-        self.outbox.wake();
-        Ok(response)
-    }
-
-    async fn reverse_journal(
-        &self,
-        caller: &Caller,
-        req: ReverseJournalRequest,
-    ) -> ApiResult<ReverseJournalResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.id("entry_id", &req.entry_id);
-        v.check(
-            req.actor
-                .as_ref()
-                .is_some_and(|a| !a.id.is_empty() && !a.reason.is_empty()),
-            "actor",
-            "a reversal needs an actor id and a reason",
-        );
-        v.actor("actor", req.actor.as_ref());
-        v.finish()?;
-        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.ReverseJournal", req);
-        // The original's row lock makes two reversals of one entry queue: the second sees the
-        // first and is refused.
-        entry::Entity::find_by_id(req.entry_id.clone())
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
-        let original = load_entry(&txn, &req.entry_id).await?;
-        if entry::Entity::find()
-            .filter(entry::Column::ReversesEntryId.eq(&req.entry_id))
-            .one(&txn)
-            .await?
-            .is_some()
-        {
-            return Err(ApiError::precondition(
-                "ALREADY_REVERSED",
-                format!("entry {} was already reversed", req.entry_id),
-            ));
-        }
-        let lines: Vec<JournalLine> = original
-            .lines
-            .iter()
-            .map(|l| JournalLine {
-                debit_minor: l.credit_minor,
-                credit_minor: l.debit_minor,
-                ..l.clone()
-            })
-            .collect();
-        let reason = req
-            .actor
-            .as_ref()
-            .map(|a| a.reason.clone())
-            .unwrap_or_default();
-        let id = insert_entry(
-            &txn,
-            &format!("reversal: {reason}"),
-            original.source.as_ref(),
-            &lines,
-            &req.entry_id,
-        )
-        .await?;
-        let entry = load_entry(&txn, &id).await?;
-        audit::record(
-            &txn,
-            audit::Change {
-                caller,
-                target: format!("journal_entry:{}", req.entry_id),
-                reason: &reason,
-                before: Some(entry_state(&original)),
-                after: Some(entry_state(&entry)),
-            },
-        )
-        .await?;
-        let response = ReverseJournalResponse { entry: Some(entry) };
-        guard.commit(txn, &response).await?;
-        Ok(response)
-    }
-
-    async fn trial_balance(&self) -> ApiResult<GetTrialBalanceResponse> {
-        let lines = jline::Entity::find().all(&self.db).await?;
-        // Exact sums (i128), refused if a total does not fit the wire's i64.
-        let mut wide: std::collections::BTreeMap<(String, String), (i128, i128)> =
-            Default::default();
-        let mut wide_totals: std::collections::BTreeMap<String, (i128, i128)> = Default::default();
-        for l in lines {
-            let r = wide
-                .entry((l.account_code, l.currency.clone()))
-                .or_default();
-            r.0 += i128::from(l.debit_minor);
-            r.1 += i128::from(l.credit_minor);
-            let t = wide_totals.entry(l.currency).or_default();
-            t.0 += i128::from(l.debit_minor);
-            t.1 += i128::from(l.credit_minor);
-        }
-        let narrow = |(d, c): (i128, i128)| -> ApiResult<(i64, i64)> {
-            let f = |v: i128| {
-                i64::try_from(v)
-                    .map_err(|_| erp_runtime::money::out_of_range("a trial balance total"))
-            };
-            Ok((f(d)?, f(c)?))
-        };
-        let mut rows = std::collections::BTreeMap::new();
-        for (k, v) in wide {
-            rows.insert(k, narrow(v)?);
-        }
-        let mut totals = std::collections::BTreeMap::new();
-        for (k, v) in wide_totals {
-            totals.insert(k, narrow(v)?);
-        }
-        let balanced = totals.values().all(|(d, c)| d == c);
-        Ok(GetTrialBalanceResponse {
-            rows: rows
-                .into_iter()
-                .map(|((account_code, currency), (d, c))| TrialBalanceRow {
-                    account_code,
-                    currency,
-                    debit_minor: d,
-                    credit_minor: c,
-                    balance_minor: d - c,
-                })
-                .collect(),
-            totals: totals
-                .into_iter()
-                .map(|(currency, (d, c))| CurrencyTotal {
-                    currency,
-                    debit_minor: d,
-                    credit_minor: c,
-                })
-                .collect(),
-            balanced,
-        })
-    }
-
-    async fn authorize(&self, req: AuthorizePaymentRequest) -> ApiResult<AuthorizePaymentResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.text("order_id", &req.order_id, 100);
-        v.code("channel", &req.channel);
-        let amount = req.amount.clone().unwrap_or_default();
-        v.positive("amount.amount_minor", amount.amount_minor);
-        v.currency("amount.currency", &amount.currency);
-        v.text("payment_method_token", &req.payment_method_token, 200);
-        v.finish()?;
-        let (txn, guard) = match idempotency::begin::<_, AuthorizePaymentResponse>(
-            &self.db,
-            "finance.AuthorizePayment",
-            &req.idempotency_key,
-            &req,
-        )
-        .await?
-        {
-            // A repeat of a declined authorization is the same decline.
-            Begun::Replay(previous) => {
-                return match previous.payment {
-                    Some(p) if p.status == PaymentStatus::Declined as i32 => {
-                        Err(declined(&req.order_id, p.decline_reason))
-                    }
-                    _ => Ok(previous),
-                };
-            }
-            Begun::New(txn, guard) => (txn, guard),
-        };
-        self.provider_timeout(&req.payment_method_token, &req.idempotency_key)?;
-        let answer = domain::fake_authorize(
-            &req.payment_method_token,
-            amount.amount_minor,
-            &req.idempotency_key,
-        );
-        let (status, reference, reason) = match &answer {
-            ProviderAnswer::Approved { reference } => {
-                ("authorized", reference.clone(), String::new())
-            }
-            ProviderAnswer::Declined { reason } => ("declined", String::new(), reason.clone()),
-        };
-        let authorized_at = now_ms();
-        let model = payment::ActiveModel {
-            payment_id: Set(uuid::Uuid::now_v7().to_string()),
-            order_id: Set(req.order_id.clone()),
-            channel: Set(req.channel.clone()),
-            currency: Set(amount.currency.clone()),
-            authorized_minor: Set(if status == "authorized" {
-                amount.amount_minor
-            } else {
-                0
-            }),
-            captured_minor: Set(0),
-            refunded_minor: Set(0),
-            charged_back_minor: Set(0),
-            status: Set(status.to_owned()),
-            provider_reference: Set(reference),
-            decline_reason: Set(reason.clone()),
-            created_at_ms: Set(authorized_at),
-            expires_at_ms: Set(authorized_at.saturating_add(self.authorization_ttl_ms)),
-        }
-        .insert(&txn)
-        .await?;
-        let response = AuthorizePaymentResponse {
-            payment: Some(payment_to_wire(model)),
-        };
-        // A decline is an answer too: the same key gets the same decline.
-        guard.commit(txn, &response).await?;
-        if let ProviderAnswer::Declined { reason } = answer {
-            return Err(declined(&req.order_id, reason));
-        }
-        Ok(response)
-    }
-
     pub(crate) async fn find_payment<C: ConnectionTrait>(
         &self,
         c: &C,
@@ -541,112 +291,6 @@ impl FinanceApi {
             .await?
             .ok_or_else(|| ApiError::not_found(format!("payment {payment_id}{order_id}")))
     }
-
-    async fn capture(&self, req: CapturePaymentRequest) -> ApiResult<CapturePaymentResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.id("payment_id", &req.payment_id);
-        if let Some(a) = &req.amount {
-            v.positive("amount.amount_minor", a.amount_minor);
-        }
-        v.finish()?;
-        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.CapturePayment", req);
-        let p = self.find_payment(&txn, &req.payment_id, "").await?;
-        if !matches!(p.status.as_str(), "authorized" | "partially_captured") {
-            return Err(ApiError::precondition(
-                "PAYMENT_NOT_AUTHORIZED",
-                format!("payment {} is {}", p.payment_id, p.status),
-            ));
-        }
-        if p.expires_at_ms > 0 && now_ms() >= p.expires_at_ms {
-            return Err(ApiError::precondition(
-                "AUTHORIZATION_EXPIRED",
-                format!(
-                    "payment {}: the provider no longer honours the authorization; authorize again",
-                    p.payment_id
-                ),
-            ));
-        }
-        let left = p.authorized_minor - p.captured_minor;
-        let amount = req.amount.as_ref().map_or(left, |a| a.amount_minor);
-        if let Some(a) = &req.amount
-            && a.currency != p.currency
-        {
-            return Err(ApiError::invalid(
-                "amount.currency",
-                format!("payment is in {}", p.currency),
-            ));
-        }
-        if amount > left {
-            return Err(ApiError::precondition(
-                "OVER_CAPTURE",
-                format!(
-                    "cannot capture {amount}: {} authorized, {} captured already",
-                    p.authorized_minor, p.captured_minor
-                ),
-            ));
-        }
-        let captured = checked(p.captured_minor.checked_add(amount))?;
-        let mut am: payment::ActiveModel = p.into();
-        am.captured_minor = Set(captured);
-        am.status = Set(if req.more_to_follow && amount < left {
-            "partially_captured"
-        } else {
-            "captured"
-        }
-        .into());
-        let p = am.update(&txn).await?;
-        let response = CapturePaymentResponse {
-            payment: Some(payment_to_wire(p)),
-        };
-        guard.commit(txn, &response).await?;
-        Ok(response)
-    }
-
-    async fn void(&self, req: VoidPaymentRequest) -> ApiResult<VoidPaymentResponse> {
-        let mut v = Violations::new();
-        v.idempotency_key(&req.idempotency_key);
-        v.check(
-            !(req.payment_id.is_empty() && req.order_id.is_empty()),
-            "payment_id",
-            "give payment_id or order_id",
-        );
-        v.finish()?;
-        let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.VoidPayment", req);
-        idempotency::tombstone_forward(&txn, "finance.AuthorizePayment", &req.idempotency_key)
-            .await?;
-        let p = self
-            .find_payment(&txn, &req.payment_id, &req.order_id)
-            .await?;
-        let p = match p.status.as_str() {
-            "authorized" => {
-                let mut am: payment::ActiveModel = p.into();
-                am.status = Set("voided".into());
-                am.update(&txn).await?
-            }
-            // Part was captured for what shipped: the rest of the authorization is released.
-            "partially_captured" => {
-                let mut am: payment::ActiveModel = p.into();
-                am.status = Set("captured".into());
-                am.update(&txn).await?
-            }
-            "voided" => p,
-            other => {
-                return Err(ApiError::precondition(
-                    "PAYMENT_NOT_VOIDABLE",
-                    format!(
-                        "payment {} is {other}; only an authorization can be voided",
-                        p.payment_id
-                    ),
-                ));
-            }
-        };
-        let response = VoidPaymentResponse {
-            payment: Some(payment_to_wire(p)),
-        };
-        guard.commit(txn, &response).await?;
-        Ok(response)
-    }
 }
 
 /// What the audit trail digests of a journal entry.
@@ -666,14 +310,11 @@ pub(crate) fn checked(sum: Option<i64>) -> ApiResult<i64> {
 }
 
 fn declined(order_id: &str, reason: String) -> ApiError {
-    let mut err = ApiError::precondition(
-        "PAYMENT_DECLINED",
-        format!("payment for order {order_id} declined: {reason}"),
-    );
-    if let ApiError::FailedPrecondition { metadata, .. } = &mut err {
-        metadata.insert("decline_reason".into(), reason);
+    FinanceError::Declined {
+        order: order_id.to_owned(),
+        reason,
     }
-    err
+    .into()
 }
 
 #[tonic::async_trait]
@@ -966,3 +607,7 @@ impl FinanceService for FinanceApi {
         respond(self.reconcile(r.into_inner()).await)
     }
 }
+
+// The handlers, by room (after the macros they use).
+mod journal;
+mod payments;
