@@ -21,6 +21,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use tokio::sync::Notify;
 
 use crate::definition::Signal;
+use crate::error::OrchestratorError;
 use crate::store::{saga, step};
 
 /// How long a saga may be due without a replica taking it before it counts as stalled.
@@ -75,33 +76,32 @@ impl OrchestratorApi {
             })
             .await
             .map_err(|status| match status.code() {
-                tonic::Code::NotFound | tonic::Code::InvalidArgument => ApiError::precondition(
-                    "NOT_SHIPPED",
-                    format!("the warehouse knows no fulfillment {fulfillment_id}"),
-                ),
+                tonic::Code::NotFound | tonic::Code::InvalidArgument => {
+                    OrchestratorError::NotShipped(format!(
+                        "the warehouse knows no fulfillment {fulfillment_id}"
+                    ))
+                    .into()
+                }
                 _ => ApiError::Upstream(status),
             })?
             .into_inner()
             .fulfillment
             .unwrap_or_default();
         if f.order_id != m.order_id {
-            return Err(ApiError::precondition(
-                "NOT_THIS_ORDER",
-                format!(
-                    "fulfillment {fulfillment_id} belongs to order {}, not to this saga's order {}",
-                    f.order_id, m.order_id
-                ),
-            ));
+            return Err(OrchestratorError::NotThisOrder {
+                fulfillment: fulfillment_id.to_owned(),
+                belongs_to: f.order_id,
+                order: m.order_id.clone(),
+            }
+            .into());
         }
         if f.status != erp_proto::warehouse::FulfillmentStatus::Shipped as i32 {
-            return Err(ApiError::precondition(
-                "NOT_SHIPPED",
-                format!(
-                    "the warehouse has not confirmed the shipment of fulfillment {fulfillment_id}: it is {}",
-                    erp_proto::warehouse::FulfillmentStatus::try_from(f.status)
-                        .map_or("unknown", |s| s.as_str_name())
-                ),
-            ));
+            return Err(OrchestratorError::NotShipped(format!(
+                "the warehouse has not confirmed the shipment of fulfillment {fulfillment_id}: it is {}",
+                erp_proto::warehouse::FulfillmentStatus::try_from(f.status)
+                    .map_or("unknown", |s| s.as_str_name())
+            ))
+            .into());
         }
         Ok(())
     }
@@ -278,10 +278,11 @@ impl OrchestratorApi {
         v.finish()?;
         let m = self.saga_by_id(&req.saga_id).await?;
         if matches!(m.status.as_str(), "completed" | "compensated") {
-            return Err(ApiError::precondition(
-                "SAGA_FINISHED",
-                format!("saga {} is {}", m.saga_id, m.status),
-            ));
+            return Err(OrchestratorError::Finished {
+                saga: m.saga_id,
+                status: m.status,
+            }
+            .into());
         }
         self.verify_shipped(&m, &req.payload_json).await?;
         let txn = self.db.begin().await?;
@@ -308,13 +309,11 @@ impl OrchestratorApi {
         let (who, why) = operator(caller, req.action.as_ref())?;
         let m = self.saga_by_id(&req.saga_id).await?;
         if !crate::engine::ACTIVE.contains(&m.status.as_str()) {
-            return Err(ApiError::precondition(
-                "NOT_RUNNING",
-                format!(
-                    "saga {} is {}; only a running or waiting saga can be paused",
-                    m.saga_id, m.status
-                ),
-            ));
+            return Err(OrchestratorError::NotRunning {
+                saga: m.saga_id,
+                status: m.status,
+            }
+            .into());
         }
         let txn = self.db.begin().await?;
         let key = format!("pause:{}:{}", m.saga_id, now_ms());
@@ -340,10 +339,12 @@ impl OrchestratorApi {
         let who = caller.subject.as_str();
         let m = self.saga_by_id(saga_id).await?;
         if m.status != from {
-            return Err(ApiError::precondition(
-                format!("NOT_{}", from.to_uppercase()),
-                format!("saga {saga_id} is {}, not {from}", m.status),
-            ));
+            return Err(OrchestratorError::NotIn {
+                saga: saga_id.to_owned(),
+                status: m.status,
+                expected: from.to_owned(),
+            }
+            .into());
         }
         let back = if m.resume_status.is_empty() {
             "running".to_owned()
@@ -424,13 +425,12 @@ impl OrchestratorApi {
             "pending" | "running" | "waiting" | "paused" | "parked"
         ) && m.resume_status != "compensating";
         if !forward || m.step_index >= pivot {
-            return Err(ApiError::precondition(
-                "PAST_PIVOT",
-                format!(
-                    "saga {} is {} at {}: after the pivot (or once compensating) it can only finish",
-                    m.saga_id, m.status, m.current_step
-                ),
-            ));
+            return Err(OrchestratorError::PastPivot {
+                saga: m.saga_id,
+                status: m.status,
+                step: m.current_step,
+            }
+            .into());
         }
         let txn = self.db.begin().await?;
         if matches!(m.status.as_str(), "paused" | "parked") {

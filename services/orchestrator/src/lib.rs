@@ -10,6 +10,7 @@ pub mod api;
 pub mod ctx;
 pub mod definition;
 pub mod engine;
+pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod outcome;
