@@ -88,35 +88,58 @@ fn carrier_to_wire(m: carrier::Model) -> ApiResult<Carrier> {
 }
 
 async fn shipment_to_wire<C: ConnectionTrait>(c: &C, s: shipment::Model) -> ApiResult<Shipment> {
-    let events = tracking::Entity::find()
-        .filter(tracking::Column::ShipmentId.eq(&s.shipment_id))
+    Ok(shipments_to_wire(c, vec![s])
+        .await?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// Shipments with their tracking events, read for the whole set in one query.
+async fn shipments_to_wire<C: ConnectionTrait>(
+    c: &C,
+    rows: Vec<shipment::Model>,
+) -> ApiResult<Vec<Shipment>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut events = tracking::Entity::find()
+        .filter(tracking::Column::ShipmentId.is_in(rows.iter().map(|s| s.shipment_id.clone())))
         .order_by_asc(tracking::Column::OccurredAtMs)
         .all(c)
         .await?;
-    Ok(Shipment {
-        shipment_id: s.shipment_id,
-        order_id: s.order_id,
-        fulfillment_id: s.fulfillment_id,
-        carrier: s.carrier,
-        service: s.service,
-        tracking_number: s.tracking_number,
-        cost: Some(Money {
-            amount_minor: s.cost_minor,
-            currency: s.currency,
-        }),
-        status: s.status,
-        events: events
-            .into_iter()
-            .map(|e| TrackingEvent {
-                event_id: e.event_id,
-                milestone: e.milestone,
-                occurred_at: Some(to_timestamp(e.occurred_at_ms)),
-                detail: e.detail,
-            })
-            .collect(),
-        created_at: Some(to_timestamp(s.created_at_ms)),
-        estimated_delivery: Some(to_timestamp(s.estimated_delivery_ms)),
-    })
+    Ok(rows
+        .into_iter()
+        .map(|s| {
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut events)
+                .into_iter()
+                .partition(|e| e.shipment_id == s.shipment_id);
+            events = rest;
+            Shipment {
+                shipment_id: s.shipment_id,
+                order_id: s.order_id,
+                fulfillment_id: s.fulfillment_id,
+                carrier: s.carrier,
+                service: s.service,
+                tracking_number: s.tracking_number,
+                cost: Some(Money {
+                    amount_minor: s.cost_minor,
+                    currency: s.currency,
+                }),
+                status: s.status,
+                events: mine
+                    .into_iter()
+                    .map(|e| TrackingEvent {
+                        event_id: e.event_id,
+                        milestone: e.milestone,
+                        occurred_at: Some(to_timestamp(e.occurred_at_ms)),
+                        detail: e.detail,
+                    })
+                    .collect(),
+                created_at: Some(to_timestamp(s.created_at_ms)),
+                estimated_delivery: Some(to_timestamp(s.estimated_delivery_ms)),
+            }
+        })
+        .collect())
 }
 
 impl CarrierApi {
@@ -462,7 +485,7 @@ impl CarrierApi {
                 .all(&txn)
                 .await?
         };
-        let mut voided = Vec::with_capacity(rows.len());
+        let mut voided_rows = Vec::with_capacity(rows.len());
         for s in rows {
             let s = if s.status == ShipmentStatus::LabelCreated as i32 {
                 let mut am: shipment::ActiveModel = s.into();
@@ -473,8 +496,9 @@ impl CarrierApi {
             } else {
                 return Err(CarrierError::AlreadyPickedUp(s.tracking_number).into());
             };
-            voided.push(shipment_to_wire(&txn, s).await?);
+            voided_rows.push(s);
         }
+        let voided = shipments_to_wire(&txn, voided_rows).await?;
         let response = VoidLabelResponse {
             shipment: if req.order_id.is_empty() {
                 voided.first().cloned()
@@ -702,12 +726,8 @@ impl CarrierService for CarrierApi {
                 }
                 let rows = q.offset(offset).limit(size).all(&self.db).await?;
                 let next = next_page_token(offset, rows.len(), size);
-                let mut shipments = Vec::with_capacity(rows.len());
-                for s in rows {
-                    shipments.push(shipment_to_wire(&self.db, s).await?);
-                }
                 Ok(ListShipmentsResponse {
-                    shipments,
+                    shipments: shipments_to_wire(&self.db, rows).await?,
                     next_page_token: next,
                 })
             }

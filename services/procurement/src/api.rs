@@ -95,38 +95,61 @@ pub(crate) async fn load_po<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<Pu
         .one(c)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("purchase order {id}")))?;
-    let lines = po_line::Entity::find()
-        .filter(po_line::Column::PurchaseOrderId.eq(id))
+    Ok(load_pos(c, vec![p]).await?.pop().unwrap_or_default())
+}
+
+/// Purchase orders with their lines, read for the whole set in one query.
+pub(crate) async fn load_pos<C: ConnectionTrait>(
+    c: &C,
+    rows: Vec<po::Model>,
+) -> ApiResult<Vec<PurchaseOrder>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut lines = po_line::Entity::find()
+        .filter(
+            po_line::Column::PurchaseOrderId
+                .is_in(rows.iter().map(|p| p.purchase_order_id.clone())),
+        )
         .order_by_asc(po_line::Column::Sku)
         .all(c)
         .await?;
-    Ok(PurchaseOrder {
-        purchase_order_id: p.purchase_order_id,
-        supplier_id: p.supplier_id,
-        location: p.location,
-        status: po_status(&p.status) as i32,
-        lines: lines
-            .into_iter()
-            .map(|l| PurchaseOrderLine {
-                sku: l.sku,
-                quantity: l.quantity,
-                unit_cost: Some(Money {
-                    amount_minor: l.unit_cost_minor,
+    Ok(rows
+        .into_iter()
+        .map(|p| {
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut lines)
+                .into_iter()
+                .partition(|l| l.purchase_order_id == p.purchase_order_id);
+            lines = rest;
+            PurchaseOrder {
+                purchase_order_id: p.purchase_order_id,
+                supplier_id: p.supplier_id,
+                location: p.location,
+                status: po_status(&p.status) as i32,
+                lines: mine
+                    .into_iter()
+                    .map(|l| PurchaseOrderLine {
+                        sku: l.sku,
+                        quantity: l.quantity,
+                        unit_cost: Some(Money {
+                            amount_minor: l.unit_cost_minor,
+                            currency: p.currency.clone(),
+                        }),
+                        received_quantity: l.received_quantity,
+                    })
+                    .collect(),
+                total: Some(Money {
+                    amount_minor: p.total_minor,
                     currency: p.currency.clone(),
                 }),
-                received_quantity: l.received_quantity,
-            })
-            .collect(),
-        total: Some(Money {
-            amount_minor: p.total_minor,
-            currency: p.currency.clone(),
-        }),
-        expected_at: Some(to_timestamp(p.expected_at_ms)),
-        approved_by: p.approved_by,
-        approved_at: opt_timestamp(p.approved_at_ms),
-        created_at: Some(to_timestamp(p.created_at_ms)),
-        created_by: p.created_by,
-    })
+                expected_at: Some(to_timestamp(p.expected_at_ms)),
+                approved_by: p.approved_by,
+                approved_at: opt_timestamp(p.approved_at_ms),
+                created_at: Some(to_timestamp(p.created_at_ms)),
+                created_by: p.created_by,
+            }
+        })
+        .collect())
 }
 
 /// What the audit trail digests of a purchase order.
@@ -681,12 +704,8 @@ impl ProcurementService for ProcurementApi {
                 }
                 let rows = q.offset(offset).limit(size).all(&self.db).await?;
                 let next = next_page_token(offset, rows.len(), size);
-                let mut purchase_orders = Vec::with_capacity(rows.len());
-                for p in rows {
-                    purchase_orders.push(load_po(&self.db, &p.purchase_order_id).await?);
-                }
                 Ok(ListPurchaseOrdersResponse {
-                    purchase_orders,
+                    purchase_orders: load_pos(&self.db, rows).await?,
                     next_page_token: next,
                 })
             }
