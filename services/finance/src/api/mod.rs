@@ -138,37 +138,60 @@ pub(crate) fn payment_to_wire(m: payment::Model) -> Payment {
 }
 
 async fn load_entry<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<JournalEntry> {
-    let e = entry::Entity::find_by_id(id.to_owned())
-        .one(c)
+    load_entries(c, &[id.to_owned()])
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("journal entry {id}")))?;
-    let lines = jline::Entity::find()
-        .filter(jline::Column::EntryId.eq(id))
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("journal entry {id}")))
+}
+
+/// Journal entries with their lines, in the order of `ids`, in two queries whatever their
+/// number (ids that name no entry are left out).
+async fn load_entries<C: ConnectionTrait>(c: &C, ids: &[String]) -> ApiResult<Vec<JournalEntry>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let entries = entry::Entity::find()
+        .filter(entry::Column::EntryId.is_in(ids.iter().cloned()))
+        .all(c)
+        .await?;
+    let mut lines = jline::Entity::find()
+        .filter(jline::Column::EntryId.is_in(ids.iter().cloned()))
         .order_by_asc(jline::Column::Seq)
         .all(c)
         .await?;
-    Ok(JournalEntry {
-        entry_id: e.entry_id,
-        memo: e.memo,
-        source: Some(SourceDocument {
-            kind: e.source_kind,
-            id: e.source_id,
-        }),
-        lines: lines
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(e) = entries.iter().find(|e| &e.entry_id == id).cloned() else {
+            continue;
+        };
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut lines)
             .into_iter()
-            .map(|l| JournalLine {
-                account_code: l.account_code,
-                debit_minor: l.debit_minor,
-                credit_minor: l.credit_minor,
-                currency: l.currency,
-                channel: l.channel,
-                order_id: l.order_id,
-                memo: l.memo,
-            })
-            .collect(),
-        posted_at: Some(to_timestamp(e.posted_at_ms)),
-        reverses_entry_id: e.reverses_entry_id,
-    })
+            .partition(|l| &l.entry_id == id);
+        lines = rest;
+        out.push(JournalEntry {
+            entry_id: e.entry_id,
+            memo: e.memo,
+            source: Some(SourceDocument {
+                kind: e.source_kind,
+                id: e.source_id,
+            }),
+            lines: mine
+                .into_iter()
+                .map(|l| JournalLine {
+                    account_code: l.account_code,
+                    debit_minor: l.debit_minor,
+                    credit_minor: l.credit_minor,
+                    currency: l.currency,
+                    channel: l.channel,
+                    order_id: l.order_id,
+                    memo: l.memo,
+                })
+                .collect(),
+            posted_at: Some(to_timestamp(e.posted_at_ms)),
+            reverses_entry_id: e.reverses_entry_id,
+        });
+    }
+    Ok(out)
 }
 
 /// Writes a balanced entry (checked again here: nothing unbalanced ever reaches the table).
@@ -472,10 +495,7 @@ impl FinanceService for FinanceApi {
                         .take(usize::try_from(size).unwrap_or(50))
                         .collect()
                 };
-                let mut entries = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    entries.push(load_entry(&self.db, id).await?);
-                }
+                let entries = load_entries(&self.db, &ids).await?;
                 let next = next_page_token(offset, entries.len(), size);
                 Ok(ListJournalEntriesResponse {
                     entries,
