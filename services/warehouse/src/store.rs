@@ -231,34 +231,39 @@ pub async fn locked_task<C: ConnectionTrait>(c: &C, task_id: &str) -> ApiResult<
         .ok_or_else(missing)?)
 }
 
-/// The tasks of `fulfillments`, in one query, grouped in the fulfillments' order.
+/// How many ids one `IN (...)` list binds at most: SQLite refuses statements with more than
+/// 32,766 parameters and PostgreSQL with more than 65,535; sets larger than this go in chunks.
+pub const IN_CHUNK: usize = 1_000;
+
+/// The tasks of `fulfillments`, one query per [`IN_CHUNK`] fulfillments, grouped in the
+/// fulfillments' order (each fulfillment's tasks by task id).
 pub async fn with_tasks<C: ConnectionTrait>(
     c: &C,
     fulfillments: Vec<fulfillment::Model>,
     only: Option<TaskState>,
 ) -> ApiResult<Vec<(fulfillment::Model, Vec<task::Model>)>> {
-    if fulfillments.is_empty() {
-        return Ok(Vec::new());
+    let mut by_fulfillment: std::collections::HashMap<String, Vec<task::Model>> =
+        std::collections::HashMap::with_capacity(fulfillments.len());
+    for chunk in fulfillments.chunks(IN_CHUNK) {
+        let ids: Vec<String> = chunk.iter().map(|f| f.fulfillment_id.clone()).collect();
+        let mut q = task::Entity::find()
+            .filter(task::Column::FulfillmentId.is_in(ids))
+            .order_by_asc(task::Column::TaskId);
+        if let Some(state) = only {
+            q = q.filter(task::Column::Status.eq(state.as_str()));
+        }
+        for t in q.all(c).await? {
+            by_fulfillment
+                .entry(t.fulfillment_id.clone())
+                .or_default()
+                .push(t);
+        }
     }
-    let ids: Vec<String> = fulfillments
-        .iter()
-        .map(|f| f.fulfillment_id.clone())
-        .collect();
-    let mut q = task::Entity::find()
-        .filter(task::Column::FulfillmentId.is_in(ids))
-        .order_by_asc(task::Column::TaskId);
-    if let Some(state) = only {
-        q = q.filter(task::Column::Status.eq(state.as_str()));
-    }
-    let mut tasks = q.all(c).await?;
     Ok(fulfillments
         .into_iter()
         .map(|f| {
-            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut tasks)
-                .into_iter()
-                .partition(|t| t.fulfillment_id == f.fulfillment_id);
-            tasks = rest;
-            (f, mine)
+            let tasks = by_fulfillment.remove(&f.fulfillment_id).unwrap_or_default();
+            (f, tasks)
         })
         .collect())
 }
@@ -307,22 +312,24 @@ pub async fn open_for_wave<C: ConnectionTrait>(
 }
 
 /// Releases the open tasks of `fulfillments` in wave `wave_id`, and the fulfillments with
-/// them: two statements whatever the size of the wave.
+/// them: two statements per [`IN_CHUNK`] fulfillments.
 pub async fn release<C: ConnectionTrait>(
     c: &C,
     fulfillments: &[String],
     wave_id: &str,
 ) -> ApiResult<()> {
-    task::Entity::update_many()
-        .col_expr(
-            task::Column::Status,
-            Expr::value(TaskState::Released.as_str()),
-        )
-        .col_expr(task::Column::WaveId, Expr::value(wave_id))
-        .filter(task::Column::FulfillmentId.is_in(fulfillments.iter().cloned()))
-        .filter(task::Column::Status.eq(TaskState::Open.as_str()))
-        .exec(c)
-        .await?;
+    for chunk in fulfillments.chunks(IN_CHUNK) {
+        task::Entity::update_many()
+            .col_expr(
+                task::Column::Status,
+                Expr::value(TaskState::Released.as_str()),
+            )
+            .col_expr(task::Column::WaveId, Expr::value(wave_id))
+            .filter(task::Column::FulfillmentId.is_in(chunk.iter().cloned()))
+            .filter(task::Column::Status.eq(TaskState::Open.as_str()))
+            .exec(c)
+            .await?;
+    }
     set_status(c, fulfillments, FulfillmentState::Released, "").await
 }
 
@@ -333,12 +340,14 @@ pub async fn set_status<C: ConnectionTrait>(
     state: FulfillmentState,
     reason: &str,
 ) -> ApiResult<()> {
-    fulfillment::Entity::update_many()
-        .col_expr(fulfillment::Column::Status, Expr::value(state.as_str()))
-        .col_expr(fulfillment::Column::StatusReason, Expr::value(reason))
-        .filter(fulfillment::Column::FulfillmentId.is_in(fulfillments.iter().cloned()))
-        .exec(c)
-        .await?;
+    for chunk in fulfillments.chunks(IN_CHUNK) {
+        fulfillment::Entity::update_many()
+            .col_expr(fulfillment::Column::Status, Expr::value(state.as_str()))
+            .col_expr(fulfillment::Column::StatusReason, Expr::value(reason))
+            .filter(fulfillment::Column::FulfillmentId.is_in(chunk.iter().cloned()))
+            .exec(c)
+            .await?;
+    }
     Ok(())
 }
 
@@ -349,14 +358,16 @@ pub async fn cancel<C: ConnectionTrait>(
     reason: &str,
 ) -> ApiResult<()> {
     set_status(c, fulfillments, FulfillmentState::Cancelled, reason).await?;
-    task::Entity::update_many()
-        .col_expr(
-            task::Column::Status,
-            Expr::value(TaskState::Cancelled.as_str()),
-        )
-        .filter(task::Column::FulfillmentId.is_in(fulfillments.iter().cloned()))
-        .exec(c)
-        .await?;
+    for chunk in fulfillments.chunks(IN_CHUNK) {
+        task::Entity::update_many()
+            .col_expr(
+                task::Column::Status,
+                Expr::value(TaskState::Cancelled.as_str()),
+            )
+            .filter(task::Column::FulfillmentId.is_in(chunk.iter().cloned()))
+            .exec(c)
+            .await?;
+    }
     Ok(())
 }
 

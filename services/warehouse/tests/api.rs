@@ -476,3 +476,84 @@ async fn scheduled_waves_release_within_capacity_on_every_backend() {
         scheduled_waves(backend).await;
     }
 }
+
+/// More fulfillments than one `IN (...)` list binds (and a fulfillment with more lines than one
+/// insert takes): a wave, a site going offline and a large fulfillment all go through in chunks.
+async fn large_sets(backend: Backend) {
+    let svc = testing::spawn::<erp_warehouse::Service>(&backend).await;
+    let c = WarehouseServiceClient::new(svc.channel().await);
+    let n = erp_warehouse::store::IN_CHUNK + 50;
+    east_site(&mut c.clone(), 10_000_000).await;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let mut c = c.clone();
+        workers.spawn(async move {
+            for i in (worker..n).step_by(8) {
+                c.create_fulfillment(fulfillment(&format!("big{i}"), &format!("bo{i}")))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.unwrap();
+    }
+    let mut c = c.clone();
+    let wave = c
+        .release_wave(ReleaseWaveRequest {
+            idempotency_key: "big-wave".into(),
+            site: "east".into(),
+            max_units: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .wave
+        .unwrap();
+    assert_eq!(wave.task_ids.len(), n, "{}", backend.name());
+    assert_eq!(wave.units, 2 * n as i64);
+    // One fulfillment of 300 lines: more rows than one insert statement takes.
+    let mut wide = fulfillment("wide", "wide-order");
+    wide.lines = (0..300)
+        .map(|i| FulfillmentLine {
+            order_line_id: format!("wide-{i}"),
+            sku: format!("SKU-{i}"),
+            quantity: 1,
+        })
+        .collect();
+    let wide = c
+        .create_fulfillment(wide)
+        .await
+        .unwrap()
+        .into_inner()
+        .fulfillment
+        .unwrap();
+    assert_eq!(wide.tasks.len(), 300);
+    let offline = c
+        .set_site_status(SetSiteStatusRequest {
+            code: "east".into(),
+            status: SiteStatus::Offline as i32,
+            actor: Some(Actor {
+                id: "ops".into(),
+                reason: "flood".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(offline.unpicked_fulfillments.len(), n + 1);
+    assert!(
+        offline
+            .unpicked_fulfillments
+            .iter()
+            .all(|f| !f.tasks.is_empty())
+    );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_and_site_switches_cover_more_fulfillments_than_one_query_binds_on_every_backend() {
+    for backend in testing::backends() {
+        large_sets(backend).await;
+    }
+}

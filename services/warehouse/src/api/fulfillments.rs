@@ -84,7 +84,10 @@ impl WarehouseApi {
                 wave_id: Set(String::new()),
             })
             .collect();
-        task::Entity::insert_many(tasks).exec(&txn).await?;
+        // 8 parameters a row: chunks stay far below the databases' parameter limits.
+        for chunk in tasks.chunks(store::IN_CHUNK / 8) {
+            task::Entity::insert_many(chunk.to_vec()).exec(&txn).await?;
+        }
         let (f, tasks) = store::with_tasks(&txn, vec![f], None)
             .await?
             .pop()
@@ -269,9 +272,10 @@ impl WarehouseApi {
         )?;
         let wave_id = uuid::Uuid::now_v7().to_string();
         store::release(&txn, &plan.fulfillments, &wave_id).await?;
+        let chosen: std::collections::HashSet<&String> = plan.fulfillments.iter().collect();
         let task_ids = open
             .into_iter()
-            .filter(|(f, _)| plan.fulfillments.contains(&f.fulfillment_id))
+            .filter(|(f, _)| chosen.contains(&f.fulfillment_id))
             .flat_map(|(_, tasks)| tasks.into_iter().map(|t| t.task_id))
             .collect();
         wave::ActiveModel {
