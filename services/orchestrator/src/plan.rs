@@ -274,11 +274,13 @@ pub fn from_rules(
     }
     let mut remaining: Vec<Portion> = Vec::new();
     for a in &d.allocations {
+        // A decision whose quantities overflow is no decision: the saga plans from stock.
+        let units = a.allocated.checked_add(a.backordered)?;
         match remaining.iter_mut().find(|r| r.line_id == a.line_id) {
-            Some(r) => r.quantity += a.allocated + a.backordered,
+            Some(r) => r.quantity = r.quantity.checked_add(units)?,
             None => remaining.push(Portion {
                 line_id: a.line_id.clone(),
-                quantity: a.allocated + a.backordered,
+                quantity: units,
             }),
         }
     }
@@ -537,5 +539,8 @@ mod tests {
         assert_eq!((batch[0].line_id.as_str(), batch[0].quantity), ("L1", 2));
         assert_eq!(short, vec![need("L1", 1)]);
         assert!(from_rules(&d, &lines, &["WH1".to_owned()]).is_none());
+        // Quantities that overflow make no plan (and no panic, no wrap).
+        let absurd = decision(&[("L1", "WH1", i64::MAX, 1)]);
+        assert!(from_rules(&absurd, &lines, &[]).is_none());
     }
 }

@@ -596,7 +596,11 @@ impl FinancePort for FakeWorld {
                 let amount = r
                     .amount
                     .map_or(p.authorized - p.captured, |m| m.amount_minor);
-                if p.voided || p.captured + amount > p.authorized {
+                if p.voided
+                    || p.captured
+                        .checked_add(amount)
+                        .is_none_or(|total| total > p.authorized)
+                {
                     return Err(refused(
                         "CAPTURE_EXCEEDS_AUTHORIZATION",
                         "not that much left",

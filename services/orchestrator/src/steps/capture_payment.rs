@@ -4,7 +4,7 @@
 use erp_proto::finance;
 
 use crate::ctx::Ctx;
-use crate::outcome::{Outcome, StepError, StepResult};
+use crate::outcome::{Outcome, Reason, StepError, StepResult};
 use crate::steps::{Call, Handlers, money};
 
 pub const HANDLERS: Handlers = Handlers {
@@ -47,7 +47,11 @@ async fn forward(c: Call<'_>, ctx: &mut Ctx) -> StepResult {
         )
         .await?;
     if let Some((amount, _)) = part {
-        ctx.captured_minor += amount;
+        // Captures never exceed the authorization (finance refuses it), so this cannot overflow
+        // unless the context is corrupt: then the saga parks rather than wraps.
+        ctx.captured_minor = ctx.captured_minor.checked_add(amount).ok_or_else(|| {
+            StepError::rejected(Reason::SagaState, "the captured total is out of range")
+        })?;
     }
     Ok(Outcome::Next)
 }
