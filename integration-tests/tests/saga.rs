@@ -476,7 +476,7 @@ async fn an_instance_of_an_unknown_definition_version_is_parked_not_guessed() {
         definition: Set("fulfillment".into()),
         definition_version: Set(99),
         order_id: Set(order_id.clone()),
-        status: Set("pending".into()),
+        status: Set(erp_orchestrator::store::SagaState::Pending),
         current_step: Set("load_order".into()),
         attempts: Set(0),
         last_error: Set(String::new()),

@@ -204,7 +204,9 @@ async fn orchestrator_killed_mid_saga_resumes_with_exactly_one_of_everything() {
         orders.len() + split.len()
     );
     assert!(
-        sagas.iter().any(|s| s.status != "waiting"),
+        sagas
+            .iter()
+            .any(|s| s.status != erp_orchestrator::store::SagaState::Waiting),
         "the kill should land while sagas are in flight: {stages:?}"
     );
 

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::definition::Signal;
 use crate::error::OrchestratorError;
-use crate::store::{saga, step};
+use crate::store::{SagaState, saga, step};
 
 /// How long a saga may be due without a replica taking it before it counts as stalled.
 pub const STALLED_AFTER_MS: i64 = 10_000;
@@ -107,30 +107,29 @@ impl OrchestratorApi {
     }
 }
 
-fn status_from(s: &str) -> SagaStatus {
+fn status_to_wire(s: SagaState) -> SagaStatus {
     match s {
-        "pending" => SagaStatus::Pending,
-        "running" => SagaStatus::Running,
-        "waiting" => SagaStatus::Waiting,
-        "compensating" => SagaStatus::Compensating,
-        "completed" => SagaStatus::Completed,
-        "compensated" => SagaStatus::Compensated,
-        "parked" => SagaStatus::Parked,
-        "paused" => SagaStatus::Paused,
-        _ => SagaStatus::Unspecified,
+        SagaState::Pending => SagaStatus::Pending,
+        SagaState::Running => SagaStatus::Running,
+        SagaState::Waiting => SagaStatus::Waiting,
+        SagaState::Compensating => SagaStatus::Compensating,
+        SagaState::Completed => SagaStatus::Completed,
+        SagaState::Compensated => SagaStatus::Compensated,
+        SagaState::Parked => SagaStatus::Parked,
+        SagaState::Paused => SagaStatus::Paused,
     }
 }
 
-fn status_name(s: SagaStatus) -> Option<&'static str> {
+fn status_from_wire(s: SagaStatus) -> Option<SagaState> {
     Some(match s {
-        SagaStatus::Pending => "pending",
-        SagaStatus::Running => "running",
-        SagaStatus::Waiting => "waiting",
-        SagaStatus::Compensating => "compensating",
-        SagaStatus::Completed => "completed",
-        SagaStatus::Compensated => "compensated",
-        SagaStatus::Parked => "parked",
-        SagaStatus::Paused => "paused",
+        SagaStatus::Pending => SagaState::Pending,
+        SagaStatus::Running => SagaState::Running,
+        SagaStatus::Waiting => SagaState::Waiting,
+        SagaStatus::Compensating => SagaState::Compensating,
+        SagaStatus::Completed => SagaState::Completed,
+        SagaStatus::Compensated => SagaState::Compensated,
+        SagaStatus::Parked => SagaState::Parked,
+        SagaStatus::Paused => SagaState::Paused,
         SagaStatus::Unspecified => return None,
     })
 }
@@ -141,7 +140,7 @@ fn to_wire(m: saga::Model, steps: Vec<step::Model>) -> Saga {
         definition: m.definition,
         definition_version: m.definition_version,
         order_id: m.order_id,
-        status: status_from(&m.status) as i32,
+        status: status_to_wire(m.status) as i32,
         current_step: m.current_step,
         attempts: m.attempts,
         last_error: m.last_error,
@@ -190,7 +189,7 @@ fn operator(caller: &Caller, action: Option<&OperatorAction>) -> ApiResult<(Stri
 /// What the audit trail digests of a saga.
 fn saga_state(m: &saga::Model) -> serde_json::Value {
     serde_json::json!({
-        "status": m.status,
+        "status": m.status.name(),
         "current_step": m.current_step,
         "step_index": m.step_index,
         "attempts": m.attempts,
@@ -277,7 +276,7 @@ impl OrchestratorApi {
         v.optional_text("payload_json", &req.payload_json, 4096);
         v.finish()?;
         let m = self.saga_by_id(&req.saga_id).await?;
-        if matches!(m.status.as_str(), "completed" | "compensated") {
+        if m.status.is_final() {
             return Err(OrchestratorError::Finished {
                 saga: m.saga_id,
                 status: m.status,
@@ -308,7 +307,7 @@ impl OrchestratorApi {
     async fn pause(&self, caller: &Caller, req: PauseSagaRequest) -> ApiResult<PauseSagaResponse> {
         let (who, why) = operator(caller, req.action.as_ref())?;
         let m = self.saga_by_id(&req.saga_id).await?;
-        if !crate::engine::ACTIVE.contains(&m.status.as_str()) {
+        if !m.status.is_active() {
             return Err(OrchestratorError::NotRunning {
                 saga: m.saga_id,
                 status: m.status,
@@ -332,7 +331,7 @@ impl OrchestratorApi {
         &self,
         caller: &Caller,
         saga_id: &str,
-        from: &str,
+        from: SagaState,
         why: &str,
         verb: &str,
     ) -> ApiResult<()> {
@@ -342,15 +341,11 @@ impl OrchestratorApi {
             return Err(OrchestratorError::NotIn {
                 saga: saga_id.to_owned(),
                 status: m.status,
-                expected: from.to_owned(),
+                expected: from,
             }
             .into());
         }
-        let back = if m.resume_status.is_empty() {
-            "running".to_owned()
-        } else {
-            m.resume_status.clone()
-        };
+        let back = m.resume_state().unwrap_or(SagaState::Running);
         let mut data: serde_json::Value = serde_json::from_str(&m.data).unwrap_or_default();
         if matches!(m.current_step.as_str(), "await_pack" | "await_shipment")
             && let Some(obj) = data.as_object_mut()
@@ -360,7 +355,7 @@ impl OrchestratorApi {
         }
         let txn = self.db.begin().await?;
         let r = saga::Entity::update_many()
-            .col_expr(saga::Column::Status, Expr::value(back.clone()))
+            .col_expr(saga::Column::Status, Expr::value(back))
             .col_expr(saga::Column::Attempts, Expr::value(0))
             .col_expr(saga::Column::NextAttemptAtMs, crate::store::clock(&txn))
             .col_expr(saga::Column::ParkedReason, Expr::value(""))
@@ -390,7 +385,7 @@ impl OrchestratorApi {
 
     async fn retry(&self, caller: &Caller, req: RetrySagaRequest) -> ApiResult<RetrySagaResponse> {
         let (_, why) = operator(caller, req.action.as_ref())?;
-        self.reactivate(caller, &req.saga_id, "parked", &why, "retried")
+        self.reactivate(caller, &req.saga_id, SagaState::Parked, &why, "retried")
             .await?;
         Ok(RetrySagaResponse {
             saga: Some(self.wire(&req.saga_id).await?),
@@ -403,7 +398,7 @@ impl OrchestratorApi {
         req: ResumeSagaRequest,
     ) -> ApiResult<ResumeSagaResponse> {
         let (_, why) = operator(caller, req.action.as_ref())?;
-        self.reactivate(caller, &req.saga_id, "paused", &why, "resumed")
+        self.reactivate(caller, &req.saga_id, SagaState::Paused, &why, "resumed")
             .await?;
         Ok(ResumeSagaResponse {
             saga: Some(self.wire(&req.saga_id).await?),
@@ -420,10 +415,7 @@ impl OrchestratorApi {
         let steps =
             crate::definition::steps(&m.definition, m.definition_version).unwrap_or_default();
         let pivot = i32::try_from(crate::definition::pivot(steps)).unwrap_or(i32::MAX);
-        let forward = matches!(
-            m.status.as_str(),
-            "pending" | "running" | "waiting" | "paused" | "parked"
-        ) && m.resume_status != "compensating";
+        let forward = crate::engine::signals::undoable(&m);
         if !forward || m.step_index >= pivot {
             return Err(OrchestratorError::PastPivot {
                 saga: m.saga_id,
@@ -433,13 +425,13 @@ impl OrchestratorApi {
             .into());
         }
         let txn = self.db.begin().await?;
-        if matches!(m.status.as_str(), "paused" | "parked") {
+        if m.status.is_stopped() {
             // Nobody drives it now: make it runnable so the cancel signal is applied.
             saga::Entity::update_many()
-                .col_expr(saga::Column::Status, Expr::value("running"))
+                .col_expr(saga::Column::Status, Expr::value(SagaState::Running))
                 .col_expr(saga::Column::NextAttemptAtMs, crate::store::clock(&txn))
                 .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
-                .filter(saga::Column::Status.eq(m.status.as_str()))
+                .filter(saga::Column::Status.eq(m.status))
                 .exec(&txn)
                 .await?;
         }
@@ -470,7 +462,7 @@ impl OrchestratorApi {
         let size = page_size(req.page_size)?;
         let offset = page_offset(&req.page_token)?;
         let rows = saga::Entity::find()
-            .filter(saga::Column::Status.eq("parked"))
+            .filter(saga::Column::Status.eq(SagaState::Parked))
             .order_by_asc(saga::Column::UpdatedAtMs)
             .offset(offset)
             .limit(size)
@@ -539,8 +531,8 @@ impl OrchestratorApi {
         let status = SagaStatus::try_from(req.status)
             .map_err(|_| ApiError::invalid("status", "unknown saga status"))?;
         let mut query = saga::Entity::find().order_by_asc(saga::Column::CreatedAtMs);
-        if let Some(name) = status_name(status) {
-            query = query.filter(saga::Column::Status.eq(name));
+        if let Some(state) = status_from_wire(status) {
+            query = query.filter(saga::Column::Status.eq(state));
         }
         if req.stalled {
             let grace = if req.min_age_seconds > 0 {

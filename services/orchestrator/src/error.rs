@@ -4,6 +4,8 @@
 
 use erp_runtime::ApiError;
 
+use crate::store::SagaState;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrchestratorError {
     /// A SHIPPED signal naming a fulfillment the warehouse does not know or has not shipped.
@@ -18,22 +20,22 @@ pub enum OrchestratorError {
         order: String,
     },
     #[error("saga {saga} is {status}")]
-    Finished { saga: String, status: String },
+    Finished { saga: String, status: SagaState },
     #[error("saga {saga} is {status}; only a running or waiting saga can be paused")]
-    NotRunning { saga: String, status: String },
+    NotRunning { saga: String, status: SagaState },
     /// Resume or retry of a saga that is not paused (or not parked).
     #[error("saga {saga} is {status}, not {expected}")]
     NotIn {
         saga: String,
-        status: String,
-        expected: String,
+        status: SagaState,
+        expected: SagaState,
     },
     #[error(
         "saga {saga} is {status} at {step}: after the pivot (or once compensating) it can only finish"
     )]
     PastPivot {
         saga: String,
-        status: String,
+        status: SagaState,
         step: String,
     },
 }
@@ -46,7 +48,9 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::Finished { .. } => "SAGA_FINISHED".to_owned(),
             OrchestratorError::NotRunning { .. } => "NOT_RUNNING".to_owned(),
             // NOT_PAUSED, NOT_PARKED.
-            OrchestratorError::NotIn { expected, .. } => format!("NOT_{}", expected.to_uppercase()),
+            OrchestratorError::NotIn { expected, .. } => {
+                format!("NOT_{}", expected.name().to_uppercase())
+            }
             OrchestratorError::PastPivot { .. } => "PAST_PIVOT".to_owned(),
         };
         ApiError::precondition(reason, e.to_string())

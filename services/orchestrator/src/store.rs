@@ -89,8 +89,91 @@ CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
     }
 }
 
+/// Where a saga is in its life. Stored as its lower-case name.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, sea_orm::EnumIter, sea_orm::DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum SagaState {
+    /// Created with its order, not yet started.
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// Moving forward: a step is due.
+    #[sea_orm(string_value = "running")]
+    Running,
+    /// Forward, blocked on a signal (shipment, stock) or its deadline.
+    #[sea_orm(string_value = "waiting")]
+    Waiting,
+    /// Undoing its steps in reverse order.
+    #[sea_orm(string_value = "compensating")]
+    Compensating,
+    #[sea_orm(string_value = "completed")]
+    Completed,
+    #[sea_orm(string_value = "compensated")]
+    Compensated,
+    /// Stopped by a failure an operator must look at; `RetrySaga` resumes it.
+    #[sea_orm(string_value = "parked")]
+    Parked,
+    /// Stopped by an operator; `ResumeSaga` resumes it.
+    #[sea_orm(string_value = "paused")]
+    Paused,
+}
+
+impl SagaState {
+    /// States the engine drives on its own.
+    pub const ACTIVE: [Self; 4] = [
+        Self::Pending,
+        Self::Running,
+        Self::Waiting,
+        Self::Compensating,
+    ];
+
+    pub fn is_active(self) -> bool {
+        Self::ACTIVE.contains(&self)
+    }
+
+    /// Ended for good: nothing more will happen to the saga.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated)
+    }
+
+    /// Stopped until an operator acts.
+    pub fn is_stopped(self) -> bool {
+        matches!(self, Self::Parked | Self::Paused)
+    }
+
+    /// Pending, running or waiting: still moving forward.
+    pub fn is_forward(self) -> bool {
+        matches!(self, Self::Pending | Self::Running | Self::Waiting)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Waiting => "waiting",
+            Self::Compensating => "compensating",
+            Self::Completed => "completed",
+            Self::Compensated => "compensated",
+            Self::Parked => "parked",
+            Self::Paused => "paused",
+        }
+    }
+
+    /// The state named `name` (as stored in `resume_status`); `None` for the empty string.
+    pub fn parse(name: &str) -> Option<Self> {
+        <Self as sea_orm::Iterable>::iter().find(|s| s.name() == name)
+    }
+}
+
+impl std::fmt::Display for SagaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 pub mod saga {
     use sea_orm::entity::prelude::*;
+
+    pub use super::SagaState;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "sagas")]
@@ -100,7 +183,7 @@ pub mod saga {
         pub definition: String,
         pub definition_version: i32,
         pub order_id: String,
-        pub status: String,
+        pub status: SagaState,
         pub current_step: String,
         pub attempts: i32,
         pub last_error: String,
@@ -114,7 +197,8 @@ pub mod saga {
         pub data: String,
         /// Forward: the next step to run. Compensating: the next step to undo.
         pub step_index: i32,
-        /// The status to go back to on resume (paused) or retry (parked).
+        /// The status to go back to on resume (paused) or retry (parked), by name; empty
+        /// when none (see `Model::resume_state`).
         pub resume_status: String,
         pub parked_reason: String,
         pub suggested_action: String,
@@ -127,6 +211,13 @@ pub mod saga {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    impl Model {
+        /// The state a parked or paused saga goes back to.
+        pub fn resume_state(&self) -> Option<SagaState> {
+            SagaState::parse(&self.resume_status)
+        }
+    }
 }
 
 erp_runtime::entity!(signal, "saga_signals", {
@@ -183,7 +274,7 @@ pub fn lease_free<C: ConnectionTrait>(c: &C, replica: &str) -> sea_orm::Conditio
 /// lease, not a wait's deadline, is what holds a running saga).
 pub fn due_condition<C: ConnectionTrait>(c: &C, replica: &str) -> sea_orm::Condition {
     sea_orm::Condition::all()
-        .add(saga::Column::Status.is_in(crate::engine::ACTIVE))
+        .add(saga::Column::Status.is_in(SagaState::ACTIVE))
         .add(lease_free(c, replica))
         .add(
             sea_orm::Condition::any()
@@ -204,7 +295,7 @@ pub fn stalled_condition<C: ConnectionTrait>(c: &C, grace_ms: i64) -> sea_orm::C
         erp_runtime::db::clock_ms_sql(c.get_database_backend())
     ));
     sea_orm::Condition::all()
-        .add(saga::Column::Status.is_in(crate::engine::ACTIVE))
+        .add(saga::Column::Status.is_in(SagaState::ACTIVE))
         .add(Expr::col(saga::Column::LeaseUntilMs).lt(clock(c)))
         .add(
             sea_orm::Condition::any()
@@ -235,7 +326,7 @@ pub async fn start_fulfillment<C: ConnectionTrait>(
         definition: Set("fulfillment".into()),
         definition_version: Set(crate::FULFILLMENT_VERSION),
         order_id: Set(order_id.to_owned()),
-        status: Set("pending".into()),
+        status: Set(SagaState::Pending),
         current_step: Set("load_order".into()),
         attempts: Set(0),
         last_error: Set(String::new()),
@@ -353,7 +444,7 @@ pub async fn wake_waiting_for_stock(
     if event.topic == "order.routing_rules_changed" {
         // The waiting sagas must ask the new rules even though stock did not change.
         let waiting = saga::Entity::find()
-            .filter(saga::Column::Status.eq("waiting"))
+            .filter(saga::Column::Status.eq(SagaState::Waiting))
             .filter(saga::Column::CurrentStep.eq("route"))
             .all(db)
             .await?;
@@ -385,7 +476,7 @@ pub async fn wake_waiting_for_stock(
     let sku = p["sku"].as_str().unwrap_or_default();
     let woken = saga::Entity::update_many()
         .col_expr(saga::Column::NextAttemptAtMs, clock(db))
-        .filter(saga::Column::Status.eq("waiting"))
+        .filter(saga::Column::Status.eq(SagaState::Waiting))
         .filter(saga::Column::CurrentStep.eq("route"))
         .filter(sea_orm::sea_query::ExprTrait::gt(
             sea_orm::sea_query::Expr::col(saga::Column::NextAttemptAtMs),

@@ -14,7 +14,7 @@ use erp_orchestrator::definition::{self, Step};
 use erp_orchestrator::engine::Engine;
 use erp_orchestrator::fake::FakeWorld;
 use erp_orchestrator::participants::Participants;
-use erp_orchestrator::store::{self, saga};
+use erp_orchestrator::store::{self, SagaState, saga};
 use erp_runtime::error::ApiError;
 use erp_runtime::testing::{self, Backend};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
@@ -110,14 +110,14 @@ impl Harness {
 
     async fn finished(&self, saga_id: &str) -> saga::Model {
         self.until(saga_id, "finished", |m| {
-            matches!(m.status.as_str(), "completed" | "compensated" | "parked")
+            m.status.is_final() || m.status == SagaState::Parked
         })
         .await
     }
 
     async fn waiting_at(&self, saga_id: &str, step: Step) -> saga::Model {
         self.until(saga_id, &format!("waiting at {}", step.name()), |m| {
-            m.status == "waiting" && m.current_step == step.name()
+            m.status == SagaState::Waiting && m.current_step == step.name()
         })
         .await
     }
@@ -194,7 +194,7 @@ async fn an_order_ships_and_every_participant_sees_it_once() {
     let id = h.start("o-1").await;
     h.pack_and_ship(&id).await;
     let m = h.finished(&id).await;
-    assert_eq!(m.status, "completed", "{}", m.last_error);
+    assert_eq!(m.status, SagaState::Completed, "{}", m.last_error);
     {
         let w = h.world.world();
         assert_eq!(w.stock("SKU-A", "WH1"), 3);
@@ -281,7 +281,7 @@ async fn a_refusal_at_any_step_before_the_pivot_undoes_exactly_what_was_done() {
         let m = h.finished(&id).await;
         assert_eq!(
             m.status,
-            "compensated",
+            SagaState::Compensated,
             "refused at {}: {}",
             step.name(),
             m.last_error
@@ -347,7 +347,7 @@ async fn a_declined_card_fails_the_order_and_releases_the_stock() {
         .insert("tok-declined".into());
     let id = h.start("o-d").await;
     let m = h.finished(&id).await;
-    assert_eq!(m.status, "compensated");
+    assert_eq!(m.status, SagaState::Compensated);
     assert!(
         m.last_error.starts_with("PAYMENT_DECLINED"),
         "{}",
@@ -381,7 +381,7 @@ async fn a_participant_down_for_a_while_is_retried_not_given_up() {
     let id = h.start("o-t").await;
     h.pack_and_ship(&id).await;
     let m = h.finished(&id).await;
-    assert_eq!(m.status, "completed", "{}", m.last_error);
+    assert_eq!(m.status, SagaState::Completed, "{}", m.last_error);
     {
         let w = h.world.world();
         assert_eq!(w.count("inventory.reserve_stock"), 3);
@@ -420,7 +420,7 @@ async fn a_stock_exception_reroutes_to_another_warehouse() {
         .await;
     h.pack_and_ship(&id).await;
     let m = h.finished(&id).await;
-    assert_eq!(m.status, "completed", "{}", m.last_error);
+    assert_eq!(m.status, SagaState::Completed, "{}", m.last_error);
     {
         let w = h.world.world();
         // WH1: the hold released, the two missing units written off; WH2 shipped.
@@ -459,7 +459,7 @@ async fn lines_in_two_warehouses_ship_in_two_parts_and_charge_once_in_total() {
     .await;
     h.pack_and_ship(&id).await;
     let m = h.finished(&id).await;
-    assert_eq!(m.status, "completed", "{}", m.last_error);
+    assert_eq!(m.status, SagaState::Completed, "{}", m.last_error);
     let ctx = Harness::ctx(&m);
     let sites: Vec<&str> = ctx.shipments.iter().map(|s| s.site.as_str()).collect();
     assert_eq!(sites, ["WH1", "WH2"]);
@@ -489,7 +489,7 @@ async fn an_order_with_no_stock_waits_and_ships_when_stock_arrives() {
     let id = h.start("o-b").await;
     let m = h
         .until(&id, "backordered", |m| {
-            m.status == "waiting" && Harness::ctx(m).backordered
+            m.status == SagaState::Waiting && Harness::ctx(m).backordered
         })
         .await;
     assert!(m.waiting_skus.contains("|SKU-A|"), "{}", m.waiting_skus);
@@ -504,7 +504,7 @@ async fn an_order_with_no_stock_waits_and_ships_when_stock_arrives() {
         .await;
     h.pack_and_ship(&id).await;
     let m = h.finished(&id).await;
-    assert_eq!(m.status, "completed", "{}", m.last_error);
+    assert_eq!(m.status, SagaState::Completed, "{}", m.last_error);
     assert_eq!(h.world.world().stock("SKU-A", "WH1"), 0);
     assert_eq!(
         order_status(&h, "o-b"),
@@ -534,7 +534,7 @@ async fn a_cancelled_line_stops_its_shipment_and_the_rest_ships() {
     .await;
     h.pack_and_ship(&id).await;
     let m = h.finished(&id).await;
-    assert_eq!(m.status, "completed", "{}", m.last_error);
+    assert_eq!(m.status, SagaState::Completed, "{}", m.last_error);
     {
         let w = h.world.world();
         let o = &w.orders["o-c"];

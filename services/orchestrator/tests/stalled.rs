@@ -20,7 +20,7 @@ async fn insert(
         definition: Set("fulfillment".into()),
         definition_version: Set(3),
         order_id: Set(format!("order-{id}")),
-        status: Set(status.into()),
+        status: Set(store::SagaState::parse(status).expect("a saga state")),
         current_step: Set("await_pack".into()),
         attempts: Set(0),
         last_error: Set(String::new()),
@@ -153,7 +153,7 @@ async fn unreadable_context_parks(backend: Backend) {
             .await
             .unwrap()
             .unwrap();
-        if m.status == "parked" {
+        if m.status == store::SagaState::Parked {
             break m;
         }
         assert!(

@@ -31,17 +31,14 @@ use crate::ctx::{Ctx, OrderSnapshot};
 use crate::definition;
 use crate::outcome::{Reason, StepError};
 use crate::participants::Participants;
-use crate::store::{saga, signal, step};
+use crate::store::{SagaState, saga, signal, step};
 
 mod crash_points;
 mod moves;
 mod reroute;
-mod signals;
+pub(crate) mod signals;
 
 pub use crash_points::{crash_points, step_crash_points};
-
-/// Statuses a worker drives.
-pub const ACTIVE: [&str; 4] = ["pending", "running", "waiting", "compensating"];
 
 pub struct Engine {
     pub db: DatabaseConnection,
@@ -231,23 +228,14 @@ impl Engine {
         }
         self.last_report
             .store(now, std::sync::atomic::Ordering::Relaxed);
-        for status in [
-            "pending",
-            "running",
-            "waiting",
-            "compensating",
-            "completed",
-            "compensated",
-            "parked",
-            "paused",
-        ] {
+        for status in <SagaState as sea_orm::Iterable>::iter() {
             if let Ok(n) = sea_orm::PaginatorTrait::count(
                 saga::Entity::find().filter(saga::Column::Status.eq(status)),
                 &self.db,
             )
             .await
             {
-                metrics::gauge!("sagas", "status" => status).set(n as f64);
+                metrics::gauge!("sagas", "status" => status.name()).set(n as f64);
             }
         }
         if let Ok(n) = sea_orm::PaginatorTrait::count(
@@ -306,7 +294,7 @@ impl Engine {
         let txn = self.db.begin().await?;
         let m = &st.m;
         let r = saga::Entity::update_many()
-            .col_expr(saga::Column::Status, Expr::value(m.status.clone()))
+            .col_expr(saga::Column::Status, Expr::value(m.status))
             .col_expr(
                 saga::Column::CurrentStep,
                 Expr::value(m.current_step.clone()),
@@ -428,8 +416,8 @@ impl Engine {
         let detail = format!("CORRUPT_CONTEXT: the saga's stored context cannot be read: {error}");
         let txn = self.db.begin().await?;
         let parked = saga::Entity::update_many()
-            .col_expr(saga::Column::ResumeStatus, Expr::value(m.status.clone()))
-            .col_expr(saga::Column::Status, Expr::value("parked"))
+            .col_expr(saga::Column::ResumeStatus, Expr::value(m.status))
+            .col_expr(saga::Column::Status, Expr::value(SagaState::Parked))
             .col_expr(saga::Column::ParkedReason, Expr::value(detail.clone()))
             .col_expr(
                 saga::Column::SuggestedAction,
@@ -460,8 +448,8 @@ impl Engine {
     }
 
     fn park(st: &mut State, reason: &Reason, detail: &str, action: &str) -> Option<Log> {
-        st.m.resume_status = st.m.status.clone();
-        st.m.status = "parked".into();
+        st.m.resume_status = st.m.status.name().to_owned();
+        st.m.status = SagaState::Parked;
         st.m.parked_reason = format!("{reason}: {detail}");
         st.m.suggested_action = action.to_owned();
         log(
@@ -477,7 +465,7 @@ impl Engine {
             st.ctx.failure_reason = reason.as_str().to_owned();
             st.ctx.failure_detail = detail.to_owned();
         }
-        st.m.status = "compensating".into();
+        st.m.status = SagaState::Compensating;
         // After a re-route the saga stands before steps it completed in an earlier round (the
         // payment authorization): undo from the highest one ever completed.
         let from = from.max(i64::from(st.ctx.completed) - 1);
@@ -530,18 +518,18 @@ impl Engine {
             if !self.apply_signals(&mut st, steps, pivot).await? {
                 return Ok(());
             }
-            match st.m.status.as_str() {
-                "pending" | "running" | "waiting" if st.ctx.rerouting => {
+            match st.m.status {
+                s if s.is_forward() && st.ctx.rerouting => {
                     if !self.reroute_step(&mut st, steps).await? {
                         return Ok(());
                     }
                 }
-                "pending" | "running" | "waiting" => {
+                s if s.is_forward() => {
                     if !self.forward_step(&mut st, steps, pivot).await? {
                         return Ok(());
                     }
                 }
-                "compensating" => {
+                SagaState::Compensating => {
                     if !self.compensate_step(&mut st, steps).await? {
                         return Ok(());
                     }

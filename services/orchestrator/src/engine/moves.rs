@@ -7,6 +7,7 @@ use super::signals::finish_wait;
 use super::{Engine, State, log};
 use crate::definition::{self, Step};
 use crate::outcome::{Outcome, Reason, StepError};
+use crate::store::SagaState;
 
 impl Engine {
     /// Schedules the next attempt of `step` after a backoff with jitter.
@@ -38,7 +39,7 @@ impl Engine {
     ) -> anyhow::Result<bool> {
         let i = st.m.step_index;
         let Some(&step) = usize::try_from(i).ok().and_then(|i| steps.get(i)) else {
-            st.m.status = "completed".into();
+            st.m.status = SagaState::Completed;
             st.m.current_step = "done".into();
             self.save(st, log("saga", "forward", "succeeded", "completed"), &[])
                 .await?;
@@ -78,8 +79,8 @@ impl Engine {
                 self.save(st, entry, &[]).await?;
                 return Ok(false);
             }
-            let newly = st.m.status != "waiting";
-            st.m.status = "waiting".into();
+            let newly = st.m.status != SagaState::Waiting;
+            st.m.status = SagaState::Waiting;
             st.m.next_attempt_at_ms = st.ctx.ship_deadline_ms;
             let entry = if newly {
                 log(step.name(), "forward", "started", waiting_for)
@@ -92,7 +93,7 @@ impl Engine {
             return Ok(false);
         }
         let policy = step.policy();
-        st.m.status = "running".into();
+        st.m.status = SagaState::Running;
         st.m.attempts += 1;
         // A backordered saga routes again every few seconds: one timeline entry says so, not
         // one per check.
@@ -240,7 +241,7 @@ impl Engine {
             .ok()
             .and_then(|i| steps.get(i))
         else {
-            st.m.status = "compensated".into();
+            st.m.status = SagaState::Compensated;
             st.m.current_step = "done".into();
             // What the saga shows as its outcome: why it was undone.
             st.m.last_error = format!("{}: {}", st.ctx.failure_reason, st.ctx.failure_detail);

@@ -7,6 +7,7 @@ use erp_runtime::failpoint;
 use super::{Engine, State, log};
 use crate::definition::Step;
 use crate::outcome::{Reason, StepError};
+use crate::store::SagaState;
 
 /// How often a backordered saga tries to route again when nothing woke it: stock arriving
 /// (`inventory.stock_changed`) wakes it at once; the recheck catches what no event announces
@@ -40,7 +41,7 @@ impl Engine {
                 return Ok(true);
             }
             st.m.current_step = step.name().to_owned();
-            st.m.status = "running".into();
+            st.m.status = SagaState::Running;
             st.m.attempts += 1;
             let result = self
                 .call(
@@ -165,7 +166,7 @@ impl Engine {
             notes.join("; ")
         );
         st.m.step_index = route;
-        st.m.status = "running".into();
+        st.m.status = SagaState::Running;
         st.m.attempts = 0;
         st.m.next_attempt_at_ms = st.now;
         self.save(st, log("route", "forward", "started", detail), &[])
@@ -207,7 +208,7 @@ impl Engine {
                 }
             }
         }
-        st.m.status = "waiting".into();
+        st.m.status = SagaState::Waiting;
         st.m.attempts = 0;
         st.m.last_error = format!("BACKORDERED: {detail}");
         // Stock events for these SKUs wake it (v3 knows what is still needed; else all lines).

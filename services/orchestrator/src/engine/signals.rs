@@ -5,11 +5,11 @@
 use erp_runtime::failpoint;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::{ACTIVE, Engine, Log, State, log};
+use super::{Engine, Log, State, log};
 use crate::ctx::{Carton, Writeoff};
 use crate::definition::{Signal, Step};
 use crate::outcome::Reason;
-use crate::store::{saga, signal};
+use crate::store::{SagaState, saga, signal};
 
 impl Engine {
     /// Applies the saga's unconsumed signals (and those held until it knew its fulfillment),
@@ -130,7 +130,7 @@ impl Engine {
                     Signal::Replan => {
                         // New routing rules: a backordered saga asks them at once.
                         st.ctx.stock_seen.clear();
-                        if st.m.status == "waiting" && st.ctx.backordered {
+                        if st.m.status == SagaState::Waiting && st.ctx.backordered {
                             st.m.next_attempt_at_ms = st.now;
                         }
                         notes.push(format!("{}: planning again", s.payload));
@@ -144,14 +144,14 @@ impl Engine {
             let mut entries: Vec<Log> = log("signal", "forward", "signalled", notes.join("; "))
                 .into_iter()
                 .collect();
-            if pause && ACTIVE.contains(&st.m.status.as_str()) {
-                st.m.resume_status = st.m.status.clone();
-                st.m.status = "paused".into();
+            if pause && st.m.status.is_active() {
+                st.m.resume_status = st.m.status.name().to_owned();
+                st.m.status = SagaState::Paused;
                 entries[0].detail.push_str("; paused by an operator");
             } else {
                 entries.extend(finish_wait(st, steps));
             }
-            if ACTIVE.contains(&st.m.status.as_str()) && st.m.status != "waiting" {
+            if st.m.status.is_active() && st.m.status != SagaState::Waiting {
                 st.m.next_attempt_at_ms = st.m.next_attempt_at_ms.min(st.now);
             }
             failpoint::hit(&["saga", "signal", "before_consume"]).await;
@@ -236,8 +236,8 @@ impl Engine {
         // Undo from the step the saga stands at (a wait, or a call that may have happened).
         st.m.step_index = st.m.step_index.min(pivot - 1);
         st.m.attempts = 0;
-        if matches!(st.m.status.as_str(), "waiting" | "paused" | "parked") {
-            st.m.status = "running".into();
+        if st.m.status == SagaState::Waiting || st.m.status.is_stopped() {
+            st.m.status = SagaState::Running;
         }
         st.m.next_attempt_at_ms = st.now;
     }
@@ -266,7 +266,7 @@ impl Engine {
         let forward = undoable(&st.m);
         if held.is_empty() {
             // A backordered saga looks again now: what it waits for may be gone.
-            if forward && st.m.status == "waiting" && st.ctx.backordered {
+            if forward && st.m.status == SagaState::Waiting && st.ctx.backordered {
                 st.m.next_attempt_at_ms = st.now;
             }
             return format!(
@@ -315,7 +315,7 @@ pub(super) fn hold_early(st: &mut State, name: &str, payload: &str) -> Option<St
     if !Signal::parse(name).is_some_and(Signal::names_fulfillment)
         || !st.ctx.fulfillment_id.is_empty()
         || st.ctx.rerouting
-        || !matches!(st.m.status.as_str(), "pending" | "running")
+        || !matches!(st.m.status, SagaState::Pending | SagaState::Running)
     {
         return None;
     }
@@ -336,7 +336,7 @@ pub(super) fn hold_early(st: &mut State, name: &str, payload: &str) -> Option<St
 /// the shipment confirmed): the next step is due at once. None while it still waits, or when the
 /// saga is not moving forward at a wait.
 pub(super) fn finish_wait(st: &mut State, steps: &[Step]) -> Option<Log> {
-    if !matches!(st.m.status.as_str(), "pending" | "running" | "waiting") || st.ctx.rerouting {
+    if !st.m.status.is_forward() || st.ctx.rerouting {
         return None;
     }
     let step = *usize::try_from(st.m.step_index)
@@ -354,7 +354,7 @@ pub(super) fn finish_wait(st: &mut State, steps: &[Step]) -> Option<Log> {
         return None;
     }
     st.m.current_step = step.name().to_owned();
-    st.m.status = "running".into();
+    st.m.status = SagaState::Running;
     st.m.step_index += 1;
     st.m.attempts = 0;
     st.m.next_attempt_at_ms = st.now;
@@ -379,10 +379,10 @@ pub(super) fn cancelled_lines(payload: &str) -> Vec<String> {
 
 /// Whether a cancellation or a stock exception can still undo the saga's work: it moves
 /// forward, or an operator paused or parked it while it moved forward (not while compensating).
-pub(super) fn undoable(m: &saga::Model) -> bool {
-    match m.status.as_str() {
-        "pending" | "running" | "waiting" => true,
-        "paused" | "parked" => m.resume_status != "compensating",
-        _ => false,
+pub(crate) fn undoable(m: &saga::Model) -> bool {
+    if m.status.is_stopped() {
+        m.resume_state() != Some(SagaState::Compensating)
+    } else {
+        m.status.is_forward()
     }
 }
