@@ -12,15 +12,14 @@ use erp_runtime::time::{from_timestamp, now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
 use erp_runtime::{ApiError, ApiResult};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, TransactionTrait,
 };
 use tonic::{Request, Response, Status};
 
 use crate::adapter::{CarrierPort, LabelOrder};
 use crate::domain::{self, Offering};
 use crate::error::CarrierError;
-use crate::store::{carrier, shipment, tracking};
+use crate::store::{self, ShipmentFilter, ShipmentKey, carrier, shipment, tracking};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -102,11 +101,7 @@ async fn shipments_to_wire<C: ConnectionTrait>(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut events = tracking::Entity::find()
-        .filter(tracking::Column::ShipmentId.is_in(rows.iter().map(|s| s.shipment_id.clone())))
-        .order_by_asc(tracking::Column::OccurredAtMs)
-        .all(c)
-        .await?;
+    let mut events = store::events_of(c, rows.iter().map(|s| s.shipment_id.clone())).await?;
     Ok(rows
         .into_iter()
         .map(|s| {
@@ -241,10 +236,7 @@ impl CarrierApi {
             .map(|x| (x.site.clone(), x.cutoff_minute_of_day))
             .collect();
         let txn = self.db.begin().await?;
-        let existing = carrier::Entity::find_by_id(c.code.clone())
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
+        let existing = store::carrier(&txn, &c.code, true).await?;
         let before = existing
             .as_ref()
             .map(|e| serde_json::json!({ "name": e.name, "offerings": e.offerings, "cutoffs": e.cutoffs, "active": e.active }));
@@ -291,11 +283,7 @@ impl CarrierApi {
         let zone = domain::zone(&req.origin_region, &dest.postal_code);
         let mut options = Vec::new();
         let mut excluded = Vec::new();
-        for c in carrier::Entity::find()
-            .filter(carrier::Column::Active.eq(true))
-            .all(&self.db)
-            .await?
-        {
+        for c in store::carriers(&self.db, true).await? {
             let cutoffs: Vec<(String, i32)> = serde_json::from_str(&c.cutoffs).unwrap_or_default();
             // After the carrier's pickup cutoff at this site, the parcel leaves tomorrow.
             let minute_of_day = i32::try_from((ship_at.rem_euclid(DAY_MS)) / 60_000).unwrap_or(0);
@@ -375,8 +363,7 @@ impl CarrierApi {
         {
             return Ok(replay);
         }
-        let c = carrier::Entity::find_by_id(req.carrier.clone())
-            .one(&self.db)
+        let c = store::carrier(&self.db, &req.carrier, false)
             .await?
             .ok_or_else(|| {
                 ApiError::invalid("carrier", format!("unknown carrier {}", req.carrier))
@@ -463,27 +450,15 @@ impl CarrierApi {
         };
         idempotency::tombstone_forward(&txn, "carrier.BuyLabel", &req.idempotency_key).await?;
         let rows = if let (false, Some(ids)) = (req.order_id.is_empty(), bought) {
-            shipment::Entity::find()
-                .filter(shipment::Column::ShipmentId.is_in(ids))
-                .order_by_asc(shipment::Column::ShipmentId)
-                .lock_exclusive()
-                .all(&txn)
-                .await?
+            store::shipments_for_update(&txn, ids).await?
         } else if req.order_id.is_empty() {
             vec![
-                shipment::Entity::find_by_id(req.shipment_id.clone())
-                    .lock_exclusive()
-                    .one(&txn)
+                store::shipment(&txn, ShipmentKey::Id(&req.shipment_id), true)
                     .await?
                     .ok_or_else(|| ApiError::not_found(format!("shipment {}", req.shipment_id)))?,
             ]
         } else {
-            shipment::Entity::find()
-                .filter(shipment::Column::OrderId.eq(&req.order_id))
-                .order_by_asc(shipment::Column::CreatedAtMs)
-                .lock_exclusive()
-                .all(&txn)
-                .await?
+            store::order_shipments_for_update(&txn, &req.order_id).await?
         };
         let mut voided_rows = Vec::with_capacity(rows.len());
         for s in rows {
@@ -531,19 +506,12 @@ impl CarrierApi {
         let txn = self.db.begin().await?;
         // Locked: tracking events and a void of one label apply one after the other, so the
         // status never moves backwards or revives a voided label.
-        let s = shipment::Entity::find()
-            .filter(shipment::Column::TrackingNumber.eq(&req.tracking_number))
-            .lock_exclusive()
-            .one(&txn)
+        let s = store::shipment(&txn, ShipmentKey::Tracking(&req.tracking_number), true)
             .await?
             .ok_or_else(|| {
                 ApiError::not_found(format!("tracking number {}", req.tracking_number))
             })?;
-        if tracking::Entity::find_by_id(ev.event_id.clone())
-            .one(&txn)
-            .await?
-            .is_some()
-        {
+        if store::event_recorded(&txn, &ev.event_id).await? {
             return Ok(RecordTrackingEventResponse {
                 shipment: Some(shipment_to_wire(&txn, s).await?),
                 applied: false,
@@ -620,10 +588,7 @@ impl CarrierService for CarrierApi {
     ) -> Result<Response<ListCarriersResponse>, Status> {
         respond(
             async {
-                let rows = carrier::Entity::find()
-                    .order_by_asc(carrier::Column::Code)
-                    .all(&self.db)
-                    .await?;
+                let rows = store::carriers(&self.db, false).await?;
                 Ok(ListCarriersResponse {
                     carriers: rows
                         .into_iter()
@@ -677,15 +642,12 @@ impl CarrierService for CarrierApi {
                     "give exactly one of shipment_id and tracking_number",
                 );
                 v.finish()?;
-                let q = if req.shipment_id.is_empty() {
-                    shipment::Entity::find()
-                        .filter(shipment::Column::TrackingNumber.eq(&req.tracking_number))
+                let key = if req.shipment_id.is_empty() {
+                    ShipmentKey::Tracking(&req.tracking_number)
                 } else {
-                    shipment::Entity::find()
-                        .filter(shipment::Column::ShipmentId.eq(&req.shipment_id))
+                    ShipmentKey::Id(&req.shipment_id)
                 };
-                let s = q
-                    .one(&self.db)
+                let s = store::shipment(&self.db, key, false)
                     .await?
                     .ok_or_else(|| ApiError::not_found("no such shipment"))?;
                 Ok(GetShipmentResponse {
@@ -705,26 +667,14 @@ impl CarrierService for CarrierApi {
             async {
                 let size = page_size(req.page_size)?;
                 let offset = page_offset(&req.page_token)?;
-                let mut q = shipment::Entity::find().order_by_asc(shipment::Column::CreatedAtMs);
-                if !req.order_id.is_empty() {
-                    q = q.filter(shipment::Column::OrderId.eq(&req.order_id));
-                }
-                if req.status != 0 {
-                    q = q.filter(shipment::Column::Status.eq(req.status));
-                }
-                if req.overdue {
-                    let as_of = req.as_of.as_ref().map_or_else(now_ms, from_timestamp);
-                    let done = [
-                        ShipmentStatus::Delivered,
-                        ShipmentStatus::Voided,
-                        ShipmentStatus::ReturnedToSender,
-                    ]
-                    .map(|s| s as i32);
-                    q = q
-                        .filter(shipment::Column::Status.is_not_in(done))
-                        .filter(shipment::Column::EstimatedDeliveryMs.lt(as_of));
-                }
-                let rows = q.offset(offset).limit(size).all(&self.db).await?;
+                let filter = ShipmentFilter {
+                    order_id: &req.order_id,
+                    status: req.status,
+                    overdue_at_ms: req
+                        .overdue
+                        .then(|| req.as_of.as_ref().map_or_else(now_ms, from_timestamp)),
+                };
+                let rows = store::list_shipments(&self.db, &filter, offset, size).await?;
                 let next = next_page_token(offset, rows.len(), size);
                 Ok(ListShipmentsResponse {
                     shipments: shipments_to_wire(&self.db, rows).await?,
