@@ -10,13 +10,12 @@ use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
 use erp_runtime::{ApiError, ApiResult};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, TransactionTrait,
 };
 use tonic::{Request, Response, Status};
 
 use crate::error::ProcurementError;
-use crate::store::{po, po_line, supplier, term};
+use crate::store::{self, po, po_line, supplier, term};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -91,10 +90,7 @@ fn po_status(s: &str) -> PurchaseOrderStatus {
 }
 
 pub(crate) async fn load_po<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<PurchaseOrder> {
-    let p = po::Entity::find_by_id(id.to_owned())
-        .one(c)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("purchase order {id}")))?;
+    let p = store::po(c, id, false).await?;
     Ok(load_pos(c, vec![p]).await?.pop().unwrap_or_default())
 }
 
@@ -103,17 +99,7 @@ pub(crate) async fn load_pos<C: ConnectionTrait>(
     c: &C,
     rows: Vec<po::Model>,
 ) -> ApiResult<Vec<PurchaseOrder>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut lines = po_line::Entity::find()
-        .filter(
-            po_line::Column::PurchaseOrderId
-                .is_in(rows.iter().map(|p| p.purchase_order_id.clone())),
-        )
-        .order_by_asc(po_line::Column::Sku)
-        .all(c)
-        .await?;
+    let mut lines = store::lines_of_all(c, &rows).await?;
     Ok(rows
         .into_iter()
         .map(|p| {
@@ -163,16 +149,6 @@ fn po_state(p: &PurchaseOrder) -> serde_json::Value {
     })
 }
 
-pub(crate) async fn find_supplier<C: ConnectionTrait>(
-    c: &C,
-    id: &str,
-) -> ApiResult<supplier::Model> {
-    supplier::Entity::find_by_id(id.to_owned())
-        .one(c)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("supplier {id}")))
-}
-
 impl ProcurementApi {
     async fn create_supplier(
         &self,
@@ -190,11 +166,7 @@ impl ProcurementApi {
         v.optional_text("contact_email", &req.contact_email, 254);
         v.finish()?;
         let txn = self.db.begin().await?;
-        if let Some(existing) = supplier::Entity::find()
-            .filter(supplier::Column::Code.eq(&req.code))
-            .one(&txn)
-            .await?
-        {
+        if let Some(existing) = store::supplier_by_code(&txn, &req.code).await? {
             if existing.name != req.name || existing.currency != req.currency {
                 return Err(ApiError::AlreadyExists(format!(
                     "supplier {} exists with other attributes",
@@ -241,16 +213,14 @@ impl ProcurementApi {
         v.positive("term.pack_multiple", t.pack_multiple);
         v.finish()?;
         let txn = self.db.begin().await?;
-        let s = find_supplier(&txn, &t.supplier_id).await?;
+        let s = store::supplier(&txn, &t.supplier_id).await?;
         if cost.currency != s.currency {
             return Err(ApiError::invalid(
                 "term.unit_cost.currency",
                 format!("supplier {} invoices in {}", s.code, s.currency),
             ));
         }
-        let existing = term::Entity::find_by_id((t.supplier_id.clone(), t.sku.clone()))
-            .one(&txn)
-            .await?;
+        let existing = store::term(&txn, &t.supplier_id, &t.sku).await?;
         let am = term::ActiveModel {
             supplier_id: Set(t.supplier_id.clone()),
             sku: Set(t.sku.clone()),
@@ -297,16 +267,14 @@ impl ProcurementApi {
         v.finish()?;
         let (txn, guard) =
             erp_runtime::begin_idempotent!(&self.db, "procurement.CreatePurchaseOrder", req);
-        let s = find_supplier(&txn, &req.supplier_id).await?;
+        let s = store::supplier(&txn, &req.supplier_id).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let mut total: i64 = 0;
         let mut lead_days = 0;
         let mut lines = Vec::new();
         let mut v = Violations::new();
         for (i, l) in req.lines.iter().enumerate() {
-            let t = term::Entity::find_by_id((req.supplier_id.clone(), l.sku.clone()))
-                .one(&txn)
-                .await?;
+            let t = store::term(&txn, &req.supplier_id, &l.sku).await?;
             let Some(t) = t else {
                 v.add(
                     format!("lines[{i}].sku"),
@@ -419,13 +387,7 @@ impl ProcurementApi {
         let txn = self.db.begin().await?;
         // Locked until the commit: an approval racing a cancel (or another approver) sees the
         // status the other one left, never the one both read.
-        let p = po::Entity::find_by_id(req.purchase_order_id.clone())
-            .lock_exclusive()
-            .one(&txn)
-            .await?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("purchase order {}", req.purchase_order_id))
-            })?;
+        let p = store::po(&txn, &req.purchase_order_id, true).await?;
         match p.status.as_str() {
             "draft" => {}
             "approved" if p.approved_by == caller.subject => {
@@ -495,20 +457,11 @@ impl ProcurementApi {
         // The order stays locked from the status read to the status write: a receipt or an
         // approval arriving meanwhile waits, then sees the cancellation.
         let txn = self.db.begin().await?;
-        let p = po::Entity::find_by_id(req.purchase_order_id.clone())
-            .lock_exclusive()
-            .one(&txn)
-            .await?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("purchase order {}", req.purchase_order_id))
-            })?;
+        let p = store::po(&txn, &req.purchase_order_id, true).await?;
         // What the supplier will no longer send stops counting as inbound stock (keys derived
         // from the order: a retry after a failure part-way cancels nothing twice).
         if matches!(p.status.as_str(), "sent" | "partially_received") {
-            let lines = po_line::Entity::find()
-                .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
-                .all(&txn)
-                .await?;
+            let lines = store::lines_of(&txn, &p.purchase_order_id).await?;
             for l in lines.iter().filter(|l| l.quantity > l.received_quantity) {
                 self.inventory
                     .clone()
@@ -585,12 +538,8 @@ impl ProcurementService for ProcurementApi {
                 let mut v = Violations::new();
                 v.id("supplier_id", &req.supplier_id);
                 v.finish()?;
-                let s = find_supplier(&self.db, &req.supplier_id).await?;
-                let terms = term::Entity::find()
-                    .filter(term::Column::SupplierId.eq(&req.supplier_id))
-                    .order_by_asc(term::Column::Sku)
-                    .all(&self.db)
-                    .await?;
+                let s = store::supplier(&self.db, &req.supplier_id).await?;
+                let terms = store::terms_of(&self.db, &req.supplier_id).await?;
                 Ok(GetSupplierResponse {
                     terms: terms
                         .into_iter()
@@ -612,12 +561,7 @@ impl ProcurementService for ProcurementApi {
             async {
                 let size = page_size(req.page_size)?;
                 let offset = page_offset(&req.page_token)?;
-                let rows = supplier::Entity::find()
-                    .order_by_asc(supplier::Column::Code)
-                    .offset(offset)
-                    .limit(size)
-                    .all(&self.db)
-                    .await?;
+                let rows = store::suppliers_page(&self.db, offset, size).await?;
                 let next = next_page_token(offset, rows.len(), size);
                 Ok(ListSuppliersResponse {
                     suppliers: rows.into_iter().map(supplier_to_wire).collect(),
@@ -692,17 +636,12 @@ impl ProcurementService for ProcurementApi {
             async {
                 let size = page_size(req.page_size)?;
                 let offset = page_offset(&req.page_token)?;
-                let mut q = po::Entity::find().order_by_asc(po::Column::CreatedAtMs);
-                if !req.supplier_id.is_empty() {
-                    q = q.filter(po::Column::SupplierId.eq(&req.supplier_id));
-                }
-                if let Some(status) = erp_runtime::validate::status_filter(
+                let status = erp_runtime::validate::status_filter(
                     PurchaseOrderStatus::try_from(req.status).map(|s| s.as_str_name()),
                     "PURCHASE_ORDER_STATUS_",
-                )? {
-                    q = q.filter(po::Column::Status.eq(status));
-                }
-                let rows = q.offset(offset).limit(size).all(&self.db).await?;
+                )?;
+                let rows =
+                    store::pos_page(&self.db, &req.supplier_id, status, offset, size).await?;
                 let next = next_page_token(offset, rows.len(), size);
                 Ok(ListPurchaseOrdersResponse {
                     purchase_orders: load_pos(&self.db, rows).await?,

@@ -12,30 +12,17 @@ use erp_runtime::time::{from_timestamp, now_ms, to_timestamp};
 use erp_runtime::validate::Violations;
 use erp_runtime::{ApiError, ApiResult};
 use erp_runtime::{idempotency, outbox};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, TransactionTrait};
 
 use crate::api::{ProcurementApi, load_po};
 use crate::domain::{self, Delivery, Policy, Terms};
 use crate::error::ProcurementError;
-use crate::store::{demand, po, po_line, policy, receipt, term};
+use crate::store::{self, po, po_line, policy};
 
 const DAY_MS: i64 = 86_400_000;
 
 /// Demand is averaged over this many days.
 pub const DEMAND_WINDOW_DAYS: i64 = 28;
-
-/// Purchase orders whose quantities are coming but are not inbound in inventory yet.
-const UNSENT: [&str; 2] = ["draft", "approved"];
-
-async fn find_po(db: &sea_orm::DatabaseConnection, id: &str) -> ApiResult<po::Model> {
-    po::Entity::find_by_id(id.to_owned())
-        .one(db)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("purchase order {id}")))
-}
 
 fn upstream(s: tonic::Status) -> ApiError {
     ApiError::Upstream(s)
@@ -69,8 +56,7 @@ impl ProcurementApi {
         }
         v.finish()?;
         if !p.preferred_supplier_id.is_empty()
-            && term::Entity::find_by_id((p.preferred_supplier_id.clone(), p.sku.clone()))
-                .one(&self.db)
+            && store::term(&self.db, &p.preferred_supplier_id, &p.sku)
                 .await?
                 .is_none()
         {
@@ -88,10 +74,7 @@ impl ProcurementApi {
             preferred_supplier_id: Set(p.preferred_supplier_id.clone()),
         };
         let txn = self.db.begin().await?;
-        let exists = policy::Entity::find_by_id((p.sku.clone(), p.location.clone()))
-            .one(&txn)
-            .await?
-            .is_some();
+        let exists = store::policy(&txn, &p.sku, &p.location).await?.is_some();
         if exists {
             am.update(&txn).await?;
         } else {
@@ -112,7 +95,8 @@ impl ProcurementApi {
         v.positive("quantity", req.quantity);
         v.finish()?;
         let at = req.occurred_at.as_ref().map_or_else(now_ms, from_timestamp);
-        self.insert_demand(
+        store::record_demand_once(
+            &self.db,
             &req.idempotency_key,
             &req.sku,
             &req.location,
@@ -121,46 +105,6 @@ impl ProcurementApi {
         )
         .await?;
         Ok(RecordDemandResponse {})
-    }
-
-    /// Records one demand signal once per key.
-    async fn insert_demand(
-        &self,
-        key: &str,
-        sku: &str,
-        location: &str,
-        quantity: i64,
-        at: i64,
-    ) -> ApiResult<()> {
-        if demand::Entity::find_by_id(key.to_owned())
-            .one(&self.db)
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let inserted = demand::ActiveModel {
-            event_key: Set(key.to_owned()),
-            sku: Set(sku.to_owned()),
-            location: Set(location.to_owned()),
-            quantity: Set(quantity),
-            occurred_at_ms: Set(at),
-        }
-        .insert(&self.db)
-        .await;
-        match inserted {
-            Ok(_) => Ok(()),
-            // A concurrent repeat of the same key won the insert.
-            Err(_)
-                if demand::Entity::find_by_id(key.to_owned())
-                    .one(&self.db)
-                    .await?
-                    .is_some() =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// What each policy calls for now; with `create_drafts`, one draft purchase order per
@@ -182,13 +126,9 @@ impl ProcurementApi {
             v.non_negative(&format!("positions[{i}].inbound"), p.inbound);
         }
         v.finish()?;
-        let mut q = policy::Entity::find().order_by_asc(policy::Column::Sku);
-        if !req.location.is_empty() {
-            q = q.filter(policy::Column::Location.eq(&req.location));
-        }
         self.suggest_for(
             caller,
-            q.all(&self.db).await?,
+            store::policies_at(&self.db, &req.location).await?,
             &req.positions,
             req.create_drafts,
         )
@@ -205,7 +145,7 @@ impl ProcurementApi {
         let now = now_ms();
         let mut suggestions = Vec::new();
         for p in policies {
-            let Some(t) = self.supplier_terms(&p).await? else {
+            let Some(t) = store::terms_to_order(&self.db, &p).await? else {
                 tracing::warn!(sku = %p.sku, "no supplier has terms for this item; no suggestion");
                 continue;
             };
@@ -216,15 +156,14 @@ impl ProcurementApi {
                 Some(x) => x.available.saturating_add(x.inbound),
                 None => self.stock_position(&p.sku, &p.location).await?,
             };
-            let unsent = self.unsent_quantity(&p.sku, &p.location).await?;
-            let window: i64 = demand::Entity::find()
-                .filter(demand::Column::Sku.eq(&p.sku))
-                .filter(demand::Column::Location.eq(&p.location))
-                .filter(demand::Column::OccurredAtMs.gt(now - DEMAND_WINDOW_DAYS * DAY_MS))
-                .all(&self.db)
-                .await?
-                .iter()
-                .fold(0i64, |sum, d| sum.saturating_add(d.quantity));
+            let unsent = store::unsent_quantity(&self.db, &p.sku, &p.location).await?;
+            let window = store::demand_since(
+                &self.db,
+                &p.sku,
+                &p.location,
+                now - DEMAND_WINDOW_DAYS * DAY_MS,
+            )
+            .await?;
             let rate = domain::daily_rate_milli(window, DEMAND_WINDOW_DAYS);
             let rule = Policy {
                 min_quantity: p.min_quantity,
@@ -286,23 +225,6 @@ impl ProcurementApi {
         })
     }
 
-    /// The preferred supplier's terms, else the cheapest supplier's.
-    async fn supplier_terms(&self, p: &policy::Model) -> ApiResult<Option<term::Model>> {
-        if !p.preferred_supplier_id.is_empty() {
-            return Ok(
-                term::Entity::find_by_id((p.preferred_supplier_id.clone(), p.sku.clone()))
-                    .one(&self.db)
-                    .await?,
-            );
-        }
-        Ok(term::Entity::find()
-            .filter(term::Column::Sku.eq(&p.sku))
-            .order_by_asc(term::Column::UnitCostMinor)
-            .order_by_asc(term::Column::SupplierId)
-            .one(&self.db)
-            .await?)
-    }
-
     /// Available now plus inbound, from the inventory service.
     async fn stock_position(&self, sku: &str, location: &str) -> ApiResult<i64> {
         let levels = self
@@ -319,29 +241,6 @@ impl ProcurementApi {
         Ok(levels.iter().map(|l| l.available + l.inbound).sum())
     }
 
-    /// Units on drafted or approved purchase orders: coming, but not inbound yet.
-    async fn unsent_quantity(&self, sku: &str, location: &str) -> ApiResult<i64> {
-        let open: Vec<String> = po::Entity::find()
-            .filter(po::Column::Location.eq(location))
-            .filter(po::Column::Status.is_in(UNSENT))
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|p| p.purchase_order_id)
-            .collect();
-        if open.is_empty() {
-            return Ok(0);
-        }
-        Ok(po_line::Entity::find()
-            .filter(po_line::Column::PurchaseOrderId.is_in(open))
-            .filter(po_line::Column::Sku.eq(sku))
-            .all(&self.db)
-            .await?
-            .iter()
-            .map(|l| l.quantity)
-            .sum())
-    }
-
     /// Sends an approved order to the supplier: its lines become inbound stock in inventory,
     /// expected one lead time from now, so availability by date can promise them.
     pub(crate) async fn send(
@@ -351,7 +250,7 @@ impl ProcurementApi {
         let mut v = Violations::new();
         v.id("purchase_order_id", &req.purchase_order_id);
         v.finish()?;
-        let p = find_po(&self.db, &req.purchase_order_id).await?;
+        let p = store::po(&self.db, &req.purchase_order_id, false).await?;
         match p.status.as_str() {
             "approved" => {}
             "sent" | "partially_received" | "received" => {
@@ -370,10 +269,7 @@ impl ProcurementApi {
         let now = now_ms();
         let lead_ms = (p.expected_at_ms - p.created_at_ms).max(0);
         let expected = now + lead_ms;
-        let lines = po_line::Entity::find()
-            .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
-            .all(&self.db)
-            .await?;
+        let lines = store::lines_of(&self.db, &p.purchase_order_id).await?;
         // Keys derived from the order: a retry after a failure part-way records nothing twice.
         for l in &lines {
             self.inventory
@@ -393,18 +289,7 @@ impl ProcurementApi {
                 .map_err(upstream)?;
         }
         let txn = self.db.begin().await?;
-        let r = po::Entity::update_many()
-            .col_expr(po::Column::Status, sea_orm::sea_query::Expr::value("sent"))
-            .col_expr(po::Column::SentAtMs, sea_orm::sea_query::Expr::value(now))
-            .col_expr(
-                po::Column::ExpectedAtMs,
-                sea_orm::sea_query::Expr::value(expected),
-            )
-            .filter(po::Column::PurchaseOrderId.eq(&p.purchase_order_id))
-            .filter(po::Column::Status.eq("approved"))
-            .exec(&txn)
-            .await?;
-        if r.rows_affected == 1 {
+        if store::mark_sent(&txn, &p.purchase_order_id, now, expected).await? {
             outbox::enqueue(
                 &txn,
                 "procurement.po_sent",
@@ -446,7 +331,7 @@ impl ProcurementApi {
         {
             return Ok(replay);
         }
-        let p = find_po(&self.db, &req.purchase_order_id).await?;
+        let p = store::po(&self.db, &req.purchase_order_id, false).await?;
         if !matches!(p.status.as_str(), "sent" | "partially_received") {
             return Err(ProcurementError::NotReceivable {
                 po: p.purchase_order_id,
@@ -454,10 +339,7 @@ impl ProcurementApi {
             }
             .into());
         }
-        let lines = po_line::Entity::find()
-            .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
-            .all(&self.db)
-            .await?;
+        let lines = store::lines_of(&self.db, &p.purchase_order_id).await?;
         let mut v = Violations::new();
         for (i, r) in req.lines.iter().enumerate() {
             match lines.iter().find(|l| l.sku == r.sku) {
@@ -537,17 +419,10 @@ impl ProcurementApi {
         let txn = self.db.begin().await?;
         // Locked: two receipts (or a receipt and a cancel) of one order apply one after the
         // other, each to what the previous left.
-        let Some(p) = po::Entity::find_by_id(purchase_order_id.to_owned())
-            .lock_exclusive()
-            .one(&txn)
-            .await?
-        else {
+        let Some(p) = store::po_if_any(&txn, purchase_order_id, true).await? else {
             return Ok(false);
         };
-        let mut lines = po_line::Entity::find()
-            .filter(po_line::Column::PurchaseOrderId.eq(purchase_order_id))
-            .all(&txn)
-            .await?;
+        let mut lines = store::lines_of(&txn, purchase_order_id).await?;
         let costed: Vec<serde_json::Value> = received
             .iter()
             .filter_map(|(sku, quantity)| {
@@ -557,20 +432,8 @@ impl ProcurementApi {
             .collect();
         // The receipt row first, claiming the receipt: the API call that recorded it and the
         // consumer of the warehouse's event race to apply it, and exactly one of them does.
-        let claimed = receipt::Entity::insert(receipt::ActiveModel {
-            receipt_id: Set(receipt_id.to_owned()),
-            purchase_order_id: Set(purchase_order_id.to_owned()),
-            lines: Set(serde_json::Value::Array(costed.clone()).to_string()),
-            received_at_ms: Set(at),
-        })
-        .on_conflict(
-            sea_orm::sea_query::OnConflict::column(receipt::Column::ReceiptId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
-        if claimed == 0 {
+        let lines_json = serde_json::Value::Array(costed.clone()).to_string();
+        if !store::claim_receipt(&txn, receipt_id, purchase_order_id, lines_json, at).await? {
             return Ok(false);
         }
         for (sku, quantity) in received {
@@ -620,21 +483,14 @@ impl ProcurementApi {
         let mut v = Violations::new();
         v.id("supplier_id", &req.supplier_id);
         v.finish()?;
-        crate::api::find_supplier(&self.db, &req.supplier_id).await?;
-        let orders = po::Entity::find()
-            .filter(po::Column::SupplierId.eq(&req.supplier_id))
-            .filter(po::Column::Status.is_in(["received", "closed"]))
-            .all(&self.db)
-            .await?;
+        store::supplier(&self.db, &req.supplier_id).await?;
+        let orders = store::completed_pos_of(&self.db, &req.supplier_id).await?;
         let mut deliveries = Vec::new();
         for p in orders {
             let (Some(sent), Some(arrived)) = (p.sent_at_ms, p.received_at_ms) else {
                 continue;
             };
-            let lines = po_line::Entity::find()
-                .filter(po_line::Column::PurchaseOrderId.eq(&p.purchase_order_id))
-                .all(&self.db)
-                .await?;
+            let lines = store::lines_of(&self.db, &p.purchase_order_id).await?;
             deliveries.push(Delivery {
                 ordered: lines.iter().map(|l| l.quantity).sum(),
                 received: lines.iter().map(|l| l.received_quantity).sum(),
@@ -690,7 +546,8 @@ impl ProcurementApi {
         if p["reason"].as_str() != Some("shipment") || shipped <= 0 {
             return Ok(());
         }
-        self.insert_demand(
+        store::record_demand_once(
+            &self.db,
             &format!("event:{}", event.id),
             p["sku"].as_str().unwrap_or_default(),
             p["location"].as_str().unwrap_or_default(),
@@ -706,10 +563,7 @@ impl ProcurementApi {
     /// signal drafts nothing twice).
     pub async fn on_low_stock(&self, event: &Event) -> anyhow::Result<()> {
         let sku = event.payload["sku"].as_str().unwrap_or_default();
-        let policies = policy::Entity::find()
-            .filter(policy::Column::Sku.eq(sku))
-            .all(&self.db)
-            .await?;
+        let policies = store::policies_of_sku(&self.db, sku).await?;
         if policies.is_empty() {
             return Ok(());
         }

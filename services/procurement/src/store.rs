@@ -2,6 +2,12 @@
 
 use erp_runtime::db::DdlMigration;
 use erp_runtime::entity;
+use erp_runtime::{ApiError, ApiResult};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
 use sea_orm_migration::prelude::*;
 
 pub struct Migrator;
@@ -177,3 +183,326 @@ entity!(receipt, "po_receipts", {
     pub lines: String,
     pub received_at_ms: i64,
 });
+
+// ---- Queries the handlers share. A purchase order is read under its row lock where the caller
+// asks for it (`lock`); the send is a conditional update on the status it expects.
+
+/// Purchase orders whose quantities are coming but are not inbound in inventory yet.
+const UNSENT: [&str; 2] = ["draft", "approved"];
+
+// -- Suppliers and their terms.
+
+/// A supplier; NOT_FOUND when there is none.
+pub async fn supplier<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<supplier::Model> {
+    supplier::Entity::find_by_id(id.to_owned())
+        .one(c)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("supplier {id}")))
+}
+
+/// The supplier registered under `code`, if any.
+pub async fn supplier_by_code<C: ConnectionTrait>(
+    c: &C,
+    code: &str,
+) -> ApiResult<Option<supplier::Model>> {
+    Ok(supplier::Entity::find()
+        .filter(supplier::Column::Code.eq(code))
+        .one(c)
+        .await?)
+}
+
+/// One page of suppliers, by code.
+pub async fn suppliers_page<C: ConnectionTrait>(
+    c: &C,
+    offset: u64,
+    size: u64,
+) -> ApiResult<Vec<supplier::Model>> {
+    Ok(supplier::Entity::find()
+        .order_by_asc(supplier::Column::Code)
+        .offset(offset)
+        .limit(size)
+        .all(c)
+        .await?)
+}
+
+/// A supplier's terms for one item, if it has any.
+pub async fn term<C: ConnectionTrait>(
+    c: &C,
+    supplier_id: &str,
+    sku: &str,
+) -> ApiResult<Option<term::Model>> {
+    Ok(
+        term::Entity::find_by_id((supplier_id.to_owned(), sku.to_owned()))
+            .one(c)
+            .await?,
+    )
+}
+
+/// A supplier's terms for every item, by SKU.
+pub async fn terms_of<C: ConnectionTrait>(c: &C, supplier_id: &str) -> ApiResult<Vec<term::Model>> {
+    Ok(term::Entity::find()
+        .filter(term::Column::SupplierId.eq(supplier_id))
+        .order_by_asc(term::Column::Sku)
+        .all(c)
+        .await?)
+}
+
+/// The terms a policy orders on: the preferred supplier's, else the cheapest supplier's.
+pub async fn terms_to_order<C: ConnectionTrait>(
+    c: &C,
+    p: &policy::Model,
+) -> ApiResult<Option<term::Model>> {
+    if !p.preferred_supplier_id.is_empty() {
+        return term(c, &p.preferred_supplier_id, &p.sku).await;
+    }
+    Ok(term::Entity::find()
+        .filter(term::Column::Sku.eq(&p.sku))
+        .order_by_asc(term::Column::UnitCostMinor)
+        .order_by_asc(term::Column::SupplierId)
+        .one(c)
+        .await?)
+}
+
+// -- Purchase orders and their lines.
+
+/// A purchase order, if any, locked for the transaction when `lock`.
+pub async fn po_if_any<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    lock: bool,
+) -> ApiResult<Option<po::Model>> {
+    let mut q = po::Entity::find_by_id(id.to_owned());
+    if lock {
+        q = q.lock_exclusive();
+    }
+    Ok(q.one(c).await?)
+}
+
+/// A purchase order, locked for the transaction when `lock`; NOT_FOUND when there is none.
+pub async fn po<C: ConnectionTrait>(c: &C, id: &str, lock: bool) -> ApiResult<po::Model> {
+    po_if_any(c, id, lock)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("purchase order {id}")))
+}
+
+/// One page of purchase orders, oldest first, of one supplier and in one status when given.
+pub async fn pos_page<C: ConnectionTrait>(
+    c: &C,
+    supplier_id: &str,
+    status: Option<String>,
+    offset: u64,
+    size: u64,
+) -> ApiResult<Vec<po::Model>> {
+    let mut q = po::Entity::find().order_by_asc(po::Column::CreatedAtMs);
+    if !supplier_id.is_empty() {
+        q = q.filter(po::Column::SupplierId.eq(supplier_id));
+    }
+    if let Some(status) = status {
+        q = q.filter(po::Column::Status.eq(status));
+    }
+    Ok(q.offset(offset).limit(size).all(c).await?)
+}
+
+/// A supplier's purchase orders that are done receiving (received in full, or closed short).
+pub async fn completed_pos_of<C: ConnectionTrait>(
+    c: &C,
+    supplier_id: &str,
+) -> ApiResult<Vec<po::Model>> {
+    Ok(po::Entity::find()
+        .filter(po::Column::SupplierId.eq(supplier_id))
+        .filter(po::Column::Status.is_in(["received", "closed"]))
+        .all(c)
+        .await?)
+}
+
+/// The lines of one purchase order.
+pub async fn lines_of<C: ConnectionTrait>(
+    c: &C,
+    purchase_order_id: &str,
+) -> ApiResult<Vec<po_line::Model>> {
+    Ok(po_line::Entity::find()
+        .filter(po_line::Column::PurchaseOrderId.eq(purchase_order_id))
+        .all(c)
+        .await?)
+}
+
+/// The lines of all of `orders` by SKU, in one query (none for no orders).
+pub async fn lines_of_all<C: ConnectionTrait>(
+    c: &C,
+    orders: &[po::Model],
+) -> ApiResult<Vec<po_line::Model>> {
+    if orders.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(po_line::Entity::find()
+        .filter(
+            po_line::Column::PurchaseOrderId
+                .is_in(orders.iter().map(|p| p.purchase_order_id.clone())),
+        )
+        .order_by_asc(po_line::Column::Sku)
+        .all(c)
+        .await?)
+}
+
+/// Marks an approved order sent, expected at `expected_ms`; false when it was no longer
+/// approved (another send got there first, or it was cancelled).
+pub async fn mark_sent<C: ConnectionTrait>(
+    c: &C,
+    purchase_order_id: &str,
+    now: i64,
+    expected_ms: i64,
+) -> ApiResult<bool> {
+    let r = po::Entity::update_many()
+        .col_expr(po::Column::Status, Expr::value("sent"))
+        .col_expr(po::Column::SentAtMs, Expr::value(now))
+        .col_expr(po::Column::ExpectedAtMs, Expr::value(expected_ms))
+        .filter(po::Column::PurchaseOrderId.eq(purchase_order_id))
+        .filter(po::Column::Status.eq("approved"))
+        .exec(c)
+        .await?;
+    Ok(r.rows_affected == 1)
+}
+
+/// Units of `sku` on drafted or approved purchase orders for `location`: coming, not inbound yet.
+pub async fn unsent_quantity<C: ConnectionTrait>(
+    c: &C,
+    sku: &str,
+    location: &str,
+) -> ApiResult<i64> {
+    let open: Vec<String> = po::Entity::find()
+        .filter(po::Column::Location.eq(location))
+        .filter(po::Column::Status.is_in(UNSENT))
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|p| p.purchase_order_id)
+        .collect();
+    if open.is_empty() {
+        return Ok(0);
+    }
+    Ok(po_line::Entity::find()
+        .filter(po_line::Column::PurchaseOrderId.is_in(open))
+        .filter(po_line::Column::Sku.eq(sku))
+        .all(c)
+        .await?
+        .iter()
+        .map(|l| l.quantity)
+        .sum())
+}
+
+/// Claims a warehouse receipt for a purchase order by inserting its row; false when it was
+/// claimed before (by the API call that recorded it, or by the consumer of its event).
+pub async fn claim_receipt<C: ConnectionTrait>(
+    c: &C,
+    receipt_id: &str,
+    purchase_order_id: &str,
+    lines: String,
+    at: i64,
+) -> ApiResult<bool> {
+    let claimed = receipt::Entity::insert(receipt::ActiveModel {
+        receipt_id: Set(receipt_id.to_owned()),
+        purchase_order_id: Set(purchase_order_id.to_owned()),
+        lines: Set(lines),
+        received_at_ms: Set(at),
+    })
+    .on_conflict(
+        OnConflict::column(receipt::Column::ReceiptId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(c)
+    .await?;
+    Ok(claimed != 0)
+}
+
+// -- Reorder policies and demand.
+
+/// The reorder policy of an item at a location, if any.
+pub async fn policy<C: ConnectionTrait>(
+    c: &C,
+    sku: &str,
+    location: &str,
+) -> ApiResult<Option<policy::Model>> {
+    Ok(
+        policy::Entity::find_by_id((sku.to_owned(), location.to_owned()))
+            .one(c)
+            .await?,
+    )
+}
+
+/// The reorder policies at `location` (at every location when empty), by SKU.
+pub async fn policies_at<C: ConnectionTrait>(
+    c: &C,
+    location: &str,
+) -> ApiResult<Vec<policy::Model>> {
+    let mut q = policy::Entity::find().order_by_asc(policy::Column::Sku);
+    if !location.is_empty() {
+        q = q.filter(policy::Column::Location.eq(location));
+    }
+    Ok(q.all(c).await?)
+}
+
+/// The reorder policies of an item, at every location.
+pub async fn policies_of_sku<C: ConnectionTrait>(
+    c: &C,
+    sku: &str,
+) -> ApiResult<Vec<policy::Model>> {
+    Ok(policy::Entity::find()
+        .filter(policy::Column::Sku.eq(sku))
+        .all(c)
+        .await?)
+}
+
+/// Whether a demand signal with this key was recorded.
+pub async fn demand_recorded<C: ConnectionTrait>(c: &C, key: &str) -> ApiResult<bool> {
+    Ok(demand::Entity::find_by_id(key.to_owned())
+        .one(c)
+        .await?
+        .is_some())
+}
+
+/// Records one demand signal once per key.
+pub async fn record_demand_once<C: ConnectionTrait>(
+    c: &C,
+    key: &str,
+    sku: &str,
+    location: &str,
+    quantity: i64,
+    at: i64,
+) -> ApiResult<()> {
+    if demand_recorded(c, key).await? {
+        return Ok(());
+    }
+    let inserted = demand::ActiveModel {
+        event_key: Set(key.to_owned()),
+        sku: Set(sku.to_owned()),
+        location: Set(location.to_owned()),
+        quantity: Set(quantity),
+        occurred_at_ms: Set(at),
+    }
+    .insert(c)
+    .await;
+    match inserted {
+        Ok(_) => Ok(()),
+        // A concurrent repeat of the same key won the insert.
+        Err(_) if demand_recorded(c, key).await? => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Units of `sku` demanded at `location` after `since_ms` (saturating).
+pub async fn demand_since<C: ConnectionTrait>(
+    c: &C,
+    sku: &str,
+    location: &str,
+    since_ms: i64,
+) -> ApiResult<i64> {
+    Ok(demand::Entity::find()
+        .filter(demand::Column::Sku.eq(sku))
+        .filter(demand::Column::Location.eq(location))
+        .filter(demand::Column::OccurredAtMs.gt(since_ms))
+        .all(c)
+        .await?
+        .iter()
+        .fold(0i64, |sum, d| sum.saturating_add(d.quantity)))
+}
