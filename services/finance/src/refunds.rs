@@ -10,14 +10,11 @@ use erp_runtime::auth::Caller;
 use erp_runtime::time::{now_ms, opt_timestamp, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
 use erp_runtime::{ApiError, ApiResult};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, TransactionTrait};
 
 use crate::api::{FinanceApi, checked, payment_to_wire, post_against_clearing};
 use crate::error::FinanceError;
-use crate::store::{payment, refund_approval};
+use crate::store::{self, payment, refund_approval};
 
 fn approval_to_wire(a: refund_approval::Model) -> RefundApproval {
     let status = match a.status.as_str() {
@@ -162,7 +159,7 @@ impl FinanceApi {
         v.optional_text("reason", &req.reason, 500);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.RefundPayment", req);
-        let p = self.find_payment(&txn, &req.payment_id, "").await?;
+        let p = store::payment_for_update(&txn, &req.payment_id, "").await?;
         let response = if amount.amount_minor > self.refund_approval_threshold_minor {
             // Checked now so that an impossible refund is refused at once, and again at the
             // approval, when the payment may have moved.
@@ -217,11 +214,7 @@ impl FinanceApi {
         id: &str,
         caller: &Caller,
     ) -> ApiResult<refund_approval::Model> {
-        let a = refund_approval::Entity::find_by_id(id.to_owned())
-            .lock_exclusive()
-            .one(c)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("refund approval {id}")))?;
+        let a = store::approval_for_update(c, id).await?;
         if a.status != "pending" {
             return Err(FinanceError::NotPending {
                 approval: id.to_owned(),
@@ -256,7 +249,7 @@ impl FinanceApi {
                 a.amount_minor, a.currency
             ))
         })?;
-        let p = self.find_payment(&txn, &a.payment_id, "").await?;
+        let p = store::payment_for_update(&txn, &a.payment_id, "").await?;
         let amount = Money {
             amount_minor: a.amount_minor,
             currency: a.currency.clone(),
@@ -337,13 +330,7 @@ impl FinanceApi {
             Ok(RefundApprovalStatus::Rejected) => Some("rejected"),
             Err(_) => return Err(ApiError::invalid("status", "unknown status")),
         };
-        let mut q = refund_approval::Entity::find()
-            .order_by_asc(refund_approval::Column::RequestedAtMs)
-            .order_by_asc(refund_approval::Column::ApprovalId);
-        if let Some(s) = status {
-            q = q.filter(refund_approval::Column::Status.eq(s));
-        }
-        let rows = q.offset(offset).limit(limit).all(&self.db).await?;
+        let rows = store::approvals_page(&self.db, status, offset, limit).await?;
         let next_page_token = next_page_token(offset, rows.len(), limit);
         Ok(ListRefundApprovalsResponse {
             approvals: rows.into_iter().map(approval_to_wire).collect(),

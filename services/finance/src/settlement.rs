@@ -9,13 +9,13 @@ use erp_proto::order::ListOrdersRequest;
 use erp_runtime::time::from_timestamp;
 use erp_runtime::validate::Violations;
 use erp_runtime::{ApiError, ApiResult};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 
 use crate::api::{
     FinanceApi, checked, insert_entry, money, payment_to_wire, post_against_clearing,
 };
 use crate::error::FinanceError;
-use crate::store::{entry, jline, payment};
+use crate::store::{self, payment};
 
 /// The profit-and-loss accounts, and where each lands in a channel's result.
 /// The most lines one settlement report may carry.
@@ -50,7 +50,7 @@ impl FinanceApi {
         v.finish()?;
         let (txn, guard) =
             erp_runtime::begin_idempotent!(&self.db, "finance.RecordChargeback", req);
-        let p = self.find_payment(&txn, &req.payment_id, "").await?;
+        let p = store::payment_for_update(&txn, &req.payment_id, "").await?;
         if !matches!(
             p.status.as_str(),
             "captured" | "partially_refunded" | "charged_back" | "partially_captured"
@@ -138,18 +138,12 @@ impl FinanceApi {
         if from >= to {
             return Err(ApiError::invalid("to", "must be after from"));
         }
-        let entries: std::collections::HashSet<String> = entry::Entity::find()
-            .filter(entry::Column::PostedAtMs.gte(from))
-            .filter(entry::Column::PostedAtMs.lt(to))
-            .all(&self.db)
+        let entries: std::collections::HashSet<String> = store::entries_between(&self.db, from, to)
             .await?
             .into_iter()
             .map(|e| e.entry_id)
             .collect();
-        let lines = jline::Entity::find()
-            .filter(jline::Column::Currency.eq(&req.currency))
-            .all(&self.db)
-            .await?;
+        let lines = store::lines_in_currency(&self.db, &req.currency).await?;
         let mut by_channel: BTreeMap<String, ChannelResult> = BTreeMap::new();
         for l in lines.iter().filter(|l| entries.contains(&l.entry_id)) {
             let Some(kind) = bucket(&l.account_code) else {
@@ -280,26 +274,14 @@ impl FinanceApi {
             erp_runtime::begin_idempotent!(&self.db, "finance.ReconcileSettlement", req);
         // What our books say per order of this channel.
         let mut captured: BTreeMap<String, i64> = BTreeMap::new();
-        for p in payment::Entity::find()
-            .filter(payment::Column::Channel.eq(&req.channel))
-            .filter(payment::Column::Currency.eq(&currency))
-            .filter(payment::Column::CapturedMinor.gt(0))
-            .all(&txn)
-            .await?
-        {
+        for p in store::captured_payments(&txn, &req.channel, &currency).await? {
             // An order re-authorized before its first authorization expired has two payments.
             let sum = captured.entry(p.order_id).or_default();
             *sum = sum.saturating_add(p.captured_minor);
         }
         let mut fees: BTreeMap<String, i64> = BTreeMap::new();
         let mut returned: BTreeMap<String, i64> = BTreeMap::new();
-        for l in jline::Entity::find()
-            .filter(jline::Column::Channel.eq(&req.channel))
-            .filter(jline::Column::AccountCode.is_in(["5100", "4200", "5300"]))
-            .filter(jline::Column::Currency.eq(&currency))
-            .all(&txn)
-            .await?
-        {
+        for l in store::fee_and_return_lines(&txn, &req.channel, &currency).await? {
             let amount = checked(l.debit_minor.checked_sub(l.credit_minor))?;
             let slot = if l.account_code == "5100" {
                 fees.entry(l.order_id).or_default()

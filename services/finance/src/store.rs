@@ -1,6 +1,9 @@
-//! Tables of the finance service. The chart of accounts is seeded by the first migration.
+//! Tables of the finance service, and the queries its handlers run. The chart of accounts is
+//! seeded by the first migration.
 
 use erp_runtime::db::DdlMigration;
+use erp_runtime::{ApiError, ApiResult};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use sea_orm_migration::prelude::*;
 
 pub struct Migrator;
@@ -201,3 +204,203 @@ entity!(refund_approval, "refund_approvals", {
     pub requested_at_ms: i64,
     pub decided_at_ms: Option<i64>,
 });
+
+// ---- Queries the handlers share. Every read a check of a change depends on takes the row lock
+// (FOR UPDATE on PostgreSQL; SQLite serializes writers).
+
+/// The chart of accounts, by code.
+pub async fn accounts<C: ConnectionTrait>(c: &C) -> ApiResult<Vec<account::Model>> {
+    Ok(account::Entity::find()
+        .order_by_asc(account::Column::Code)
+        .all(c)
+        .await?)
+}
+
+/// The account `code`, if the chart has it.
+pub async fn account<C: ConnectionTrait>(c: &C, code: &str) -> ApiResult<Option<account::Model>> {
+    Ok(account::Entity::find_by_id(code.to_owned()).one(c).await?)
+}
+
+/// The entries named by `ids` (in no particular order) and all their lines in posting order:
+/// two queries whatever the number of ids.
+pub async fn entries_with_lines<C: ConnectionTrait>(
+    c: &C,
+    ids: &[String],
+) -> ApiResult<(Vec<entry::Model>, Vec<jline::Model>)> {
+    let entries = entry::Entity::find()
+        .filter(entry::Column::EntryId.is_in(ids.iter().cloned()))
+        .all(c)
+        .await?;
+    let lines = jline::Entity::find()
+        .filter(jline::Column::EntryId.is_in(ids.iter().cloned()))
+        .order_by_asc(jline::Column::Seq)
+        .all(c)
+        .await?;
+    Ok((entries, lines))
+}
+
+/// One page of the journal's entry ids, in posting order.
+pub async fn entry_ids_page<C: ConnectionTrait>(
+    c: &C,
+    offset: u64,
+    limit: u64,
+) -> ApiResult<Vec<String>> {
+    Ok(entry::Entity::find()
+        .order_by_asc(entry::Column::PostedAtMs)
+        .offset(offset)
+        .limit(limit)
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|e| e.entry_id)
+        .collect())
+}
+
+/// The entries with a line on `order_id`, each once, in the order of its first line.
+pub async fn entry_ids_of_order<C: ConnectionTrait>(
+    c: &C,
+    order_id: &str,
+) -> ApiResult<Vec<String>> {
+    // Lines of entries posted at the same moment interleave by sequence on PostgreSQL, so
+    // removing only adjacent repeats listed an entry once per run of its lines.
+    let mut seen = std::collections::HashSet::new();
+    Ok(jline::Entity::find()
+        .filter(jline::Column::OrderId.eq(order_id))
+        .order_by_asc(jline::Column::Seq)
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|l| l.entry_id)
+        .filter(|id| seen.insert(id.clone()))
+        .collect())
+}
+
+/// Takes the row lock of journal entry `id` for the transaction (nothing when there is none).
+pub async fn lock_entry<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<()> {
+    entry::Entity::find_by_id(id.to_owned())
+        .lock_exclusive()
+        .one(c)
+        .await?;
+    Ok(())
+}
+
+/// The entry that reverses entry `id`, if one was posted.
+pub async fn reversal_of<C: ConnectionTrait>(c: &C, id: &str) -> ApiResult<Option<entry::Model>> {
+    Ok(entry::Entity::find()
+        .filter(entry::Column::ReversesEntryId.eq(id))
+        .one(c)
+        .await?)
+}
+
+/// Every journal line ever posted.
+pub async fn all_lines<C: ConnectionTrait>(c: &C) -> ApiResult<Vec<jline::Model>> {
+    Ok(jline::Entity::find().all(c).await?)
+}
+
+/// The journal entries posted in `[from, to)`.
+pub async fn entries_between<C: ConnectionTrait>(
+    c: &C,
+    from: i64,
+    to: i64,
+) -> ApiResult<Vec<entry::Model>> {
+    Ok(entry::Entity::find()
+        .filter(entry::Column::PostedAtMs.gte(from))
+        .filter(entry::Column::PostedAtMs.lt(to))
+        .all(c)
+        .await?)
+}
+
+/// The journal lines in `currency`, of every entry.
+pub async fn lines_in_currency<C: ConnectionTrait>(
+    c: &C,
+    currency: &str,
+) -> ApiResult<Vec<jline::Model>> {
+    Ok(jline::Entity::find()
+        .filter(jline::Column::Currency.eq(currency))
+        .all(c)
+        .await?)
+}
+
+/// The fee (5100), refund (4200) and chargeback (5300) lines of `channel` in `currency`: what
+/// a settlement's fees and adjustments are matched against.
+pub async fn fee_and_return_lines<C: ConnectionTrait>(
+    c: &C,
+    channel: &str,
+    currency: &str,
+) -> ApiResult<Vec<jline::Model>> {
+    Ok(jline::Entity::find()
+        .filter(jline::Column::Channel.eq(channel))
+        .filter(jline::Column::AccountCode.is_in(["5100", "4200", "5300"]))
+        .filter(jline::Column::Currency.eq(currency))
+        .all(c)
+        .await?)
+}
+
+/// The payment `payment_id` or, when that is empty, the latest not-declined payment of
+/// `order_id`, locked until the transaction ends.
+pub async fn payment_for_update<C: ConnectionTrait>(
+    c: &C,
+    payment_id: &str,
+    order_id: &str,
+) -> ApiResult<payment::Model> {
+    let query = if payment_id.is_empty() {
+        payment::Entity::find()
+            .filter(payment::Column::OrderId.eq(order_id))
+            .filter(payment::Column::Status.ne("declined"))
+            .order_by_desc(payment::Column::CreatedAtMs)
+    } else {
+        payment::Entity::find().filter(payment::Column::PaymentId.eq(payment_id))
+    };
+    // Every change of a payment reads it here inside its transaction: the row lock
+    // (FOR UPDATE on PostgreSQL; SQLite serializes writers) makes the checks that follow
+    // (left to capture, left to refund) hold until the commit, so concurrent refunds cannot
+    // each pass them and pay out the same money twice.
+    query
+        .lock_exclusive()
+        .one(c)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("payment {payment_id}{order_id}")))
+}
+
+/// The payments of `channel` in `currency` that captured money: what a settlement pays for.
+pub async fn captured_payments<C: ConnectionTrait>(
+    c: &C,
+    channel: &str,
+    currency: &str,
+) -> ApiResult<Vec<payment::Model>> {
+    Ok(payment::Entity::find()
+        .filter(payment::Column::Channel.eq(channel))
+        .filter(payment::Column::Currency.eq(currency))
+        .filter(payment::Column::CapturedMinor.gt(0))
+        .all(c)
+        .await?)
+}
+
+/// The refund approval `id`, locked until the transaction ends (two approvers racing: the
+/// second sees the first's decision).
+pub async fn approval_for_update<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+) -> ApiResult<refund_approval::Model> {
+    refund_approval::Entity::find_by_id(id.to_owned())
+        .lock_exclusive()
+        .one(c)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("refund approval {id}")))
+}
+
+/// One page of refund approvals, oldest request first, only those in `status` if given.
+pub async fn approvals_page<C: ConnectionTrait>(
+    c: &C,
+    status: Option<&str>,
+    offset: u64,
+    limit: u64,
+) -> ApiResult<Vec<refund_approval::Model>> {
+    let mut q = refund_approval::Entity::find()
+        .order_by_asc(refund_approval::Column::RequestedAtMs)
+        .order_by_asc(refund_approval::Column::ApprovalId);
+    if let Some(s) = status {
+        q = q.filter(refund_approval::Column::Status.eq(s));
+    }
+    Ok(q.offset(offset).limit(limit).all(c).await?)
+}

@@ -71,17 +71,9 @@ impl FinanceApi {
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.ReverseJournal", req);
         // The original's row lock makes two reversals of one entry queue: the second sees the
         // first and is refused.
-        entry::Entity::find_by_id(req.entry_id.clone())
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
+        store::lock_entry(&txn, &req.entry_id).await?;
         let original = load_entry(&txn, &req.entry_id).await?;
-        if entry::Entity::find()
-            .filter(entry::Column::ReversesEntryId.eq(&req.entry_id))
-            .one(&txn)
-            .await?
-            .is_some()
-        {
+        if store::reversal_of(&txn, &req.entry_id).await?.is_some() {
             return Err(FinanceError::AlreadyReversed(req.entry_id.clone()).into());
         }
         let lines: Vec<JournalLine> = original
@@ -124,7 +116,7 @@ impl FinanceApi {
     }
 
     pub(super) async fn trial_balance(&self) -> ApiResult<GetTrialBalanceResponse> {
-        let lines = jline::Entity::find().all(&self.db).await?;
+        let lines = store::all_lines(&self.db).await?;
         // Exact sums (i128), refused if a total does not fit the wire's i64.
         let mut wide: std::collections::BTreeMap<(String, String), (i128, i128)> =
             Default::default();

@@ -12,14 +12,13 @@ use erp_runtime::time::{now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, next_page_token, page_offset, page_size};
 use erp_runtime::{ApiError, ApiResult};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, TransactionTrait,
 };
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, ProviderAnswer};
 use crate::error::FinanceError;
-use crate::store::{account, entry, jline, payment};
+use crate::store::{self, account, entry, jline, payment};
 
 type Orders =
     erp_proto::order::order_service_client::OrderServiceClient<erp_runtime::auth::PeerChannel>;
@@ -150,15 +149,7 @@ async fn load_entries<C: ConnectionTrait>(c: &C, ids: &[String]) -> ApiResult<Ve
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let entries = entry::Entity::find()
-        .filter(entry::Column::EntryId.is_in(ids.iter().cloned()))
-        .all(c)
-        .await?;
-    let mut lines = jline::Entity::find()
-        .filter(jline::Column::EntryId.is_in(ids.iter().cloned()))
-        .order_by_asc(jline::Column::Seq)
-        .all(c)
-        .await?;
+    let (entries, mut lines) = store::entries_with_lines(c, ids).await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let Some(e) = entries.iter().find(|e| &e.entry_id == id).cloned() else {
@@ -249,11 +240,7 @@ pub(crate) async fn insert_entry<C: ConnectionTrait>(
         .collect();
     domain::check_balanced(&domain_lines).map_err(|e| ApiError::invalid("lines", e))?;
     for (i, l) in lines.iter().enumerate() {
-        if account::Entity::find_by_id(l.account_code.clone())
-            .one(c)
-            .await?
-            .is_none()
-        {
+        if store::account(c, &l.account_code).await?.is_none() {
             return Err(ApiError::invalid(
                 format!("lines[{i}].account_code"),
                 format!("unknown account {}", l.account_code),
@@ -289,33 +276,6 @@ pub(crate) async fn insert_entry<C: ConnectionTrait>(
     Ok(entry_id)
 }
 
-impl FinanceApi {
-    pub(crate) async fn find_payment<C: ConnectionTrait>(
-        &self,
-        c: &C,
-        payment_id: &str,
-        order_id: &str,
-    ) -> ApiResult<payment::Model> {
-        let query = if payment_id.is_empty() {
-            payment::Entity::find()
-                .filter(payment::Column::OrderId.eq(order_id))
-                .filter(payment::Column::Status.ne("declined"))
-                .order_by_desc(payment::Column::CreatedAtMs)
-        } else {
-            payment::Entity::find().filter(payment::Column::PaymentId.eq(payment_id))
-        };
-        // Every change of a payment reads it here inside its transaction: the row lock
-        // (FOR UPDATE on PostgreSQL; SQLite serializes writers) makes the checks that follow
-        // (left to capture, left to refund) hold until the commit, so concurrent refunds cannot
-        // each pass them and pay out the same money twice.
-        query
-            .lock_exclusive()
-            .one(c)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("payment {payment_id}{order_id}")))
-    }
-}
-
 /// What the audit trail digests of a journal entry.
 fn entry_state(e: &JournalEntry) -> serde_json::Value {
     serde_json::json!({
@@ -348,10 +308,7 @@ impl FinanceService for FinanceApi {
     ) -> Result<Response<ListAccountsResponse>, Status> {
         respond(
             async {
-                let rows = account::Entity::find()
-                    .order_by_asc(account::Column::Code)
-                    .all(&self.db)
-                    .await?;
+                let rows = store::accounts(&self.db).await?;
                 Ok(ListAccountsResponse {
                     accounts: rows.into_iter().map(account_to_wire).collect(),
                 })
@@ -378,10 +335,7 @@ impl FinanceService for FinanceApi {
                 v.check(t.is_some(), "account.type", "must be set");
                 v.finish()?;
                 let txn = self.db.begin().await?;
-                if let Some(existing) = account::Entity::find_by_id(a.code.clone())
-                    .one(&txn)
-                    .await?
-                {
+                if let Some(existing) = store::account(&txn, &a.code).await? {
                     if existing.name != a.name || Some(existing.account_type.as_str()) != t {
                         return Err(ApiError::AlreadyExists(format!(
                             "account {} exists with other attributes",
@@ -467,30 +421,12 @@ impl FinanceService for FinanceApi {
                 let size = page_size(req.page_size)?;
                 let offset = page_offset(&req.page_token)?;
                 let ids: Vec<String> = if req.order_id.is_empty() {
-                    entry::Entity::find()
-                        .order_by_asc(entry::Column::PostedAtMs)
-                        .offset(offset)
-                        .limit(size)
-                        .all(&self.db)
-                        .await?
-                        .into_iter()
-                        .map(|e| e.entry_id)
-                        .collect()
+                    store::entry_ids_page(&self.db, offset, size).await?
                 } else {
-                    // Each entry once, in the order of its first line. Lines of entries posted
-                    // at the same moment interleave by sequence on PostgreSQL, so removing
-                    // only adjacent repeats listed an entry once per run of its lines.
-                    let mut seen = std::collections::HashSet::new();
-                    let ids: Vec<String> = jline::Entity::find()
-                        .filter(jline::Column::OrderId.eq(&req.order_id))
-                        .order_by_asc(jline::Column::Seq)
-                        .all(&self.db)
+                    // Each entry once, in the order of its first line.
+                    store::entry_ids_of_order(&self.db, &req.order_id)
                         .await?
                         .into_iter()
-                        .map(|l| l.entry_id)
-                        .filter(|id| seen.insert(id.clone()))
-                        .collect();
-                    ids.into_iter()
                         .skip(usize::try_from(offset).unwrap_or(usize::MAX))
                         .take(usize::try_from(size).unwrap_or(50))
                         .collect()
@@ -587,9 +523,7 @@ impl FinanceService for FinanceApi {
                     "give payment_id or order_id",
                 );
                 v.finish()?;
-                let p = self
-                    .find_payment(&self.db, &req.payment_id, &req.order_id)
-                    .await?;
+                let p = store::payment_for_update(&self.db, &req.payment_id, &req.order_id).await?;
                 Ok(GetPaymentResponse {
                     payment: Some(payment_to_wire(p)),
                 })

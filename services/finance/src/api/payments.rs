@@ -93,7 +93,7 @@ impl FinanceApi {
         }
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.CapturePayment", req);
-        let p = self.find_payment(&txn, &req.payment_id, "").await?;
+        let p = store::payment_for_update(&txn, &req.payment_id, "").await?;
         if !matches!(p.status.as_str(), "authorized" | "partially_captured") {
             return Err(FinanceError::PaymentNotAuthorized {
                 payment: p.payment_id,
@@ -151,9 +151,7 @@ impl FinanceApi {
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "finance.VoidPayment", req);
         idempotency::tombstone_forward(&txn, "finance.AuthorizePayment", &req.idempotency_key)
             .await?;
-        let p = self
-            .find_payment(&txn, &req.payment_id, &req.order_id)
-            .await?;
+        let p = store::payment_for_update(&txn, &req.payment_id, &req.order_id).await?;
         let p = match p.status.as_str() {
             "authorized" => {
                 let mut am: payment::ActiveModel = p.into();
