@@ -6,16 +6,13 @@ use erp_proto::{inventory, warehouse};
 use erp_runtime::time::{from_timestamp, now_ms, to_timestamp};
 use erp_runtime::validate::Violations;
 use erp_runtime::{ApiError, ApiResult, idempotency};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, TransactionTrait};
 use serde::{Deserialize, Serialize};
 
 use crate::api::OrderApi;
 use crate::promise::{Promiser, SiteClock, covering_lot};
 use crate::routing::{self, Rule, Strategy};
-use crate::store::{channel, decision, order, rule_set};
+use crate::store::{self, decision, rule_set};
 
 /// A decision as stored.
 #[derive(Serialize, Deserialize)]
@@ -82,16 +79,8 @@ fn set_to_wire(m: &rule_set::Model) -> ApiResult<RoutingRuleSet> {
     })
 }
 
-/// The decisions made for an order, oldest first.
-pub(crate) async fn decisions_of<C: ConnectionTrait>(
-    c: &C,
-    order_id: &str,
-) -> ApiResult<Vec<RoutingDecision>> {
-    let rows = decision::Entity::find()
-        .filter(decision::Column::OrderId.eq(order_id))
-        .order_by_asc(decision::Column::Seq)
-        .all(c)
-        .await?;
+/// Stored decisions (see [`store::decisions_of`]) as the wire shows them.
+pub(crate) fn decisions_to_wire(rows: &[decision::Model]) -> ApiResult<Vec<RoutingDecision>> {
     rows.iter()
         .map(|r| {
             serde_json::from_str::<StoredDecision>(&r.decision)
@@ -152,10 +141,7 @@ impl OrderApi {
         let txn = self.db.begin().await?;
         // Two changes racing both try version n+1: the primary key lets one in and the other
         // is told to retry (ABORTED), not given an internal error.
-        let previous = rule_set::Entity::find()
-            .order_by_desc(rule_set::Column::Version)
-            .one(&txn)
-            .await?;
+        let previous = store::latest_rules(&txn).await?;
         let latest = previous.as_ref().map_or(0, |m| m.version);
         let m = rule_set::ActiveModel {
             version: Set(latest + 1),
@@ -212,14 +198,9 @@ impl OrderApi {
             return Err(ApiError::invalid("version", "must not be negative"));
         }
         let m = if req.version == 0 {
-            rule_set::Entity::find()
-                .order_by_desc(rule_set::Column::Version)
-                .one(&self.db)
-                .await?
+            store::latest_rules(&self.db).await?
         } else {
-            rule_set::Entity::find_by_id(req.version)
-                .one(&self.db)
-                .await?
+            store::rules_version(&self.db, req.version).await?
         };
         let Some(m) = m else {
             return Err(ApiError::not_found(if req.version == 0 {
@@ -255,7 +236,7 @@ impl OrderApi {
         {
             return Ok(replay);
         }
-        let (o, lines) = crate::api::load(&self.db, &req.order_id).await?;
+        let (o, lines) = store::order_with_lines(&self.db, &req.order_id).await?;
         let ship_to: crate::api::StoredAddress =
             serde_json::from_str(&o.ship_to).unwrap_or_default();
         let region = if ship_to.region.is_empty() {
@@ -267,15 +248,10 @@ impl OrderApi {
                 ship_to.region.to_uppercase()
             )
         };
-        let ship_complete = channel::Entity::find_by_id(o.channel.clone())
-            .one(&self.db)
+        let ship_complete = store::channel(&self.db, &o.channel, false)
             .await?
             .is_some_and(|c| c.ship_complete);
-        let (version, rules) = match rule_set::Entity::find()
-            .order_by_desc(rule_set::Column::Version)
-            .one(&self.db)
-            .await?
-        {
+        let (version, rules) = match store::latest_rules(&self.db).await? {
             Some(m) => (
                 m.version,
                 serde_json::from_str::<Vec<Rule>>(&m.rules)
@@ -465,15 +441,7 @@ impl OrderApi {
         // The first promise is the one the customer was given; later decisions carry their
         // own estimate, which GetOrder shows beside it.
         if let Some(p) = promised_by_ms {
-            order::Entity::update_many()
-                .col_expr(
-                    order::Column::PromisedByMs,
-                    sea_orm::sea_query::Expr::value(p),
-                )
-                .filter(order::Column::OrderId.eq(&o.order_id))
-                .filter(order::Column::PromisedByMs.eq(0))
-                .exec(&txn)
-                .await?;
+            store::promise_once(&txn, &o.order_id, p).await?;
         }
         idempotency::record(
             &txn,

@@ -52,10 +52,7 @@ impl OrderApi {
         v.optional_text("reason", &req.reason, 500);
         v.finish()?;
         let txn = self.db.begin().await?;
-        let existing = channel::Entity::find_by_id(ch.code.clone())
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
+        let existing = store::channel(&txn, &ch.code, true).await?;
         let before = existing.clone().map(|m| channel_state(&channel_to_wire(m)));
         let am = channel::ActiveModel {
             code: Set(ch.code.clone()),

@@ -28,7 +28,7 @@ impl OrderApi {
         }
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.RecordAllocation", req);
-        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
+        let (o, lines) = store::order_for_update(&txn, &req.order_id).await?;
         if matches!(
             OrderState::parse(&o.status),
             Some(OrderState::Cancelled | OrderState::Failed)
@@ -56,8 +56,10 @@ impl OrderApi {
             }
             changed.push((l, q));
         }
-        let order = save_lines(&txn, o, changed, None).await?;
-        let response = RecordAllocationResponse { order: Some(order) };
+        let (o, saved) = store::save_quantities(&txn, o, changed, None).await?;
+        let response = RecordAllocationResponse {
+            order: Some(order_to_wire(o, saved)),
+        };
         guard.commit(txn, &response).await?;
         Ok(response)
     }
@@ -72,7 +74,7 @@ impl OrderApi {
         v.text("tracking_number", &req.tracking_number, 100);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.MarkShipped", req);
-        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
+        let (o, lines) = store::order_for_update(&txn, &req.order_id).await?;
         if lines.iter().all(|l| l.allocated == 0) {
             return Err(OrderError::NothingAllocated(req.order_id.clone()).into());
         }
@@ -87,7 +89,8 @@ impl OrderApi {
         let mut am: order::ActiveModel = o.clone().into();
         am.tracking_number = Set(req.tracking_number.clone());
         let o = am.update(&txn).await?;
-        let order = save_lines(&txn, o, changed, None).await?;
+        let (o, saved) = store::save_quantities(&txn, o, changed, None).await?;
+        let order = order_to_wire(o, saved);
         outbox::enqueue(
             &txn,
             "order.shipped",
@@ -121,7 +124,7 @@ impl OrderApi {
         }
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.RecordTax", req);
-        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
+        let (o, lines) = store::order_for_update(&txn, &req.order_id).await?;
         if matches!(
             OrderState::parse(&o.status),
             Some(
@@ -164,7 +167,7 @@ impl OrderApi {
             saved.push(am.update(&txn).await?);
         }
         // The total is the kept lines plus the tax now recorded (replacing any earlier figure).
-        let (total, tax) = header_totals(&saved);
+        let (total, tax) = store::header_totals(&saved);
         let mut am: order::ActiveModel = o.into();
         am.tax_minor = Set(tax);
         am.tax_jurisdiction = Set(req.jurisdiction.clone());
@@ -189,7 +192,7 @@ impl OrderApi {
         v.optional_text("detail", &req.detail, 500);
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.MarkFailed", req);
-        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
+        let (o, lines) = store::order_for_update(&txn, &req.order_id).await?;
         if lines.iter().any(|l| l.shipped > 0) {
             return Err(OrderError::ShippedCannotFail(req.order_id.clone()).into());
         }
@@ -206,7 +209,9 @@ impl OrderApi {
         } else {
             format!("{}: {}", req.reason, req.detail)
         };
-        let order = save_lines(&txn, o, changed, Some((OrderState::Failed, reason))).await?;
+        let (o, saved) =
+            store::save_quantities(&txn, o, changed, Some((OrderState::Failed, reason))).await?;
+        let order = order_to_wire(o, saved);
         outbox::enqueue(
             &txn,
             "order.failed",

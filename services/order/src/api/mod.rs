@@ -11,15 +11,12 @@ use erp_runtime::outbox::{self, OutboxWaker};
 use erp_runtime::time::{now_ms, to_timestamp};
 use erp_runtime::validate::{Violations, is_currency, next_page_token, page_offset, page_size};
 use erp_runtime::{ApiError, ApiResult};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{LineQty, Status as OrderState};
-use crate::store::{channel, line, order};
+use crate::store::{self, channel, line, order};
 
 type Inventory = erp_proto::inventory::inventory_service_client::InventoryServiceClient<
     erp_runtime::auth::PeerChannel,
@@ -304,98 +301,6 @@ fn order_to_wire(o: order::Model, lines: Vec<line::Model>) -> Order {
     }
 }
 
-/// Reads an order and its lines to change them: the order's row stays locked (FOR UPDATE on
-/// PostgreSQL; SQLite serializes writers) until the caller's transaction ends, so two changes
-/// of one order (a shipment and a cancellation, say) cannot both compute their line buckets
-/// from the same state and overwrite each other.
-pub(crate) async fn load_for_update<C: ConnectionTrait>(
-    c: &C,
-    order_id: &str,
-) -> ApiResult<(order::Model, Vec<line::Model>)> {
-    read(c, order_id, true).await
-}
-
-/// Reads an order and its lines (no lock: for answers, and inside read-only snapshots).
-pub(crate) async fn load<C: ConnectionTrait>(
-    c: &C,
-    order_id: &str,
-) -> ApiResult<(order::Model, Vec<line::Model>)> {
-    read(c, order_id, false).await
-}
-
-async fn read<C: ConnectionTrait>(
-    c: &C,
-    order_id: &str,
-    lock: bool,
-) -> ApiResult<(order::Model, Vec<line::Model>)> {
-    let mut query = order::Entity::find_by_id(order_id.to_owned());
-    if lock {
-        query = query.lock_exclusive();
-    }
-    let o = query
-        .one(c)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("order {order_id}")))?;
-    let lines = line::Entity::find()
-        .filter(line::Column::OrderId.eq(order_id))
-        .order_by_asc(line::Column::LineNumber)
-        .all(c)
-        .await?;
-    Ok((o, lines))
-}
-
-/// Writes new line quantities and the status derived from them.
-async fn save_lines<C: ConnectionTrait>(
-    c: &C,
-    o: order::Model,
-    lines: Vec<(line::Model, LineQty)>,
-    forced: Option<(OrderState, String)>,
-) -> ApiResult<Order> {
-    let mut saved = Vec::with_capacity(lines.len());
-    let mut quantities = Vec::with_capacity(lines.len());
-    for (l, q) in lines {
-        if !q.is_consistent() {
-            return Err(ApiError::Internal(format!(
-                "line {} would be inconsistent: {q:?}",
-                l.line_id
-            )));
-        }
-        quantities.push(q);
-        let mut am: line::ActiveModel = l.into();
-        am.allocated = Set(q.allocated);
-        am.shipped = Set(q.shipped);
-        am.backordered = Set(q.backordered);
-        am.cancelled = Set(q.cancelled);
-        am.returned = Set(q.returned);
-        saved.push(am.update(c).await?);
-    }
-    let (status, reason) =
-        forced.unwrap_or_else(|| (OrderState::derive(&quantities), o.status_reason.clone()));
-    let (total, tax) = header_totals(&saved);
-    let mut am: order::ActiveModel = o.into();
-    am.total_minor = Set(total);
-    am.tax_minor = Set(tax);
-    am.status = Set(status.as_str().to_owned());
-    am.status_reason = Set(reason);
-    am.updated_at_ms = Set(now_ms());
-    let o = am.update(c).await?;
-    Ok(order_to_wire(o, saved))
-}
-
-/// The order's total and tax from its lines, for what is not cancelled: each line's price for
-/// its units and the share of its recorded tax those units carry (the saga charges shipments
-/// with the same rule, so the shipped parts of a line add up to its share here).
-fn header_totals(lines: &[line::Model]) -> (i64, i64) {
-    let mut subtotal = 0i64;
-    let mut tax = 0i64;
-    for l in lines {
-        let kept = l.ordered - l.cancelled;
-        subtotal = subtotal.saturating_add(l.unit_price_minor.saturating_mul(kept));
-        tax = tax.saturating_add(erp_runtime::money::pro_rata(l.tax_minor, l.ordered, kept));
-    }
-    (subtotal.saturating_add(tax), tax)
-}
-
 fn validate_address(v: &mut Violations, a: Option<&Address>) {
     let Some(a) = a else {
         v.add("ship_to", "is required");
@@ -432,10 +337,7 @@ impl OrderService for OrderApi {
     ) -> Result<Response<ListChannelsResponse>, Status> {
         respond(
             async {
-                let rows = channel::Entity::find()
-                    .order_by_asc(channel::Column::Code)
-                    .all(&self.db)
-                    .await?;
+                let rows = store::channels(&self.db).await?;
                 Ok(ListChannelsResponse {
                     channels: rows.into_iter().map(channel_to_wire).collect(),
                 })
@@ -470,12 +372,12 @@ impl OrderService for OrderApi {
                 v.finish()?;
                 // One snapshot: the order, its lines and its decisions as one moment saw them.
                 let txn = erp_runtime::db::snapshot(&self.db).await?;
-                let (o, lines) = load(&txn, &req.order_id).await?;
+                let (o, lines) = store::order_with_lines(&txn, &req.order_id).await?;
                 let token = with_token.then(|| o.payment_method_token.clone());
                 let mut order = order_to_wire(o, lines);
                 order.payment_method_token = token.unwrap_or_default();
-                order.routing_decisions =
-                    crate::route_api::decisions_of(&txn, &req.order_id).await?;
+                let decisions = store::decisions_of(&txn, &req.order_id).await?;
+                order.routing_decisions = crate::route_api::decisions_to_wire(&decisions)?;
                 txn.commit().await?;
                 Ok(GetOrderResponse { order: Some(order) })
             }

@@ -75,8 +75,7 @@ impl OrderApi {
         self.check_items(&req.lines).await?;
 
         let txn = self.db.begin().await?;
-        let ch = channel::Entity::find_by_id(req.channel.clone())
-            .one(&txn)
+        let ch = store::channel(&txn, &req.channel, false)
             .await?
             .ok_or_else(|| {
                 ApiError::invalid("channel", format!("unknown channel {:?}", req.channel))
@@ -104,11 +103,8 @@ impl OrderApi {
         }
         v.finish()?;
 
-        if let Some(existing) = order::Entity::find()
-            .filter(order::Column::Channel.eq(&req.channel))
-            .filter(order::Column::ExternalOrderId.eq(&req.external_order_id))
-            .one(&txn)
-            .await?
+        if let Some(existing) =
+            store::order_by_external_id(&txn, &req.channel, &req.external_order_id).await?
         {
             if existing.content_hash != hash {
                 return Err(ApiError::AlreadyExists(format!(
@@ -116,7 +112,7 @@ impl OrderApi {
                     req.external_order_id, req.channel, existing.order_id
                 )));
             }
-            let (o, lines) = load(&txn, &existing.order_id).await?;
+            let (o, lines) = store::order_with_lines(&txn, &existing.order_id).await?;
             return Ok(CreateOrderResponse {
                 order: Some(order_to_wire(o, lines)),
                 created: false,
@@ -200,37 +196,27 @@ impl OrderApi {
     ) -> ApiResult<ListOrdersResponse> {
         let size = page_size(req.page_size)?;
         let offset = page_offset(&req.page_token)?;
-        let mut query = order::Entity::find().order_by_asc(order::Column::CreatedAtMs);
-        if !req.channel.is_empty() {
-            query = query.filter(order::Column::Channel.eq(&req.channel));
-        }
-        if !req.external_order_id.is_empty() {
-            query = query.filter(order::Column::ExternalOrderId.eq(&req.external_order_id));
-        }
-        if let Some(status) = erp_runtime::validate::status_filter(
+        let status = erp_runtime::validate::status_filter(
             OrderStatus::try_from(req.status).map(|s| s.as_str_name()),
             "ORDER_STATUS_",
-        )? {
-            query = query.filter(order::Column::Status.eq(status));
-        }
-        let rows = query.offset(offset).limit(size).all(&self.db).await?;
+        )?;
+        let rows = store::orders_page(
+            &self.db,
+            &req.channel,
+            &req.external_order_id,
+            status,
+            offset,
+            size,
+        )
+        .await?;
         let next = next_page_token(offset, rows.len(), size);
         // The lines of the whole page in one query.
-        let mut lines = line::Entity::find()
-            .filter(line::Column::OrderId.is_in(rows.iter().map(|o| o.order_id.clone())))
-            .order_by_asc(line::Column::LineNumber)
-            .all(&self.db)
-            .await?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for o in rows {
-            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut lines)
-                .into_iter()
-                .partition(|l| l.order_id == o.order_id);
-            lines = rest;
-            orders.push(order_to_wire(o, mine));
-        }
+        let orders = store::with_lines(&self.db, rows).await?;
         Ok(ListOrdersResponse {
-            orders,
+            orders: orders
+                .into_iter()
+                .map(|(o, lines)| order_to_wire(o, lines))
+                .collect(),
             next_page_token: next,
         })
     }
@@ -247,7 +233,7 @@ impl OrderApi {
         v.check(req.line_ids.len() <= 500, "line_ids", "at most 500 lines");
         v.finish()?;
         let (txn, guard) = erp_runtime::begin_idempotent!(&self.db, "order.CancelOrder", req);
-        let (o, lines) = load_for_update(&txn, &req.order_id).await?;
+        let (o, lines) = store::order_for_update(&txn, &req.order_id).await?;
         let before = lines_state(&lines);
         for id in &req.line_ids {
             if !lines.iter().any(|l| &l.line_id == id) {
@@ -286,18 +272,11 @@ impl OrderApi {
             .as_ref()
             .map(|a| a.reason.clone())
             .unwrap_or_default();
-        let order = save_lines(&txn, o, changed, None).await?;
-        let mut order = order;
+        let (o, saved) = store::save_quantities(&txn, o, changed, None).await?;
+        let mut order = order_to_wire(o, saved);
         if order.status == OrderStatus::Cancelled as i32 {
             order.status_reason = format!("cancelled: {reason}");
-            order::Entity::update_many()
-                .col_expr(
-                    order::Column::StatusReason,
-                    sea_orm::sea_query::Expr::value(order.status_reason.clone()),
-                )
-                .filter(order::Column::OrderId.eq(&req.order_id))
-                .exec(&txn)
-                .await?;
+            store::set_status_reason(&txn, &req.order_id, order.status_reason.clone()).await?;
         }
         outbox::enqueue(
             &txn,
