@@ -134,6 +134,19 @@ impl From<sea_orm::DbErr> for ApiError {
                 tracing::warn!(%reference, error = %err, "database unavailable");
                 Self::Unavailable(format!("database unavailable; reference {reference}"))
             }
+            _ if matches!(
+                err.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) =>
+            {
+                // Two writers raced to create the same record (read, nothing there, insert):
+                // the loser's retry reads the winner's row and answers as a repeat would.
+                let reference = uuid::Uuid::now_v7();
+                tracing::warn!(%reference, error = %err, "concurrent insert of one key");
+                Self::Aborted(format!(
+                    "a concurrent request created the same record; retry; reference {reference}"
+                ))
+            }
             _ => {
                 let text = err.to_string();
                 // Serialization failures and lock timeouts are worth a retry by the caller.
@@ -214,6 +227,31 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    /// Against a real SQLite file: an insert that loses a race on a unique key is ABORTED
+    /// (retry and be answered as a repeat), not INTERNAL.
+    #[tokio::test]
+    async fn unique_violation_is_aborted() {
+        use sea_orm::{ConnectionTrait, Database};
+        let path = std::env::temp_dir().join(format!("erp-unique-{}.db", uuid::Uuid::now_v7()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let db = Database::connect(&url).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            .await
+            .unwrap();
+        db.execute_unprepared("INSERT INTO t VALUES ('a')")
+            .await
+            .unwrap();
+        let err = db
+            .execute_unprepared("INSERT INTO t VALUES ('a')")
+            .await
+            .unwrap_err();
+        let status: Status = ApiError::from(err).into();
+        assert_eq!(status.code(), Code::Aborted, "{}", status.message());
+        assert!(status.message().contains("retry"), "{}", status.message());
+        db.close().await.unwrap();
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
