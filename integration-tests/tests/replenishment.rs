@@ -588,3 +588,205 @@ async fn a_low_stock_event_drafts_a_purchase_order_once() {
     c.assert_reconciled().await;
     s.stop().await.unwrap();
 }
+
+/// Receipts, sends and cancels of the same purchase orders racing each other: the order's lock
+/// is held from the status check to the write, so no order takes in more than it ordered, a
+/// cancel racing a send leaves no inbound stock behind.
+async fn races(backend: Backend) {
+    use erp_runtime::auth::roles;
+    let (s, mut c) = seeded(&backend).await;
+    let p = c.procurement.clone();
+    c.create_item("GIZMO", 100, 100, 0).await;
+    let supplier = p
+        .clone()
+        .create_supplier(CreateSupplierRequest {
+            code: "gizmoco".into(),
+            name: "Gizmo Co".into(),
+            currency: "USD".into(),
+            contact_email: "sales@gizmoco.example".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .supplier
+        .unwrap();
+    p.clone()
+        .set_supplier_term(SetSupplierTermRequest {
+            term: Some(SupplierTerm {
+                supplier_id: supplier.supplier_id.clone(),
+                sku: "GIZMO".into(),
+                unit_cost: usd(100),
+                lead_time_days: 3,
+                minimum_order_quantity: 1,
+                pack_multiple: 1,
+            }),
+        })
+        .await
+        .unwrap();
+    let approver = c
+        .as_principal("approver-1", &[roles::APPROVER], Some(5_000_000))
+        .procurement;
+    let approved_po = |key: String| {
+        let mut p = p.clone();
+        let mut approver = approver.clone();
+        let supplier_id = supplier.supplier_id.clone();
+        async move {
+            let id = p
+                .create_purchase_order(CreatePurchaseOrderRequest {
+                    idempotency_key: key,
+                    supplier_id,
+                    location: "east".into(),
+                    lines: vec![PurchaseOrderLine {
+                        sku: "GIZMO".into(),
+                        quantity: 10,
+                        unit_cost: None,
+                        received_quantity: 0,
+                    }],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .purchase_order
+                .unwrap()
+                .purchase_order_id;
+            approver
+                .approve_purchase_order(ApprovePurchaseOrderRequest {
+                    purchase_order_id: id.clone(),
+                    approver: Some(Actor {
+                        id: String::new(),
+                        reason: "race test".into(),
+                    }),
+                })
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let cancel = |id: &str| CancelPurchaseOrderRequest {
+        purchase_order_id: id.to_owned(),
+        actor: Some(Actor {
+            id: String::new(),
+            reason: "supplier cannot deliver".into(),
+        }),
+    };
+
+    // Eight receipts of the whole order, each under its own key, at once: one is taken in.
+    let po = approved_po("gizmo-po-receive".into()).await;
+    p.clone()
+        .send_purchase_order(SendPurchaseOrderRequest {
+            purchase_order_id: po.clone(),
+        })
+        .await
+        .unwrap();
+    let before = stock(&mut c, "GIZMO", "east").await.on_hand;
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let mut p = p.clone();
+        let po = po.clone();
+        tasks.push(tokio::spawn(async move {
+            p.receive_purchase_order(ReceivePurchaseOrderRequest {
+                idempotency_key: format!("gizmo-dock-{k}"),
+                purchase_order_id: po,
+                lines: vec![ReceivedLine {
+                    sku: "GIZMO".into(),
+                    quantity: 10,
+                }],
+                received_at: None,
+            })
+            .await
+        }));
+    }
+    let mut taken = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => taken += 1,
+            Err(e) => assert!(
+                matches!(
+                    e.code(),
+                    tonic::Code::FailedPrecondition
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::Aborted
+                ),
+                "{e:?}"
+            ),
+        }
+    }
+    assert_eq!(taken, 1, "{backend:?}: exactly one receipt of the order");
+    let got = p
+        .clone()
+        .get_purchase_order(GetPurchaseOrderRequest {
+            purchase_order_id: po.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .purchase_order
+        .unwrap();
+    assert_eq!(got.lines[0].received_quantity, 10);
+    assert_eq!(got.status, PurchaseOrderStatus::Received as i32);
+    assert_eq!(stock(&mut c, "GIZMO", "east").await.on_hand, before + 10);
+
+    // Sends and cancels of six orders at once: whichever goes first, every order ends
+    // cancelled (cancelled before it was sent, or sent and then cancelled with its inbound),
+    // and no inbound stock is left behind.
+    let mut ids = Vec::new();
+    for k in 0..6 {
+        ids.push(approved_po(format!("gizmo-po-race-{k}")).await);
+    }
+    let mut tasks = Vec::new();
+    for id in &ids {
+        let (mut a, mut b) = (p.clone(), p.clone());
+        let (send, cancel) = (
+            SendPurchaseOrderRequest {
+                purchase_order_id: id.clone(),
+            },
+            cancel(id),
+        );
+        tasks.push(tokio::spawn(async move {
+            a.send_purchase_order(send).await.map(|_| ())
+        }));
+        tasks.push(tokio::spawn(async move {
+            b.cancel_purchase_order(cancel).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        }
+    }
+    for id in &ids {
+        let o = p
+            .clone()
+            .get_purchase_order(GetPurchaseOrderRequest {
+                purchase_order_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .purchase_order
+            .unwrap();
+        assert_eq!(
+            o.status,
+            PurchaseOrderStatus::Cancelled as i32,
+            "{backend:?}"
+        );
+    }
+    assert_eq!(
+        stock(&mut c, "GIZMO", "east").await.inbound,
+        0,
+        "{backend:?}: no inbound left by a cancel racing a send"
+    );
+
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_receipts_sends_and_cancels_keep_purchase_orders_whole_on_every_backend() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "racing_receipts_sends_and_cancels_keep_purchase_orders_whole_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        races(backend).await;
+    }
+}

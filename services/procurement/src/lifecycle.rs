@@ -250,12 +250,15 @@ impl ProcurementApi {
         let mut v = Violations::new();
         v.id("purchase_order_id", &req.purchase_order_id);
         v.finish()?;
-        let p = store::po(&self.db, &req.purchase_order_id, false).await?;
+        // Locked from the status read to the status write, like a cancel: a cancel arriving
+        // meanwhile waits, then sees the order sent and cancels the inbound recorded here.
+        let txn = self.db.begin().await?;
+        let p = store::po(&txn, &req.purchase_order_id, true).await?;
         match p.status.as_str() {
             "approved" => {}
             "sent" | "partially_received" | "received" => {
                 return Ok(SendPurchaseOrderResponse {
-                    purchase_order: Some(load_po(&self.db, &p.purchase_order_id).await?),
+                    purchase_order: Some(load_po(&txn, &p.purchase_order_id).await?),
                 });
             }
             other => {
@@ -269,7 +272,7 @@ impl ProcurementApi {
         let now = now_ms();
         let lead_ms = (p.expected_at_ms - p.created_at_ms).max(0);
         let expected = now + lead_ms;
-        let lines = store::lines_of(&self.db, &p.purchase_order_id).await?;
+        let lines = store::lines_of(&txn, &p.purchase_order_id).await?;
         // Keys derived from the order: a retry after a failure part-way records nothing twice.
         for l in &lines {
             self.inventory
@@ -288,7 +291,6 @@ impl ProcurementApi {
                 .await
                 .map_err(upstream)?;
         }
-        let txn = self.db.begin().await?;
         if store::mark_sent(&txn, &p.purchase_order_id, now, expected).await? {
             outbox::enqueue(
                 &txn,
@@ -331,7 +333,10 @@ impl ProcurementApi {
         {
             return Ok(replay);
         }
-        let p = store::po(&self.db, &req.purchase_order_id, false).await?;
+        // Locked from the checks to the write: two receipts, or a receipt and a cancel, of one
+        // order apply one after the other, and none takes in more than is still expected.
+        let txn = self.db.begin().await?;
+        let p = store::po(&txn, &req.purchase_order_id, true).await?;
         if !matches!(p.status.as_str(), "sent" | "partially_received") {
             return Err(ProcurementError::NotReceivable {
                 po: p.purchase_order_id,
@@ -339,7 +344,7 @@ impl ProcurementApi {
             }
             .into());
         }
-        let lines = store::lines_of(&self.db, &p.purchase_order_id).await?;
+        let lines = store::lines_of(&txn, &p.purchase_order_id).await?;
         let mut v = Violations::new();
         for (i, r) in req.lines.iter().enumerate() {
             match lines.iter().find(|l| l.sku == r.sku) {
@@ -390,11 +395,12 @@ impl ProcurementApi {
             .iter()
             .map(|l| (l.sku.clone(), l.quantity))
             .collect();
-        self.apply_receipt(&recorded.receipt_id, &p.purchase_order_id, &received, at)
-            .await?;
+        Self::apply_receipt_in(&txn, p, lines, &recorded.receipt_id, &received, at).await?;
         let response = ReceivePurchaseOrderResponse {
-            purchase_order: Some(load_po(&self.db, &p.purchase_order_id).await?),
+            purchase_order: Some(load_po(&txn, &req.purchase_order_id).await?),
         };
+        txn.commit().await?;
+        self.outbox.wake();
         // A concurrent retry may have recorded it first: its answer is as good as ours.
         let _ = idempotency::record(
             &self.db,
@@ -422,7 +428,27 @@ impl ProcurementApi {
         let Some(p) = store::po_if_any(&txn, purchase_order_id, true).await? else {
             return Ok(false);
         };
-        let mut lines = store::lines_of(&txn, purchase_order_id).await?;
+        let lines = store::lines_of(&txn, purchase_order_id).await?;
+        if !Self::apply_receipt_in(&txn, p, lines, receipt_id, received, at).await? {
+            return Ok(false);
+        }
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(true)
+    }
+
+    /// Applies a receipt to the order `p` (locked by the caller, with its `lines`), once per
+    /// receipt id. Goods that arrive after a cancel or a close are counted as received (they
+    /// are in the warehouse, and the supplier will bill them) without reopening the order.
+    async fn apply_receipt_in<C: sea_orm::ConnectionTrait>(
+        txn: &C,
+        p: po::Model,
+        mut lines: Vec<po_line::Model>,
+        receipt_id: &str,
+        received: &[(String, i64)],
+        at: i64,
+    ) -> ApiResult<bool> {
+        let purchase_order_id = p.purchase_order_id.as_str();
         let costed: Vec<serde_json::Value> = received
             .iter()
             .filter_map(|(sku, quantity)| {
@@ -433,7 +459,7 @@ impl ProcurementApi {
         // The receipt row first, claiming the receipt: the API call that recorded it and the
         // consumer of the warehouse's event race to apply it, and exactly one of them does.
         let lines_json = serde_json::Value::Array(costed.clone()).to_string();
-        if !store::claim_receipt(&txn, receipt_id, purchase_order_id, lines_json, at).await? {
+        if !store::claim_receipt(txn, receipt_id, purchase_order_id, lines_json, at).await? {
             return Ok(false);
         }
         for (sku, quantity) in received {
@@ -444,24 +470,28 @@ impl ProcurementApi {
                     .ok_or(ProcurementError::QuantityOutOfRange)?;
                 let mut am: po_line::ActiveModel = l.clone().into();
                 am.received_quantity = Set(l.received_quantity);
-                am.update(&txn).await?;
+                am.update(txn).await?;
             }
         }
         let complete = lines.iter().all(|l| l.received_quantity >= l.quantity);
-        let status = if complete {
-            "received"
-        } else {
-            "partially_received"
-        };
-        let mut am: po::ActiveModel = p.clone().into();
-        am.status = Set(status.into());
-        if complete {
-            am.received_at_ms = Set(Some(at));
+        let status = match p.status.as_str() {
+            "sent" | "partially_received" if complete => "received",
+            "sent" | "partially_received" => "partially_received",
+            // Cancelled, closed or received already: the receipt does not reopen it.
+            other => other,
         }
-        am.update(&txn).await?;
+        .to_owned();
+        let mut am: po::ActiveModel = p.clone().into();
+        if status != p.status {
+            am.status = Set(status.clone());
+            if status == "received" {
+                am.received_at_ms = Set(Some(at));
+            }
+            am.update(txn).await?;
+        }
         // Finance values the receipt (cost, landed cost) from this.
         outbox::enqueue(
-            &txn,
+            txn,
             "procurement.po_received",
             purchase_order_id,
             &serde_json::json!({
@@ -471,8 +501,6 @@ impl ProcurementApi {
             }),
         )
         .await?;
-        txn.commit().await?;
-        self.outbox.wake();
         Ok(true)
     }
 
