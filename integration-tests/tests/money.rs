@@ -259,11 +259,30 @@ async fn money_after_shipment(backend: Backend) {
     assert_eq!(r.matched_lines, 5);
     let again = c
         .finance
-        .reconcile_settlement(report)
+        .reconcile_settlement(report.clone())
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r, again);
+    // The same settlement reported again under new keys, some at once: its payout is not
+    // posted a second time.
+    let mut tasks = Vec::new();
+    for k in 0..4 {
+        let mut f = c.finance.clone();
+        let mut report = report.clone();
+        report.idempotency_key = format!("settle-2026-11-27-again-{k}");
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match f.reconcile_settlement(report.clone()).await {
+                    Err(e) if e.code() == tonic::Code::Aborted => continue,
+                    other => return other.map(|r| r.into_inner()),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), r);
+    }
     let tb = balances(&mut c).await;
     assert_eq!(tb.get("1000").copied().unwrap_or(0) - cash_before, payout);
     c.assert_reconciled().await;

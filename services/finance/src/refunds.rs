@@ -269,12 +269,26 @@ impl FinanceApi {
                 &reason,
             )
             .await?;
+        let before = approval_state(&a);
         let mut am: refund_approval::ActiveModel = a.into();
         am.status = Set("approved".into());
         am.decided_by = Set(caller.subject.clone());
         am.decision_reason = Set(req.reason.clone());
         am.decided_at_ms = Set(Some(now_ms()));
         let a = am.update(&txn).await?;
+        // The decision itself is audited, like a rejection (the payment's change is audited
+        // by pay_refund).
+        audit::record(
+            &txn,
+            audit::Change {
+                caller,
+                target: format!("refund_approval:{}", a.approval_id),
+                reason: &reason,
+                before: Some(before),
+                after: Some(approval_state(&a)),
+            },
+        )
+        .await?;
         txn.commit().await?;
         Ok(ApproveRefundResponse {
             payment: Some(payment_to_wire(p)),

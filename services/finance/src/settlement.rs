@@ -390,7 +390,8 @@ impl FinanceApi {
                     ),
                 ));
             }
-            if paid > 0 {
+            let payout_id = format!("{}:{}", req.channel, req.settlement_id);
+            if paid > 0 && !store::payout_posted(&txn, &payout_id).await? {
                 let line = |account: &str, debit: i64, credit: i64| JournalLine {
                     account_code: account.into(),
                     debit_minor: debit,
@@ -404,8 +405,8 @@ impl FinanceApi {
                     &txn,
                     &format!("{} settlement {}", req.channel, req.settlement_id),
                     Some(&SourceDocument {
-                        kind: "settlement".into(),
-                        id: req.settlement_id.clone(),
+                        kind: store::PAYOUT_KIND.into(),
+                        id: payout_id,
                     }),
                     &[line("1000", paid, 0), line("1200", 0, paid)],
                     "",

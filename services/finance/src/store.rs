@@ -127,6 +127,14 @@ CREATE TABLE refund_approvals (
 CREATE INDEX refund_approvals_status ON refund_approvals (status, requested_at_ms)",
                 drops: &["refund_approvals"],
             }),
+            Box::new(DdlMigration {
+                name: "m20261130_000002_one_payout_per_settlement",
+                // A settlement's payout is posted once, whatever idempotency key the report
+                // carries: a second writer's insert fails here and its retry finds the first.
+                up: "CREATE UNIQUE INDEX journal_entries_payout ON journal_entries (source_kind, source_id) \
+                     WHERE source_kind = 'settlement_payout'",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -404,3 +412,16 @@ pub async fn approvals_page<C: ConnectionTrait>(
     }
     Ok(q.offset(offset).limit(limit).all(c).await?)
 }
+
+/// Whether the payout of settlement `source_id` (channel:settlement) was posted already.
+pub async fn payout_posted<C: ConnectionTrait>(c: &C, source_id: &str) -> ApiResult<bool> {
+    Ok(entry::Entity::find()
+        .filter(entry::Column::SourceKind.eq(PAYOUT_KIND))
+        .filter(entry::Column::SourceId.eq(source_id))
+        .one(c)
+        .await?
+        .is_some())
+}
+
+/// The source-document kind of a settlement's payout entry.
+pub const PAYOUT_KIND: &str = "settlement_payout";

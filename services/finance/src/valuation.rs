@@ -66,7 +66,12 @@ impl FinanceApi {
             order_id: order_id.clone(),
             memo: format!("{reason}: {sku}"),
         };
-        let amount = value.abs();
+        let Some(amount) = value.checked_abs() else {
+            // i64::MIN has no positive counterpart: nothing real is worth that much.
+            tracing::error!(event_id = %event.id, value, "stock movement value out of range; not posted");
+            txn.commit().await?;
+            return Ok(());
+        };
         let lines = if expensed {
             vec![line("5000", amount, 0), line(counter, 0, amount)]
         } else if value > 0 {
