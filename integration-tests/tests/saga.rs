@@ -638,3 +638,110 @@ async fn forged_ship_signals_are_refused_on_every_backend() {
         forged_ship_signals_are_refused(backend).await;
     }
 }
+
+/// `WatchSaga` over a real socket: watched by order before its saga exists, the stream shows
+/// each wait as it starts (the floor acts on what it sees, without polling), ends once the saga
+/// completes, and watching a finished saga gives its state once. Bad requests are refused.
+async fn watched(backend: Backend) {
+    use erp_proto::orchestrator::WatchSagaRequest;
+    let (s, mut c) = seeded(&backend).await;
+    let order = c.place("W-1", "MUG-BLUE", 1, "tok_visa", "standard").await;
+    let mut stream = c
+        .orchestrator
+        .watch_saga(WatchSagaRequest {
+            saga_id: String::new(),
+            order_id: order.clone(),
+            with_timeline: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let mut saga_id = String::new();
+    while let Some(msg) = tokio::time::timeout(T, stream.message())
+        .await
+        .expect("a change within the timeout")
+        .unwrap()
+    {
+        let saga = msg.saga.unwrap();
+        assert!(saga.timeline.is_empty(), "no timeline unless asked");
+        saga_id = saga.saga_id.clone();
+        let status = SagaStatus::try_from(saga.status).unwrap();
+        seen.push((status, saga.current_step.clone()));
+        if status == SagaStatus::Waiting && saga.current_step == "await_pack" {
+            c.pick_and_pack(&order).await;
+        }
+        if status == SagaStatus::Waiting && saga.current_step == "await_shipment" {
+            c.confirm_ship(&order).await;
+        }
+    }
+    let at = |status: SagaStatus, step: &str| {
+        seen.iter()
+            .position(|(s, st)| *s == status && st == step)
+            .unwrap_or_else(|| panic!("{status:?} at {step} not seen in {seen:?}"))
+    };
+    let pack = at(SagaStatus::Waiting, "await_pack");
+    let ship = at(SagaStatus::Waiting, "await_shipment");
+    assert!(pack < ship, "{seen:?}");
+    assert_eq!(
+        seen.last().unwrap().0,
+        SagaStatus::Completed,
+        "the stream ends with the saga: {seen:?}"
+    );
+
+    // A finished saga: its state once, with the timeline when asked, then the end.
+    let mut again = c
+        .orchestrator
+        .watch_saga(WatchSagaRequest {
+            saga_id: saga_id.clone(),
+            order_id: String::new(),
+            with_timeline: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let only = again.message().await.unwrap().unwrap().saga.unwrap();
+    assert_eq!(only.status, SagaStatus::Completed as i32);
+    assert!(!only.timeline.is_empty());
+    assert!(again.message().await.unwrap().is_none());
+
+    // Refused: both ids, neither, and a saga that does not exist.
+    for (saga_id, order_id) in [("", ""), ("a", "b"), ("not-a-uuid", "")] {
+        let err = c
+            .orchestrator
+            .watch_saga(WatchSagaRequest {
+                saga_id: saga_id.into(),
+                order_id: order_id.into(),
+                with_timeline: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    }
+    let mut missing = c
+        .orchestrator
+        .watch_saga(WatchSagaRequest {
+            saga_id: "0192f0c0-0000-7000-8000-000000000000".into(),
+            order_id: String::new(),
+            with_timeline: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        missing.message().await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_saga_streams_every_change_until_the_end_on_every_backend() {
+    let _watchdog = erp_runtime::testing::watchdog(
+        "watch_saga_streams_every_change_until_the_end_on_every_backend",
+        Duration::from_secs(300),
+    );
+    for backend in testing::backends() {
+        watched(backend).await;
+    }
+}

@@ -34,6 +34,9 @@ pub struct OrchestratorApi {
     warehouse: erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient<
         erp_runtime::auth::PeerChannel,
     >,
+    /// The replica's open watches, told of the engine's commits.
+    changes: crate::watch::Changes,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl OrchestratorApi {
@@ -48,7 +51,20 @@ impl OrchestratorApi {
             warehouse: erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient::new(
                 warehouse,
             ),
+            changes: crate::watch::Changes::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Serves `WatchSaga` from `changes` (the engine's), its streams ending at `shutdown`.
+    pub fn with_watches(
+        mut self,
+        changes: crate::watch::Changes,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        self.changes = changes;
+        self.shutdown = shutdown;
+        self
     }
 
     /// A SHIPPED signal from outside is a claim, not a fact: it must name a fulfillment of the
@@ -134,7 +150,24 @@ fn status_from_wire(s: SagaStatus) -> Option<SagaState> {
     })
 }
 
-fn to_wire(m: saga::Model, steps: Vec<step::Model>) -> Saga {
+/// A request naming one saga: by its id or by its order's, not both.
+fn one_saga(saga_id: &str, order_id: &str) -> ApiResult<()> {
+    let mut v = Violations::new();
+    v.check(
+        saga_id.is_empty() != order_id.is_empty(),
+        "saga_id",
+        "give exactly one of saga_id and order_id",
+    );
+    if !saga_id.is_empty() {
+        v.id("saga_id", saga_id);
+    }
+    if !order_id.is_empty() {
+        v.id("order_id", order_id);
+    }
+    v.finish()
+}
+
+pub(crate) fn to_wire(m: saga::Model, steps: Vec<step::Model>) -> Saga {
     Saga {
         saga_id: m.saga_id,
         definition: m.definition,
@@ -494,19 +527,7 @@ impl OrchestratorApi {
     }
 
     async fn get_saga(&self, req: GetSagaRequest) -> ApiResult<GetSagaResponse> {
-        let mut v = Violations::new();
-        v.check(
-            req.saga_id.is_empty() != req.order_id.is_empty(),
-            "saga_id",
-            "give exactly one of saga_id and order_id",
-        );
-        if !req.saga_id.is_empty() {
-            v.id("saga_id", &req.saga_id);
-        }
-        if !req.order_id.is_empty() {
-            v.id("order_id", &req.order_id);
-        }
-        v.finish()?;
+        one_saga(&req.saga_id, &req.order_id)?;
         let query = if req.saga_id.is_empty() {
             saga::Entity::find().filter(saga::Column::OrderId.eq(&req.order_id))
         } else {
@@ -603,6 +624,33 @@ impl OrchestratorService for OrchestratorApi {
         r: Request<GetSagaRequest>,
     ) -> Result<Response<GetSagaResponse>, Status> {
         respond(self.get_saga(r.into_inner()).await)
+    }
+
+    type WatchSagaStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<WatchSagaResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_saga(
+        &self,
+        r: Request<WatchSagaRequest>,
+    ) -> Result<Response<Self::WatchSagaStream>, Status> {
+        let req = r.into_inner();
+        one_saga(&req.saga_id, &req.order_id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(crate::watch::stream(
+            self.db.clone(),
+            self.changes.clone(),
+            self.shutdown.clone(),
+            crate::watch::Watch {
+                saga_id: req.saga_id,
+                order_id: req.order_id,
+                with_timeline: req.with_timeline,
+            },
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn list_sagas(

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod ports;
 pub mod steps;
 pub mod store;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -108,20 +109,23 @@ impl erp_runtime::Service for Service {
         let participants =
             participants::Participants::connect_lazy(&ctx.settings.peers, &ctx.peer)?
                 .with_reauthorize_within(ctx.settings.orchestrator.reauthorize_within_ms);
-        let engine = Arc::new(engine::Engine::new(
+        let mut engine = engine::Engine::new(
             ctx.db.clone(),
             participants,
             ctx.settings.orchestrator.clone(),
             wake.clone(),
             ctx.tasks.clone(),
             ctx.shutdown.clone(),
-        ));
-        engine.spawn();
+        );
+        let changes = watch::Changes::default();
+        engine.changes = changes.clone();
+        Arc::new(engine).spawn();
         let api = api::OrchestratorApi::new(
             ctx.db.clone(),
             wake,
             ctx.peer.channel(&ctx.settings.peers.warehouse)?,
-        );
+        )
+        .with_watches(changes, ctx.shutdown.clone());
         Ok(tonic::service::Routes::new(
             erp_proto::orchestrator::orchestrator_service_server::OrchestratorServiceServer::new(
                 api,

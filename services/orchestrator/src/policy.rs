@@ -10,6 +10,7 @@ pub const POLICY: Policy = Policy {
     rules: &[
         ("StartFulfillment", &[OPERATOR, ORDER]),
         ("GetSaga", &[OPERATOR, CUSTOMER_SERVICE, WAREHOUSE]),
+        ("WatchSaga", &[OPERATOR, CUSTOMER_SERVICE, WAREHOUSE]),
         ("ListSagas", &[OPERATOR, CUSTOMER_SERVICE]),
         ("SignalSaga", &[WAREHOUSE, OPERATOR, WAREHOUSE_SERVICE]),
         ("RetrySaga", &[OPERATOR]),

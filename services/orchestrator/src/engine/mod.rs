@@ -46,6 +46,8 @@ pub struct Engine {
     pub replica: String,
     pub settings: OrchestratorSettings,
     pub wake: Arc<Notify>,
+    /// Told of every committed change, for `WatchSaga` streams.
+    pub changes: crate::watch::Changes,
     running: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
     /// Every saga run is tracked, so a stopped orchestrator has no call left in flight.
@@ -85,6 +87,10 @@ struct State {
     ctx: Ctx,
     /// The database's clock when the current move began (see [`Engine::now`]).
     now: i64,
+    /// The last commit also started the step the saga stands at (its attempt is counted and
+    /// its "started" entry written): the step is called without a commit of its own. Cleared
+    /// by every other commit.
+    started: bool,
 }
 
 impl Engine {
@@ -102,6 +108,7 @@ impl Engine {
             replica: format!("replica-{}", uuid::Uuid::now_v7()),
             settings,
             wake,
+            changes: crate::watch::Changes::default(),
             running: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(64)),
             tasks,
@@ -290,6 +297,7 @@ impl Engine {
         consumed: &[i64],
     ) -> anyhow::Result<bool> {
         let entries: Vec<Log> = entries.into_iter().collect();
+        st.started = false;
         let now = self.now();
         let txn = self.db.begin().await?;
         let m = &st.m;
@@ -372,6 +380,7 @@ impl Engine {
                 .await?;
         }
         txn.commit().await?;
+        self.changes.announce(&m.saga_id, &m.order_id);
         if !consumed.is_empty() {
             failpoint::hit(&["saga", "signal", "after_consume"]).await;
         } else if let Some((step, direction)) = point {
@@ -485,6 +494,7 @@ impl Engine {
             m,
             ctx,
             now: self.now(),
+            started: false,
         };
         if st.ctx.order.is_none() {
             st.ctx.order = Some(OrderSnapshot {

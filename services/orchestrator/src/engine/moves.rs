@@ -93,17 +93,19 @@ impl Engine {
             return Ok(false);
         }
         let policy = step.policy();
-        st.m.status = SagaState::Running;
-        st.m.attempts += 1;
-        // A backordered saga routes again every few seconds: one timeline entry says so, not
-        // one per check.
-        let entry = if st.ctx.backordered {
-            None
-        } else {
-            log(step.name(), "forward", "started", "")
-        };
-        if !self.save(st, entry, &[]).await? {
-            return Ok(false);
+        if !(st.started && st.m.status == SagaState::Running && st.m.current_step == step.name()) {
+            st.m.status = SagaState::Running;
+            st.m.attempts += 1;
+            // A backordered saga routes again every few seconds: one timeline entry says so,
+            // not one per check.
+            let entry = if st.ctx.backordered {
+                None
+            } else {
+                log(step.name(), "forward", "started", "")
+            };
+            if !self.save(st, entry, &[]).await? {
+                return Ok(false);
+            }
         }
         let result = self
             .call(
@@ -150,8 +152,23 @@ impl Engine {
                 st.m.last_error.clear();
                 st.m.next_attempt_at_ms = st.now;
                 let detail = crate::steps::summary(step, &st.ctx);
-                self.save(st, log(step.name(), "forward", "succeeded", detail), &[])
-                    .await
+                let mut entries: Vec<_> = log(step.name(), "forward", "succeeded", detail)
+                    .into_iter()
+                    .collect();
+                // The next step, when it is a call made at once, starts in this same commit:
+                // one commit per step instead of two.
+                let next = usize::try_from(st.m.step_index)
+                    .ok()
+                    .and_then(|n| steps.get(n))
+                    .filter(|n| !n.is_wait());
+                if let Some(next) = next {
+                    st.m.current_step = next.name().to_owned();
+                    st.m.attempts = 1;
+                    entries.extend(log(next.name(), "forward", "started", ""));
+                }
+                let saved = self.save(st, entries, &[]).await?;
+                st.started = saved && next.is_some();
+                Ok(saved)
             }
             Ok(Outcome::Backordered(detail)) => self.backordered(st, &detail).await,
             Ok(Outcome::TakenMeanwhile(detail)) => {
