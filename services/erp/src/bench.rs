@@ -1,13 +1,16 @@
 //! `erp bench`: completed fulfillment sagas per second and their latency, order placed to saga
-//! completed (including the warehouse's pick and ship confirmation, played by the bench), with
-//! the whole suite either in this process on SQLite (embedded) or as seven processes on
-//! PostgreSQL and Redis Streams (distributed). Prints figures; never fails on time.
+//! completed, with the whole suite either in this process on SQLite (embedded) or as seven
+//! processes on PostgreSQL and Redis Streams (distributed). The warehouse floor is simulated
+//! and instant: it reacts to the saga's own stream (`WatchSaga`: waiting for the carton → pick
+//! and pack; waiting for the ship confirmation → ship), so the bench measures the system, not a
+//! client polling it. Alongside: CPU seconds, RPCs and (on PostgreSQL) commits per saga.
+//! Prints figures; never fails on time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use erp_proto::inventory::ReceiveStockRequest;
-use erp_proto::orchestrator::SagaStatus;
+use erp_proto::orchestrator::{SagaStatus, WatchSagaRequest};
 use tokio::sync::Semaphore;
 
 use crate::testkit::Clients;
@@ -17,6 +20,64 @@ pub struct Figures {
     pub failed: usize,
     pub elapsed: Duration,
     pub latencies: Vec<Duration>,
+    /// What the system spent on the run (after minus before), when measured.
+    pub cost: Option<Cost>,
+}
+
+/// What a run cost the system: CPU seconds of every service process, RPCs served, and database
+/// commits per service (PostgreSQL's own count; SQLite keeps none).
+#[derive(Clone, Debug, Default)]
+pub struct Cost {
+    pub cpu_seconds: f64,
+    pub rpcs: f64,
+    pub commits: Vec<(String, i64)>,
+}
+
+impl Cost {
+    fn minus(&self, before: &Cost) -> Cost {
+        Cost {
+            cpu_seconds: self.cpu_seconds - before.cpu_seconds,
+            rpcs: self.rpcs - before.rpcs,
+            commits: self
+                .commits
+                .iter()
+                .map(|(s, n)| {
+                    let was = before
+                        .commits
+                        .iter()
+                        .find(|(b, _)| b == s)
+                        .map_or(0, |(_, n)| *n);
+                    (s.clone(), n - was)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc` (0 elsewhere).
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+        .sum();
+    // USER_HZ is 100 on every Linux this runs on.
+    ticks / 100.0
+}
+
+/// The sum of every `grpc_server_requests_total` sample in a Prometheus text page.
+pub fn rpcs_in(page: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with("grpc_server_requests_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 impl Figures {
@@ -56,8 +117,19 @@ pub async fn stock_up(c: &mut Clients, units: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Places `orders` orders, at most `concurrency` in flight, each driven to completion.
-pub async fn run(c: &Clients, orders: usize, concurrency: usize) -> anyhow::Result<Figures> {
+/// Places `orders` orders, at most `concurrency` in flight, each driven to completion by the
+/// simulated floor; `cost` reads what the system has spent so far.
+pub async fn run<F, Fut>(
+    c: &Clients,
+    orders: usize,
+    concurrency: usize,
+    cost: F,
+) -> anyhow::Result<Figures>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<Cost>>,
+{
+    let before = cost().await;
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let run = uuid::Uuid::now_v7().simple().to_string();
     let started = Instant::now();
@@ -71,22 +143,34 @@ pub async fn run(c: &Clients, orders: usize, concurrency: usize) -> anyhow::Resu
             let t0 = Instant::now();
             let sku = crate::seed::CATALOG[i % 3].0;
             let id = c.place(&external, sku, 1, "tok_visa", "standard").await;
-            let mut shipped = false;
-            loop {
-                let status = c.saga(&id).await.map_or(SagaStatus::Unspecified, |s| {
-                    SagaStatus::try_from(s.status).unwrap_or(SagaStatus::Unspecified)
-                });
-                match status {
-                    SagaStatus::Waiting if !shipped => {
-                        c.ship(&id).await;
+            let mut watch = c
+                .orchestrator
+                .watch_saga(WatchSagaRequest {
+                    saga_id: String::new(),
+                    order_id: id.clone(),
+                    with_timeline: false,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            let (mut packed, mut shipped) = (false, false);
+            while let Ok(Some(msg)) = watch.message().await {
+                let s = msg.saga?;
+                match SagaStatus::try_from(s.status).unwrap_or(SagaStatus::Unspecified) {
+                    SagaStatus::Waiting if s.current_step == "await_pack" && !packed => {
+                        c.pick_and_pack(&id).await;
+                        packed = true;
+                    }
+                    SagaStatus::Waiting if s.current_step == "await_shipment" && !shipped => {
+                        c.confirm_ship(&id).await;
                         shipped = true;
                     }
                     SagaStatus::Completed => return Some(t0.elapsed()),
                     SagaStatus::Compensated | SagaStatus::Parked => return None,
                     _ => {}
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            None
         }));
     }
     let mut figures = Figures {
@@ -94,6 +178,7 @@ pub async fn run(c: &Clients, orders: usize, concurrency: usize) -> anyhow::Resu
         failed: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::with_capacity(orders),
+        cost: None,
     };
     for t in tasks {
         match t.await? {
@@ -105,6 +190,10 @@ pub async fn run(c: &Clients, orders: usize, concurrency: usize) -> anyhow::Resu
         }
     }
     figures.elapsed = started.elapsed();
+    figures.cost = match (before, cost().await) {
+        (Some(before), Some(after)) => Some(after.minus(&before)),
+        _ => None,
+    };
     Ok(figures)
 }
 
@@ -118,6 +207,28 @@ pub fn print(mode: &str, f: &Figures, pg_commits_per_second: Option<f64>) {
         f.percentile(0.5).as_secs_f64() * 1000.0,
         f.percentile(0.99).as_secs_f64() * 1000.0,
     );
+    if let Some(cost) = &f.cost {
+        let n = f.completed.max(1) as f64;
+        let commits: Vec<String> = cost
+            .commits
+            .iter()
+            .map(|(s, c)| format!("{s} {:.1}", *c as f64 / n))
+            .collect();
+        println!(
+            "{mode:<12} per saga: {:.1} ms CPU, {:.1} RPCs{}",
+            cost.cpu_seconds / n * 1000.0,
+            cost.rpcs / n,
+            if commits.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {:.1} commits ({})",
+                    cost.commits.iter().map(|(_, c)| *c as f64).sum::<f64>() / n,
+                    commits.join(", ")
+                )
+            }
+        );
+    }
     if let Some(ceiling) = pg_commits_per_second {
         println!(
             "{mode:<12} ratio to this machine's PostgreSQL one-row-update commit ceiling ({ceiling:.0}/s): {:.4} sagas per commit-slot",
@@ -148,19 +259,26 @@ pub async fn distributed(
     let jwks = std::env::temp_dir().join(format!("erp-bench-{tag}-jwks.json"));
     let mut settings = crate::tool_settings(&jwks)?;
     let peers = &mut settings.peers;
+    let free_port = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
     let mut ports = Vec::new();
     for service in erp_runtime::config::SERVICES {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         peers.set(service, format!("http://127.0.0.1:{port}"));
-        ports.push((service, port));
+        ports.push((service, port, free_port()?));
     }
     let mut children = Vec::new();
-    for (service, port) in &ports {
+    for (service, port, metrics_port) in &ports {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["serve", service])
             .env("ERP__SERVER__PORT", port.to_string())
+            .env(
+                "ERP__TELEMETRY__METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
             .env(
                 "ERP__DATABASE__URL",
                 format!("{}/b{tag}_{{service}}", postgres.trim_end_matches('/')),
@@ -193,7 +311,32 @@ pub async fn distributed(
         );
         children.push(child);
     }
-    let result = async { seed_and_run(&settings, orders, concurrency).await }.await;
+    let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
+    let metrics: Vec<String> = ports
+        .iter()
+        .map(|(_, _, m)| format!("http://127.0.0.1:{m}/metrics"))
+        .collect();
+    let databases: Vec<(String, String)> = erp_runtime::config::SERVICES
+        .iter()
+        .map(|s| ((*s).to_owned(), format!("b{tag}_{s}")))
+        .collect();
+    let admin = format!("{}/postgres", postgres.trim_end_matches('/'));
+    let cost = || {
+        let (pids, metrics, databases, admin) = (&pids, &metrics, &databases, &admin);
+        async move {
+            let http = reqwest::Client::new();
+            let mut rpcs = 0.0;
+            for url in metrics {
+                rpcs += rpcs_in(&http.get(url).send().await.ok()?.text().await.ok()?);
+            }
+            Some(Cost {
+                cpu_seconds: pids.iter().map(|p| cpu_seconds(p)).sum(),
+                rpcs,
+                commits: pg_commits(admin, databases).await.ok()?,
+            })
+        }
+    };
+    let result = async { seed_and_run(&settings, orders, concurrency, cost).await }.await;
     let _ = std::fs::remove_file(&jwks);
     for mut child in children {
         let _ = child.kill();
@@ -202,15 +345,45 @@ pub async fn distributed(
     result
 }
 
-async fn seed_and_run(
+async fn seed_and_run<F, Fut>(
     settings: &erp_runtime::config::Settings,
     orders: usize,
     concurrency: usize,
-) -> anyhow::Result<Figures> {
+    cost: F,
+) -> anyhow::Result<Figures>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<Cost>>,
+{
     let mut c = Clients::for_settings(settings);
     crate::seed::seed_with(&c).await?;
     stock_up(&mut c, 1_000_000).await?;
-    run(&c, orders, concurrency).await
+    run(&c, orders, concurrency, cost).await
+}
+
+/// Commits so far in each service's PostgreSQL database (`pg_stat_database`, which the
+/// server updates within a second or so: the bench waits that long before reading).
+async fn pg_commits(
+    admin: &str,
+    databases: &[(String, String)],
+) -> anyhow::Result<Vec<(String, i64)>> {
+    use sea_orm_migration::sea_orm::{ConnectionTrait, Database, Statement};
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let db = Database::connect(admin).await?;
+    let mut out = Vec::new();
+    for (service, name) in databases {
+        let row = db
+            .query_one_raw(Statement::from_sql_and_values(
+                db.get_database_backend(),
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+                [name.clone().into()],
+            ))
+            .await?;
+        let n: i64 = row.map_or(Ok(0), |r| r.try_get("", "xact_commit"))?;
+        out.push((service.clone(), n));
+    }
+    db.close().await?;
+    Ok(out)
 }
 
 /// Figures of one flash sale.
@@ -244,6 +417,7 @@ impl Flash {
             failed: 0,
             elapsed: self.elapsed,
             latencies: self.latencies.clone(),
+            cost: None,
         }
         .percentile(p)
     }

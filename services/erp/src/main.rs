@@ -212,7 +212,22 @@ async fn main() -> anyhow::Result<()> {
                     erp::seed::seed(&suite).await?;
                     let mut c = erp::testkit::Clients::for_suite(&suite);
                     erp::bench::stock_up(&mut c, 1_000_000).await?;
-                    let f = erp::bench::run(&c, orders, concurrency).await?;
+                    // Every service runs in this process: its CPU and the RPCs it counts.
+                    let recorder =
+                        metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+                    let handle = recorder.handle();
+                    let counted = metrics::set_global_recorder(recorder).is_ok();
+                    let cost = || {
+                        let page = handle.render();
+                        async move {
+                            counted.then(|| erp::bench::Cost {
+                                cpu_seconds: erp::bench::cpu_seconds("self"),
+                                rpcs: erp::bench::rpcs_in(&page),
+                                commits: Vec::new(),
+                            })
+                        }
+                    };
+                    let f = erp::bench::run(&c, orders, concurrency, cost).await?;
                     suite.stop().await?;
                     let _ = std::fs::remove_dir_all(dir);
                     f
