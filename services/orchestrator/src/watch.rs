@@ -1,7 +1,8 @@
-//! Who is told when a saga changes: the engine announces each commit of a saga by its id and its
-//! order's id, and the `WatchSaga` streams waiting on either key wake at once. Only the
-//! watchers of that saga wake (no broadcast to every stream), so a thousand open watches cost
-//! nothing to sagas nobody watches.
+//! Who is told when a saga changes: the engine announces each commit of a saga, with the row it
+//! committed, by the saga's id and its order's id, and the `WatchSaga` streams waiting on
+//! either key wake at once and send that row without reading it back. Only the watchers of
+//! that saga wake (no broadcast to every stream), so a thousand open watches cost nothing to
+//! sagas nobody watches.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -22,21 +23,33 @@ const REREAD: Duration = Duration::from_secs(1);
 /// The registry of open watches, shared by the engine and the API of one replica.
 #[derive(Clone, Default)]
 pub struct Changes {
-    watchers: Arc<Mutex<HashMap<String, Vec<Weak<Notify>>>>>,
+    watchers: Arc<Mutex<HashMap<String, Vec<Weak<Slot>>>>>,
+}
+
+/// What one watcher is told: that something changed, and the newest row committed.
+#[derive(Default)]
+struct Slot {
+    notify: Notify,
+    latest: Mutex<Option<saga::Model>>,
 }
 
 /// One open watch of a key; unregistered when dropped.
 pub struct Subscription {
     changes: Changes,
     key: String,
-    notify: Arc<Notify>,
+    notify: Arc<Slot>,
 }
 
 impl Subscription {
     /// Resolves at the next change announced for the key (or at once when one was announced
     /// since the last wait).
     pub async fn changed(&self) {
-        self.notify.notified().await;
+        self.notify.notify.notified().await;
+    }
+
+    /// The newest row announced since the last call, if any.
+    pub fn latest(&self) -> Option<saga::Model> {
+        self.notify.latest.lock().ok().and_then(|mut l| l.take())
     }
 }
 
@@ -56,7 +69,7 @@ impl Drop for Subscription {
 impl Changes {
     /// Watches `key` (a saga id or an order id).
     pub fn subscribe(&self, key: &str) -> Subscription {
-        let notify = Arc::new(Notify::new());
+        let notify = Arc::new(Slot::default());
         if let Ok(mut map) = self.watchers.lock() {
             map.entry(key.to_owned())
                 .or_default()
@@ -69,18 +82,21 @@ impl Changes {
         }
     }
 
-    /// Tells the watchers of `saga_id` and of `order_id` that the saga committed a change.
-    pub fn announce(&self, saga_id: &str, order_id: &str) {
+    /// Tells the watchers of the saga (by its id and by its order's) that it committed `m`.
+    pub fn announce(&self, m: &saga::Model) {
         let Ok(map) = self.watchers.lock() else {
             return;
         };
         if map.is_empty() {
             return;
         }
-        for key in [saga_id, order_id] {
-            for n in map.get(key).into_iter().flatten() {
-                if let Some(n) = n.upgrade() {
-                    n.notify_one();
+        for key in [&m.saga_id, &m.order_id] {
+            for slot in map.get(key.as_str()).into_iter().flatten() {
+                if let Some(slot) = slot.upgrade() {
+                    if let Ok(mut latest) = slot.latest.lock() {
+                        *latest = Some(m.clone());
+                    }
+                    slot.notify.notify_one();
                 }
             }
         }
@@ -115,13 +131,20 @@ pub async fn stream(
         &watch.order_id
     });
     let mut last: Option<(SagaState, i32, String, i32, i64)> = None;
+    let mut announced = None;
     loop {
         let query = if by_saga {
             saga::Entity::find().filter(saga::Column::SagaId.eq(&watch.saga_id))
         } else {
             saga::Entity::find().filter(saga::Column::OrderId.eq(&watch.order_id))
         };
-        match query.one(&db).await {
+        // The row this replica just committed, or the database's (first, and after a quiet
+        // second for what other replicas did).
+        let found = match announced.take() {
+            Some(m) => Ok(Some(m)),
+            None => query.one(&db).await,
+        };
+        match found {
             Err(e) => {
                 let _ = tx.send(Err(ApiError::from(e).into())).await;
                 return;
@@ -178,7 +201,7 @@ pub async fn stream(
             }
         }
         tokio::select! {
-            () = sub.changed() => {}
+            () = sub.changed() => announced = sub.latest(),
             () = tokio::time::sleep(REREAD) => {}
             () = tx.closed() => return,
             () = shutdown.cancelled() => return,
@@ -196,11 +219,34 @@ mod tests {
         let a = changes.subscribe("saga-a");
         let by_order = changes.subscribe("order-a");
         let b = changes.subscribe("saga-b");
-        changes.announce("saga-a", "order-a");
+        changes.announce(&saga::Model {
+            saga_id: "saga-a".into(),
+            order_id: "order-a".into(),
+            definition: String::new(),
+            definition_version: 3,
+            status: SagaState::Running,
+            current_step: "route".into(),
+            attempts: 1,
+            last_error: String::new(),
+            traceparent: String::new(),
+            lease_owner: String::new(),
+            lease_until_ms: 0,
+            next_attempt_at_ms: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            data: String::new(),
+            step_index: 2,
+            resume_status: String::new(),
+            parked_reason: String::new(),
+            suggested_action: String::new(),
+            waiting_skus: String::new(),
+        });
         // Both keys of saga a hold a wake-up; b's does not.
         tokio::time::timeout(std::time::Duration::from_millis(100), a.changed())
             .await
             .unwrap();
+        assert_eq!(a.latest().unwrap().current_step, "route");
+        assert!(a.latest().is_none(), "taken once");
         tokio::time::timeout(std::time::Duration::from_millis(100), by_order.changed())
             .await
             .unwrap();

@@ -33,6 +33,7 @@ use crate::outcome::{Reason, StepError};
 use crate::participants::Participants;
 use crate::store::{SagaState, saga, signal, step};
 
+mod commit;
 mod crash_points;
 mod moves;
 mod reroute;
@@ -49,6 +50,12 @@ pub struct Engine {
     /// Told of every committed change, for `WatchSaga` streams.
     pub changes: crate::watch::Changes,
     running: Mutex<HashSet<String>>,
+    /// Running sagas with a signal recorded since their run last looked (seen by `tick`):
+    /// a run reads its signals at its start and then only when flagged here, not before every
+    /// step.
+    signalled: Mutex<HashSet<String>>,
+    /// Saves of many sagas share a transaction (see `commit`).
+    committer: commit::Committer,
     permits: Arc<Semaphore>,
     /// Every saga run is tracked, so a stopped orchestrator has no call left in flight.
     tasks: TaskTracker,
@@ -103,6 +110,7 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            committer: commit::Committer::new(db.clone()),
             db,
             participants,
             replica: format!("replica-{}", uuid::Uuid::now_v7()),
@@ -110,6 +118,7 @@ impl Engine {
             wake,
             changes: crate::watch::Changes::default(),
             running: Mutex::new(HashSet::new()),
+            signalled: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(64)),
             tasks,
             shutdown,
@@ -189,6 +198,20 @@ impl Engine {
             .into_iter()
             .map(|s| s.saga_id)
             .collect();
+        {
+            // A saga running here now reads its new signals before its next step.
+            let running = self
+                .running
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let mut flagged = self
+                .signalled
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            for id in signalled.iter().filter(|id| running.contains(*id)) {
+                flagged.insert(id.clone());
+            }
+        }
         ids.extend(signalled);
         ids.sort();
         ids.dedup();
@@ -299,9 +322,8 @@ impl Engine {
         let entries: Vec<Log> = entries.into_iter().collect();
         st.started = false;
         let now = self.now();
-        let txn = self.db.begin().await?;
         let m = &st.m;
-        let r = saga::Entity::update_many()
+        let update = saga::Entity::update_many()
             .col_expr(saga::Column::Status, Expr::value(m.status))
             .col_expr(
                 saga::Column::CurrentStep,
@@ -337,10 +359,29 @@ impl Engine {
             .col_expr(saga::Column::UpdatedAtMs, crate::store::clock(&self.db))
             .col_expr(saga::Column::LeaseUntilMs, self.clock_plus(self.lease_ms()))
             .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
-            .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()))
-            .exec(&txn)
+            .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()));
+        let steps = entries
+            .iter()
+            .map(|entry| step::ActiveModel {
+                saga_id: Set(m.saga_id.clone()),
+                step: Set(entry.step.to_owned()),
+                direction: Set(entry.direction.to_owned()),
+                outcome: Set(entry.outcome.to_owned()),
+                attempt: Set(m.attempts.max(1)),
+                detail: Set(entry.detail.clone()),
+                recorded_at_ms: Set(now),
+                ..Default::default()
+            })
+            .collect();
+        let held = self
+            .committer
+            .commit(commit::Write {
+                update,
+                steps,
+                consumed: consumed.to_vec(),
+            })
             .await?;
-        if r.rows_affected != 1 {
+        if !held {
             tracing::warn!(saga_id = %m.saga_id, replica = %self.replica, "lease lost; another replica owns this saga now");
             return Ok(false);
         }
@@ -358,29 +399,9 @@ impl Engine {
             )
             .increment(1);
         }
-        for entry in entries {
-            step::ActiveModel {
-                saga_id: Set(m.saga_id.clone()),
-                step: Set(entry.step.to_owned()),
-                direction: Set(entry.direction.to_owned()),
-                outcome: Set(entry.outcome.to_owned()),
-                attempt: Set(m.attempts.max(1)),
-                detail: Set(entry.detail),
-                recorded_at_ms: Set(now),
-                ..Default::default()
-            }
-            .insert(&txn)
-            .await?;
-        }
-        if !consumed.is_empty() {
-            signal::Entity::update_many()
-                .col_expr(signal::Column::Consumed, Expr::value(true))
-                .filter(signal::Column::Seq.is_in(consumed.iter().copied()))
-                .exec(&txn)
-                .await?;
-        }
-        txn.commit().await?;
-        self.changes.announce(&m.saga_id, &m.order_id);
+        // Watchers get the row as committed (the clock the database wrote is estimated).
+        st.m.updated_at_ms = now;
+        self.changes.announce(&st.m);
         if !consumed.is_empty() {
             failpoint::hit(&["saga", "signal", "after_consume"]).await;
         } else if let Some((step, direction)) = point {
@@ -517,6 +538,7 @@ impl Engine {
             return Ok(());
         };
         let pivot = definition::pivot(steps) as i32;
+        let mut first = true;
         loop {
             if self.shutdown.is_cancelled() {
                 // Everything done so far is committed; another replica (or this one restarted)
@@ -524,8 +546,17 @@ impl Engine {
                 return Ok(());
             }
             st.now = self.now();
-            // Signals first: they may pause, cancel, or release the wait for shipment.
-            if !self.apply_signals(&mut st, steps, pivot).await? {
+            // Signals first: they may pause, cancel, or release the wait for shipment. Read at
+            // the run's start, when `tick` saw a new one, or to replay held ones.
+            let flagged = self
+                .signalled
+                .lock()
+                .map(|mut s| s.remove(&st.m.saga_id))
+                .unwrap_or(true);
+            let held = !st.ctx.early_signals.is_empty() && !st.ctx.fulfillment_id.is_empty();
+            if (std::mem::take(&mut first) || flagged || held)
+                && !self.apply_signals(&mut st, steps, pivot).await?
+            {
                 return Ok(());
             }
             match st.m.status {
