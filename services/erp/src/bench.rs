@@ -25,7 +25,8 @@ pub struct Figures {
 }
 
 /// What a run cost the system: CPU seconds of every service process, RPCs served, and database
-/// commits per service (PostgreSQL's own count; SQLite keeps none).
+/// transactions per service (PostgreSQL's `xact_commit`, which counts every autocommitted read
+/// too; SQLite keeps no count).
 #[derive(Clone, Debug, Default)]
 pub struct Cost {
     pub cpu_seconds: f64,
@@ -222,7 +223,7 @@ pub fn print(mode: &str, f: &Figures, pg_commits_per_second: Option<f64>) {
                 String::new()
             } else {
                 format!(
-                    ", {:.1} commits ({})",
+                    ", {:.1} database transactions, reads included ({})",
                     cost.commits.iter().map(|(_, c)| *c as f64).sum::<f64>() / n,
                     commits.join(", ")
                 )
