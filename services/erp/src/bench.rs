@@ -392,6 +392,9 @@ pub struct Flash {
     pub batch: usize,
     /// GetAvailability reads per second on the hot item after the sale.
     pub reads_per_second: f64,
+    /// The same client's requests per second against a bare tonic server answering a health
+    /// check (the floor any tonic service stands on), measured in the same run.
+    pub echo_per_second: f64,
     pub cached: bool,
     pub attempts: usize,
     pub reserved_ok: usize,
@@ -571,6 +574,7 @@ pub async fn flash_sale(
     let mut flash = Flash {
         batch,
         reads_per_second: 0.0,
+        echo_per_second: 0.0,
         cached: redis.starts_with("redis://"),
         attempts,
         reserved_ok: 0,
@@ -604,9 +608,64 @@ pub async fn flash_sale(
         "ledger replay differs after the flash sale"
     );
     flash.reads_per_second = availability_reads(&url, "HOT-1", 32, 3).await?;
+    flash.echo_per_second = echo_reads(32, 3).await?;
     shutdown.cancel();
     let _ = running.task.await;
     Ok(flash)
+}
+
+/// Requests per second a bare tonic server answers (a health check: no authentication, no
+/// database, nothing but tonic's own path) for `seconds` from `clients` concurrent clients on
+/// one connection, the way `availability_reads` calls.
+pub async fn echo_reads(clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("echo", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.cancelled_owned(),
+            )
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut c = HealthClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < until {
+                if c.check(HealthCheckRequest {
+                    service: "echo".into(),
+                })
+                .await
+                .is_err()
+                {
+                    break;
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await?;
+    }
+    stop.cancel();
+    let _ = server.await;
+    Ok(total as f64 / seconds as f64)
 }
 
 /// GetAvailability reads per second for `seconds` from `clients` concurrent clients.
@@ -669,10 +728,12 @@ pub fn print_flash(f: &Flash, hot_row_ceiling: Option<f64>) {
         f.percentile(0.99).as_secs_f64() * 1000.0,
     );
     println!(
-        "flash sale batch={:<4} GetAvailability: {:.0} reads/s (32 clients, 3 s, {})",
+        "flash sale batch={:<4} GetAvailability: {:.0} reads/s (32 clients, 3 s, {}); a bare tonic health check {:.0}/s; ratio {:.2}x",
         f.batch,
         f.reads_per_second,
-        if f.cached { "Redis cache" } else { "no cache" }
+        if f.cached { "Redis cache" } else { "no cache" },
+        f.echo_per_second,
+        f.reads_per_second / f.echo_per_second.max(1.0)
     );
     if let Some(c) = hot_row_ceiling {
         println!(
