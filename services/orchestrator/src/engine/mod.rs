@@ -62,6 +62,8 @@ pub struct Engine {
     /// Runs stop between steps once this is cancelled; the next owner resumes from the log.
     shutdown: CancellationToken,
     last_report: std::sync::atomic::AtomicI64,
+    /// This machine's clock when the database's clock was last read.
+    clock_read_at: std::sync::atomic::AtomicI64,
     /// The database's clock minus this machine's, measured at every poll: due times written by
     /// this replica are on the database's clock, like the leases compared in SQL.
     clock_offset_ms: std::sync::atomic::AtomicI64,
@@ -124,6 +126,7 @@ impl Engine {
             shutdown,
             last_report: std::sync::atomic::AtomicI64::new(0),
             clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
+            clock_read_at: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -173,11 +176,24 @@ impl Engine {
 
     async fn tick(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let local = erp_runtime::time::now_ms();
-        let db_now = erp_runtime::db::clock_ms(&self.db).await?;
-        // Half the round trip is the best guess of when the database read its clock.
-        let offset = db_now - (local + erp_runtime::time::now_ms()) / 2;
-        self.clock_offset_ms
-            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        // The database's clock, read at most once a second (clocks do not drift faster).
+        let db_now = if local
+            - self
+                .clock_read_at
+                .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1_000
+        {
+            let db_now = erp_runtime::db::clock_ms(&self.db).await?;
+            // Half the round trip is the best guess of when the database read its clock.
+            let offset = db_now - (local + erp_runtime::time::now_ms()) / 2;
+            self.clock_offset_ms
+                .store(offset, std::sync::atomic::Ordering::Relaxed);
+            self.clock_read_at
+                .store(local, std::sync::atomic::Ordering::Relaxed);
+            db_now
+        } else {
+            self.now()
+        };
         self.report_statuses(db_now).await;
         let mut ids: Vec<String> = saga::Entity::find()
             .filter(crate::store::due_condition(&self.db, &self.replica))
