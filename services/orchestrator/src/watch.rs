@@ -133,16 +133,22 @@ pub async fn stream(
     let mut last: Option<(SagaState, i32, String, i32, i64)> = None;
     let mut announced = None;
     loop {
-        let query = if by_saga {
-            saga::Entity::find().filter(saga::Column::SagaId.eq(&watch.saga_id))
-        } else {
-            saga::Entity::find().filter(saga::Column::OrderId.eq(&watch.order_id))
-        };
         // The row this replica just committed, or the database's (first, and after a quiet
         // second for what other replicas did).
         let found = match announced.take() {
             Some(m) => Ok(Some(m)),
-            None => query.one(&db).await,
+            None if by_saga => {
+                saga::Entity::find()
+                    .filter(saga::Column::SagaId.eq(&watch.saga_id))
+                    .one(&db)
+                    .await
+            }
+            None => {
+                saga::Entity::find()
+                    .filter(saga::Column::OrderId.eq(&watch.order_id))
+                    .one(&db)
+                    .await
+            }
         };
         match found {
             Err(e) => {

@@ -102,9 +102,8 @@ async fn run(db: DatabaseConnection, rx: Arc<Mutex<mpsc::UnboundedReceiver<(Writ
         metrics::histogram!("saga_commit_batch_size").record(batch.len() as f64);
         let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
         if writes.len() == 1 {
-            let result = apply(&db, writes).await.map_err(|e| e.to_string());
-            for (reply, out) in replies.into_iter().zip(spread(result, 1)) {
-                let _ = reply.send(out);
+            for (reply, w) in replies.into_iter().zip(writes) {
+                let _ = reply.send(apply_one(&db, w).await);
             }
             continue;
         }
@@ -119,20 +118,19 @@ async fn run(db: DatabaseConnection, rx: Arc<Mutex<mpsc::UnboundedReceiver<(Writ
             Err(e) => {
                 tracing::warn!(error = %e, saves = retry.len(), "group commit failed; saving one by one");
                 for (reply, w) in replies.into_iter().zip(retry) {
-                    let out = apply(&db, vec![w]).await.map_err(|e| e.to_string());
-                    let _ = reply.send(spread(out, 1).into_iter().next().unwrap_or(Ok(false)));
+                    let _ = reply.send(apply_one(&db, w).await);
                 }
             }
         }
     }
 }
 
-/// One answer per save of a batch from the batch's result.
-fn spread(result: Result<Vec<bool>, String>, n: usize) -> Vec<Result<bool, String>> {
-    match result {
-        Ok(outs) => outs.into_iter().map(Ok).collect(),
-        Err(e) => vec![Err(e); n],
-    }
+/// One save in a transaction of its own.
+async fn apply_one(db: &DatabaseConnection, w: Write) -> Result<bool, String> {
+    apply(db, vec![w])
+        .await
+        .map(|outs| outs.first().copied().unwrap_or(false))
+        .map_err(|e| e.to_string())
 }
 
 impl Write {
