@@ -100,3 +100,16 @@ pub async fn seeded(backend: &Backend) -> (erp::Suite, Clients) {
     let c = Clients::for_suite(&s);
     (s, c)
 }
+
+/// The packages of the `erp.*` services the suite serves, from the descriptor set its servers
+/// reflect. The probe participant (`erp.probe`) is left out: it is the far end of the
+/// synthetic saga, run beside the suite (by `erp bench`, or a canary's own deployment).
+pub fn suite_files() -> Vec<prost_types::FileDescriptorProto> {
+    let fds =
+        <prost_types::FileDescriptorSet as prost::Message>::decode(erp_proto::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set the build wrote");
+    fds.file
+        .into_iter()
+        .filter(|f| f.package().starts_with("erp.") && !f.package().starts_with("erp.probe."))
+        .collect()
+}

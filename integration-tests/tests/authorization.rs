@@ -11,18 +11,13 @@ use erp_integration_tests::{RawCodec, settings, suite};
 use erp_runtime::auth::{AUDIT_POLICY, Policy, roles};
 use erp_runtime::bus::Bus;
 use erp_runtime::testing::Backend;
-use prost::Message;
 use tonic::Code;
 
-/// Every `erp.*` gRPC service and its methods, from the descriptor set the servers reflect.
+/// Every `erp.*` gRPC service the suite serves and its methods.
 fn served_methods() -> BTreeMap<String, Vec<String>> {
-    let fds = prost_types::FileDescriptorSet::decode(erp_proto::FILE_DESCRIPTOR_SET).unwrap();
     let mut out = BTreeMap::new();
-    for file in &fds.file {
+    for file in &erp_integration_tests::suite_files() {
         let package = file.package();
-        if !package.starts_with("erp.") {
-            continue;
-        }
         for service in &file.service {
             out.insert(
                 format!("{package}.{}", service.name()),

@@ -49,6 +49,11 @@ pub mod erp {
             tonic::include_proto!("erp.orchestrator.v1");
         }
     }
+    pub mod probe {
+        pub mod v1 {
+            tonic::include_proto!("erp.probe.v1");
+        }
+    }
 }
 
 pub use erp::audit::v1 as audit;
@@ -58,6 +63,7 @@ pub use erp::finance::v1 as finance;
 pub use erp::inventory::v1 as inventory;
 pub use erp::orchestrator::v1 as orchestrator;
 pub use erp::order::v1 as order;
+pub use erp::probe::v1 as probe;
 pub use erp::procurement::v1 as procurement;
 pub use erp::warehouse::v1 as warehouse;
 
@@ -75,4 +81,5 @@ pub mod service_names {
     pub const FINANCE: &str = "erp.finance.v1.FinanceService";
     pub const ORCHESTRATOR: &str = "erp.orchestrator.v1.OrchestratorService";
     pub const AUDIT: &str = "erp.audit.v1.AuditService";
+    pub const PROBE: &str = "erp.probe.v1.ProbeService";
 }

@@ -17,6 +17,9 @@ use crate::testkit::Clients;
 
 pub struct Figures {
     pub completed: usize,
+    /// Sagas undone as the workload meant them to be (the synthetic saga's declines); they
+    /// count as finished, and their latency is counted.
+    pub compensated: usize,
     pub failed: usize,
     pub elapsed: Duration,
     pub latencies: Vec<Duration>,
@@ -82,8 +85,9 @@ pub fn rpcs_in(page: &str) -> f64 {
 }
 
 impl Figures {
+    /// Sagas finished (completed, or compensated as meant) per second.
     pub fn per_second(&self) -> f64 {
-        self.completed as f64 / self.elapsed.as_secs_f64()
+        (self.completed + self.compensated) as f64 / self.elapsed.as_secs_f64()
     }
 
     pub fn percentile(&self, p: f64) -> Duration {
@@ -176,6 +180,7 @@ where
     }
     let mut figures = Figures {
         completed: 0,
+        compensated: 0,
         failed: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::with_capacity(orders),
@@ -198,9 +203,144 @@ where
     Ok(figures)
 }
 
-pub fn print(mode: &str, f: &Figures, pg_commits_per_second: Option<f64>) {
+/// Starts `sagas` synthetic sagas, at most `concurrency` in flight, each watched to its end
+/// (`WatchSaga`); then checks what the probe participant recorded against what the sagas say:
+/// eight effects for each completed saga, three effects and three compensations for each
+/// declined one, and exactly the declined keys compensated. A mismatch is an error.
+pub async fn run_synthetic<F, Fut>(
+    c: &Clients,
+    probe: &crate::probe::Probe,
+    sagas: usize,
+    concurrency: usize,
+    cost: F,
+) -> anyhow::Result<Figures>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<Cost>>,
+{
+    use erp_proto::orchestrator::StartSagaRequest;
+    let (forward_before, compensate_before) = probe.counts().await?;
+    let before = cost().await;
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(sagas);
+    let mut declined = 0usize;
+    for i in 0..sagas {
+        let permit = permits.clone().acquire_owned().await?;
+        let mut c = c.clone();
+        let key = format!("PROBE-{}-{i}", &run[20..]);
+        if crate::probe::declines(&key, SYNTHETIC_DECLINE_EVERY) {
+            declined += 1;
+        }
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let t0 = Instant::now();
+            let saga = c
+                .orchestrator
+                .start_saga(StartSagaRequest {
+                    definition: "probe".into(),
+                    business_key: key,
+                })
+                .await
+                .map_err(|e| format!("StartSaga: {e}"))?
+                .into_inner()
+                .saga
+                .ok_or("StartSaga answered no saga")?;
+            let mut watch = c
+                .orchestrator
+                .watch_saga(WatchSagaRequest {
+                    saga_id: saga.saga_id,
+                    order_id: String::new(),
+                    with_timeline: false,
+                })
+                .await
+                .map_err(|e| format!("WatchSaga: {e}"))?
+                .into_inner();
+            while let Some(msg) = watch
+                .message()
+                .await
+                .map_err(|e| format!("WatchSaga: {e}"))?
+            {
+                let saga = msg.saga.ok_or("WatchSaga sent no saga")?;
+                match SagaStatus::try_from(saga.status).unwrap_or(SagaStatus::Unspecified) {
+                    SagaStatus::Completed => return Ok((true, t0.elapsed())),
+                    SagaStatus::Compensated => return Ok((false, t0.elapsed())),
+                    SagaStatus::Parked => {
+                        return Err(format!("parked: {}", saga.last_error));
+                    }
+                    _ => {}
+                }
+            }
+            Err("the watch ended before the saga did".to_owned())
+        }));
+    }
+    let mut figures = Figures {
+        completed: 0,
+        compensated: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::with_capacity(sagas),
+        cost: None,
+    };
+    let mut first_error = None;
+    for t in tasks {
+        match t.await? {
+            Ok((completed, latency)) => {
+                if completed {
+                    figures.completed += 1;
+                } else {
+                    figures.compensated += 1;
+                }
+                figures.latencies.push(latency);
+            }
+            Err(e) => {
+                figures.failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!(
+            "synthetic    {} sagas failed; the first: {e}",
+            figures.failed
+        );
+    }
+    figures.elapsed = started.elapsed();
+    figures.cost = match (before, cost().await) {
+        (Some(before), Some(after)) => Some(after.minus(&before)),
+        _ => None,
+    };
+    let (forward, compensate) = probe.counts().await?;
+    let (forward, compensate) = (forward - forward_before, compensate - compensate_before);
+    let step = i64::from(crate::probe::DECLINED_STEP) - 1;
+    let (done, undone) = (figures.completed as i64, figures.compensated as i64);
+    anyhow::ensure!(
+        figures.failed == 0
+            && figures.compensated == declined
+            && forward == 8 * done + step * undone
+            && compensate == step * undone,
+        "the probe participant disagrees with the sagas: {} completed, {} compensated ({declined} declined), \
+         {} failed; {forward} effects and {compensate} compensations recorded",
+        figures.completed,
+        figures.compensated,
+        figures.failed
+    );
     println!(
-        "{mode:<12} {:>5} sagas completed ({} failed) in {:>6.2} s: {:>7.1} sagas/s, p50 {:>6.0} ms, p99 {:>6.0} ms",
+        "synthetic    checked: {forward} effects and {compensate} compensations recorded, each once, as the {} sagas say",
+        sagas
+    );
+    Ok(figures)
+}
+
+pub fn print(mode: &str, f: &Figures, pg_commits_per_second: Option<f64>) {
+    let compensated = if f.compensated > 0 {
+        format!(", {} compensated as meant", f.compensated)
+    } else {
+        String::new()
+    };
+    println!(
+        "{mode:<12} {:>5} sagas completed ({} failed{compensated}) in {:>6.2} s: {:>7.1} sagas/s, p50 {:>6.0} ms, p99 {:>6.0} ms",
         f.completed,
         f.failed,
         f.elapsed.as_secs_f64(),
@@ -209,7 +349,7 @@ pub fn print(mode: &str, f: &Figures, pg_commits_per_second: Option<f64>) {
         f.percentile(0.99).as_secs_f64() * 1000.0,
     );
     if let Some(cost) = &f.cost {
-        let n = f.completed.max(1) as f64;
+        let n = (f.completed + f.compensated).max(1) as f64;
         let commits: Vec<String> = cost
             .commits
             .iter()
@@ -238,10 +378,150 @@ pub fn print(mode: &str, f: &Figures, pg_commits_per_second: Option<f64>) {
     }
 }
 
-/// Seven `erp serve` processes on PostgreSQL (one database each) and Redis Streams.
+/// What a bench run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Orders placed through the order service, each a fulfillment saga the simulated floor
+    /// packs and ships.
+    Fulfillment,
+    /// The synthetic eight-step `probe` saga against the probe participant (one row per step,
+    /// one key in [`SYNTHETIC_DECLINE_EVERY`] declined at step 4 and compensated).
+    Synthetic,
+}
+
+/// One synthetic saga in this many is declined at step 4 (about 5%).
+pub const SYNTHETIC_DECLINE_EVERY: u64 = 20;
+
+/// Seven `erp serve` processes on PostgreSQL (one database each) and Redis Streams; killed
+/// when dropped.
+struct Processes {
+    settings: erp_runtime::config::Settings,
+    children: Vec<std::process::Child>,
+    metrics: Vec<String>,
+    databases: Vec<(String, String)>,
+    admin: String,
+    jwks: std::path::PathBuf,
+}
+
+impl Processes {
+    async fn start(
+        postgres: &str,
+        redis: &str,
+        tag: &str,
+        probe_url: &str,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        // One key set for the seven processes and this client.
+        let jwks = std::env::temp_dir().join(format!("erp-bench-{tag}-jwks.json"));
+        let mut settings = crate::tool_settings(&jwks)?;
+        let peers = &mut settings.peers;
+        let free_port = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let mut ports = Vec::new();
+        for service in erp_runtime::config::SERVICES {
+            let port = free_port()?;
+            peers.set(service, format!("http://127.0.0.1:{port}"));
+            ports.push((service, port, free_port()?));
+        }
+        let mut procs = Self {
+            metrics: ports
+                .iter()
+                .map(|(_, _, m)| format!("http://127.0.0.1:{m}/metrics"))
+                .collect(),
+            databases: erp_runtime::config::SERVICES
+                .iter()
+                .map(|s| ((*s).to_owned(), format!("b{tag}_{s}")))
+                .collect(),
+            admin: format!("{}/postgres", postgres.trim_end_matches('/')),
+            children: Vec::new(),
+            jwks: jwks.clone(),
+            settings: settings.clone(),
+        };
+        for (service, port, metrics_port) in &ports {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["serve", service])
+                .env("ERP__SERVER__PORT", port.to_string())
+                .env(
+                    "ERP__TELEMETRY__METRICS_ADDR",
+                    format!("127.0.0.1:{metrics_port}"),
+                )
+                .env(
+                    "ERP__DATABASE__URL",
+                    format!("{}/b{tag}_{{service}}", postgres.trim_end_matches('/')),
+                )
+                .env("ERP__BUS__KIND", "redis")
+                .env("ERP__BUS__REDIS_URL", redis)
+                .env("ERP__BUS__STREAM_PREFIX", format!("erp-bench-{tag}"))
+                .env("ERP__BUS__RELAY_INTERVAL_MS", "100")
+                .env("ERP__ORCHESTRATOR__POLL_INTERVAL_MS", "50")
+                .env("ERP__ORCHESTRATOR__PROBE_URL", probe_url)
+                .env("ERP__AUTH__JWKS_FILE", &jwks)
+                .env("ERP__TELEMETRY__LOG_FILTER", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit());
+            for s in erp_runtime::config::SERVICES {
+                cmd.env(
+                    format!("ERP__PEERS__{}", s.to_uppercase()),
+                    settings.peers.get(s).unwrap_or_default(),
+                );
+            }
+            let mut child = cmd.spawn()?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+            procs.children.push(child);
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+            anyhow::ensure!(
+                line.contains("listening"),
+                "{service} did not start: {line}"
+            );
+        }
+        Ok(procs)
+    }
+
+    /// What the seven processes have spent so far (and the commits of `extra` databases).
+    async fn cost(&self, extra: &[(String, String)]) -> Option<Cost> {
+        let http = reqwest::Client::new();
+        let mut rpcs = 0.0;
+        for url in &self.metrics {
+            rpcs += rpcs_in(&http.get(url).send().await.ok()?.text().await.ok()?);
+        }
+        let databases: Vec<(String, String)> =
+            self.databases.iter().chain(extra).cloned().collect();
+        Some(Cost {
+            cpu_seconds: self
+                .children
+                .iter()
+                .map(|c| cpu_seconds(&c.id().to_string()))
+                .sum(),
+            rpcs,
+            commits: pg_commits(&self.admin, &databases).await.ok()?,
+        })
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.jwks);
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The workload against seven `erp serve` processes on PostgreSQL (one database each) and
+/// Redis Streams; the synthetic saga's probe participant runs in this process on a database
+/// of its own.
 pub async fn distributed(
     postgres: &str,
     redis: &str,
+    workload: Workload,
     orders: usize,
     concurrency: usize,
 ) -> anyhow::Result<Figures> {
@@ -253,96 +533,40 @@ pub async fn distributed(
         redis.starts_with("redis://"),
         "--redis is required in distributed mode"
     );
-    let exe = std::env::current_exe()?;
     let run = uuid::Uuid::now_v7().simple().to_string();
     let tag = &run[run.len() - 10..];
-    // One key set for the seven processes and this client.
-    let jwks = std::env::temp_dir().join(format!("erp-bench-{tag}-jwks.json"));
-    let mut settings = crate::tool_settings(&jwks)?;
-    let peers = &mut settings.peers;
-    let free_port = || -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let mut ports = Vec::new();
-    for service in erp_runtime::config::SERVICES {
-        let port = free_port()?;
-        peers.set(service, format!("http://127.0.0.1:{port}"));
-        ports.push((service, port, free_port()?));
-    }
-    let mut children = Vec::new();
-    for (service, port, metrics_port) in &ports {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["serve", service])
-            .env("ERP__SERVER__PORT", port.to_string())
-            .env(
-                "ERP__TELEMETRY__METRICS_ADDR",
-                format!("127.0.0.1:{metrics_port}"),
+    let stop = tokio_util::sync::CancellationToken::new();
+    let probe_db = format!("b{tag}_probe");
+    let probe = match workload {
+        Workload::Synthetic => {
+            let probe = crate::probe::Probe::open(
+                &format!("{}/{probe_db}", postgres.trim_end_matches('/')),
+                SYNTHETIC_DECLINE_EVERY,
             )
-            .env(
-                "ERP__DATABASE__URL",
-                format!("{}/b{tag}_{{service}}", postgres.trim_end_matches('/')),
-            )
-            .env("ERP__BUS__KIND", "redis")
-            .env("ERP__BUS__REDIS_URL", redis)
-            .env("ERP__BUS__STREAM_PREFIX", format!("erp-bench-{tag}"))
-            .env("ERP__BUS__RELAY_INTERVAL_MS", "100")
-            .env("ERP__ORCHESTRATOR__POLL_INTERVAL_MS", "50")
-            .env("ERP__AUTH__JWKS_FILE", &jwks)
-            .env("ERP__TELEMETRY__LOG_FILTER", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit());
-        for s in erp_runtime::config::SERVICES {
-            cmd.env(
-                format!("ERP__PEERS__{}", s.to_uppercase()),
-                peers.get(s).unwrap_or_default(),
-            );
+            .await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let (addr, _) = probe.clone().serve(listener, stop.clone())?;
+            Some((probe, format!("http://{addr}")))
         }
-        let mut child = cmd.spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        anyhow::ensure!(
-            line.contains("listening"),
-            "{service} did not start: {line}"
-        );
-        children.push(child);
-    }
-    let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
-    let metrics: Vec<String> = ports
-        .iter()
-        .map(|(_, _, m)| format!("http://127.0.0.1:{m}/metrics"))
-        .collect();
-    let databases: Vec<(String, String)> = erp_runtime::config::SERVICES
-        .iter()
-        .map(|s| ((*s).to_owned(), format!("b{tag}_{s}")))
-        .collect();
-    let admin = format!("{}/postgres", postgres.trim_end_matches('/'));
-    let cost = || {
-        let (pids, metrics, databases, admin) = (&pids, &metrics, &databases, &admin);
-        async move {
-            let http = reqwest::Client::new();
-            let mut rpcs = 0.0;
-            for url in metrics {
-                rpcs += rpcs_in(&http.get(url).send().await.ok()?.text().await.ok()?);
-            }
-            Some(Cost {
-                cpu_seconds: pids.iter().map(|p| cpu_seconds(p)).sum(),
-                rpcs,
-                commits: pg_commits(admin, databases).await.ok()?,
-            })
-        }
+        Workload::Fulfillment => None,
     };
-    let result = async { seed_and_run(&settings, orders, concurrency, cost).await }.await;
-    let _ = std::fs::remove_file(&jwks);
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
+    let probe_url = probe.as_ref().map(|(_, u)| u.as_str()).unwrap_or_default();
+    let result = async {
+        let procs = Processes::start(postgres, redis, tag, probe_url).await?;
+        let extra = if probe.is_some() {
+            vec![("probe".to_owned(), probe_db.clone())]
+        } else {
+            Vec::new()
+        };
+        let cost = || procs.cost(&extra);
+        let c = Clients::for_settings(&procs.settings);
+        match &probe {
+            Some((probe, _)) => run_synthetic(&c, probe, orders, concurrency, cost).await,
+            None => seed_and_run(&procs.settings, orders, concurrency, cost).await,
+        }
     }
+    .await;
+    stop.cancel();
     result
 }
 
@@ -418,6 +642,7 @@ impl Flash {
     fn percentile(&self, p: f64) -> Duration {
         Figures {
             completed: 0,
+            compensated: 0,
             failed: 0,
             elapsed: self.elapsed,
             latencies: self.latencies.clone(),

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod certs;
 pub mod demo;
+pub mod probe;
 pub mod seed;
 pub mod testkit;
 

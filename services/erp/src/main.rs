@@ -40,9 +40,11 @@ enum Command {
     },
     /// Measure completed sagas per second and saga latency (prints figures, never fails on time).
     Bench {
-        /// embedded (this process, SQLite), distributed (seven processes, PostgreSQL + Redis), or
-        /// flash (a flash sale of `orders` one-unit reservations for 500 units on PostgreSQL),
-        /// or security (what TLS and token checks cost on a simple read).
+        /// embedded (this process, SQLite), distributed (seven processes, PostgreSQL + Redis),
+        /// synthetic-embedded / synthetic-distributed (the eight-step probe saga instead of
+        /// orders: the engine alone), flash (a flash sale of `orders` one-unit reservations for
+        /// 500 units on PostgreSQL), or security (what TLS and token checks cost on a simple
+        /// read).
         #[arg(long, default_value = "embedded")]
         mode: String,
         #[arg(long, default_value_t = 200)]
@@ -201,17 +203,35 @@ async fn main() -> anyhow::Result<()> {
             pg_ceiling,
         } => {
             let figures = match mode.as_str() {
-                "embedded" => {
+                "embedded" | "synthetic-embedded" => {
+                    let synthetic = mode == "synthetic-embedded";
                     let dir =
                         std::env::temp_dir().join(format!("erp-bench-{}", uuid::Uuid::now_v7()));
                     let mut settings = settings;
                     settings.data_dir = dir.clone();
                     settings.database.url = String::new();
+                    // The synthetic saga's participant: its own SQLite file, its own socket.
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    let probe = if synthetic {
+                        let probe = erp::probe::Probe::open(
+                            &format!("sqlite://{}?mode=rwc", dir.join("probe.db").display()),
+                            erp::bench::SYNTHETIC_DECLINE_EVERY,
+                        )
+                        .await?;
+                        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                        let (addr, _) = probe.clone().serve(listener, stop.clone())?;
+                        settings.orchestrator.probe_url = format!("http://{addr}");
+                        Some(probe)
+                    } else {
+                        None
+                    };
                     let bus = Bus::from_settings(&settings.bus).await?;
                     let suite = erp::start_suite(settings, bus, true).await?;
-                    erp::seed::seed(&suite).await?;
                     let mut c = erp::testkit::Clients::for_suite(&suite);
-                    erp::bench::stock_up(&mut c, 1_000_000).await?;
+                    if !synthetic {
+                        erp::seed::seed(&suite).await?;
+                        erp::bench::stock_up(&mut c, 1_000_000).await?;
+                    }
                     // Every service runs in this process: its CPU and the RPCs it counts.
                     let recorder =
                         metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -227,13 +247,25 @@ async fn main() -> anyhow::Result<()> {
                             })
                         }
                     };
-                    let f = erp::bench::run(&c, orders, concurrency, cost).await?;
+                    let f = match &probe {
+                        Some(probe) => {
+                            erp::bench::run_synthetic(&c, probe, orders, concurrency, cost).await
+                        }
+                        None => erp::bench::run(&c, orders, concurrency, cost).await,
+                    };
                     suite.stop().await?;
+                    stop.cancel();
                     let _ = std::fs::remove_dir_all(dir);
-                    f
+                    f?
                 }
-                "distributed" => {
-                    erp::bench::distributed(&postgres, &redis, orders, concurrency).await?
+                "distributed" | "synthetic-distributed" => {
+                    let workload = if mode == "distributed" {
+                        erp::bench::Workload::Fulfillment
+                    } else {
+                        erp::bench::Workload::Synthetic
+                    };
+                    erp::bench::distributed(&postgres, &redis, workload, orders, concurrency)
+                        .await?
                 }
                 "security" => {
                     let figures = erp::bench::security_cost(concurrency, 5, 3).await?;
@@ -262,14 +294,14 @@ async fn main() -> anyhow::Result<()> {
                 }
                 other => {
                     anyhow::bail!(
-                        "--mode must be embedded, distributed, flash or security, not {other}"
+                        "--mode must be embedded, distributed, synthetic-embedded, synthetic-distributed, flash or security, not {other}"
                     )
                 }
             };
             erp::bench::print(
                 &mode,
                 &figures,
-                if mode == "distributed" {
+                if mode.ends_with("distributed") {
                     pg_ceiling
                 } else {
                     None

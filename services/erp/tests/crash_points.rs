@@ -416,6 +416,9 @@ async fn floor(
                 done.insert("cancel".into());
             }
         }
+        // The customer cancelled: the floor does not ship while the cancel travels to the saga
+        // (a floor that did would race it, and a shipped fulfillment cannot be undone).
+        "await_shipment" if path == Path::Cancelled => {}
         "await_shipment" => {
             let packed: Vec<_> = c
                 .open_fulfillments(order_id)

@@ -591,22 +591,55 @@ impl OrchestratorApi {
         let mut v = Violations::new();
         v.id("order_id", &req.order_id);
         v.finish()?;
+        let (saga, created) = self.start_saga("fulfillment", &req.order_id).await?;
+        Ok(StartFulfillmentResponse {
+            saga: Some(saga),
+            created,
+        })
+    }
+
+    async fn start_any(&self, req: StartSagaRequest) -> ApiResult<StartSagaResponse> {
+        let mut v = Violations::new();
+        if crate::definition::latest(&req.definition).is_none() {
+            v.add(
+                "definition",
+                format!(
+                    "{:?} is not a saga definition (\"fulfillment\" or \"probe\")",
+                    req.definition
+                ),
+            );
+        }
+        if req.definition == "fulfillment" {
+            // The key is the order's id.
+            v.id("business_key", &req.business_key);
+        } else {
+            v.text("business_key", &req.business_key, 128);
+        }
+        v.finish()?;
+        let (saga, created) = self.start_saga(&req.definition, &req.business_key).await?;
+        Ok(StartSagaResponse {
+            saga: Some(saga),
+            created,
+        })
+    }
+
+    async fn start_saga(&self, definition: &str, key: &str) -> ApiResult<(Saga, bool)> {
         let txn = self.db.begin().await?;
-        let started = crate::store::start_fulfillment(
+        let started = crate::store::start_saga(
             &txn,
-            &req.order_id,
+            definition,
+            key,
             &erp_runtime::telemetry::current_traceparent().unwrap_or_default(),
             "started over gRPC",
         )
         .await?;
         txn.commit().await?;
         let (m, created) = started;
-        self.wake.notify_one();
+        if created {
+            self.wake.notify_one();
+        }
         let steps = self.timeline(&m.saga_id).await?;
-        Ok(StartFulfillmentResponse {
-            saga: Some(to_wire(m, steps)),
-            created,
-        })
+        Ok((to_wire(m, steps), created))
     }
 }
 
@@ -617,6 +650,13 @@ impl OrchestratorService for OrchestratorApi {
         r: Request<StartFulfillmentRequest>,
     ) -> Result<Response<StartFulfillmentResponse>, Status> {
         respond(self.start(r.into_inner()).await)
+    }
+
+    async fn start_saga(
+        &self,
+        r: Request<StartSagaRequest>,
+    ) -> Result<Response<StartSagaResponse>, Status> {
+        respond(self.start_any(r.into_inner()).await)
     }
 
     async fn get_saga(

@@ -32,7 +32,17 @@ pub enum Step {
     /// v3: another shipment when lines are left (backordered, or for another warehouse);
     /// otherwise the uncaptured rest of the authorization is released.
     NextShipment,
+    /// Step `n` (1 to [`PROBE_STEPS`]) of the synthetic `probe` saga: one call to the probe
+    /// participant, undone by another.
+    Probe(u8),
 }
+
+/// Steps of the synthetic `probe` saga.
+pub const PROBE_STEPS: u8 = 8;
+
+const PROBE_NAMES: [&str; PROBE_STEPS as usize] = [
+    "probe_1", "probe_2", "probe_3", "probe_4", "probe_5", "probe_6", "probe_7", "probe_8",
+];
 
 impl Step {
     pub fn name(self) -> &'static str {
@@ -53,6 +63,11 @@ impl Step {
             Self::PostJournal => "post_journal",
             Self::MarkShipped => "mark_shipped",
             Self::NextShipment => "next_shipment",
+            Self::Probe(n) => usize::from(n)
+                .checked_sub(1)
+                .and_then(|i| PROBE_NAMES.get(i))
+                .copied()
+                .unwrap_or("probe"),
         }
     }
 
@@ -210,14 +225,39 @@ pub const FULFILLMENT_V3: &[Step] = &[
     Step::NextShipment,
 ];
 
+/// The synthetic saga: eight calls to the probe participant, each undone by another when a
+/// later one is refused. No pivot: every step can be compensated.
+pub const PROBE_V1: &[Step] = &[
+    Step::Probe(1),
+    Step::Probe(2),
+    Step::Probe(3),
+    Step::Probe(4),
+    Step::Probe(5),
+    Step::Probe(6),
+    Step::Probe(7),
+    Step::Probe(8),
+];
+
 /// The steps of a definition version, if this build knows it.
 pub fn steps(definition: &str, version: i32) -> Option<&'static [Step]> {
     match (definition, version) {
         ("fulfillment", 1) => Some(FULFILLMENT_V1),
         ("fulfillment", 2) => Some(FULFILLMENT_V2),
         ("fulfillment", 3) => Some(FULFILLMENT_V3),
+        ("probe", 1) => Some(PROBE_V1),
         _ => None,
     }
+}
+
+/// The version new sagas of `definition` start with, and the name of their first step.
+pub fn latest(definition: &str) -> Option<(i32, &'static str)> {
+    let version = match definition {
+        "fulfillment" => crate::FULFILLMENT_VERSION,
+        "probe" => 1,
+        _ => return None,
+    };
+    let first = steps(definition, version)?.first()?.name();
+    Some((version, first))
 }
 
 /// Index of the pivot: the first step that cannot be compensated.
@@ -271,6 +311,20 @@ mod tests {
         assert!(steps("fulfillment", 3).is_some());
         assert!(steps("fulfillment", 4).is_none());
         assert!(steps("returns", 1).is_none());
+        assert!(steps("probe", 2).is_none());
+        assert_eq!(latest("fulfillment"), Some((3, "load_order")));
+        assert_eq!(latest("probe"), Some((1, "probe_1")));
+        assert_eq!(latest("returns"), None);
+    }
+
+    #[test]
+    fn probe_steps_are_named_apart_and_all_undoable() {
+        let names: std::collections::HashSet<_> = PROBE_V1.iter().map(|s| s.name()).collect();
+        assert_eq!(names.len(), usize::from(PROBE_STEPS));
+        assert_eq!(Step::Probe(0).name(), "probe");
+        assert_eq!(Step::Probe(9).name(), "probe");
+        assert_eq!(pivot(PROBE_V1), PROBE_V1.len());
+        assert!(PROBE_V1.iter().all(|s| s.compensable() && !s.is_wait()));
     }
 
     #[test]

@@ -106,9 +106,12 @@ impl erp_runtime::Service for Service {
                 )
                 .await?;
         }
-        let participants =
-            participants::Participants::connect_lazy(&ctx.settings.peers, &ctx.peer)?
-                .with_reauthorize_within(ctx.settings.orchestrator.reauthorize_within_ms);
+        let participants = participants::Participants::connect_lazy(
+            &ctx.settings.peers,
+            &ctx.peer,
+            &ctx.settings.orchestrator.probe_url,
+        )?
+        .with_reauthorize_within(ctx.settings.orchestrator.reauthorize_within_ms);
         let mut engine = engine::Engine::new(
             ctx.db.clone(),
             participants,

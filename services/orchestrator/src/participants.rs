@@ -29,9 +29,10 @@ impl Participants {
         }
     }
 
-    /// Clients that connect on first use and reconnect after a participant restarts.
-    pub fn connect_lazy(peers: &Peers, peer: &PeerAccess) -> anyhow::Result<Self> {
-        Ok(Self::new(Ports::grpc(peers, peer)?))
+    /// Clients that connect on first use and reconnect after a participant restarts (the probe
+    /// participant's only when `probe_url` is set).
+    pub fn connect_lazy(peers: &Peers, peer: &PeerAccess, probe_url: &str) -> anyhow::Result<Self> {
+        Ok(Self::new(Ports::grpc(peers, peer, probe_url)?))
     }
 
     /// Sets how long before its expiry an authorization is renewed for a later shipment.

@@ -9,6 +9,7 @@ pub const POLICY: Policy = Policy {
     service: erp_proto::service_names::ORCHESTRATOR,
     rules: &[
         ("StartFulfillment", &[OPERATOR, ORDER]),
+        ("StartSaga", &[OPERATOR]),
         ("GetSaga", &[OPERATOR, CUSTOMER_SERVICE, WAREHOUSE]),
         ("WatchSaga", &[OPERATOR, CUSTOMER_SERVICE, WAREHOUSE]),
         ("ListSagas", &[OPERATOR, CUSTOMER_SERVICE]),

@@ -13,8 +13,9 @@ use erp_proto::carrier::carrier_service_client::CarrierServiceClient;
 use erp_proto::finance::finance_service_client::FinanceServiceClient;
 use erp_proto::inventory::inventory_service_client::InventoryServiceClient;
 use erp_proto::order::order_service_client::OrderServiceClient;
+use erp_proto::probe::probe_service_client::ProbeServiceClient;
 use erp_proto::warehouse::warehouse_service_client::WarehouseServiceClient;
-use erp_proto::{carrier, finance, inventory, order, warehouse};
+use erp_proto::{carrier, finance, inventory, order, probe, warehouse};
 use erp_runtime::app::PeerAccess;
 use erp_runtime::auth::PeerChannel;
 use erp_runtime::config::Peers;
@@ -118,6 +119,14 @@ port! {
     }
 }
 
+port! {
+    /// The probe participant of the synthetic saga (see `proto/erp/probe`).
+    ProbePort, GrpcProbe(ProbeServiceClient<PeerChannel>) {
+        apply(probe::ApplyRequest) -> probe::ApplyResponse;
+        revert(probe::RevertRequest) -> probe::RevertResponse;
+    }
+}
+
 /// The saga's participants.
 #[derive(Clone)]
 pub struct Ports {
@@ -126,6 +135,8 @@ pub struct Ports {
     pub warehouse: Arc<dyn WarehousePort>,
     pub carrier: Arc<dyn CarrierPort>,
     pub finance: Arc<dyn FinancePort>,
+    /// Only where `orchestrator.probe_url` is set: probe sagas are refused otherwise.
+    pub probe: Option<Arc<dyn ProbePort>>,
 }
 
 fn lazy(peer: &PeerAccess, url: &str) -> anyhow::Result<PeerChannel> {
@@ -133,8 +144,9 @@ fn lazy(peer: &PeerAccess, url: &str) -> anyhow::Result<PeerChannel> {
 }
 
 impl Ports {
-    /// The participants over gRPC, connected on first use and again after a restart.
-    pub fn grpc(peers: &Peers, peer: &PeerAccess) -> anyhow::Result<Self> {
+    /// The participants over gRPC, connected on first use and again after a restart; the probe
+    /// participant at `probe_url` when it is not empty.
+    pub fn grpc(peers: &Peers, peer: &PeerAccess, probe_url: &str) -> anyhow::Result<Self> {
         Ok(Self {
             order: Arc::new(GrpcOrder(OrderServiceClient::new(lazy(
                 peer,
@@ -156,6 +168,13 @@ impl Ports {
                 peer,
                 &peers.finance,
             )?))),
+            probe: if probe_url.is_empty() {
+                None
+            } else {
+                Some(Arc::new(GrpcProbe(ProbeServiceClient::new(lazy(
+                    peer, probe_url,
+                )?))))
+            },
         })
     }
 }

@@ -311,9 +311,27 @@ pub async fn start_fulfillment<C: ConnectionTrait>(
     traceparent: &str,
     detail: &str,
 ) -> ApiResult<(saga::Model, bool)> {
+    start_saga(c, "fulfillment", order_id, traceparent, detail).await
+}
+
+/// Creates the saga of `definition` (at its latest version) for `key` unless it exists.
+/// Returns it and whether it is new.
+pub async fn start_saga<C: ConnectionTrait>(
+    c: &C,
+    definition: &str,
+    key: &str,
+    traceparent: &str,
+    detail: &str,
+) -> ApiResult<(saga::Model, bool)> {
+    let Some((version, first)) = crate::definition::latest(definition) else {
+        return Err(ApiError::invalid(
+            "definition",
+            format!("{definition:?} is not a saga definition this build knows"),
+        ));
+    };
     if let Some(existing) = saga::Entity::find()
-        .filter(saga::Column::Definition.eq("fulfillment"))
-        .filter(saga::Column::OrderId.eq(order_id))
+        .filter(saga::Column::Definition.eq(definition))
+        .filter(saga::Column::OrderId.eq(key))
         .one(c)
         .await?
     {
@@ -323,11 +341,11 @@ pub async fn start_fulfillment<C: ConnectionTrait>(
     let saga_id = uuid::Uuid::now_v7().to_string();
     let model = saga::ActiveModel {
         saga_id: Set(saga_id.clone()),
-        definition: Set("fulfillment".into()),
-        definition_version: Set(crate::FULFILLMENT_VERSION),
-        order_id: Set(order_id.to_owned()),
+        definition: Set(definition.to_owned()),
+        definition_version: Set(version),
+        order_id: Set(key.to_owned()),
         status: Set(SagaState::Pending),
-        current_step: Set("load_order".into()),
+        current_step: Set(first.into()),
         attempts: Set(0),
         last_error: Set(String::new()),
         traceparent: Set(traceparent.to_owned()),
@@ -347,7 +365,11 @@ pub async fn start_fulfillment<C: ConnectionTrait>(
     .await?;
     step::ActiveModel {
         saga_id: Set(saga_id),
-        step: Set("accept_order".into()),
+        step: Set(if definition == "fulfillment" {
+            "accept_order".into()
+        } else {
+            "start".into()
+        }),
         direction: Set("forward".into()),
         outcome: Set("succeeded".into()),
         attempt: Set(1),

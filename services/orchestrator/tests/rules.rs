@@ -560,3 +560,90 @@ async fn a_cancelled_line_stops_its_shipment_and_the_rest_ships() {
     }
     h.stop().await;
 }
+
+/// The synthetic saga: eight probe calls in order, each once; a decline at step 4 undoes steps
+/// 3, 2 and 1 (each once, newest first) and nothing after it; a participant down for two
+/// attempts is retried; a start repeated for the same key is the same saga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_saga_calls_each_step_once_and_undoes_exactly_what_it_did() {
+    let h = Harness::new().await;
+    let start = |key: &'static str| {
+        let db = h.db.clone();
+        let wake = h.wake.clone();
+        async move {
+            let (m, created) = store::start_saga(&db, "probe", key, "", "test")
+                .await
+                .unwrap();
+            wake.notify_one();
+            (m, created)
+        }
+    };
+    h.world.world().probe_declines.insert(("p-no".into(), 4));
+    h.world
+        .fail("probe.apply", Status::unavailable("probe restarting"), 2);
+    let (ok, created) = start("p-ok").await;
+    assert!(created);
+    assert_eq!(
+        (
+            ok.definition.as_str(),
+            ok.definition_version,
+            ok.current_step.as_str()
+        ),
+        ("probe", 1, "probe_1")
+    );
+    let (no, _) = start("p-no").await;
+    let (again, created) = start("p-ok").await;
+    assert!(!created);
+    assert_eq!(again.saga_id, ok.saga_id);
+
+    let ok = h.finished(&ok.saga_id).await;
+    assert_eq!(ok.status, SagaState::Completed, "{}", ok.last_error);
+    let no = h.finished(&no.saga_id).await;
+    assert_eq!(no.status, SagaState::Compensated);
+    assert!(
+        no.last_error.starts_with("PROBE_DECLINED"),
+        "{}",
+        no.last_error
+    );
+
+    {
+        let w = h.world.world();
+        let effects = |key: &str, direction: &str| -> Vec<i32> {
+            let mut steps: Vec<i32> = w
+                .probe_effects
+                .iter()
+                .filter(|(k, (b, _))| b == key && k.ends_with(direction))
+                .map(|(_, (_, s))| *s)
+                .collect();
+            steps.sort_unstable();
+            steps
+        };
+        assert_eq!(effects("p-ok", ":forward"), (1..=8).collect::<Vec<_>>());
+        assert!(effects("p-ok", ":compensate").is_empty());
+        assert_eq!(effects("p-no", ":forward"), vec![1, 2, 3]);
+        assert_eq!(effects("p-no", ":compensate"), vec![1, 2, 3]);
+        // 16 applies recorded or declined, plus the two refused while the participant was down.
+        assert_eq!(w.count("probe.apply"), 8 + 4 + 2);
+        assert_eq!(w.count("probe.revert"), 3);
+    }
+    let undone: Vec<String> = h
+        .timeline(&no.saga_id)
+        .await
+        .into_iter()
+        .filter(|(_, d, o)| d == "compensate" && o == "succeeded")
+        .map(|(s, ..)| s)
+        .collect();
+    assert_eq!(undone, ["probe_3", "probe_2", "probe_1", "saga"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_definitions_are_refused_naming_the_field() {
+    let h = Harness::new().await;
+    let e = store::start_saga(&h.db, "returns", "r-1", "", "test")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("definition"), "{e}");
+    assert!(saga::Entity::find().all(&h.db).await.unwrap().is_empty());
+    h.stop().await;
+}

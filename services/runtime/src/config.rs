@@ -273,6 +273,10 @@ pub struct OrchestratorSettings {
     /// two waits of a shipment (pack, ship: `ship_deadline_ms` each), so that no capture meets
     /// an expired authorization.
     pub reauthorize_within_ms: u64,
+    /// The probe participant of the synthetic `probe` saga (`erp.probe.v1.ProbeService`), e.g.
+    /// `http://probe:50060`. Empty: probe sagas are refused (compensated with
+    /// `PROBE_UNCONFIGURED`).
+    pub probe_url: String,
 }
 
 /// The names of every service, in start order for `erp up`.
@@ -360,6 +364,7 @@ lease_ms = 15000
 poll_interval_ms = 200
 ship_deadline_ms = 86400000
 reauthorize_within_ms = 259200000
+probe_url = ""
 "#;
 
 /// A configuration that could not be loaded; the message names the offending key.

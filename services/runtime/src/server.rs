@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 use tonic::service::Routes;
@@ -103,9 +102,13 @@ pub async fn serve(
             span
         })
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            drained.cancelled().await;
-        });
+        // No Nagle delay on the small frames of unary calls (what grpc-go does by default).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                drained.cancelled().await;
+            },
+        );
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,

@@ -60,6 +60,10 @@ pub struct World {
     /// backordered (a split where the lines' stock is spread). Off: RouteOrder refuses, and the
     /// saga plans from stock and sites itself.
     pub routing_rules: bool,
+    /// What the probe participant recorded: idempotency key → (business key, step).
+    pub probe_effects: BTreeMap<String, (String, i32)>,
+    /// (business key, step) the probe participant declines.
+    pub probe_declines: HashSet<(String, i32)>,
     /// Every call, as `service.method`, in order.
     pub calls: Vec<String>,
     /// Scripted answers: the next calls of `service.method` fail with these, in turn.
@@ -162,6 +166,7 @@ impl FakeWorld {
             warehouse: Arc::new(self.clone()),
             carrier: Arc::new(self.clone()),
             finance: Arc::new(self.clone()),
+            probe: Some(Arc::new(self.clone())),
         }
     }
 
@@ -244,4 +249,5 @@ impl FakeWorld {
     }
 }
 
+mod probe;
 mod services;

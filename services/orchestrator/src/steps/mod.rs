@@ -31,6 +31,7 @@ pub mod load_order;
 pub mod mark_shipped;
 pub mod next_shipment;
 pub mod post_journal;
+pub mod probe;
 pub mod quote_label;
 pub mod record_allocation;
 pub mod reserve_stock;
@@ -41,6 +42,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// One call of a step: the participants, the saga, the call's idempotency key and deadline.
 pub struct Call<'a> {
     pub p: &'a Participants,
+    /// The step being called (a handler shared by several steps reads which one it is).
+    pub step: Step,
     pub saga_id: &'a str,
     /// `<saga>:<step>:<direction>`, with the round after a re-route (see [`key`]).
     pub key: String,
@@ -84,6 +87,7 @@ pub fn handlers(step: Step) -> Handlers {
         Step::PostJournal => post_journal::HANDLERS,
         Step::MarkShipped => mark_shipped::HANDLERS,
         Step::NextShipment => next_shipment::HANDLERS,
+        Step::Probe(_) => probe::HANDLERS,
     }
 }
 
@@ -108,6 +112,7 @@ pub async fn forward(
 ) -> StepResult {
     let call = Call {
         p,
+        step,
         saga_id,
         key: key(saga_id, ctx.round, step, true),
         timeout,
@@ -128,6 +133,7 @@ pub async fn compensate(
     };
     let call = Call {
         p,
+        step,
         saga_id,
         key: key(saga_id, ctx.round, step, false),
         timeout,

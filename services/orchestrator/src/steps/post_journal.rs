@@ -19,6 +19,7 @@ async fn forward(c: Call<'_>, ctx: &mut Ctx) -> StepResult {
         saga_id,
         key: k,
         timeout: t,
+        ..
     } = c;
     let o = &ctx.shipping().ok_or_else(|| StepError::missing("order"))?;
     let e = p
