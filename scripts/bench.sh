@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The flash sale (reservations on one hot item, batched and not, against the single-hot-row
-# UPDATE ceiling), then saga throughput and latency, embedded (SQLite, one process) and distributed (seven processes,
-# PostgreSQL + Redis Streams), with this machine's PostgreSQL commit ceiling measured in the
-# same run (pgbench, one-row UPDATE per transaction, 16 clients) for the ratio. Prints figures;
-# never fails on time.
+# Every figure of the performance table, in one run on this machine: PostgreSQL's commit
+# ceilings (pgbench, fsync on), the flash sale (reservations on one hot item, batched and not;
+# GetAvailability beside a bare tonic server; then end to end through CreateOrder), the
+# synthetic eight-step saga (the engine alone) and the fulfillment saga, embedded (SQLite, one
+# process) and distributed (seven processes, PostgreSQL + Redis Streams), each at 16, 64 and
+# 128 sagas in flight (and the synthetic saga alone, one at a time). Prints figures; never
+# fails on time (it fails when a run finds an invariant broken: oversold, a saga lost).
 #
-#   scripts/bench.sh [orders] [concurrency]
+#   scripts/bench.sh [orders per run] [flash-sale orders]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ORDERS="${1:-300}"
-CONCURRENCY="${2:-16}"
+ORDERS="${1:-400}"
+FLASH_ORDERS="${2:-10000}"
+LEVELS="${ERP_BENCH_LEVELS:-16 64 128}"
 
 # A durable cluster of its own (fsync on), so the figures mean what production would see.
 eval "$(ERP_TEST_PG_PORT=55433 ERP_TEST_PG_DURABLE=1 scripts/test-env.sh)"
@@ -17,6 +20,7 @@ PG_URL="$ERP_TEST_POSTGRES_URL"
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 
 cargo build --release -p erp >&2
+ERP="${CARGO_TARGET_DIR:-target}/release/erp"
 export ERP__TELEMETRY__LOG_FILTER=warn
 
 echo "== PostgreSQL commit ceiling (pgbench, one-row UPDATE, rows spread, 16 clients, 10 s)"
@@ -39,11 +43,24 @@ HOT=$("$PG_BIN/pgbench" -n -c 32 -j 2 -T 10 -f /tmp/erp-pgbench-hot.sql "$PG_URL
 echo "hot-row commits/s: $HOT"
 
 echo "== flash sale: 10,000 one-unit reservations for 500 units, 128 clients, PostgreSQL with fsync"
-target/release/erp bench --mode flash --orders 10000 --concurrency 128 --postgres "$PG_URL" --redis "$ERP_TEST_REDIS_URL" --pg-ceiling "$HOT"
+"$ERP" bench --mode flash --orders 10000 --concurrency 128 --postgres "$PG_URL" --redis "$ERP_TEST_REDIS_URL" --pg-ceiling "$HOT"
 
-echo "== embedded (SQLite, one process)"
-target/release/erp bench --mode embedded --orders "$ORDERS" --concurrency "$CONCURRENCY"
+echo "== flash sale end to end: $FLASH_ORDERS CreateOrder for 500 units over 3 warehouses, 128 clients, embedded"
+"$ERP" bench --mode flash-orders --orders "$FLASH_ORDERS" --concurrency 128
 
-echo "== distributed (7 processes, PostgreSQL with fsync, Redis Streams)"
-target/release/erp bench --mode distributed --orders "$ORDERS" --concurrency "$CONCURRENCY" \
+echo "== synthetic saga (8 steps, one row per step at the probe participant, 1 in 20 declined at step 4)"
+"$ERP" bench --mode synthetic-embedded --orders 200 --concurrency 1
+"$ERP" bench --mode synthetic-distributed --orders 200 --concurrency 1 \
   --postgres "$PG_URL" --redis "$ERP_TEST_REDIS_URL" --pg-ceiling "$CEILING"
+for c in $LEVELS; do
+  "$ERP" bench --mode synthetic-embedded --orders $((ORDERS * 3)) --concurrency "$c"
+  "$ERP" bench --mode synthetic-distributed --orders $((ORDERS * 3)) --concurrency "$c" \
+    --postgres "$PG_URL" --redis "$ERP_TEST_REDIS_URL" --pg-ceiling "$CEILING"
+done
+
+echo "== fulfillment saga, instant simulated floor"
+for c in $LEVELS; do
+  "$ERP" bench --mode embedded --orders "$ORDERS" --concurrency "$c"
+  "$ERP" bench --mode distributed --orders "$ORDERS" --concurrency "$c" \
+    --postgres "$PG_URL" --redis "$ERP_TEST_REDIS_URL" --pg-ceiling "$CEILING"
+done

@@ -42,7 +42,9 @@ enum Command {
     Bench {
         /// embedded (this process, SQLite), distributed (seven processes, PostgreSQL + Redis),
         /// synthetic-embedded / synthetic-distributed (the eight-step probe saga instead of
-        /// orders: the engine alone), flash (a flash sale of `orders` one-unit reservations for
+        /// orders: the engine alone), flash-orders (a flash sale end to end, embedded: `orders`
+        /// one-unit orders through CreateOrder for 500 units over three warehouses, until every
+        /// order is allocated or backordered), flash (a flash sale of `orders` one-unit reservations for
         /// 500 units on PostgreSQL), or security (what TLS and token checks cost on a simple
         /// read).
         #[arg(long, default_value = "embedded")]
@@ -203,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
             pg_ceiling,
         } => {
             let figures = match mode.as_str() {
-                "embedded" | "synthetic-embedded" => {
+                "embedded" | "synthetic-embedded" | "flash-orders" => {
                     let synthetic = mode == "synthetic-embedded";
                     let dir =
                         std::env::temp_dir().join(format!("erp-bench-{}", uuid::Uuid::now_v7()));
@@ -228,6 +230,17 @@ async fn main() -> anyhow::Result<()> {
                     let bus = Bus::from_settings(&settings.bus).await?;
                     let suite = erp::start_suite(settings, bus, true).await?;
                     let mut c = erp::testkit::Clients::for_suite(&suite);
+                    if mode == "flash-orders" {
+                        // 500 units of a new item over the three warehouses, nothing else.
+                        erp::seed::seed(&suite).await?;
+                        let sale = erp::bench::flash_orders(&c, orders, 500, concurrency).await;
+                        suite.stop().await?;
+                        let _ = std::fs::remove_dir_all(dir);
+                        let sale = sale?;
+                        erp::bench::print_sale(&sale);
+                        anyhow::ensure!(sale.oversold() == 0, "oversold {} units", sale.oversold());
+                        return Ok(());
+                    }
                     if !synthetic {
                         erp::seed::seed(&suite).await?;
                         erp::bench::stock_up(&mut c, 1_000_000).await?;
@@ -294,7 +307,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 other => {
                     anyhow::bail!(
-                        "--mode must be embedded, distributed, synthetic-embedded, synthetic-distributed, flash or security, not {other}"
+                        "--mode must be embedded, distributed, synthetic-embedded, synthetic-distributed, flash-orders, flash or security, not {other}"
                     )
                 }
             };

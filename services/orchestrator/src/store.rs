@@ -7,7 +7,7 @@ use erp_runtime::{ApiError, ApiResult};
 use erp_runtime::{failpoint, outbox};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    TransactionTrait,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use sea_orm_migration::prelude::*;
 
@@ -82,6 +82,14 @@ CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
                 // Sagas whose driver died are found by their expired lease, not their due time.
                 name: "m20261129_000004_saga_leases",
                 up: "CREATE INDEX sagas_lease ON sagas (status, lease_until_ms)",
+                drops: &[],
+            }),
+            Box::new(DdlMigration {
+                // Every poll looks for held sagas and unread signals: both by index, so that
+                // its cost does not grow with the sagas waiting or the signals ever received.
+                name: "m20261207_000005_poll_indexes",
+                up: "CREATE INDEX sagas_owner ON sagas (lease_owner);
+                     CREATE INDEX saga_signals_unread ON saga_signals (consumed, seq)",
                 drops: &[],
             }),
             erp_runtime::audit::migration(),
@@ -269,21 +277,60 @@ pub fn lease_free<C: ConnectionTrait>(c: &C, replica: &str) -> sea_orm::Conditio
         .add(saga::Column::LeaseOwner.eq(replica))
 }
 
-/// Sagas `replica` drives now: active, free to take, and either due or left behind by a driver
-/// whose lease expired (it died between two commits; what it waited for is irrelevant: the
-/// lease, not a wait's deadline, is what holds a running saga).
+/// Sagas `replica` drives now because they are due: active, free to take, and their time has
+/// come. A range of the `(status, next_attempt_at_ms)` index: the thousands of sagas waiting
+/// (for stock, for the floor) are not read at every poll.
 pub fn due_condition<C: ConnectionTrait>(c: &C, replica: &str) -> sea_orm::Condition {
     sea_orm::Condition::all()
         .add(saga::Column::Status.is_in(SagaState::ACTIVE))
         .add(lease_free(c, replica))
-        .add(
-            sea_orm::Condition::any()
-                .add(sea_orm::sea_query::ExprTrait::lte(
-                    sea_orm::sea_query::Expr::col(saga::Column::NextAttemptAtMs),
-                    clock(c),
-                ))
-                .add(saga::Column::LeaseOwner.ne("")),
-        )
+        .add(sea_orm::sea_query::ExprTrait::lte(
+            sea_orm::sea_query::Expr::col(saga::Column::NextAttemptAtMs),
+            clock(c),
+        ))
+}
+
+/// Sagas left behind by a driver whose lease expired (it died between two commits; what it
+/// waited for is irrelevant: the lease, not a wait's deadline, is what holds a running saga),
+/// or held by `replica` and not running. A range of the `lease_owner` index (`> ''` is "held by
+/// someone", in a form both engines can seek): only the sagas being driven are read. Any
+/// status: the caller keeps the active ones.
+pub fn orphaned_condition<C: ConnectionTrait>(c: &C, replica: &str) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(saga::Column::LeaseOwner.gt(""))
+        .add(lease_free(c, replica))
+}
+
+/// The ids of the sagas `replica` should drive now: at most `limit` due ones, earliest first,
+/// then the orphaned active ones (see [`due_condition`], [`orphaned_condition`]).
+pub async fn due_sagas<C: ConnectionTrait>(
+    c: &C,
+    replica: &str,
+    limit: u64,
+) -> Result<Vec<String>, sea_orm::DbErr> {
+    let mut ids: Vec<String> = saga::Entity::find()
+        .select_only()
+        .column(saga::Column::SagaId)
+        .filter(due_condition(c, replica))
+        .order_by_asc(saga::Column::NextAttemptAtMs)
+        .limit(limit)
+        .into_tuple::<String>()
+        .all(c)
+        .await?;
+    let orphaned: Vec<(String, SagaState)> = saga::Entity::find()
+        .select_only()
+        .columns([saga::Column::SagaId, saga::Column::Status])
+        .filter(orphaned_condition(c, replica))
+        .limit(limit)
+        .into_tuple()
+        .all(c)
+        .await?;
+    for (id, status) in orphaned {
+        if status.is_active() && !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// Active sagas that nobody drives: their driver's lease expired (it died), or they have been

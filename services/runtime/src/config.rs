@@ -266,6 +266,9 @@ pub struct OrchestratorSettings {
     pub lease_ms: u64,
     /// How often each replica looks for due sagas.
     pub poll_interval_ms: u64,
+    /// Sagas one replica drives at once (each waits on a participant or a commit most of the
+    /// time, so this is well above the cores).
+    pub max_running_sagas: u32,
     /// How long a saga waits for the ship confirmation before escalating to the exception queue.
     pub ship_deadline_ms: u64,
     /// A later shipment of an order shipped in parts re-authorizes the payment when the
@@ -362,6 +365,7 @@ require_client_cert = true
 [orchestrator]
 lease_ms = 15000
 poll_interval_ms = 200
+max_running_sagas = 64
 ship_deadline_ms = 86400000
 reauthorize_within_ms = 259200000
 probe_url = ""

@@ -111,6 +111,7 @@ impl Engine {
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
+        let running = settings.max_running_sagas.clamp(1, 4096);
         Self {
             committer: commit::Committer::new(db.clone()),
             db,
@@ -121,7 +122,7 @@ impl Engine {
             changes: crate::watch::Changes::default(),
             running: Mutex::new(HashSet::new()),
             signalled: Mutex::new(HashSet::new()),
-            permits: Arc::new(Semaphore::new(64)),
+            permits: Arc::new(Semaphore::new(running as usize)),
             tasks,
             shutdown,
             last_report: std::sync::atomic::AtomicI64::new(0),
@@ -195,25 +196,18 @@ impl Engine {
             self.now()
         };
         self.report_statuses(db_now).await;
-        let mut ids: Vec<String> = saga::Entity::find()
-            .filter(crate::store::due_condition(&self.db, &self.replica))
-            .order_by_asc(saga::Column::NextAttemptAtMs)
-            .limit(64)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|m| m.saga_id)
-            .collect();
+        let limit = u64::from(self.settings.max_running_sagas.clamp(1, 4096));
+        let mut ids = crate::store::due_sagas(&self.db, &self.replica, limit).await?;
         // A signal (shipment confirmed, cancel, pause) makes a saga due at once.
         let signalled: Vec<String> = signal::Entity::find()
+            .select_only()
+            .column(signal::Column::SagaId)
             .filter(signal::Column::Consumed.eq(false))
             .order_by_asc(signal::Column::Seq)
-            .limit(64)
+            .limit(limit)
+            .into_tuple::<String>()
             .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|s| s.saga_id)
-            .collect();
+            .await?;
         {
             // A saga running here now reads its new signals before its next step.
             let running = self

@@ -9,10 +9,24 @@ use crate::definition::Step;
 use crate::outcome::{Reason, StepError};
 use crate::store::SagaState;
 
-/// How often a backordered saga tries to route again when nothing woke it: stock arriving
-/// (`inventory.stock_changed`) wakes it at once; the recheck catches what no event announces
-/// (a routing rule change, a warehouse back online).
+/// How soon a backordered saga first tries to route again when nothing woke it: stock arriving
+/// (`inventory.stock_changed`) and new routing rules wake it at once; the recheck catches what
+/// no event announces (a warehouse back online). See [`backorder_recheck_ms`].
 const BACKORDER_RECHECK_MS: i64 = 30_000;
+
+/// The longest a backordered saga goes without routing again.
+const BACKORDER_RECHECK_MAX_MS: i64 = 30 * 60_000;
+
+/// The delay before the recheck after `checks` routings found nothing: doubling from 30 s to
+/// 30 minutes, spread by ±25% (`jitter` in 0..1), so that thousands of orders backordered in
+/// one flash sale neither recheck together nor keep the engine busy rechecking what events
+/// would announce anyway.
+pub(super) fn backorder_recheck_ms(checks: u32, jitter: f64) -> i64 {
+    let base = BACKORDER_RECHECK_MS
+        .saturating_mul(1i64 << checks.min(10))
+        .min(BACKORDER_RECHECK_MAX_MS) as f64;
+    (base * (0.75 + 0.5 * jitter.clamp(0.0, 1.0))) as i64
+}
 
 impl Engine {
     /// One move of a re-route: undo the next site-bound step going down, and once at the
@@ -232,14 +246,15 @@ impl Engine {
         } else {
             format!("|{}|", skus.join("|"))
         };
-        st.m.next_attempt_at_ms = st.now + BACKORDER_RECHECK_MS;
+        st.m.next_attempt_at_ms = st.now
+            + backorder_recheck_ms(st.ctx.route_checks.saturating_sub(1), rand::random::<f64>());
         let entry = if first {
             log(
                 "route",
                 "forward",
                 "started",
                 format!(
-                    "backordered: {detail}; routing again when stock arrives (and every {} s)",
+                    "backordered: {detail}; routing again when stock arrives (and after {} s, then less often)",
                     BACKORDER_RECHECK_MS / 1000
                 ),
             )
@@ -250,5 +265,19 @@ impl Engine {
             failpoint::hit(&["saga", "backorder", "record", "after_commit"]).await;
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backorder_recheck_ms;
+
+    #[test]
+    fn rechecks_back_off_and_spread() {
+        assert_eq!(backorder_recheck_ms(0, 0.5), 30_000);
+        assert_eq!(backorder_recheck_ms(1, 0.5), 60_000);
+        assert_eq!(backorder_recheck_ms(40, 0.5), 30 * 60_000);
+        assert_eq!(backorder_recheck_ms(0, 0.0), 22_500);
+        assert_eq!(backorder_recheck_ms(0, 1.0), 37_500);
     }
 }

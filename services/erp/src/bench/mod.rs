@@ -15,6 +15,12 @@ use tokio::sync::Semaphore;
 
 use crate::testkit::Clients;
 
+mod sale;
+mod synthetic;
+
+pub use sale::{Sale, flash_orders, print_sale};
+pub use synthetic::run_synthetic;
+
 pub struct Figures {
     pub completed: usize,
     /// Sagas undone as the workload meant them to be (the synthetic saga's declines); they
@@ -200,136 +206,6 @@ where
         (Some(before), Some(after)) => Some(after.minus(&before)),
         _ => None,
     };
-    Ok(figures)
-}
-
-/// Starts `sagas` synthetic sagas, at most `concurrency` in flight, each watched to its end
-/// (`WatchSaga`); then checks what the probe participant recorded against what the sagas say:
-/// eight effects for each completed saga, three effects and three compensations for each
-/// declined one, and exactly the declined keys compensated. A mismatch is an error.
-pub async fn run_synthetic<F, Fut>(
-    c: &Clients,
-    probe: &crate::probe::Probe,
-    sagas: usize,
-    concurrency: usize,
-    cost: F,
-) -> anyhow::Result<Figures>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<Cost>>,
-{
-    use erp_proto::orchestrator::StartSagaRequest;
-    let (forward_before, compensate_before) = probe.counts().await?;
-    let before = cost().await;
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(sagas);
-    let mut declined = 0usize;
-    for i in 0..sagas {
-        let permit = permits.clone().acquire_owned().await?;
-        let mut c = c.clone();
-        let key = format!("PROBE-{}-{i}", &run[20..]);
-        if crate::probe::declines(&key, SYNTHETIC_DECLINE_EVERY) {
-            declined += 1;
-        }
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let t0 = Instant::now();
-            let saga = c
-                .orchestrator
-                .start_saga(StartSagaRequest {
-                    definition: "probe".into(),
-                    business_key: key,
-                })
-                .await
-                .map_err(|e| format!("StartSaga: {e}"))?
-                .into_inner()
-                .saga
-                .ok_or("StartSaga answered no saga")?;
-            let mut watch = c
-                .orchestrator
-                .watch_saga(WatchSagaRequest {
-                    saga_id: saga.saga_id,
-                    order_id: String::new(),
-                    with_timeline: false,
-                })
-                .await
-                .map_err(|e| format!("WatchSaga: {e}"))?
-                .into_inner();
-            while let Some(msg) = watch
-                .message()
-                .await
-                .map_err(|e| format!("WatchSaga: {e}"))?
-            {
-                let saga = msg.saga.ok_or("WatchSaga sent no saga")?;
-                match SagaStatus::try_from(saga.status).unwrap_or(SagaStatus::Unspecified) {
-                    SagaStatus::Completed => return Ok((true, t0.elapsed())),
-                    SagaStatus::Compensated => return Ok((false, t0.elapsed())),
-                    SagaStatus::Parked => {
-                        return Err(format!("parked: {}", saga.last_error));
-                    }
-                    _ => {}
-                }
-            }
-            Err("the watch ended before the saga did".to_owned())
-        }));
-    }
-    let mut figures = Figures {
-        completed: 0,
-        compensated: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::with_capacity(sagas),
-        cost: None,
-    };
-    let mut first_error = None;
-    for t in tasks {
-        match t.await? {
-            Ok((completed, latency)) => {
-                if completed {
-                    figures.completed += 1;
-                } else {
-                    figures.compensated += 1;
-                }
-                figures.latencies.push(latency);
-            }
-            Err(e) => {
-                figures.failed += 1;
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        eprintln!(
-            "synthetic    {} sagas failed; the first: {e}",
-            figures.failed
-        );
-    }
-    figures.elapsed = started.elapsed();
-    figures.cost = match (before, cost().await) {
-        (Some(before), Some(after)) => Some(after.minus(&before)),
-        _ => None,
-    };
-    let (forward, compensate) = probe.counts().await?;
-    let (forward, compensate) = (forward - forward_before, compensate - compensate_before);
-    let step = i64::from(crate::probe::DECLINED_STEP) - 1;
-    let (done, undone) = (figures.completed as i64, figures.compensated as i64);
-    anyhow::ensure!(
-        figures.failed == 0
-            && figures.compensated == declined
-            && forward == 8 * done + step * undone
-            && compensate == step * undone,
-        "the probe participant disagrees with the sagas: {} completed, {} compensated ({declined} declined), \
-         {} failed; {forward} effects and {compensate} compensations recorded",
-        figures.completed,
-        figures.compensated,
-        figures.failed
-    );
-    println!(
-        "synthetic    checked: {forward} effects and {compensate} compensations recorded, each once, as the {} sagas say",
-        sagas
-    );
     Ok(figures)
 }
 
