@@ -21,6 +21,7 @@ mod synthetic;
 pub use sale::{Sale, flash_orders, print_sale};
 pub use synthetic::run_synthetic;
 
+#[derive(Default)]
 pub struct Figures {
     pub completed: usize,
     /// Sagas undone as the workload meant them to be (the synthetic saga's declines); they
@@ -90,6 +91,17 @@ pub fn rpcs_in(page: &str) -> f64 {
         .sum()
 }
 
+/// The `p` quantile (0..=1) of `latencies`, nearest rank; zero when there are none.
+pub fn percentile(latencies: &[Duration], p: f64) -> Duration {
+    if latencies.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
 impl Figures {
     /// Sagas finished (completed, or compensated as meant) per second.
     pub fn per_second(&self) -> f64 {
@@ -97,13 +109,7 @@ impl Figures {
     }
 
     pub fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted[idx.min(sorted.len() - 1)]
+        percentile(&self.latencies, p)
     }
 }
 
@@ -185,12 +191,8 @@ where
         }));
     }
     let mut figures = Figures {
-        completed: 0,
-        compensated: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
         latencies: Vec::with_capacity(orders),
-        cost: None,
+        ..Figures::default()
     };
     for t in tasks {
         match t.await? {
@@ -516,15 +518,7 @@ impl Flash {
     }
 
     fn percentile(&self, p: f64) -> Duration {
-        Figures {
-            completed: 0,
-            compensated: 0,
-            failed: 0,
-            elapsed: self.elapsed,
-            latencies: self.latencies.clone(),
-            cost: None,
-        }
-        .percentile(p)
+        percentile(&self.latencies, p)
     }
 }
 

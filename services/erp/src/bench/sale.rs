@@ -219,14 +219,6 @@ pub async fn flash_orders(
 }
 
 pub fn print_sale(s: &Sale) {
-    let f = super::Figures {
-        completed: 0,
-        compensated: 0,
-        failed: 0,
-        elapsed: s.settled_in,
-        latencies: s.latencies.clone(),
-        cost: None,
-    };
     println!(
         "flash-orders {} orders for {} units over 3 warehouses: {} allocated, {} backordered, {} failed; \
          all placed in {:.2} s, all settled in {:.2} s ({:.0} orders/s); placed to settled p50 {:.0} ms, p99 {:.0} ms",
@@ -238,8 +230,8 @@ pub fn print_sale(s: &Sale) {
         s.placed_in.as_secs_f64(),
         s.settled_in.as_secs_f64(),
         (s.allocated + s.backordered) as f64 / s.settled_in.as_secs_f64().max(1e-9),
-        f.percentile(0.5).as_secs_f64() * 1000.0,
-        f.percentile(0.99).as_secs_f64() * 1000.0,
+        super::percentile(&s.latencies, 0.5).as_secs_f64() * 1000.0,
+        super::percentile(&s.latencies, 0.99).as_secs_f64() * 1000.0,
     );
     println!(
         "flash-orders oversold {} units; {} units left to promise ({} unsold while orders wait for stock)",

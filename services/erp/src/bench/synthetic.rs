@@ -2,7 +2,7 @@
 //! participant's rows checked against what the sagas say.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use erp_proto::orchestrator::{SagaStatus, StartSagaRequest, WatchSagaRequest};
 use tokio::sync::Semaphore;
@@ -82,12 +82,8 @@ where
         }));
     }
     let mut figures = Figures {
-        completed: 0,
-        compensated: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
         latencies: Vec::with_capacity(sagas),
-        cost: None,
+        ..Figures::default()
     };
     let mut first_error = None;
     for t in tasks {
