@@ -543,26 +543,59 @@ pub async fn wake_waiting_for_stock(
         return Ok(());
     }
     let sku = p["sku"].as_str().unwrap_or_default();
-    let woken = saga::Entity::update_many()
-        .col_expr(saga::Column::NextAttemptAtMs, clock(db))
-        .filter(saga::Column::Status.eq(SagaState::Waiting))
-        .filter(saga::Column::CurrentStep.eq("route"))
-        .filter(sea_orm::sea_query::ExprTrait::gt(
-            sea_orm::sea_query::Expr::col(saga::Column::NextAttemptAtMs),
-            clock(db),
-        ))
-        .filter(
-            sea_orm::Condition::any()
-                .add(saga::Column::WaitingSkus.eq(""))
-                .add(saga::Column::WaitingSkus.like(format!("%|{sku}|%"))),
-        )
-        .exec(db)
+    // Wake as many sagas as units became available, oldest first (each needs at least one
+    // unit): 500 units back in stock do not send 9,000 backordered orders racing for them.
+    // Those left asleep route at their recheck, or when the next units arrive.
+    let units = p["available"].as_i64().unwrap_or(0).clamp(1, WAKE_AT_MOST);
+    let waiting = || {
+        saga::Entity::find()
+            .select_only()
+            .column(saga::Column::SagaId)
+            .filter(saga::Column::Status.eq(SagaState::Waiting))
+            .filter(saga::Column::CurrentStep.eq("route"))
+            .filter(sea_orm::sea_query::ExprTrait::gt(
+                sea_orm::sea_query::Expr::col(saga::Column::NextAttemptAtMs),
+                clock(db),
+            ))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(saga::Column::WaitingSkus.eq(""))
+                    .add(saga::Column::WaitingSkus.like(format!("%|{sku}|%"))),
+            )
+    };
+    let oldest: Vec<String> = waiting()
+        .order_by_asc(saga::Column::CreatedAtMs)
+        .limit(units as u64)
+        .into_tuple()
+        .all(db)
         .await?;
-    if woken.rows_affected > 0 {
+    if oldest.is_empty() {
+        return Ok(());
+    }
+    let woken = wake_now(db, oldest).await?;
+    if woken > 0 {
         failpoint::hit(&["consumer", "stock_changed", "after_commit"]).await;
         wake.notify_one();
     }
     Ok(())
+}
+
+/// The most sagas one stock event wakes.
+const WAKE_AT_MOST: i64 = 1_000;
+
+/// Makes the waiting sagas `ids` due now (those still waiting to route). Returns how many.
+async fn wake_now<C: sea_orm::ConnectionTrait>(
+    c: &C,
+    ids: Vec<String>,
+) -> Result<u64, sea_orm::DbErr> {
+    Ok(saga::Entity::update_many()
+        .col_expr(saga::Column::NextAttemptAtMs, clock(c))
+        .filter(saga::Column::SagaId.is_in(ids))
+        .filter(saga::Column::Status.eq(SagaState::Waiting))
+        .filter(saga::Column::CurrentStep.eq("route"))
+        .exec(c)
+        .await?
+        .rows_affected)
 }
 
 /// The fulfillment saga of an order, if it has one yet.
@@ -585,6 +618,24 @@ pub async fn on_site_status(
     wake: &tokio::sync::Notify,
 ) -> anyhow::Result<()> {
     let p = &event.payload;
+    if p["online"].as_bool() == Some(true) {
+        // A site back online may ship what nothing else could: the backordered sagas route
+        // again now (the oldest first, as many as one wake takes; the rest at their recheck).
+        let waiting: Vec<String> = saga::Entity::find()
+            .select_only()
+            .column(saga::Column::SagaId)
+            .filter(saga::Column::Status.eq(SagaState::Waiting))
+            .filter(saga::Column::CurrentStep.eq("route"))
+            .order_by_asc(saga::Column::CreatedAtMs)
+            .limit(WAKE_AT_MOST as u64)
+            .into_tuple()
+            .all(db)
+            .await?;
+        if !waiting.is_empty() && wake_now(db, waiting).await? > 0 {
+            wake.notify_one();
+        }
+        return Ok(());
+    }
     if p["online"].as_bool() != Some(false) {
         return Ok(());
     }

@@ -42,6 +42,22 @@ async fn insert(
     .unwrap();
 }
 
+/// Closes the test's database and, on PostgreSQL, drops it.
+async fn drop_database(
+    db: sea_orm::DatabaseConnection,
+    settings: &erp_runtime::Settings,
+    backend: &Backend,
+) {
+    db.close().await.unwrap();
+    if let Backend::Postgres(_) = backend {
+        erp_runtime::db::drop_postgres_database(
+            &settings.database.url.replace("{service}", "orchestrator"),
+        )
+        .await
+        .unwrap();
+    }
+}
+
 async fn stalled_and_due(backend: Backend) {
     let (settings, _dir) = testing::settings(&backend, &[]);
     let db = erp_runtime::db::connect_and_migrate::<store::Migrator>(&settings, "orchestrator")
@@ -114,14 +130,7 @@ async fn stalled_and_due(backend: Backend) {
         "{}",
         backend.name()
     );
-    db.close().await.unwrap();
-    if let Backend::Postgres(_) = backend {
-        erp_runtime::db::drop_postgres_database(
-            &settings.database.url.replace("{service}", "orchestrator"),
-        )
-        .await
-        .unwrap();
-    }
+    drop_database(db, &settings, &backend).await;
 }
 
 #[tokio::test]
@@ -172,5 +181,99 @@ async fn unreadable_context_parks(backend: Backend) {
 async fn a_saga_with_an_unreadable_context_is_parked_on_every_backend() {
     for backend in testing::backends() {
         unreadable_context_parks(backend).await;
+    }
+}
+
+/// A saga waiting at `route` for stock (backordered), created at `created`, needing `skus`.
+async fn backordered(db: &sea_orm::DatabaseConnection, id: &str, created: i64, skus: &str) {
+    let now = erp_runtime::db::clock_ms(db).await.unwrap();
+    insert(db, id, "waiting", "", 0, now + 3_600_000).await;
+    saga::ActiveModel {
+        saga_id: Set(id.into()),
+        current_step: Set("route".into()),
+        created_at_ms: Set(created),
+        waiting_skus: Set(skus.into()),
+        ..Default::default()
+    }
+    .update(db)
+    .await
+    .unwrap();
+}
+
+fn stock_event(id: &str, sku: &str, available: i64, reason: &str) -> erp_runtime::bus::Event {
+    erp_runtime::bus::Event {
+        id: id.into(),
+        topic: "inventory.stock_changed".into(),
+        key: format!("{sku}@WH1"),
+        payload: serde_json::json!({
+            "sku": sku, "location": "WH1", "available": available,
+            "on_hand_delta": if reason == "receipt" { available } else { 0 },
+            "reason": reason,
+        }),
+        occurred_at_ms: 0,
+        traceparent: String::new(),
+        source: "inventory".into(),
+    }
+}
+
+/// Stock arriving wakes as many backordered sagas as units arrived, oldest first, and only
+/// those waiting for that SKU; a site back online wakes the backordered sagas too.
+async fn waking(backend: Backend) {
+    let (settings, _dir) = testing::settings(&backend, &[]);
+    let db = erp_runtime::db::connect_and_migrate::<store::Migrator>(&settings, "orchestrator")
+        .await
+        .unwrap();
+    backordered(&db, "b-newest", 300, "|SKU-A|").await;
+    backordered(&db, "b-oldest", 100, "|SKU-A|").await;
+    backordered(&db, "b-middle", 200, "|SKU-A|SKU-B|").await;
+    backordered(&db, "b-other", 50, "|SKU-B|").await;
+    let wake = tokio::sync::Notify::new();
+    let due = |db: &sea_orm::DatabaseConnection| {
+        let db = db.clone();
+        async move {
+            let mut d = store::due_sagas(&db, "replica-z", 64).await.unwrap();
+            d.sort();
+            d
+        }
+    };
+    // A reservation takes stock: nothing wakes.
+    store::wake_waiting_for_stock(&db, &stock_event("e1", "SKU-A", 5, "reservation"), &wake)
+        .await
+        .unwrap();
+    assert!(due(&db).await.is_empty(), "{}", backend.name());
+    // Two units of SKU-A received: the two oldest waiting for SKU-A.
+    store::wake_waiting_for_stock(&db, &stock_event("e2", "SKU-A", 2, "receipt"), &wake)
+        .await
+        .unwrap();
+    assert_eq!(
+        due(&db).await,
+        vec!["b-middle", "b-oldest"],
+        "{}",
+        backend.name()
+    );
+    // A site back online: every backordered saga routes again.
+    let online = erp_runtime::bus::Event {
+        id: "e3".into(),
+        topic: "warehouse.site_status_changed".into(),
+        key: "WH2".into(),
+        payload: serde_json::json!({ "site": "WH2", "online": true }),
+        occurred_at_ms: 0,
+        traceparent: String::new(),
+        source: "warehouse".into(),
+    };
+    store::on_site_status(&db, &online, &wake).await.unwrap();
+    assert_eq!(
+        due(&db).await,
+        vec!["b-middle", "b-newest", "b-oldest", "b-other"],
+        "{}",
+        backend.name()
+    );
+    drop_database(db, &settings, &backend).await;
+}
+
+#[tokio::test]
+async fn stock_wakes_as_many_backordered_sagas_as_units_arrived_oldest_first() {
+    for backend in testing::backends() {
+        waking(backend).await;
     }
 }

@@ -10,14 +10,15 @@ use crate::outcome::{Reason, StepError};
 use crate::store::SagaState;
 
 /// How soon a backordered saga first tries to route again when nothing woke it: stock arriving
-/// (`inventory.stock_changed`) and new routing rules wake it at once; the recheck catches what
-/// no event announces (a warehouse back online). See [`backorder_recheck_ms`].
-const BACKORDER_RECHECK_MS: i64 = 30_000;
+/// (`inventory.stock_changed`, the oldest waiting first), a site back online and new routing
+/// rules wake it at once; the recheck catches what no event announces (stock arriving while
+/// more orders wait than units arrived, an event lost). See [`backorder_recheck_ms`].
+const BACKORDER_RECHECK_MS: i64 = 120_000;
 
 /// The longest a backordered saga goes without routing again.
 const BACKORDER_RECHECK_MAX_MS: i64 = 30 * 60_000;
 
-/// The delay before the recheck after `checks` routings found nothing: doubling from 30 s to
+/// The delay before the recheck after `checks` routings found nothing: doubling from 2 to
 /// 30 minutes, spread by ±25% (`jitter` in 0..1), so that thousands of orders backordered in
 /// one flash sale neither recheck together nor keep the engine busy rechecking what events
 /// would announce anyway.
@@ -274,10 +275,10 @@ mod tests {
 
     #[test]
     fn rechecks_back_off_and_spread() {
-        assert_eq!(backorder_recheck_ms(0, 0.5), 30_000);
-        assert_eq!(backorder_recheck_ms(1, 0.5), 60_000);
+        assert_eq!(backorder_recheck_ms(0, 0.5), 120_000);
+        assert_eq!(backorder_recheck_ms(1, 0.5), 240_000);
         assert_eq!(backorder_recheck_ms(40, 0.5), 30 * 60_000);
-        assert_eq!(backorder_recheck_ms(0, 0.0), 22_500);
-        assert_eq!(backorder_recheck_ms(0, 1.0), 37_500);
+        assert_eq!(backorder_recheck_ms(0, 0.0), 90_000);
+        assert_eq!(backorder_recheck_ms(0, 1.0), 150_000);
     }
 }
