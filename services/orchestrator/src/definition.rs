@@ -102,8 +102,11 @@ impl Step {
                 max_attempts: 30,
                 timeout: Duration::from_secs(10),
             },
+            // Before the pivot, giving up cancels the customer's order: retry through a
+            // participant's outage of a minute or so (10 attempts: the backoff below waits
+            // 40-80 s between them in all) before undoing the steps done.
             _ => Policy {
-                max_attempts: 6,
+                max_attempts: 10,
                 timeout: Duration::from_secs(5),
             },
         }
