@@ -15,6 +15,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p erp \
  && install -D -m 0755 target/release/erp /out/erp
 
+# `erp backup` for the chart's CronJob: the same binary beside pg_dump and pg_restore
+# (docker build --target backup -t <repository>-backup:<tag> .).
+FROM debian:bookworm-slim AS backup
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends postgresql-client ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/erp /usr/local/bin/erp
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/erp"]
+CMD ["backup", "--into", "/backups"]
+
+# The services (the default target, built last).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/erp /usr/local/bin/erp
 USER 65532:65532

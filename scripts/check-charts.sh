@@ -57,6 +57,20 @@ replicas=$(grep -c 'replicas: 3' "$prod" || true)
 [ "$replicas" -ge 3 ] || { echo "production values must render several replicas" >&2; exit 1; }
 echo "  production: $replicas deployments with 3 replicas, $(grep -c '^kind: HorizontalPodAutoscaler' "$prod") autoscalers, $(grep -c '^kind: PodDisruptionBudget' "$prod") disruption budgets"
 
+# The chart's own Redis keeps its append-only file on a volume.
+redis="$out/redis-values.yaml"
+if grep -q '^kind: StatefulSet' "$redis" && grep -A1 -- '- --appendonly' "$redis" | grep -q '"yes"' \
+  && grep -q 'volumeClaimTemplates' "$redis"; then
+  echo "  redis: StatefulSet with appendonly yes on a volume claim"
+else
+  echo "the redis values must render a Redis StatefulSet with AOF on a volume" >&2; exit 1
+fi
+if grep -q '^kind: CronJob' "$redis" && grep -q '"backup", "--into", "/backups", "--keep", "7"' "$redis"; then
+  echo "  backup: CronJob running erp backup --keep 7 into the volume"
+else
+  echo "the redis values must render the backup CronJob" >&2; exit 1
+fi
+
 # Every call one service makes to another (its peer clients in the code) must be admitted by
 # the callee's NetworkPolicy, or production breaks with network policies on.
 "$VENV/bin/python" - "$prod" <<'PY'

@@ -3,7 +3,8 @@
 # (and CI, which keeps $HOME between runs) reuse. Each tool is pinned; a cached binary of the
 # pinned version is never rebuilt.
 #
-#   scripts/install-tools.sh [buf] [grpcurl] [helm] [jaeger]     (no argument: all of them)
+#   scripts/install-tools.sh [buf] [grpcurl] [helm] [jaeger] [toxiproxy-server]
+#                                                          (no argument: all of them)
 #
 # Prints the directory holding the binaries on its last line, so callers can do
 #   export PATH="$(scripts/install-tools.sh buf | tail -1):$PATH"
@@ -19,6 +20,8 @@ declare -A MODULE=(
   [helm]="helm.sh/helm/v3/cmd/helm@v3.22.0"
   # Built inside its module (go install refuses it: its go.mod has replace directives).
   [jaeger]="github.com/jaegertracing/jaeger/cmd/jaeger@v1.76.0"
+  # The TCP fault proxy of the fault tests (its command is named `server` in its module).
+  [toxiproxy-server]="github.com/Shopify/toxiproxy/v2/cmd/server@v2.5.0"
 )
 
 # One install at a time per cache: two runs at once would both build the same tool (helm takes
@@ -29,7 +32,7 @@ if command -v flock >/dev/null; then
 fi
 
 wanted=("$@")
-if [ ${#wanted[@]} -eq 0 ]; then wanted=(buf grpcurl helm jaeger); fi
+if [ ${#wanted[@]} -eq 0 ]; then wanted=(buf grpcurl helm jaeger toxiproxy-server); fi
 
 for tool in "${wanted[@]}"; do
   spec="${MODULE[$tool]:?unknown tool $tool}"
@@ -38,7 +41,7 @@ for tool in "${wanted[@]}"; do
     continue
   fi
   echo "installing $tool ($spec)" >&2
-  if [ "$tool" = jaeger ]; then
+  if [ "$tool" = jaeger ] || [ "$tool" = toxiproxy-server ]; then
     module="${spec%%/cmd/*}@${spec##*@}"
     package="./cmd/${spec#*/cmd/}"; package="${package%@*}"
     dir="$(go mod download -json "$module" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"

@@ -2,7 +2,7 @@
 # The whole test suite, on a fresh machine or a warm one:
 #   1. installs the pinned tools (buf) into a cache under $HOME and lints the protos,
 #   2. installs and starts PostgreSQL and Redis when missing (scripts/test-env.sh), and builds
-#      Jaeger for the trace test,
+#      Jaeger for the trace test and Toxiproxy for the fault tests,
 #   3. checks formatting, clippy and the dependency tree (cargo deny: licenses, bans, sources,
 #      advisories when the advisory database is reachable), then runs every Rust test against
 #      SQLite and PostgreSQL,
@@ -23,6 +23,9 @@ step "buf lint (STANDARD)"
 step "Jaeger (the trace test's collector)"
 export ERP_TEST_JAEGER_BIN="$(scripts/install-tools.sh jaeger | tail -1)/jaeger"
 export ERP_TEST_REQUIRE_JAEGER=1
+
+step "Toxiproxy (the fault tests' TCP fault proxy)"
+export ERP_TEST_TOXIPROXY_BIN="$(scripts/install-tools.sh toxiproxy-server | tail -1)/toxiproxy-server"
 
 step "PostgreSQL and Redis"
 eval "$(scripts/test-env.sh)"

@@ -27,7 +27,11 @@ pub fn settings(backend: &Backend, extra: &[(&str, &str)]) -> Settings {
 pub fn channel(s: &erp::Suite, service: &str) -> erp_runtime::auth::PeerChannel {
     erp::testkit::channel_as(
         &s.settings,
-        if service == "audit" { "order" } else { service },
+        if matches!(service, "audit" | "events") {
+            "order"
+        } else {
+            service
+        },
         erp::testkit::TOOL_SUBJECT,
         &[erp_runtime::auth::roles::ADMIN],
     )

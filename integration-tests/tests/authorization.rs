@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use erp_integration_tests::{RawCodec, settings, suite};
-use erp_runtime::auth::{AUDIT_POLICY, Policy, roles};
+use erp_runtime::auth::{AUDIT_POLICY, EVENTS_POLICY, Policy, roles};
 use erp_runtime::bus::Bus;
 use erp_runtime::testing::Backend;
 use tonic::Code;
@@ -31,6 +31,7 @@ fn served_methods() -> BTreeMap<String, Vec<String>> {
 fn tables() -> Vec<&'static Policy> {
     let mut t: Vec<&'static Policy> = erp::policies().to_vec();
     t.push(&AUDIT_POLICY);
+    t.push(&EVENTS_POLICY);
     t
 }
 
@@ -99,7 +100,11 @@ async fn every_method_answers_every_role_as_its_table_says() {
     let (mut allowed_calls, mut denied_calls) = (0, 0);
     for policy in tables() {
         let short = policy.service.split('.').nth(1).unwrap();
-        let service = if short == "audit" { "order" } else { short };
+        let service = if matches!(short, "audit" | "events") {
+            "order"
+        } else {
+            short
+        };
         let call = |channel: erp_runtime::auth::PeerChannel, path: String| async move {
             let mut grpc = tonic::client::Grpc::new(channel);
             grpc.ready().await.unwrap();

@@ -181,6 +181,7 @@ async fn order_becomes_one_saga_over_redis_streams_on_postgres() {
         stream_prefix: format!("erp-test-{}", std::process::id()),
         relay_interval_ms: 50,
         redeliver_after_ms: 2000,
+        ..settings(&backend, &[]).bus
     })
     .await
     .unwrap();

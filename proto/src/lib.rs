@@ -39,6 +39,11 @@ pub mod erp {
             tonic::include_proto!("erp.procurement.v1");
         }
     }
+    pub mod events {
+        pub mod v1 {
+            tonic::include_proto!("erp.events.v1");
+        }
+    }
     pub mod finance {
         pub mod v1 {
             tonic::include_proto!("erp.finance.v1");
@@ -59,6 +64,7 @@ pub mod erp {
 pub use erp::audit::v1 as audit;
 pub use erp::carrier::v1 as carrier;
 pub use erp::common::v1 as common;
+pub use erp::events::v1 as events;
 pub use erp::finance::v1 as finance;
 pub use erp::inventory::v1 as inventory;
 pub use erp::orchestrator::v1 as orchestrator;
@@ -81,5 +87,6 @@ pub mod service_names {
     pub const FINANCE: &str = "erp.finance.v1.FinanceService";
     pub const ORCHESTRATOR: &str = "erp.orchestrator.v1.OrchestratorService";
     pub const AUDIT: &str = "erp.audit.v1.AuditService";
+    pub const EVENTS: &str = "erp.events.v1.EventsService";
     pub const PROBE: &str = "erp.probe.v1.ProbeService";
 }

@@ -49,6 +49,7 @@ CREATE INDEX tracking_events_shipment ON tracking_events (shipment_id, occurred_
                 drops: &["tracking_events", "shipments", "carriers"],
             }),
             erp_runtime::audit::migration(),
+            erp_runtime::db::events_tables(),
         ]
     }
 }

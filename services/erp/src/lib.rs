@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod bench;
 pub mod certs;
 pub mod demo;

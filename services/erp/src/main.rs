@@ -99,6 +99,27 @@ enum Command {
     },
     /// Load and validate the configuration (defaults, file, environment), print where things go.
     CheckConfig,
+    /// Back up every service database (or those named) online into a new directory
+    /// `<into>/<UTC time>/` with a manifest (checksums, migration, outbox and inbox positions).
+    Backup {
+        #[arg(long)]
+        into: PathBuf,
+        /// Only this service (repeatable).
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// Then delete all but the newest this many backups under `into`.
+        #[arg(long)]
+        keep: Option<usize>,
+    },
+    /// Restore service databases from a backup directory, after checking every file against
+    /// the manifest. Stop the services first: their databases are replaced.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        /// Only this service (repeatable); all in the backup when none.
+        #[arg(long = "service")]
+        services: Vec<String>,
+    },
     /// Apply database migrations for one service, or all of them.
     Migrate {
         /// order, inventory, warehouse, carrier, procurement, finance or orchestrator.
@@ -163,6 +184,45 @@ async fn main() -> anyhow::Result<()> {
                     erp_runtime::db::redact(&settings.database_url(s))
                 );
             }
+        }
+        Command::Backup {
+            into,
+            services,
+            keep,
+        } => {
+            let dir = into.join(chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
+            let started = std::time::Instant::now();
+            let manifest = erp::backup::backup(&settings, &dir, &services).await?;
+            for e in &manifest.services {
+                println!(
+                    "  {:<13} {:>12} bytes  {}  migration {}  outbox #{}  inbox {} events",
+                    e.service, e.bytes, e.file, e.migration, e.outbox_last_seq, e.inbox_events
+                );
+            }
+            println!(
+                "backup written to {} in {:.2} s",
+                dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+            if let Some(keep) = keep {
+                for old in erp::backup::prune(&into, keep)? {
+                    println!("  removed old backup {}", old.display());
+                }
+            }
+        }
+        Command::Restore { from, services } => {
+            let started = std::time::Instant::now();
+            for e in erp::backup::restore(&settings, &from, &services).await? {
+                println!(
+                    "  {:<13} restored from {} (taken at {} ms, migration {})",
+                    e.service, e.file, e.taken_at_ms, e.migration
+                );
+            }
+            println!(
+                "restored from {} in {:.2} s; start the services",
+                from.display(),
+                started.elapsed().as_secs_f64()
+            );
         }
         Command::Migrate { service } => {
             for s in erp::migrate(&settings, service.as_deref()).await? {

@@ -649,6 +649,8 @@ async fn the_saga_survives_a_crash_at_every_point() {
             ("ERP__BUS__STREAM_PREFIX", &prefix),
             ("ERP__BUS__REDELIVER_AFTER_MS", "300"),
             ("ERP__ORCHESTRATOR__LEASE_MS", &lease),
+            // A dead node's outbox relay lease runs out as soon as its sagas' leases do.
+            ("ERP__BUS__RELAY_LEASE_MS", &lease),
             ("ERP__ORCHESTRATOR__POLL_INTERVAL_MS", "50"),
             ("ERP__SERVER__SHUTDOWN_GRACE_MS", "200"),
         ],

@@ -32,18 +32,14 @@ impl erp_runtime::Service for Service {
         ));
         // Inventory's value changes become journal entries.
         let consumer = api.clone();
-        ctx.bus
-            .subscribe(
-                "inventory.stock_changed",
-                "finance",
-                erp_runtime::bus::handler(move |event: erp_runtime::bus::Event| {
-                    let api = consumer.clone();
-                    async move { api.on_stock_changed(&event).await }
-                }),
-                ctx.shutdown.clone(),
-                &ctx.tasks,
-            )
-            .await?;
+        ctx.subscribe(
+            "inventory.stock_changed",
+            erp_runtime::bus::handler(move |event: erp_runtime::bus::Event| {
+                let api = consumer.clone();
+                async move { api.on_stock_changed(&event).await }
+            }),
+        )
+        .await?;
         Ok(tonic::service::Routes::new(
             erp_proto::finance::finance_service_server::FinanceServiceServer::from_arc(api),
         ))

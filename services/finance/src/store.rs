@@ -108,6 +108,7 @@ CREATE TABLE tax_rates (
                     AND NEW.refunded_minor + NEW.charged_back_minor <= NEW.captured_minor",
             }),
             erp_runtime::audit::migration(),
+            erp_runtime::db::events_tables(),
             Box::new(DdlMigration {
                 name: "m20261130_000001_refund_approvals",
                 up: r"

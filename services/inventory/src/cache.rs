@@ -30,8 +30,14 @@ pub enum AtpCache {
         conn: redis::aio::ConnectionManager,
         prefix: String,
         ttl: Duration,
+        /// Reads skip the cache until then (epoch ms) after Redis failed to answer, so that
+        /// an outage costs one timeout, not one per read. Invalidations always try.
+        skip_until: std::sync::Arc<std::sync::atomic::AtomicI64>,
     },
 }
+
+/// How long reads go straight to the database after Redis failed to answer.
+const SKIP_AFTER_FAILURE_MS: i64 = 5_000;
 
 const STORE_IF_CURRENT: &str = r"
 local global = redis.call('GET', KEYS[1]) or '0'
@@ -52,9 +58,17 @@ impl AtpCache {
         }
         let client = redis::Client::open(settings.bus.redis_url.as_str())?;
         Ok(Self::Redis {
-            conn: redis::aio::ConnectionManager::new(client).await?,
+            // Lazily: inventory starts and serves (from its database) while Redis is down.
+            conn: redis::aio::ConnectionManager::new_lazy_with_config(
+                client,
+                redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(1),
+            )?,
             prefix: format!("{}:atp", settings.bus.stream_prefix),
             ttl: Duration::from_millis(settings.inventory.availability_cache_ms),
+            skip_until: Default::default(),
         })
     }
 
@@ -68,9 +82,19 @@ impl AtpCache {
 
     /// The cached figures of `sku`, if current; otherwise the generations to store under.
     pub async fn get(&self, sku: &str) -> Result<PerLocation, Option<(String, String)>> {
-        let Self::Redis { conn, prefix, .. } = self else {
+        let Self::Redis {
+            conn,
+            prefix,
+            skip_until,
+            ..
+        } = self
+        else {
             return Err(None);
         };
+        let now = erp_runtime::time::now_ms();
+        if now < skip_until.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(None);
+        }
         let (g, s, v) = Self::keys(prefix, sku);
         let mut conn = conn.clone();
         let got: redis::RedisResult<(Option<String>, Option<String>, Option<String>)> =
@@ -81,6 +105,10 @@ impl AtpCache {
                 .query_async(&mut conn)
                 .await;
         let Ok((global, sku_gen, value)) = got else {
+            skip_until.store(
+                now + SKIP_AFTER_FAILURE_MS,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             return Err(None);
         };
         let global = global.unwrap_or_else(|| "0".into());
@@ -97,7 +125,10 @@ impl AtpCache {
 
     /// Stores figures computed after reading `generations`, unless a change happened since.
     pub async fn put(&self, sku: &str, generations: (String, String), figures: &PerLocation) {
-        let Self::Redis { conn, prefix, ttl } = self else {
+        let Self::Redis {
+            conn, prefix, ttl, ..
+        } = self
+        else {
             return;
         };
         let (g, s, v) = Self::keys(prefix, sku);

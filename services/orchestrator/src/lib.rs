@@ -49,62 +49,50 @@ impl erp_runtime::Service for Service {
         ] {
             let db = ctx.db.clone();
             let wake = wake.clone();
-            ctx.bus
-                .subscribe(
-                    topic,
-                    "orchestrator",
-                    handler(move |event: Event| {
-                        let db = db.clone();
-                        let wake = wake.clone();
-                        async move {
-                            if accepted {
-                                store::on_order_accepted(&db, &event, &wake).await
-                            } else {
-                                store::on_participant_event(&db, &event, &wake).await
-                            }
+            ctx.subscribe(
+                topic,
+                handler(move |event: Event| {
+                    let db = db.clone();
+                    let wake = wake.clone();
+                    async move {
+                        if accepted {
+                            store::on_order_accepted(&db, &event, &wake).await
+                        } else {
+                            store::on_participant_event(&db, &event, &wake).await
                         }
-                    }),
-                    ctx.shutdown.clone(),
-                    &ctx.tasks,
-                )
-                .await?;
+                    }
+                }),
+            )
+            .await?;
         }
         {
             // A warehouse gone offline re-routes what it had not picked.
             let db = ctx.db.clone();
             let wake = wake.clone();
-            ctx.bus
-                .subscribe(
-                    "warehouse.site_status_changed",
-                    "orchestrator",
-                    handler(move |event: Event| {
-                        let db = db.clone();
-                        let wake = wake.clone();
-                        async move { store::on_site_status(&db, &event, &wake).await }
-                    }),
-                    ctx.shutdown.clone(),
-                    &ctx.tasks,
-                )
-                .await?;
+            ctx.subscribe(
+                "warehouse.site_status_changed",
+                handler(move |event: Event| {
+                    let db = db.clone();
+                    let wake = wake.clone();
+                    async move { store::on_site_status(&db, &event, &wake).await }
+                }),
+            )
+            .await?;
         }
         // Stock that became available, or new routing rules, wake the sagas waiting for stock
         // (backorders) at once.
         for topic in ["inventory.stock_changed", "order.routing_rules_changed"] {
             let db = ctx.db.clone();
             let wake = wake.clone();
-            ctx.bus
-                .subscribe(
-                    topic,
-                    "orchestrator",
-                    handler(move |event: Event| {
-                        let db = db.clone();
-                        let wake = wake.clone();
-                        async move { store::wake_waiting_for_stock(&db, &event, &wake).await }
-                    }),
-                    ctx.shutdown.clone(),
-                    &ctx.tasks,
-                )
-                .await?;
+            ctx.subscribe(
+                topic,
+                handler(move |event: Event| {
+                    let db = db.clone();
+                    let wake = wake.clone();
+                    async move { store::wake_waiting_for_stock(&db, &event, &wake).await }
+                }),
+            )
+            .await?;
         }
         let participants = participants::Participants::connect_lazy(
             &ctx.settings.peers,

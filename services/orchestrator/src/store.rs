@@ -93,6 +93,7 @@ CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
                 drops: &[],
             }),
             erp_runtime::audit::migration(),
+            erp_runtime::db::events_tables(),
         ]
     }
 }

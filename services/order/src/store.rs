@@ -108,6 +108,7 @@ CREATE INDEX routing_decisions_order ON routing_decisions (order_id, seq)",
                 drops: &[],
             }),
             erp_runtime::audit::migration(),
+            erp_runtime::db::events_tables(),
         ]
     }
 }

@@ -41,24 +41,20 @@ impl erp_runtime::Service for Service {
             "warehouse.receipt_recorded",
         ] {
             let api = api.clone();
-            ctx.bus
-                .subscribe(
-                    topic,
-                    "procurement",
-                    erp_runtime::bus::handler(move |event: erp_runtime::bus::Event| {
-                        let api = api.clone();
-                        async move {
-                            match event.topic.as_str() {
-                                "inventory.stock_changed" => api.on_stock_changed(&event).await,
-                                "inventory.low_stock" => api.on_low_stock(&event).await,
-                                _ => api.on_receipt_recorded(&event).await,
-                            }
+            ctx.subscribe(
+                topic,
+                erp_runtime::bus::handler(move |event: erp_runtime::bus::Event| {
+                    let api = api.clone();
+                    async move {
+                        match event.topic.as_str() {
+                            "inventory.stock_changed" => api.on_stock_changed(&event).await,
+                            "inventory.low_stock" => api.on_low_stock(&event).await,
+                            _ => api.on_receipt_recorded(&event).await,
                         }
-                    }),
-                    ctx.shutdown.clone(),
-                    &ctx.tasks,
-                )
-                .await?;
+                    }
+                }),
+            )
+            .await?;
         }
         Ok(tonic::service::Routes::new(
             erp_proto::procurement::procurement_service_server::ProcurementServiceServer::from_arc(

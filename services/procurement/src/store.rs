@@ -95,6 +95,7 @@ CREATE INDEX po_receipts_po ON po_receipts (purchase_order_id)",
                 drops: &["po_receipts", "demand_events", "reorder_policies"],
             }),
             erp_runtime::audit::migration(),
+            erp_runtime::db::events_tables(),
             Box::new(DdlMigration {
                 name: "m20261130_000001_po_maker",
                 up: "ALTER TABLE purchase_orders ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",

@@ -32,6 +32,8 @@ pub struct ServiceContext {
     pub tasks: TaskTracker,
     /// How this service reaches its peers: its token and its TLS identity.
     pub peer: PeerAccess,
+    /// This service's consumers by topic (for dead-letter replays).
+    pub consumers: crate::events::Consumers,
 }
 
 impl ServiceContext {
@@ -42,6 +44,37 @@ impl ServiceContext {
         F::Output: Send + 'static,
     {
         self.tasks.spawn(task)
+    }
+
+    /// Subscribes this service (its consumer group) to `topic` until shutdown. The group must
+    /// be listed for the topic in [`crate::bus::SUBSCRIPTIONS`] (the relays wait for the
+    /// groups listed there). An event `handler` keeps failing on becomes a dead letter after
+    /// `bus.max_deliveries` deliveries and `bus.dead_letter_after_ms`.
+    pub async fn subscribe(&self, topic: &str, handler: crate::bus::Handler) -> anyhow::Result<()> {
+        if !crate::bus::groups_of(topic).contains(&self.name) {
+            anyhow::bail!(
+                "{} subscribes to {topic} but is not listed for it in bus::SUBSCRIPTIONS",
+                self.name
+            );
+        }
+        if let Ok(mut c) = self.consumers.lock() {
+            c.insert(topic.to_owned(), handler.clone());
+        }
+        let guarded = crate::events::guarded(
+            self.db.clone(),
+            self.name,
+            crate::events::DeadLetterPolicy::from_settings(&self.settings.bus),
+            handler,
+        );
+        self.bus
+            .subscribe(
+                topic,
+                self.name,
+                guarded,
+                self.shutdown.clone(),
+                &self.tasks,
+            )
+            .await
     }
 }
 
@@ -89,28 +122,43 @@ pub async fn start<S: Service>(
     let server_tls = crate::tls::server_config(&tls)?;
     let db = crate::db::connect_and_migrate::<S::Migrator>(&settings, S::NAME).await?;
     let outbox = OutboxWaker::default();
+    let status = crate::events::Status::default();
     let relay = Relay {
         service: S::NAME,
         db: db.clone(),
         bus: bus.clone(),
         waker: outbox.clone(),
-        interval: Duration::from_millis(settings.bus.relay_interval_ms),
+        settings: settings.bus.clone(),
+        status: status.clone(),
     };
     tasks.spawn(relay.run(shutdown.clone()));
+    let consumers = crate::events::Consumers::default();
     let ctx = ServiceContext {
         name: S::NAME,
         settings: settings.clone(),
         db: db.clone(),
-        bus,
+        bus: bus.clone(),
         outbox,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         peer,
+        consumers: consumers.clone(),
     };
     let routes = S::build(ctx).await?;
     let addr = listener.local_addr()?;
     let server_settings = settings.server.clone();
-    let routes = routes.add_service(crate::audit::AuditApi::server(db.clone()));
+    let routes = routes
+        .add_service(crate::audit::AuditApi::server(db.clone()))
+        .add_service(
+            crate::events::EventsApi {
+                db: db.clone(),
+                bus,
+                status,
+                consumer: S::NAME,
+                consumers,
+            }
+            .server(),
+        );
     let auth = crate::auth::AuthLayer {
         auth,
         policy: S::POLICY,

@@ -197,6 +197,17 @@ pub struct BusSettings {
     pub relay_interval_ms: u64,
     /// A delivered but unacknowledged message is handed to another consumer after this idle time.
     pub redeliver_after_ms: u64,
+    /// A consumer gives up on an event (it becomes a dead letter, listed and replayable through
+    /// `erp.events.v1.EventsService`) after this many failed deliveries...
+    pub max_deliveries: u32,
+    /// ...and no sooner than this long after its first failure, so that an outage of a
+    /// dependency is waited out rather than dead-lettered.
+    pub dead_letter_after_ms: u64,
+    /// Published events every consumer group processed stay in the outbox this long, to be
+    /// replayed to a consumer restored from a backup.
+    pub outbox_retention_ms: u64,
+    /// One relay per service publishes at a time: the replica holding this lease.
+    pub relay_lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -316,6 +327,10 @@ redis_url = "redis://127.0.0.1:6379/0"
 stream_prefix = "erp"
 relay_interval_ms = 500
 redeliver_after_ms = 30000
+max_deliveries = 10
+dead_letter_after_ms = 300000
+outbox_retention_ms = 604800000
+relay_lease_ms = 3000
 
 [telemetry]
 log_filter = "info"

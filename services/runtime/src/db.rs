@@ -71,7 +71,8 @@ pub async fn connect_url(
     Ok(db)
 }
 
-fn sqlite_path(url: &str) -> Option<String> {
+/// The file of a SQLite URL (`sqlite://./data/x.db?mode=rwc` → `./data/x.db`).
+pub fn sqlite_path(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -351,6 +352,52 @@ CREATE TABLE audit_log (
             "processed_events",
             "outbox_events",
         ],
+    })
+}
+
+/// Durable events (every service): the outbox keeps what it published until every consumer
+/// group subscribed to the topic processed it (`acked_at_ms`), remembering where on the bus
+/// it went (`stream_id`); one relay per service holds `outbox_relay`'s lease; consumers count
+/// failed deliveries (`event_failures`) and park what they give up on (`dead_letters`).
+pub fn events_tables() -> Box<dyn MigrationTrait> {
+    Box::new(DdlMigration {
+        name: "m20261207_000001_durable_events",
+        up: r"
+ALTER TABLE outbox_events ADD COLUMN stream_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE outbox_events ADD COLUMN acked_at_ms BIGINT;
+UPDATE outbox_events SET acked_at_ms = published_at_ms WHERE published_at_ms IS NOT NULL;
+CREATE INDEX outbox_unacked ON outbox_events (acked_at_ms, seq);
+CREATE TABLE outbox_relay (
+    id INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until_ms BIGINT NOT NULL,
+    bus_epoch TEXT NOT NULL
+);
+INSERT INTO outbox_relay (id, owner, until_ms, bus_epoch) VALUES (1, '', 0, '');
+CREATE TABLE event_failures (
+    consumer TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    deliveries INTEGER NOT NULL,
+    first_failed_at_ms BIGINT NOT NULL,
+    last_error TEXT NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+);
+CREATE TABLE dead_letters (
+    consumer TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    source TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    occurred_at_ms BIGINT NOT NULL,
+    traceparent TEXT NOT NULL,
+    deliveries INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    dead_at_ms BIGINT NOT NULL,
+    replayed_at_ms BIGINT,
+    PRIMARY KEY (consumer, event_id)
+)",
+        drops: &["dead_letters", "event_failures", "outbox_relay"],
     })
 }
 

@@ -12,6 +12,7 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod failpoint;
 pub mod idempotency;
 pub mod jwks;

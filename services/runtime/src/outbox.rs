@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, QueryOrder, QuerySelect};
+
+use sea_orm::{ActiveValue::Set, ConnectionTrait, QueryOrder, QuerySelect, TransactionTrait};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, Event};
+use crate::bus::{Bus, Event, StreamId};
 use crate::error::{ApiError, ApiResult};
 
 pub mod entity {
@@ -29,6 +30,31 @@ pub mod entity {
         pub occurred_at_ms: i64,
         pub traceparent: String,
         pub published_at_ms: Option<i64>,
+        /// Where on the bus it went (a Redis stream entry id; empty in process).
+        pub stream_id: String,
+        /// When every consumer group subscribed to the topic had processed it.
+        pub acked_at_ms: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The relay's lease: one row, held by the replica that publishes.
+pub mod relay_lease {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox_relay")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        pub owner: String,
+        pub until_ms: i64,
+        /// The bus epoch the outbox last published under (see `RedisBus::epoch`).
+        pub bus_epoch: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -74,6 +100,8 @@ pub async fn enqueue<C: ConnectionTrait, P: Serialize>(
         occurred_at_ms: Set(crate::time::now_ms()),
         traceparent: Set(crate::telemetry::current_traceparent().unwrap_or_default()),
         published_at_ms: Set(None),
+        stream_id: Set(String::new()),
+        acked_at_ms: Set(None),
         ..Default::default()
     }
     .insert(conn)
@@ -115,73 +143,402 @@ impl OutboxWaker {
     }
 }
 
-/// Publishes unpublished outbox rows in order, marking each after the bus accepted it.
+/// Publishes unpublished outbox rows in order and keeps them until every consumer group
+/// subscribed to their topic processed them. Runs on every replica; the one holding the
+/// lease publishes.
 pub struct Relay {
     pub service: &'static str,
     pub db: DatabaseConnection,
     pub bus: Bus,
     pub waker: OutboxWaker,
-    pub interval: Duration,
+    pub settings: crate::config::BusSettings,
+    pub status: crate::events::Status,
 }
+
+/// Rows one publish reads.
+const BATCH: u64 = 200;
+
+/// How often the leader reads the groups' progress from Redis (acknowledgements, lag, loss).
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// How often acknowledged rows past their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// A published row not confirmed for this long is looked for on its stream (a failover may
+/// have dropped it without the bus losing its epoch).
+const CHECK_PRESENT_AFTER_MS: i64 = 30_000;
 
 impl Relay {
     /// Publishes until `shutdown`; woken at once by [`OutboxWaker`], else every `interval`.
     pub async fn run(self, shutdown: CancellationToken) {
+        let owner = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+            Uuid::now_v7()
+        );
+        let interval = Duration::from_millis(self.settings.relay_interval_ms);
+        let lease = Duration::from_millis(self.settings.relay_lease_ms.max(1));
+        let mut held_since: Option<std::time::Instant> = None;
+        let mut last_sweep: Option<std::time::Instant> = None;
+        let mut last_prune: Option<std::time::Instant> = None;
+        // The bus epoch this relay checked its outbox against (empty: not yet).
+        let mut epoch = String::new();
         while !shutdown.is_cancelled() {
-            match self.publish_pending().await {
-                Ok(n) if n > 0 => {
-                    metrics::counter!("outbox_published_total", "service" => self.service)
-                        .increment(n as u64);
-                    continue;
+            if held_since.is_none_or(|t| t.elapsed() >= lease / 3) {
+                held_since = match self.take_lease(&owner, lease).await {
+                    Ok(true) => Some(std::time::Instant::now()),
+                    Ok(false) => None,
+                    Err(e) => {
+                        tracing::warn!(service = self.service, error = %e, "relay lease check failed");
+                        None
+                    }
+                };
+                self.status.set_leader(held_since.is_some());
+            }
+            let mut more = false;
+            if held_since.is_some() {
+                match self.publish_pending(&mut epoch).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            metrics::counter!("outbox_published_total", "service" => self.service)
+                                .increment(n as u64);
+                        }
+                        more = n as u64 >= BATCH;
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = self.service, error = %format!("{e:#}"), "outbox relay failed, will retry")
+                    }
                 }
-                Ok(_) => {
-                    metrics::gauge!("outbox_pending_events", "service" => self.service).set(0.0);
+                if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+                    last_sweep = Some(std::time::Instant::now());
+                    if let Err(e) = self.sweep(&mut epoch).await {
+                        tracing::warn!(service = self.service, error = %format!("{e:#}"), "outbox sweep failed, will retry");
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(service = self.service, error = %e, "outbox relay failed, will retry")
+                if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                    last_prune = Some(std::time::Instant::now());
+                    if let Err(e) = self.prune().await {
+                        tracing::warn!(service = self.service, error = %e, "outbox prune failed");
+                    }
                 }
+            }
+            if more {
+                continue;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.waker.0.notified() => {}
-                () = tokio::time::sleep(self.interval) => {}
+                () = self.waker.0.notified(), if held_since.is_some() => {}
+                () = tokio::time::sleep(if held_since.is_some() { interval } else { lease / 3 }) => {}
             }
+        }
+        if held_since.is_some() {
+            // Hand over at once rather than after the lease runs out.
+            let _ = relay_lease::Entity::update_many()
+                .col_expr(relay_lease::Column::UntilMs, Expr::value(0))
+                .filter(relay_lease::Column::Id.eq(1))
+                .filter(relay_lease::Column::Owner.eq(&owner))
+                .exec(&self.db)
+                .await;
         }
     }
 
-    /// Publishes one batch; returns how many were published.
-    pub async fn publish_pending(&self) -> anyhow::Result<usize> {
+    /// Takes or renews the lease; true while this replica holds it. In process (embedded
+    /// mode: one process owns its databases) there is nobody to share with.
+    async fn take_lease(&self, owner: &str, lease: Duration) -> Result<bool, DbErr> {
+        if matches!(self.bus, Bus::InProcess(_)) {
+            return Ok(true);
+        }
+        let clock = Expr::cust(crate::db::clock_ms_sql(self.db.get_database_backend()));
+        let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let taken = relay_lease::Entity::update_many()
+            .col_expr(relay_lease::Column::Owner, Expr::value(owner))
+            .col_expr(
+                relay_lease::Column::UntilMs,
+                Expr::cust(format!(
+                    "{} + {ms}",
+                    crate::db::clock_ms_sql(self.db.get_database_backend())
+                )),
+            )
+            .filter(relay_lease::Column::Id.eq(1))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(relay_lease::Column::Owner.eq(owner))
+                    .add(sea_orm::sea_query::ExprTrait::lt(
+                        Expr::col(relay_lease::Column::UntilMs),
+                        clock,
+                    )),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(taken.rows_affected == 1)
+    }
+
+    /// Publishes one batch in order; returns how many were published. In process, an event a
+    /// consumer refuses holds back the later events of its key only (their order is kept),
+    /// not the others; on Redis the batch is one pipeline.
+    pub async fn publish_pending(&self, epoch: &mut String) -> anyhow::Result<usize> {
+        if let Bus::Redis(bus) = &self.bus
+            && epoch.is_empty()
+        {
+            self.check_epoch(bus, epoch).await?;
+        }
         let rows = entity::Entity::find()
             .filter(entity::Column::PublishedAtMs.is_null())
             .order_by_asc(entity::Column::Seq)
-            .limit(100)
+            .limit(BATCH)
             .all(&self.db)
             .await?;
-        let mut published = 0;
-        for row in rows {
-            let event = Event {
-                id: row.event_id.clone(),
-                topic: row.topic.clone(),
-                key: row.event_key.clone(),
-                payload: serde_json::from_str(&row.payload)?,
-                occurred_at_ms: row.occurred_at_ms,
-                traceparent: row.traceparent.clone(),
-                source: self.service.to_owned(),
-            };
-            // Stop at the first failure so events of one key stay in order.
-            self.bus.publish(&event).await?;
-            crate::failpoint::hit(&["outbox", self.service, "after_publish"]).await;
-            entity::Entity::update_many()
-                .col_expr(
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let events = rows
+            .iter()
+            .map(|row| {
+                Ok(Event {
+                    id: row.event_id.clone(),
+                    topic: row.topic.clone(),
+                    key: row.event_key.clone(),
+                    payload: serde_json::from_str(&row.payload)?,
+                    occurred_at_ms: row.occurred_at_ms,
+                    traceparent: row.traceparent.clone(),
+                    source: self.service.to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        let now = crate::time::now_ms();
+        // (seq, stream id, acknowledged already)
+        let mut done: Vec<(i64, String, bool)> = Vec::with_capacity(rows.len());
+        let mut failure = None;
+        match &self.bus {
+            Bus::Redis(bus) => {
+                let Some(ids) = bus.publish_batch(&events, epoch).await? else {
+                    // Redis lost its data since: what it held goes again, first.
+                    epoch.clear();
+                    self.check_epoch(bus, epoch).await?;
+                    return Ok(0);
+                };
+                for (row, id) in rows.iter().zip(ids) {
+                    done.push((row.seq, id, crate::bus::groups_of(&row.topic).is_empty()));
+                }
+            }
+            Bus::InProcess(_) => {
+                let mut held: std::collections::HashSet<(&str, &str)> = Default::default();
+                for (row, event) in rows.iter().zip(&events) {
+                    let key = (row.topic.as_str(), row.event_key.as_str());
+                    if held.contains(&key) {
+                        continue;
+                    }
+                    match self.bus.publish(event).await {
+                        // Every group processed it before publish returned.
+                        Ok(()) => done.push((row.seq, String::new(), true)),
+                        Err(e) => {
+                            held.insert(key);
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+        }
+        crate::failpoint::hit(&["outbox", self.service, "after_publish"]).await;
+        let published = done.len();
+        if !done.is_empty() {
+            let txn = self.db.begin().await?;
+            let acked: Vec<i64> = done.iter().filter(|d| d.2).map(|d| d.0).collect();
+            if !acked.is_empty() {
+                entity::Entity::update_many()
+                    .col_expr(entity::Column::PublishedAtMs, Expr::value(now))
+                    .col_expr(entity::Column::AckedAtMs, Expr::value(now))
+                    .filter(entity::Column::Seq.is_in(acked))
+                    .exec(&txn)
+                    .await?;
+            }
+            for (seq, id, _) in done.into_iter().filter(|d| !d.2) {
+                entity::Entity::update_many()
+                    .col_expr(entity::Column::PublishedAtMs, Expr::value(now))
+                    .col_expr(entity::Column::StreamId, Expr::value(id))
+                    .filter(entity::Column::Seq.eq(seq))
+                    .exec(&txn)
+                    .await?;
+            }
+            txn.commit().await?;
+        }
+        match failure {
+            Some(e) if published == 0 => Err(e),
+            Some(e) => {
+                tracing::warn!(service = self.service, error = %format!("{e:#}"), "an event was refused; later events of its key wait");
+                Ok(published)
+            }
+            None => Ok(published),
+        }
+    }
+
+    /// On Redis: confirms rows every group processed (and trims the streams below them),
+    /// publishes again what the bus lost, and reports lag. In process there is nothing to do:
+    /// rows are confirmed as they are published.
+    async fn sweep(&self, epoch: &mut String) -> anyhow::Result<()> {
+        let unpublished = pending_count(&self.db).await?;
+        metrics::gauge!("outbox_pending_events", "service" => self.service).set(unpublished as f64);
+        let Bus::Redis(bus) = &self.bus else {
+            return Ok(());
+        };
+        if !self.check_epoch(bus, epoch).await? {
+            return Ok(());
+        }
+        let topics: Vec<String> = entity::Entity::find()
+            .select_only()
+            .column(entity::Column::Topic)
+            .distinct()
+            .filter(entity::Column::PublishedAtMs.is_not_null())
+            .filter(entity::Column::AckedAtMs.is_null())
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let now = crate::time::now_ms();
+        for topic in topics {
+            let progress = bus.progress(&topic).await?;
+            for (group, lag) in &progress.lag {
+                metrics::gauge!("events_consumer_lag", "topic" => topic.clone(), "group" => *group)
+                    .set(*lag as f64);
+            }
+            let rows: Vec<(i64, String, i64)> = entity::Entity::find()
+                .select_only()
+                .columns([
+                    entity::Column::Seq,
+                    entity::Column::StreamId,
                     entity::Column::PublishedAtMs,
-                    Expr::value(crate::time::now_ms()),
-                )
-                .filter(entity::Column::Seq.eq(row.seq))
+                ])
+                .filter(entity::Column::Topic.eq(&topic))
+                .filter(entity::Column::PublishedAtMs.is_not_null())
+                .filter(entity::Column::AckedAtMs.is_null())
+                .order_by_asc(entity::Column::Seq)
+                .limit(10_000)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            let below = progress.acked_below;
+            let (acked, open): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, id, _)| {
+                below.is_some_and(|b| StreamId::parse(id).is_some_and(|id| id < b))
+            });
+            for chunk in acked.chunks(500) {
+                entity::Entity::update_many()
+                    .col_expr(entity::Column::AckedAtMs, Expr::value(now))
+                    .filter(entity::Column::Seq.is_in(chunk.iter().map(|r| r.0)))
+                    .exec(&self.db)
+                    .await?;
+            }
+            if let Some(b) = below
+                && !acked.is_empty()
+            {
+                bus.trim(&topic, b).await?;
+            }
+            // Long unconfirmed: is it still on the stream?
+            let old: Vec<&(i64, String, i64)> = open
+                .iter()
+                .filter(|r| now - r.2 > CHECK_PRESENT_AFTER_MS)
+                .take(1_000)
+                .collect();
+            if !old.is_empty() {
+                let ids: Vec<String> = old.iter().map(|r| r.1.clone()).collect();
+                let present = bus.present(&topic, &ids).await?;
+                let lost: Vec<i64> = old
+                    .iter()
+                    .zip(present)
+                    .filter(|(_, p)| !p)
+                    .map(|(r, _)| r.0)
+                    .collect();
+                if !lost.is_empty() {
+                    tracing::warn!(service = self.service, %topic, events = lost.len(), "events missing from their stream; publishing them again");
+                    self.status.republished(lost.len() as u64);
+                    metrics::counter!("outbox_republished_total", "service" => self.service)
+                        .increment(lost.len() as u64);
+                    entity::Entity::update_many()
+                        .col_expr(
+                            entity::Column::PublishedAtMs,
+                            Expr::value(Option::<i64>::None),
+                        )
+                        .col_expr(entity::Column::StreamId, Expr::value(""))
+                        .filter(entity::Column::Seq.is_in(lost))
+                        .exec(&self.db)
+                        .await?;
+                    self.waker.wake();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares the bus's epoch with the one the outbox last published under; when Redis lost
+    /// its data (restarted empty, or is another Redis), every row no group confirmed is made
+    /// unpublished again, to go out in order before anything newer. False when it did.
+    async fn check_epoch(
+        &self,
+        bus: &crate::bus::RedisBus,
+        epoch: &mut String,
+    ) -> anyhow::Result<bool> {
+        let current = bus.epoch().await?;
+        if *epoch == current {
+            return Ok(true);
+        }
+        let stored = relay_lease::Entity::find_by_id(1)
+            .one(&self.db)
+            .await?
+            .map(|l| l.bus_epoch)
+            .unwrap_or_default();
+        if stored == current {
+            *epoch = current;
+            return Ok(true);
+        }
+        let txn = self.db.begin().await?;
+        let again = entity::Entity::update_many()
+            .col_expr(
+                entity::Column::PublishedAtMs,
+                Expr::value(Option::<i64>::None),
+            )
+            .col_expr(entity::Column::StreamId, Expr::value(""))
+            .filter(entity::Column::PublishedAtMs.is_not_null())
+            .filter(entity::Column::AckedAtMs.is_null())
+            .exec(&txn)
+            .await?;
+        relay_lease::Entity::update_many()
+            .col_expr(relay_lease::Column::BusEpoch, Expr::value(current.clone()))
+            .filter(relay_lease::Column::Id.eq(1))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        if !stored.is_empty() && again.rows_affected > 0 {
+            tracing::warn!(
+                service = self.service,
+                events = again.rows_affected,
+                "the bus lost its data; publishing again what no consumer confirmed"
+            );
+            self.status.republished(again.rows_affected);
+            metrics::counter!("outbox_republished_total", "service" => self.service)
+                .increment(again.rows_affected);
+        }
+        *epoch = current;
+        self.waker.wake();
+        Ok(false)
+    }
+
+    /// Deletes confirmed rows older than the retention.
+    async fn prune(&self) -> Result<(), DbErr> {
+        let before = crate::time::now_ms()
+            - i64::try_from(self.settings.outbox_retention_ms).unwrap_or(i64::MAX / 2);
+        let old: Vec<i64> = entity::Entity::find()
+            .select_only()
+            .column(entity::Column::Seq)
+            .filter(entity::Column::AckedAtMs.lt(before))
+            .limit(5_000)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if !old.is_empty() {
+            entity::Entity::delete_many()
+                .filter(entity::Column::Seq.is_in(old))
                 .exec(&self.db)
                 .await?;
-            published += 1;
         }
-        Ok(published)
+        Ok(())
     }
 }
 
@@ -189,6 +546,15 @@ impl Relay {
 pub async fn pending_count<C: ConnectionTrait>(conn: &C) -> ApiResult<u64> {
     Ok(entity::Entity::find()
         .filter(entity::Column::PublishedAtMs.is_null())
+        .count(conn)
+        .await?)
+}
+
+/// How many published events some subscribed group has not processed yet.
+pub async fn unacknowledged_count<C: ConnectionTrait>(conn: &C) -> ApiResult<u64> {
+    Ok(entity::Entity::find()
+        .filter(entity::Column::PublishedAtMs.is_not_null())
+        .filter(entity::Column::AckedAtMs.is_null())
         .count(conn)
         .await?)
 }

@@ -211,3 +211,287 @@ pub async fn spawn_with<S: Service>(settings: Arc<Settings>, bus: Bus) -> TestSe
         settings,
     }
 }
+
+/// A Redis server of the test's own, without persistence, to be killed and started again
+/// empty (a restart without AOF, or a failover to a blank replica). `None` when the tests run
+/// without Redis (`ERP_TEST_REDIS_URL` unset and not required).
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Reserves a port; the server is not started yet (services may start while it is down).
+    pub fn reserve() -> Option<Self> {
+        redis_url()?;
+        Some(Self {
+            port: free_ports(1)[0],
+            child: None,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it (empty), and returns once it accepts connections.
+    pub fn start(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test-env.sh installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb in a fresh directory, durability relaxed like
+/// the shared test cluster), to be stopped abruptly and started again (crash recovery) while
+/// the suite runs on it. `None` when the tests run without PostgreSQL.
+pub struct PrivatePostgres {
+    pub port: u16,
+    bin: PathBuf,
+    dir: PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Option<Self> {
+        let Some(Backend::Postgres(_)) = backends().pop() else {
+            return None;
+        };
+        let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's binaries (scripts/test-env.sh installs them)")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("pg_ctl").exists())
+            .collect();
+        bins.sort();
+        let bin = bins.pop().expect("a PostgreSQL version with pg_ctl");
+        // Outside $HOME and owned by postgres: PostgreSQL refuses to run as root.
+        let dir = PathBuf::from(format!(
+            "/var/tmp/erp-test-pg-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(dir.join("sock")).expect("cluster directory");
+        let pg = Self {
+            port: free_ports(1)[0],
+            bin,
+            dir,
+        };
+        if is_root() {
+            let chowned = std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&pg.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(chowned, "chown of {} to postgres", pg.dir.display());
+        }
+        let data = pg.data();
+        pg.pg(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        );
+        pg.up();
+        Some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a PostgreSQL program as the postgres user when the test runs as root.
+    fn pg(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program).display().to_string();
+        let mut cmd = if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", &path]);
+            c
+        } else {
+            std::process::Command::new(&path)
+        };
+        let out = cmd.args(args).output().expect("PostgreSQL program runs");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the cluster (after a stop: crash recovery) and waits until it accepts connections.
+    pub fn up(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off",
+            self.port,
+            self.dir.join("sock").display()
+        );
+        let log = self.dir.join("pg.log").display().to_string();
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+                "-o",
+                &options,
+            ],
+        );
+    }
+
+    /// Stops it the way a crash would: `immediate` (no checkpoint, connections cut).
+    pub fn crash(&self) {
+        self.pg(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let path = self.bin.join("pg_ctl").display().to_string();
+        let data = self.data();
+        let _ = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &path,
+                "-D",
+                &data,
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
+        let _ = std::process::Command::new(&path)
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Toxiproxy server of the test's own (`ERP_TEST_TOXIPROXY_BIN`, built by
+/// `scripts/install-tools.sh toxiproxy-server`): a real TCP proxy whose links a test cuts and
+/// restores. `None` when the binary is not configured and not required.
+pub struct Toxiproxy {
+    pub api: String,
+    child: std::process::Child,
+}
+
+impl Toxiproxy {
+    pub fn start() -> Option<Self> {
+        let bin = match std::env::var("ERP_TEST_TOXIPROXY_BIN") {
+            Ok(b) if !b.is_empty() => b,
+            _ => {
+                assert!(
+                    std::env::var("ERP_TEST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                    "the test script must set ERP_TEST_TOXIPROXY_BIN"
+                );
+                return None;
+            }
+        };
+        let port = free_ports(1)[0];
+        let child = std::process::Command::new(bin)
+            .args(["-host", "127.0.0.1", "-port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("toxiproxy-server runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "toxiproxy did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(Self {
+            api: format!("http://127.0.0.1:{port}"),
+            child,
+        })
+    }
+
+    /// A proxy `name` listening on `listen` (host:port) in front of `upstream`.
+    pub async fn proxy(&self, name: &str, listen: &str, upstream: &str) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/proxies", self.api))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({
+                    "name": name, "listen": listen, "upstream": upstream, "enabled": true
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .expect("toxiproxy answers");
+        assert!(
+            r.status().is_success(),
+            "creating proxy {name}: {}",
+            r.status()
+        );
+    }
+
+    /// Cuts (`false`: connections refused, open ones closed) or restores the proxy.
+    pub async fn set_enabled(&self, name: &str, enabled: bool) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/proxies/{name}", self.api))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "enabled": enabled }).to_string())
+            .send()
+            .await
+            .expect("toxiproxy answers");
+        assert!(
+            r.status().is_success(),
+            "toggling proxy {name}: {}",
+            r.status()
+        );
+    }
+}
+
+impl Drop for Toxiproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

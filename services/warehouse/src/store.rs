@@ -104,6 +104,7 @@ CREATE INDEX receipts_document ON receipts (document_id)",
                 drops: &[],
             }),
             erp_runtime::audit::migration(),
+            erp_runtime::db::events_tables(),
         ]
     }
 }

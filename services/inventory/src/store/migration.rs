@@ -138,6 +138,7 @@ CREATE TABLE receipt_costs (
                 drops: &["receipt_costs", "item_values"],
             }),
             erp_runtime::audit::migration(),
+            erp_runtime::db::events_tables(),
         ]
     }
 }

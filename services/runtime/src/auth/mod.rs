@@ -104,6 +104,16 @@ pub const AUDIT_POLICY: Policy = Policy {
     ],
 };
 
+/// The events service every process serves: operators (and admins) only.
+pub const EVENTS_POLICY: Policy = Policy {
+    service: "erp.events.v1.EventsService",
+    rules: &[
+        ("GetEventsStatus", &[roles::OPERATOR, roles::AUDITOR]),
+        ("ListDeadLetters", &[roles::OPERATOR, roles::AUDITOR]),
+        ("ReplayDeadLetter", &[roles::OPERATOR]),
+    ],
+};
+
 impl Policy {
     /// The roles allowed to call `method` (the bare name, `CreateOrder`), if it is listed.
     pub fn allowed(&self, method: &str) -> Option<&'static [&'static str]> {
@@ -138,7 +148,7 @@ pub fn decide(policy: &Policy, path: &str) -> Decision {
     if service.starts_with("grpc.reflection.") {
         return Decision::Authenticated;
     }
-    for p in [policy, &AUDIT_POLICY] {
+    for p in [policy, &AUDIT_POLICY, &EVENTS_POLICY] {
         if p.service == service {
             return p
                 .allowed(method)

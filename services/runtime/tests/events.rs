@@ -1,0 +1,386 @@
+//! Durable events, end to end through two real services (a publisher and a consumer, each
+//! with its own database) on SQLite and PostgreSQL: a poison event is dead-lettered without
+//! holding back other keys, listed and replayed over gRPC (audited); and over Redis, a
+//! Redis that is down when the services start and is later killed and restarted empty loses
+//! no event, applies none twice, keeps each key's order, and leaves the streams trimmed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use erp_proto::events::events_service_client::EventsServiceClient;
+use erp_proto::events::{
+    GetEventsStatusRequest, GetEventsStatusResponse, ListDeadLettersRequest,
+    ReplayDeadLetterRequest,
+};
+use erp_runtime::bus::{Bus, Event, handler};
+use erp_runtime::testing::{self, Backend, PrivateRedis, TestService};
+use erp_runtime::{ServiceContext, outbox};
+use sea_orm::TransactionTrait;
+
+struct Tables;
+
+impl sea_orm_migration::MigratorTrait for Tables {
+    fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+        vec![
+            erp_runtime::db::runtime_tables(),
+            erp_runtime::audit::migration(),
+            erp_runtime::db::events_tables(),
+        ]
+    }
+}
+
+/// Applied events: (data dir of the test, key, n).
+static APPLIED: Mutex<Vec<(String, String, i64)>> = Mutex::new(Vec::new());
+/// Whether the consumer refuses events marked poison.
+static POISON_REFUSED: AtomicBool = AtomicBool::new(true);
+
+const TOPIC: &str = "inventory.low_stock";
+
+/// Publishes `inventory.low_stock` (its relay does: the events are written to its outbox).
+struct Publisher;
+
+impl erp_runtime::Service for Publisher {
+    const NAME: &'static str = "inventory";
+    const GRPC_NAME: &'static str = "erp.test.Publisher";
+    type Migrator = Tables;
+    const POLICY: &'static erp_runtime::auth::Policy = &erp_runtime::auth::Policy {
+        service: "erp.test.Publisher",
+        rules: &[],
+    };
+
+    async fn build(_ctx: ServiceContext) -> anyhow::Result<tonic::service::Routes> {
+        Ok(tonic::service::Routes::default())
+    }
+}
+
+/// Consumes it as the `procurement` group, through its inbox.
+struct Consumer;
+
+impl erp_runtime::Service for Consumer {
+    const NAME: &'static str = "procurement";
+    const GRPC_NAME: &'static str = "erp.test.Consumer";
+    type Migrator = Tables;
+    const POLICY: &'static erp_runtime::auth::Policy = &erp_runtime::auth::Policy {
+        service: "erp.test.Consumer",
+        rules: &[],
+    };
+
+    async fn build(ctx: ServiceContext) -> anyhow::Result<tonic::service::Routes> {
+        let db = ctx.db.clone();
+        let run = ctx.settings.data_dir.display().to_string();
+        ctx.subscribe(
+            TOPIC,
+            handler(move |event: Event| {
+                let (db, run) = (db.clone(), run.clone());
+                async move {
+                    if event.payload["poison"] == true && POISON_REFUSED.load(Ordering::SeqCst) {
+                        anyhow::bail!("poison event refused");
+                    }
+                    let txn = db.begin().await?;
+                    if !outbox::mark_processed(&txn, "procurement", &event.id).await? {
+                        return Ok(());
+                    }
+                    txn.commit().await?;
+                    let n = event.payload["n"].as_i64().unwrap();
+                    APPLIED.lock().unwrap().push((run, event.key, n));
+                    Ok(())
+                }
+            }),
+        )
+        .await?;
+        Ok(tonic::service::Routes::default())
+    }
+}
+
+fn applied(run: &str) -> Vec<(String, i64)> {
+    APPLIED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(r, _, _)| r == run)
+        .map(|(_, k, n)| (k.clone(), *n))
+        .collect()
+}
+
+async fn enqueue(publisher: &TestService, key: &str, n: i64, poison: bool) {
+    outbox::enqueue(
+        &publisher.running.db,
+        TOPIC,
+        key,
+        &serde_json::json!({ "n": n, "poison": poison }),
+    )
+    .await
+    .unwrap();
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn status(s: &TestService) -> GetEventsStatusResponse {
+    EventsServiceClient::new(s.channel().await)
+        .get_events_status(GetEventsStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn poison(backend: Backend) {
+    POISON_REFUSED.store(true, Ordering::SeqCst);
+    let (settings, _dir) = testing::settings(
+        &backend,
+        &[
+            ("ERP__BUS__MAX_DELIVERIES", "3"),
+            ("ERP__BUS__DEAD_LETTER_AFTER_MS", "1500"),
+        ],
+    );
+    let run = settings.data_dir.display().to_string();
+    let settings = Arc::new(settings);
+    let bus = Bus::InProcess(Default::default());
+    let consumer = testing::spawn_with::<Consumer>(settings.clone(), bus.clone()).await;
+    let publisher = testing::spawn_with::<Publisher>(settings, bus).await;
+    enqueue(&publisher, "A", 1, true).await;
+    enqueue(&publisher, "A", 2, false).await;
+    enqueue(&publisher, "B", 3, false).await;
+    // The other key is not held back by the poison event...
+    wait_for("key B", Duration::from_secs(20), async || {
+        applied(&run).contains(&("B".into(), 3))
+    })
+    .await;
+    // ...its own key is, until the poison event is dead-lettered (order kept).
+    assert!(
+        !applied(&run).contains(&("A".into(), 2)),
+        "{}",
+        backend.name()
+    );
+    wait_for(
+        "key A after the dead letter",
+        Duration::from_secs(30),
+        async || applied(&run).contains(&("A".into(), 2)),
+    )
+    .await;
+    assert_eq!(applied(&run).len(), 2);
+
+    let mut events = EventsServiceClient::new(consumer.channel().await);
+    let dead = events
+        .list_dead_letters(ListDeadLettersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!((d.topic.as_str(), d.event_key.as_str()), (TOPIC, "A"));
+    assert_eq!(
+        (d.consumer.as_str(), d.source.as_str()),
+        ("procurement", "inventory")
+    );
+    assert!(d.deliveries >= 3, "{d:?}");
+    assert!(d.last_error.contains("poison event refused"), "{d:?}");
+    assert!(d.replayed_at.is_none());
+    let s = status(&consumer).await;
+    assert_eq!(s.dead_letters, 1);
+    // The publisher's outbox is drained and confirmed (in process: on delivery).
+    wait_for("the outbox to drain", Duration::from_secs(10), async || {
+        let s = status(&publisher).await;
+        s.outbox_unpublished == 0 && s.outbox_unacknowledged == 0 && s.relay_leader
+    })
+    .await;
+
+    // A replay needs a reason; one that fails again changes nothing.
+    let refused = events
+        .replay_dead_letter(ReplayDeadLetterRequest {
+            event_id: d.event_id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(testing::bad_fields(&refused), vec!["reason"]);
+    let replay = || ReplayDeadLetterRequest {
+        event_id: d.event_id.clone(),
+        reason: "consumer fixed".into(),
+    };
+    let failed = events.replay_dead_letter(replay()).await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::FailedPrecondition);
+    assert!(failed.message().contains("failed again"), "{failed:?}");
+    assert_eq!(status(&consumer).await.dead_letters, 1);
+    // Fixed: the replay applies it, once.
+    POISON_REFUSED.store(false, Ordering::SeqCst);
+    let replayed = events
+        .replay_dead_letter(replay())
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letter
+        .unwrap();
+    assert!(replayed.replayed_at.is_some());
+    assert!(applied(&run).contains(&("A".into(), 1)));
+    let again = events.replay_dead_letter(replay()).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(applied(&run).len(), 3);
+    assert_eq!(status(&consumer).await.dead_letters, 0);
+    let audited = erp_runtime::audit::list(
+        &consumer.running.db,
+        0,
+        100,
+        &[("target", &format!("dead_letter:{}", d.event_id))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0].reason, "consumer fixed");
+    consumer.stop().await;
+    publisher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_dead_lettered_listed_and_replayed_without_holding_back_other_keys() {
+    let _watchdog = testing::watchdog("poison", Duration::from_secs(300));
+    for backend in testing::backends() {
+        poison(backend).await;
+    }
+}
+
+async fn redis_loss(backend: Backend) {
+    let Some(mut redis) = PrivateRedis::reserve() else {
+        return;
+    };
+    let url = redis.url();
+    let (settings, _dir) = testing::settings(
+        &backend,
+        &[
+            ("ERP__BUS__KIND", "redis"),
+            ("ERP__BUS__REDIS_URL", &url),
+            ("ERP__BUS__STREAM_PREFIX", "t"),
+            ("ERP__BUS__RELAY_INTERVAL_MS", "20"),
+            ("ERP__BUS__REDELIVER_AFTER_MS", "1000"),
+        ],
+    );
+    let run = settings.data_dir.display().to_string();
+    let settings = Arc::new(settings);
+    // Both start while Redis is down, and serve.
+    let consumer = testing::spawn_with::<Consumer>(
+        settings.clone(),
+        Bus::from_settings(&settings.bus).await.unwrap(),
+    )
+    .await;
+    let publisher = testing::spawn_with::<Publisher>(
+        settings.clone(),
+        Bus::from_settings(&settings.bus).await.unwrap(),
+    )
+    .await;
+    let keys = 10;
+    for n in 1..=50 {
+        enqueue(&publisher, &format!("k{}", n % keys), n, false).await;
+    }
+    wait_for("the degraded status", Duration::from_secs(20), async || {
+        let s = status(&publisher).await;
+        s.degraded.contains("redis unreachable")
+    })
+    .await;
+    assert_eq!(status(&publisher).await.outbox_unpublished, 50);
+    redis.start();
+    wait_for("the first 50", Duration::from_secs(30), async || {
+        applied(&run).len() >= 50
+    })
+    .await;
+    // More, while Redis is killed and comes back empty.
+    let writer = {
+        let db = publisher.running.db.clone();
+        tokio::spawn(async move {
+            for n in 51..=200 {
+                outbox::enqueue(
+                    &db,
+                    TOPIC,
+                    &format!("k{}", n % keys),
+                    &serde_json::json!({ "n": n, "poison": false }),
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    wait_for("100 applied", Duration::from_secs(30), async || {
+        applied(&run).len() >= 100
+    })
+    .await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.start();
+    writer.await.unwrap();
+    let started = Instant::now();
+    wait_for("all 200", Duration::from_secs(60), async || {
+        applied(&run).len() >= 200
+    })
+    .await;
+    let recovered = started.elapsed();
+    let got = applied(&run);
+    let mut ns: Vec<i64> = got.iter().map(|(_, n)| *n).collect();
+    ns.sort_unstable();
+    assert_eq!(
+        ns,
+        (1..=200).collect::<Vec<_>>(),
+        "each event applied exactly once"
+    );
+    for k in 0..keys {
+        let key = format!("k{k}");
+        let order: Vec<i64> = got
+            .iter()
+            .filter(|(kk, _)| *kk == key)
+            .map(|(_, n)| *n)
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "{}: key {key} out of order: {order:?}",
+            backend.name()
+        );
+    }
+    wait_for(
+        "every event confirmed",
+        Duration::from_secs(30),
+        async || {
+            let s = status(&publisher).await;
+            s.outbox_unpublished == 0 && s.outbox_unacknowledged == 0 && s.degraded.is_empty()
+        },
+    )
+    .await;
+    let s = status(&publisher).await;
+    assert!(s.republished > 0, "nothing was published again: {s:?}");
+    // Confirmed entries are trimmed off the stream.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    wait_for("the stream trimmed", Duration::from_secs(10), async || {
+        let len: i64 = redis::cmd("XLEN")
+            .arg(format!("t:events:{TOPIC}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        len == 0
+    })
+    .await;
+    println!(
+        "{}: 200 events, Redis down at start and restarted empty after 100; caught up {:.1} s after it came back; {} published again",
+        backend.name(),
+        recovered.as_secs_f64(),
+        s.republished
+    );
+    consumer.stop().await;
+    publisher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_then_restarted_empty_loses_no_event_and_applies_none_twice() {
+    let _watchdog = testing::watchdog("redis_loss", Duration::from_secs(300));
+    for backend in testing::backends() {
+        redis_loss(backend).await;
+    }
+}
