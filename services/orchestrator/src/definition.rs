@@ -101,13 +101,16 @@ impl Step {
             | Self::NextShipment => Policy {
                 max_attempts: 30,
                 timeout: Duration::from_secs(10),
+                max_backoff: Duration::from_secs(30),
             },
             // Before the pivot, giving up cancels the customer's order: retry through a
-            // participant's outage of a minute or so (10 attempts: the backoff below waits
-            // 40-80 s between them in all) before undoing the steps done.
+            // participant's outage of a minute or so (15 attempts: 46-93 s between them in
+            // all) before undoing the steps done, at most 10 s apart so that a saga resumes
+            // soon after the participant is back.
             _ => Policy {
-                max_attempts: 10,
+                max_attempts: 15,
                 timeout: Duration::from_secs(5),
+                max_backoff: Duration::from_secs(10),
             },
         }
     }
@@ -165,6 +168,8 @@ impl Signal {
 pub struct Policy {
     pub max_attempts: i32,
     pub timeout: Duration,
+    /// The longest wait between two attempts (see [`backoff`]).
+    pub max_backoff: Duration,
 }
 
 pub const FULFILLMENT_V1: &[Step] = &[
@@ -271,11 +276,11 @@ pub fn pivot(steps: &[Step]) -> usize {
         .unwrap_or(steps.len())
 }
 
-/// Delay before attempt `attempt + 1`: exponential from 200 ms, capped at 30 s, with jitter
+/// Delay before attempt `attempt + 1`: exponential from 200 ms, capped at `cap`, with jitter
 /// (half to all of the delay) so that retries of many sagas do not arrive together.
-pub fn backoff(attempt: i32, jitter: f64) -> Duration {
+pub fn backoff(attempt: i32, jitter: f64, cap: Duration) -> Duration {
     let exp = 200u64.saturating_mul(1u64 << attempt.clamp(0, 20));
-    let capped = exp.min(30_000) as f64;
+    let capped = exp.min(u64::try_from(cap.as_millis()).unwrap_or(u64::MAX)) as f64;
     Duration::from_millis((capped * (0.5 + 0.5 * jitter.clamp(0.0, 1.0))) as u64)
 }
 
@@ -293,10 +298,27 @@ mod tests {
 
     #[test]
     fn backoff_grows_caps_and_jitters() {
-        assert_eq!(backoff(0, 1.0), Duration::from_millis(200));
-        assert_eq!(backoff(0, 0.0), Duration::from_millis(100));
-        assert!(backoff(3, 1.0) > backoff(2, 1.0));
-        assert_eq!(backoff(40, 1.0), Duration::from_secs(30));
+        let cap = Duration::from_secs(30);
+        assert_eq!(backoff(0, 1.0, cap), Duration::from_millis(200));
+        assert_eq!(backoff(0, 0.0, cap), Duration::from_millis(100));
+        assert!(backoff(3, 1.0, cap) > backoff(2, 1.0, cap));
+        assert_eq!(backoff(40, 1.0, cap), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn steps_before_the_pivot_outlast_a_minute_of_outage_and_retry_often() {
+        let policy = Step::BuyLabel.policy();
+        let waits = |jitter: f64| -> Duration {
+            (0..policy.max_attempts - 1)
+                .map(|a| backoff(a, jitter, policy.max_backoff))
+                .sum()
+        };
+        assert!(waits(0.0) >= Duration::from_secs(45), "{:?}", waits(0.0));
+        assert!(waits(1.0) <= Duration::from_secs(95), "{:?}", waits(1.0));
+        assert_eq!(
+            backoff(40, 1.0, policy.max_backoff),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

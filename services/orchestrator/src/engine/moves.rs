@@ -18,7 +18,11 @@ impl Engine {
         direction: &'static str,
         error: &str,
     ) -> anyhow::Result<bool> {
-        let delay = definition::backoff(st.m.attempts - 1, rand::random::<f64>());
+        let delay = definition::backoff(
+            st.m.attempts - 1,
+            rand::random::<f64>(),
+            step.policy().max_backoff,
+        );
         st.m.next_attempt_at_ms = self.now() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
         let detail = format!("{error}; retry in {} ms", delay.as_millis());
         self.save(
