@@ -50,6 +50,13 @@ CREATE INDEX tracking_events_shipment ON tracking_events (shipment_id, occurred_
             }),
             erp_runtime::audit::migration(),
             erp_runtime::db::events_tables(),
+            Box::new(DdlMigration {
+                // Shipment lists by status and the overdue list by index.
+                name: "m20261207_000001_list_indexes",
+                up: "CREATE INDEX shipments_status ON shipments (status, created_at_ms);
+                     CREATE INDEX shipments_eta ON shipments (estimated_delivery_ms)",
+                drops: &[],
+            }),
         ]
     }
 }

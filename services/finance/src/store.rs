@@ -108,7 +108,6 @@ CREATE TABLE tax_rates (
                     AND NEW.refunded_minor + NEW.charged_back_minor <= NEW.captured_minor",
             }),
             erp_runtime::audit::migration(),
-            erp_runtime::db::events_tables(),
             Box::new(DdlMigration {
                 name: "m20261130_000001_refund_approvals",
                 up: r"
@@ -134,6 +133,15 @@ CREATE INDEX refund_approvals_status ON refund_approvals (status, requested_at_m
                 // carries: a second writer's insert fails here and its retry finds the first.
                 up: "CREATE UNIQUE INDEX journal_entries_payout ON journal_entries (source_kind, source_id) \
                      WHERE source_kind = 'settlement_payout'",
+                drops: &[],
+            }),
+            erp_runtime::db::events_tables(),
+            Box::new(DdlMigration {
+                // Reversals, settlements and journal pages by index, not by reading every entry.
+                name: "m20261207_000001_lookup_indexes",
+                up: "CREATE INDEX journal_entries_reverses ON journal_entries (reverses_entry_id);
+                     CREATE INDEX journal_entries_posted ON journal_entries (posted_at_ms, entry_id);
+                     CREATE INDEX payments_channel ON payments (channel, currency)",
                 drops: &[],
             }),
         ]

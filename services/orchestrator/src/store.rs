@@ -93,13 +93,20 @@ CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
                 drops: &[],
             }),
             erp_runtime::audit::migration(),
-            erp_runtime::db::events_tables(),
             Box::new(DdlMigration {
                 // GetSaga and WatchSaga by order read the saga by order_id alone, which the
                 // (definition, order_id) key cannot serve: without this, each was a scan of
                 // every saga (10,000 watched orders: 10,000 scans of a growing table).
                 name: "m20261207_000006_sagas_by_order",
                 up: "CREATE INDEX sagas_order ON sagas (order_id)",
+                drops: &[],
+            }),
+            erp_runtime::db::events_tables(),
+            Box::new(DdlMigration {
+                // ListSagas pages (by status or all) in creation order by index.
+                name: "m20261207_000007_list_indexes",
+                up: "CREATE INDEX sagas_status_created ON sagas (status, created_at_ms);
+                     CREATE INDEX sagas_created ON sagas (created_at_ms)",
                 drops: &[],
             }),
         ]

@@ -282,25 +282,16 @@ async fn stock_wakes_as_many_backordered_sagas_as_units_arrived_oldest_first() {
 /// every saga: with thousands of orders watched that scan was the flash sale's bottleneck.
 #[tokio::test]
 async fn the_saga_of_an_order_is_read_by_index() {
-    use sea_orm::{ColumnTrait, ConnectionTrait, QueryTrait};
+    use sea_orm::{ColumnTrait, QueryTrait};
+
     let (settings, _dir) = testing::settings(&Backend::Sqlite, &[]);
     let db = erp_runtime::db::connect_and_migrate::<store::Migrator>(&settings, "orchestrator")
         .await
         .unwrap();
     let query = saga::Entity::find()
         .filter(saga::Column::OrderId.eq("order-1"))
-        .build(db.get_database_backend())
-        .to_string();
-    let plan: Vec<String> = db
-        .query_all_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            format!("EXPLAIN QUERY PLAN {query}"),
-        ))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get::<String>("", "detail").unwrap())
-        .collect();
+        .build(db.get_database_backend());
+    let plan = testing::query_plan(&db, query).await;
     assert!(
         plan.iter().any(|d| d.contains("USING INDEX sagas_order")),
         "{plan:?}"

@@ -109,6 +109,12 @@ CREATE INDEX routing_decisions_order ON routing_decisions (order_id, seq)",
             }),
             erp_runtime::audit::migration(),
             erp_runtime::db::events_tables(),
+            Box::new(DdlMigration {
+                // Order pages in creation order by index.
+                name: "m20261207_000001_list_indexes",
+                up: "CREATE INDEX orders_created ON orders (created_at_ms)",
+                drops: &[],
+            }),
         ]
     }
 }

@@ -95,10 +95,19 @@ CREATE INDEX po_receipts_po ON po_receipts (purchase_order_id)",
                 drops: &["po_receipts", "demand_events", "reorder_policies"],
             }),
             erp_runtime::audit::migration(),
-            erp_runtime::db::events_tables(),
             Box::new(DdlMigration {
                 name: "m20261130_000001_po_maker",
                 up: "ALTER TABLE purchase_orders ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
+                drops: &[],
+            }),
+            erp_runtime::db::events_tables(),
+            Box::new(DdlMigration {
+                // Replenishment (per low-stock event) and scorecards look purchase orders and terms up by index.
+                name: "m20261207_000001_lookup_indexes",
+                up: "CREATE INDEX purchase_orders_location_status ON purchase_orders (location, status);
+                     CREATE INDEX purchase_orders_supplier ON purchase_orders (supplier_id, status);
+                     CREATE INDEX supplier_terms_sku ON supplier_terms (sku, unit_cost_minor, supplier_id);
+                     CREATE INDEX reorder_policies_location ON reorder_policies (location, sku)",
                 drops: &[],
             }),
         ]

@@ -68,6 +68,24 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// SQLite's plan for `statement` (`EXPLAIN QUERY PLAN`), one line per step: a test asserts a
+/// query that runs per request or on a schedule over a growing table uses its index.
+pub async fn query_plan(
+    db: &sea_orm::DatabaseConnection,
+    statement: sea_orm::Statement,
+) -> Vec<String> {
+    use sea_orm::ConnectionTrait;
+    db.query_all_raw(sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        format!("EXPLAIN QUERY PLAN {statement}"),
+    ))
+    .await
+    .expect("EXPLAIN QUERY PLAN runs")
+    .iter()
+    .map(|r| r.try_get::<String>("", "detail").expect("a detail column"))
+    .collect()
+}
+
 /// `n` distinct free ports on 127.0.0.1 for processes a test starts: all bound at once (so they
 /// differ), released on return, just before the processes bind them.
 pub fn free_ports(n: usize) -> Vec<u16> {
@@ -269,9 +287,12 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// A PostgreSQL cluster of the test's own (initdb in a fresh directory, durability relaxed like
-/// the shared test cluster), to be stopped abruptly and started again (crash recovery) while
-/// the suite runs on it. `None` when the tests run without PostgreSQL.
+/// A PostgreSQL cluster of the test's own (initdb in a fresh directory), to be stopped abruptly
+/// and started again (crash recovery) while the suite runs on it. `None` when the tests run
+/// without PostgreSQL. `fsync` is off (the machine does not crash, the page cache survives) but
+/// `synchronous_commit` stays on: with it off, a crash loses the last commits PostgreSQL had
+/// already acknowledged (a reservation the saga was told about, gone after recovery), which no
+/// production setting allows.
 pub struct PrivatePostgres {
     pub port: u16,
     bin: PathBuf,
@@ -348,7 +369,7 @@ impl PrivatePostgres {
     /// Starts the cluster (after a stop: crash recovery) and waits until it accepts connections.
     pub fn up(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
             self.port,
             self.dir.join("sock").display()
         );

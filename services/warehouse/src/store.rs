@@ -105,6 +105,12 @@ CREATE INDEX receipts_document ON receipts (document_id)",
             }),
             erp_runtime::audit::migration(),
             erp_runtime::db::events_tables(),
+            Box::new(DdlMigration {
+                // Fulfillment lists by status (the floor's) by index.
+                name: "m20261207_000001_list_indexes",
+                up: "CREATE INDEX fulfillments_status ON fulfillments (status, created_at_ms)",
+                drops: &[],
+            }),
         ]
     }
 }

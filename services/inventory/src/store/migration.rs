@@ -139,6 +139,14 @@ CREATE TABLE receipt_costs (
             }),
             erp_runtime::audit::migration(),
             erp_runtime::db::events_tables(),
+            Box::new(DdlMigration {
+                // The expiry sweep (every 500 ms) and admin lists by index, not by reading every row.
+                name: "m20261207_000001_growing_table_indexes",
+                up: "CREATE INDEX reservations_expiry ON reservations (state, expires_at_ms);
+                     CREATE INDEX reservations_state_created ON reservations (state, created_at_ms);
+                     CREATE INDEX stock_ledger_location ON stock_ledger (location, seq)",
+                drops: &[],
+            }),
         ]
     }
 }
