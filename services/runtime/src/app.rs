@@ -152,7 +152,7 @@ pub async fn start<S: Service>(
         .add_service(
             crate::events::EventsApi {
                 db: db.clone(),
-                bus,
+                bus: bus.clone(),
                 status,
                 consumer: S::NAME,
                 consumers,
@@ -164,14 +164,18 @@ pub async fn start<S: Service>(
         policy: S::POLICY,
     };
     let pool = db.clone();
+    let health_bus = bus.clone();
     let task = tokio::spawn(async move {
         let served = crate::server::serve(
             S::GRPC_NAME,
             listener,
             routes,
             &server_settings,
-            auth,
-            server_tls,
+            crate::server::Guard {
+                auth,
+                tls: server_tls,
+            },
+            health_bus,
             shutdown,
         )
         .await;

@@ -13,17 +13,25 @@ use tower::limit::ConcurrencyLimitLayer;
 
 use crate::config::ServerSettings;
 
+/// Who may talk to a server: the token check of every call and, with TLS, the handshake.
+pub struct Guard {
+    pub auth: crate::auth::AuthLayer,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
 /// Serves `routes` on `listener` until `shutdown` is cancelled, then drains in-flight requests
-/// for at most the configured grace period.
+/// for at most the configured grace period. `bus`'s state is reported as the health of
+/// `erp.events.v1.EventsService`.
 pub async fn serve(
     grpc_service_name: &'static str,
     listener: TcpListener,
     routes: Routes,
     settings: &ServerSettings,
-    auth: crate::auth::AuthLayer,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    guard: Guard,
+    bus: crate::bus::Bus,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Guard { auth, tls } = guard;
     if auth.auth.mode() == crate::config::AuthMode::Off {
         tracing::info!(
             service = grpc_service_name,
@@ -40,6 +48,34 @@ pub async fn serve(
     health_reporter
         .set_service_status(grpc_service_name, tonic_health::ServingStatus::Serving)
         .await;
+    // The events plumbing reports under its own name: NOT_SERVING while Redis is unreachable
+    // (events wait in the outbox and catch up later). The service's own status stays SERVING:
+    // a degraded bus is no reason to take the pod out of its Service.
+    {
+        let reporter = health_reporter.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let degraded = bus.degraded().is_some();
+                if last != Some(degraded) {
+                    let status = if degraded {
+                        tonic_health::ServingStatus::NotServing
+                    } else {
+                        tonic_health::ServingStatus::Serving
+                    };
+                    reporter
+                        .set_service_status(erp_proto::service_names::EVENTS, status)
+                        .await;
+                    last = Some(degraded);
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(erp_proto::FILE_DESCRIPTOR_SET)
@@ -47,6 +83,8 @@ pub async fn serve(
         // google.rpc.BadRequest / ErrorInfo, so grpcurl can print error details.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(grpc_service_name)
+        .with_service_name(erp_proto::service_names::AUDIT)
+        .with_service_name(erp_proto::service_names::EVENTS)
         .with_service_name("grpc.health.v1.Health")
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
@@ -54,6 +92,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(grpc_service_name)
+        .with_service_name(erp_proto::service_names::AUDIT)
+        .with_service_name(erp_proto::service_names::EVENTS)
         .with_service_name("grpc.health.v1.Health")
         .build_v1alpha()?;
 

@@ -124,6 +124,18 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bo
     }
 }
 
+/// The gRPC health of the service's events plumbing (`erp.events.v1.EventsService`).
+async fn events_health(s: &TestService) -> i32 {
+    tonic_health::pb::health_client::HealthClient::new(s.channel().await)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: erp_proto::service_names::EVENTS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
 async fn status(s: &TestService) -> GetEventsStatusResponse {
     EventsServiceClient::new(s.channel().await)
         .get_events_status(GetEventsStatusRequest {})
@@ -287,6 +299,12 @@ async fn redis_loss(backend: Backend) {
     })
     .await;
     assert_eq!(status(&publisher).await.outbox_unpublished, 50);
+    // Health says so under the events service's name, while the service itself serves.
+    use tonic_health::pb::health_check_response::ServingStatus;
+    wait_for("NOT_SERVING events", Duration::from_secs(10), async || {
+        events_health(&publisher).await == ServingStatus::NotServing as i32
+    })
+    .await;
     redis.start();
     wait_for("the first 50", Duration::from_secs(30), async || {
         applied(&run).len() >= 50
@@ -355,6 +373,10 @@ async fn redis_loss(backend: Backend) {
     .await;
     let s = status(&publisher).await;
     assert!(s.republished > 0, "nothing was published again: {s:?}");
+    wait_for("SERVING events", Duration::from_secs(10), async || {
+        events_health(&publisher).await == ServingStatus::Serving as i32
+    })
+    .await;
     // Confirmed entries are trimmed off the stream.
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
