@@ -119,7 +119,7 @@ pub enum Bus {
 impl Bus {
     pub async fn from_settings(settings: &BusSettings) -> anyhow::Result<Self> {
         Ok(match settings.kind {
-            BusKind::InProcess => Self::InProcess(InProcessBus::default()),
+            BusKind::InProcess => Self::InProcess(InProcessBus::strict()),
             BusKind::Redis => Self::Redis(Box::new(RedisBus::connect(settings).await?)),
         })
     }
@@ -164,6 +164,21 @@ impl Bus {
 #[derive(Clone, Default)]
 pub struct InProcessBus {
     subscribers: Arc<RwLock<Subscribers>>,
+    /// Refuse an event while a group listed for its topic in [`SUBSCRIPTIONS`] has not
+    /// subscribed yet (the suite's services start one after another: the first one's relay must
+    /// not deliver its leftover events before the others listen, or they never get them). Off
+    /// in tests that run one service, or subscribe groups of their own, with this bus.
+    strict: bool,
+}
+
+impl InProcessBus {
+    /// The bus of a whole suite in one process (`erp up`, `erp demo`): see `strict`.
+    pub fn strict() -> Self {
+        Self {
+            subscribers: Arc::default(),
+            strict: true,
+        }
+    }
 }
 
 impl InProcessBus {
@@ -189,6 +204,14 @@ impl InProcessBus {
             .get(&event.topic)
             .cloned()
             .unwrap_or_default();
+        if self.strict {
+            for group in groups_of(&event.topic) {
+                if !handlers.iter().any(|(g, ..)| g == group) {
+                    // Like a stopped group: the event waits in the outbox until it listens.
+                    anyhow::bail!("consumer {group} of {} has not subscribed yet", event.topic);
+                }
+            }
+        }
         for (group, handler, stopped) in handlers {
             if stopped.is_cancelled() {
                 // Like a consumer group whose service is down: the event stays unpublished in

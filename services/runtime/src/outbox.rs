@@ -415,53 +415,73 @@ impl Relay {
                 .into_tuple()
                 .all(&self.db)
                 .await?;
+            let complete = rows.len() < 10_000;
             let below = progress.acked_below;
-            let (acked, open): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, id, _)| {
-                below.is_some_and(|b| StreamId::parse(id).is_some_and(|id| id < b))
-            });
+            let (below_groups, open): (Vec<_>, Vec<_>) =
+                rows.into_iter().partition(|(_, id, _)| {
+                    below.is_some_and(|b| StreamId::parse(id).is_some_and(|id| id < b))
+                });
+            // Below every group's position is no proof of delivery: entries a failover dropped
+            // (the epoch survived) fall below it too once newer ones were read. Only this sweep
+            // trims a grouped topic, so an entry not on the stream now was lost. The rows
+            // unconfirmed for long are checked as well (nothing newer was read past them).
+            let mut check: Vec<&(i64, String, i64)> = below_groups.iter().collect();
+            check.extend(
+                open.iter()
+                    .filter(|r| now - r.2 > CHECK_PRESENT_AFTER_MS)
+                    .take(1_000),
+            );
+            let below_seqs: std::collections::HashSet<i64> =
+                below_groups.iter().map(|r| r.0).collect();
+            let mut lost_from: Option<i64> = None;
+            let mut acked = Vec::with_capacity(below_groups.len());
+            for chunk in check.chunks(1_000) {
+                let ids: Vec<String> = chunk.iter().map(|r| r.1.clone()).collect();
+                let present = bus.present(&topic, &ids).await?;
+                for (r, p) in chunk.iter().zip(present) {
+                    if !p {
+                        lost_from = Some(lost_from.map_or(r.0, |l| l.min(r.0)));
+                    } else if below_seqs.contains(&r.0) {
+                        acked.push(r.0);
+                    }
+                }
+            }
+            if let Some(first) = lost_from {
+                // Everything unconfirmed of the topic from the first lost row on goes again,
+                // in order: a key's later event must not overtake its lost earlier one.
+                let again = entity::Entity::update_many()
+                    .col_expr(
+                        entity::Column::PublishedAtMs,
+                        Expr::value(Option::<i64>::None),
+                    )
+                    .col_expr(entity::Column::StreamId, Expr::value(""))
+                    .filter(entity::Column::Topic.eq(&topic))
+                    .filter(entity::Column::PublishedAtMs.is_not_null())
+                    .filter(entity::Column::AckedAtMs.is_null())
+                    .filter(entity::Column::Seq.gte(first))
+                    .exec(&self.db)
+                    .await?;
+                tracing::warn!(service = self.service, %topic, events = again.rows_affected, "events missing from their stream; publishing them again");
+                self.status.republished(again.rows_affected);
+                metrics::counter!("outbox_republished_total", "service" => self.service)
+                    .increment(again.rows_affected);
+                self.waker.wake();
+                acked.retain(|seq| *seq < first);
+            }
             for chunk in acked.chunks(500) {
                 entity::Entity::update_many()
                     .col_expr(entity::Column::AckedAtMs, Expr::value(now))
-                    .filter(entity::Column::Seq.is_in(chunk.iter().map(|r| r.0)))
+                    .filter(entity::Column::Seq.is_in(chunk.iter().copied()))
                     .exec(&self.db)
                     .await?;
             }
+            // Trim only when every row below the groups' position was seen and confirmed.
             if let Some(b) = below
+                && complete
+                && lost_from.is_none()
                 && !acked.is_empty()
             {
                 bus.trim(&topic, b).await?;
-            }
-            // Long unconfirmed: is it still on the stream?
-            let old: Vec<&(i64, String, i64)> = open
-                .iter()
-                .filter(|r| now - r.2 > CHECK_PRESENT_AFTER_MS)
-                .take(1_000)
-                .collect();
-            if !old.is_empty() {
-                let ids: Vec<String> = old.iter().map(|r| r.1.clone()).collect();
-                let present = bus.present(&topic, &ids).await?;
-                let lost: Vec<i64> = old
-                    .iter()
-                    .zip(present)
-                    .filter(|(_, p)| !p)
-                    .map(|(r, _)| r.0)
-                    .collect();
-                if !lost.is_empty() {
-                    tracing::warn!(service = self.service, %topic, events = lost.len(), "events missing from their stream; publishing them again");
-                    self.status.republished(lost.len() as u64);
-                    metrics::counter!("outbox_republished_total", "service" => self.service)
-                        .increment(lost.len() as u64);
-                    entity::Entity::update_many()
-                        .col_expr(
-                            entity::Column::PublishedAtMs,
-                            Expr::value(Option::<i64>::None),
-                        )
-                        .col_expr(entity::Column::StreamId, Expr::value(""))
-                        .filter(entity::Column::Seq.is_in(lost))
-                        .exec(&self.db)
-                        .await?;
-                    self.waker.wake();
-                }
             }
         }
         Ok(())

@@ -406,3 +406,103 @@ async fn redis_down_at_start_then_restarted_empty_loses_no_event_and_applies_non
         redis_loss(backend).await;
     }
 }
+
+/// The suite's in-process bus (strict) keeps an event in the outbox while a group listed for
+/// its topic has not subscribed yet: `erp up` starts its services one after another, and the
+/// first relay must not hand leftover events to nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_events_wait_for_every_listed_group_to_subscribe() {
+    let (settings, _dir) = testing::settings(&Backend::Sqlite, &[]);
+    let run = settings.data_dir.display().to_string();
+    let settings = Arc::new(settings);
+    let bus = Bus::InProcess(erp_runtime::bus::InProcessBus::strict());
+    let publisher = testing::spawn_with::<Publisher>(settings.clone(), bus.clone()).await;
+    enqueue(&publisher, "early", 1, false).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status(&publisher).await.outbox_unpublished,
+        1,
+        "delivered to nobody"
+    );
+    let consumer = testing::spawn_with::<Consumer>(settings, bus).await;
+    wait_for("the early event", Duration::from_secs(20), async || {
+        applied(&run) == vec![("early".to_owned(), 1)]
+    })
+    .await;
+    wait_for("the outbox drained", Duration::from_secs(10), async || {
+        status(&publisher).await.outbox_unpublished == 0
+    })
+    .await;
+    consumer.stop().await;
+    publisher.stop().await;
+}
+
+/// Entries a failover dropped while the bus kept its epoch (a replica that missed the last
+/// writes): the group reads past them, but they were never processed. The relay finds them
+/// missing from the stream before confirming them and publishes them again, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_a_failover_dropped_are_published_again() {
+    use sea_orm::{EntityTrait, QueryOrder};
+    let Some(redis_url) = testing::redis_url() else {
+        return;
+    };
+    let prefix = format!("t-drop-{}", uuid::Uuid::now_v7().simple());
+    let (settings, _dir) = testing::settings(
+        &Backend::Sqlite,
+        &[
+            ("ERP__BUS__KIND", "redis"),
+            ("ERP__BUS__REDIS_URL", &redis_url),
+            ("ERP__BUS__STREAM_PREFIX", &prefix),
+            ("ERP__BUS__RELAY_INTERVAL_MS", "20"),
+        ],
+    );
+    let run = settings.data_dir.display().to_string();
+    let settings = Arc::new(settings);
+    let publisher = testing::spawn_with::<Publisher>(
+        settings.clone(),
+        Bus::from_settings(&settings.bus).await.unwrap(),
+    )
+    .await;
+    for n in 1..=5 {
+        enqueue(&publisher, &format!("k{n}"), n, false).await;
+    }
+    wait_for("all published", Duration::from_secs(20), async || {
+        status(&publisher).await.outbox_unpublished == 0
+    })
+    .await;
+    // The failover: entries 2 and 4 are gone, the epoch is not.
+    let rows = outbox::entity::Entity::find()
+        .order_by_asc(outbox::entity::Column::Seq)
+        .all(&publisher.running.db)
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deleted: i64 = redis::cmd("XDEL")
+        .arg(format!("{prefix}:events:{TOPIC}"))
+        .arg(&rows[1].stream_id)
+        .arg(&rows[3].stream_id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2);
+    let consumer = testing::spawn_with::<Consumer>(
+        settings.clone(),
+        Bus::from_settings(&settings.bus).await.unwrap(),
+    )
+    .await;
+    wait_for("all five applied", Duration::from_secs(30), async || {
+        let mut got: Vec<i64> = applied(&run).iter().map(|(_, n)| *n).collect();
+        got.sort_unstable();
+        got == vec![1, 2, 3, 4, 5]
+    })
+    .await;
+    wait_for("every row confirmed", Duration::from_secs(10), async || {
+        let s = status(&publisher).await;
+        s.outbox_unacknowledged == 0 && s.outbox_unpublished == 0
+    })
+    .await;
+    assert!(status(&publisher).await.republished >= 2);
+    consumer.stop().await;
+    publisher.stop().await;
+}
