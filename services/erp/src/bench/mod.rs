@@ -211,6 +211,38 @@ where
     Ok(figures)
 }
 
+/// Follows a saga (by id, or by order when `saga_id` is empty) through `WatchSaga` until
+/// `decide` returns an answer for one of its states; an error when the stream fails or ends
+/// first.
+pub(crate) async fn watch_until<T>(
+    c: &mut Clients,
+    saga_id: String,
+    order_id: String,
+    mut decide: impl FnMut(&erp_proto::orchestrator::Saga) -> Option<Result<T, String>>,
+) -> Result<T, String> {
+    let mut watch = c
+        .orchestrator
+        .watch_saga(WatchSagaRequest {
+            saga_id,
+            order_id,
+            with_timeline: false,
+        })
+        .await
+        .map_err(|e| format!("WatchSaga: {e}"))?
+        .into_inner();
+    while let Some(msg) = watch
+        .message()
+        .await
+        .map_err(|e| format!("WatchSaga: {e}"))?
+    {
+        let saga = msg.saga.ok_or("WatchSaga sent no saga")?;
+        if let Some(answer) = decide(&saga) {
+            return answer;
+        }
+    }
+    Err("the watch ended before the saga settled".into())
+}
+
 pub fn print(mode: &str, f: &Figures, pg_commits_per_second: Option<f64>) {
     let compensated = if f.compensated > 0 {
         format!(", {} compensated as meant", f.compensated)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use erp_proto::inventory::{CreateItemRequest, GetAvailabilityRequest, Item, ReceiveStockRequest};
-use erp_proto::orchestrator::{SagaStatus, WatchSagaRequest};
+use erp_proto::orchestrator::SagaStatus;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::testkit::Clients;
@@ -57,32 +57,20 @@ enum Settled {
 
 /// Watches the saga of `order_id` until it is settled.
 async fn settle(c: &mut Clients, order_id: &str) -> Result<Settled, String> {
-    let mut watch = c
-        .orchestrator
-        .watch_saga(WatchSagaRequest {
-            saga_id: String::new(),
-            order_id: order_id.into(),
-            with_timeline: false,
-        })
-        .await
-        .map_err(|e| format!("WatchSaga: {e}"))?
-        .into_inner();
-    while let Some(msg) = watch
-        .message()
-        .await
-        .map_err(|e| format!("WatchSaga: {e}"))?
-    {
-        let s = msg.saga.ok_or("WatchSaga sent no saga")?;
-        match SagaStatus::try_from(s.status).unwrap_or(SagaStatus::Unspecified) {
-            SagaStatus::Waiting if s.current_step == "await_pack" => return Ok(Settled::Allocated),
-            SagaStatus::Waiting if s.current_step == "route" => return Ok(Settled::Backordered),
-            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Parked => {
-                return Err(format!("saga ended {}: {}", s.current_step, s.last_error));
-            }
-            _ => {}
-        }
-    }
-    Err("the watch ended before the order settled".into())
+    super::watch_until(
+        c,
+        String::new(),
+        order_id.into(),
+        |s| match SagaStatus::try_from(s.status).unwrap_or(SagaStatus::Unspecified) {
+            SagaStatus::Waiting if s.current_step == "await_pack" => Some(Ok(Settled::Allocated)),
+            SagaStatus::Waiting if s.current_step == "route" => Some(Ok(Settled::Backordered)),
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Parked => Some(Err(
+                format!("saga ended {}: {}", s.current_step, s.last_error),
+            )),
+            _ => None,
+        },
+    )
+    .await
 }
 
 /// Runs the sale on a seeded suite (the three warehouses of [`crate::seed::WAREHOUSES`]).

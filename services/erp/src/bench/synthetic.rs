@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use erp_proto::orchestrator::{SagaStatus, StartSagaRequest, WatchSagaRequest};
+use erp_proto::orchestrator::{SagaStatus, StartSagaRequest};
 use tokio::sync::Semaphore;
 
 use super::{Cost, Figures, SYNTHETIC_DECLINE_EVERY};
@@ -53,32 +53,15 @@ where
                 .into_inner()
                 .saga
                 .ok_or("StartSaga answered no saga")?;
-            let mut watch = c
-                .orchestrator
-                .watch_saga(WatchSagaRequest {
-                    saga_id: saga.saga_id,
-                    order_id: String::new(),
-                    with_timeline: false,
-                })
-                .await
-                .map_err(|e| format!("WatchSaga: {e}"))?
-                .into_inner();
-            while let Some(msg) = watch
-                .message()
-                .await
-                .map_err(|e| format!("WatchSaga: {e}"))?
-            {
-                let saga = msg.saga.ok_or("WatchSaga sent no saga")?;
+            super::watch_until(&mut c, saga.saga_id, String::new(), |saga| {
                 match SagaStatus::try_from(saga.status).unwrap_or(SagaStatus::Unspecified) {
-                    SagaStatus::Completed => return Ok((true, t0.elapsed())),
-                    SagaStatus::Compensated => return Ok((false, t0.elapsed())),
-                    SagaStatus::Parked => {
-                        return Err(format!("parked: {}", saga.last_error));
-                    }
-                    _ => {}
+                    SagaStatus::Completed => Some(Ok((true, t0.elapsed()))),
+                    SagaStatus::Compensated => Some(Ok((false, t0.elapsed()))),
+                    SagaStatus::Parked => Some(Err(format!("parked: {}", saga.last_error))),
+                    _ => None,
                 }
-            }
-            Err("the watch ended before the saga did".to_owned())
+            })
+            .await
         }));
     }
     let mut figures = Figures {
