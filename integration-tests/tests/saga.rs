@@ -492,6 +492,7 @@ async fn an_instance_of_an_unknown_definition_version_is_parked_not_guessed() {
         parked_reason: Set(String::new()),
         suggested_action: Set(String::new()),
         waiting_skus: Set(String::new()),
+        version: Set(0),
     }
     .insert(&orch)
     .await

@@ -14,7 +14,7 @@ use erp_proto::orchestrator::SagaStatus;
 use erp_runtime::bus::Bus;
 use erp_runtime::config::Settings;
 use erp_runtime::testing;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 
 /// Starts an orchestrator replica; `own_port` false gives it a free port of its own (a second
 /// replica behind the same service).
@@ -401,6 +401,11 @@ fn place_orders(
 /// authorization; completed → captured its total, one live label, one journal entry from the
 /// saga; compensated → no live label; nothing left reserved; and the books reconcile. Returns
 /// how many completed and how long after `since` all were terminal.
+///
+/// The limit runs from the last fault or from the last order placed, whichever is later: on a
+/// slow machine placing the orders (one at a time, each retried while the order service is
+/// unreachable) can outlast the faults by a minute, and the sagas placed last cannot be
+/// expected to finish before they exist.
 async fn assert_settled(
     c: &mut Clients,
     s: &Settings,
@@ -408,8 +413,10 @@ async fn assert_settled(
     since: Instant,
     limit: Duration,
 ) -> (usize, Duration) {
-    use erp_orchestrator::store::{saga, step};
-    // Every saga terminal within `limit` of `since`.
+    use erp_orchestrator::store::{saga, signal, step};
+    // Every saga terminal within `limit` of `since` or of now (every order placed).
+    let placed = Instant::now();
+    let limit_from = since.max(placed);
     let orch = erp_runtime::db::connect(s, "orchestrator").await.unwrap();
     let terminal = ["completed", "compensated"];
     let stuck = loop {
@@ -422,7 +429,7 @@ async fn assert_settled(
         if active.is_empty() && count == orders.len() as u64 {
             break None;
         }
-        if since.elapsed() > limit {
+        if limit_from.elapsed() > limit {
             break Some(active);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -430,32 +437,81 @@ async fn assert_settled(
     let all_terminal = since.elapsed();
     if let Some(stuck) = stuck {
         let mut report = String::new();
-        for m in &stuck {
+        // One snapshot for the whole report: the sagas may still be moving, and a row read
+        // before its timeline would look behind it.
+        let snapshot = erp_runtime::db::snapshot(&orch).await.unwrap();
+        let stuck = saga::Entity::find()
+            .filter(saga::Column::SagaId.is_in(stuck.iter().map(|m| m.saga_id.clone())))
+            .all(&snapshot)
+            .await
+            .unwrap();
+        for m in stuck
+            .iter()
+            .filter(|m| !terminal.contains(&m.status.name()))
+        {
             let steps = step::Entity::find()
                 .filter(step::Column::SagaId.eq(m.saga_id.as_str()))
-                .order_by_desc(step::Column::Seq)
-                .limit(5)
-                .all(&orch)
+                .order_by_asc(step::Column::Seq)
+                .all(&snapshot)
+                .await
+                .unwrap();
+            let signals = signal::Entity::find()
+                .filter(signal::Column::SagaId.eq(m.saga_id.as_str()))
+                .order_by_asc(signal::Column::Seq)
+                .all(&snapshot)
                 .await
                 .unwrap();
             report.push_str(&format!(
-                "\n{} {} at {} (lease {} until {}, next attempt {}):",
+                "\n{} {} at {} #{} attempt {} v{} (lease {} until {}, next attempt {}, updated {}):",
                 m.saga_id,
                 m.status,
                 m.current_step,
+                m.step_index,
+                m.attempts,
+                m.version,
                 m.lease_owner,
                 m.lease_until_ms,
-                m.next_attempt_at_ms
+                m.next_attempt_at_ms,
+                m.updated_at_ms,
             ));
-            for st in steps.iter().rev() {
+            // The whole timeline and every signal: what a stuck saga went through is the
+            // evidence a failure has to carry.
+            for st in &steps {
                 report.push_str(&format!(
-                    "\n    {} {} {}: {}",
-                    st.step, st.direction, st.outcome, st.detail
+                    "\n    {} {} {} {} #{}: {}",
+                    st.recorded_at_ms, st.step, st.direction, st.outcome, st.attempt, st.detail
+                ));
+            }
+            for sg in &signals {
+                report.push_str(&format!(
+                    "\n    signal {} {} consumed={} at {} ({})",
+                    sg.seq, sg.signal, sg.consumed, sg.recorded_at_ms, sg.idem_key
                 ));
             }
         }
+        if orch.get_database_backend() == sea_orm::DbBackend::Postgres {
+            // What every session of the cluster is doing: a session idle in a transaction or
+            // waiting on a lock is where a stuck saga usually is.
+            use sea_orm::ConnectionTrait;
+            let rows = orch
+                .query_all_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT datname || ' ' || state || ' ' || coalesce(wait_event_type, '-') \
+                     || '/' || coalesce(wait_event, '-') || ' xact ' \
+                     || coalesce((extract(epoch FROM now() - xact_start) * 1000)::bigint, -1) \
+                     || ' ms: ' || left(query, 160) AS line \
+                     FROM pg_stat_activity WHERE datname IS NOT NULL AND pid <> pg_backend_pid()",
+                ))
+                .await
+                .unwrap_or_default();
+            report.push_str("\nsessions:");
+            for row in rows {
+                let line: String = row.try_get("", "line").unwrap_or_default();
+                report.push_str(&format!("\n    {line}"));
+            }
+        }
         panic!(
-            "{} sagas not terminal {} s after the last fault:{report}",
+            "{} sagas not terminal {} s after the last fault and the last order:{report}",
             stuck.len(),
             limit.as_secs()
         );
@@ -509,6 +565,13 @@ async fn assert_settled(
 /// own), with short leases and redelivery so that recovery is quick.
 fn fault_settings(backend: &testing::Backend, redis_url: &str) -> (Settings, std::path::PathBuf) {
     let prefix = format!("erp-fault-{}", uuid::Uuid::now_v7().simple());
+    // ERP_TEST_LOG=<filter> (e.g. `warn`): the in-process services log on stderr, to follow
+    // a failing run (the first test to ask installs the process's subscriber).
+    if let Ok(filter) = std::env::var("ERP_TEST_LOG") {
+        let mut telemetry = Settings::load_with(None, None).unwrap().telemetry;
+        telemetry.log_filter = filter;
+        std::mem::forget(erp_runtime::telemetry::init("crash-test", &telemetry));
+    }
     testing::settings(
         backend,
         &[

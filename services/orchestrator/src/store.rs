@@ -109,6 +109,12 @@ CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
                      CREATE INDEX sagas_created ON sagas (created_at_ms)",
                 drops: &[],
             }),
+            Box::new(DdlMigration {
+                // Saves fenced by version as well as by lease (see `saga::Model::version`).
+                name: "m20261208_000008_saga_version",
+                up: "ALTER TABLE sagas ADD COLUMN version BIGINT NOT NULL DEFAULT 0",
+                drops: &[],
+            }),
         ]
     }
 }
@@ -229,6 +235,10 @@ pub mod saga {
         /// While backordered: the SKUs the order still needs, as `|A|B|`, so that stock
         /// events wake only the sagas they concern (empty: wake on any).
         pub waiting_skus: String,
+        /// Bumped by every change of the saga's state: a save applies only to the version
+        /// its driver read, so a write computed from an older state (a retried commit that
+        /// had landed, an operator's or a wake's change meanwhile) changes nothing.
+        pub version: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -281,6 +291,12 @@ pub mod step {
 /// The database's clock (epoch ms) as an SQL expression: leases and due times are judged by it.
 pub fn clock<C: ConnectionTrait>(c: &C) -> sea_orm::sea_query::Expr {
     sea_orm::sea_query::Expr::cust(erp_runtime::db::clock_ms_sql(c.get_database_backend()))
+}
+
+/// `version + 1`: what every write that changes a saga's state sets (see
+/// [`saga::Model::version`]).
+pub fn next_version() -> sea_orm::sea_query::Expr {
+    sea_orm::sea_query::ExprTrait::add(sea_orm::sea_query::Expr::col(saga::Column::Version), 1)
 }
 
 /// Nobody alive holds the saga's lease (it expired), or `replica` holds it.
@@ -423,6 +439,7 @@ pub async fn start_saga<C: ConnectionTrait>(
         parked_reason: Set(String::new()),
         suggested_action: Set(String::new()),
         waiting_skus: Set(String::new()),
+        version: Set(0),
     }
     .insert(c)
     .await?;
@@ -527,9 +544,10 @@ pub async fn wake_waiting_for_stock(
 ) -> anyhow::Result<()> {
     let p = &event.payload;
     if event.topic == "order.routing_rules_changed" {
-        // The waiting sagas must ask the new rules even though stock did not change.
+        // The waiting sagas must ask the new rules even though stock did not change; so must
+        // those routing at this moment (they may have read the old rules).
         let waiting = saga::Entity::find()
-            .filter(saga::Column::Status.eq(SagaState::Waiting))
+            .filter(saga::Column::Status.is_in([SagaState::Waiting, SagaState::Running]))
             .filter(saga::Column::CurrentStep.eq("route"))
             .all(db)
             .await?;
@@ -579,12 +597,25 @@ pub async fn wake_waiting_for_stock(
                     .add(saga::Column::WaitingSkus.like(format!("%|{sku}|%"))),
             )
     };
-    let oldest: Vec<String> = waiting()
+    let mut oldest: Vec<String> = waiting()
         .order_by_asc(saga::Column::CreatedAtMs)
         .limit(units as u64)
         .into_tuple()
         .all(db)
         .await?;
+    // A backordered saga routing again at this moment may have read the stock before these
+    // units arrived: it is made due again too, so that its "recheck later" does not stand.
+    let routing: Vec<String> = saga::Entity::find()
+        .select_only()
+        .column(saga::Column::SagaId)
+        .filter(saga::Column::Status.eq(SagaState::Running))
+        .filter(saga::Column::CurrentStep.eq("route"))
+        .filter(saga::Column::WaitingSkus.like(format!("%|{sku}|%")))
+        .limit(WAKE_AT_MOST as u64)
+        .into_tuple()
+        .all(db)
+        .await?;
+    oldest.extend(routing);
     if oldest.is_empty() {
         return Ok(());
     }
@@ -599,15 +630,19 @@ pub async fn wake_waiting_for_stock(
 /// The most sagas one stock event wakes.
 const WAKE_AT_MOST: i64 = 1_000;
 
-/// Makes the waiting sagas `ids` due now (those still waiting to route). Returns how many.
+/// Makes the sagas `ids` due now (those still waiting to route, or routing). Returns how many.
 async fn wake_now<C: sea_orm::ConnectionTrait>(
     c: &C,
     ids: Vec<String>,
 ) -> Result<u64, sea_orm::DbErr> {
+    // The version moves too: a run of one of these sagas in progress (it may have found no
+    // stock a moment ago) cannot then save its "recheck later" over this wake; its save is
+    // refused and the next run routes with the new stock.
     Ok(saga::Entity::update_many()
         .col_expr(saga::Column::NextAttemptAtMs, clock(c))
+        .col_expr(saga::Column::Version, next_version())
         .filter(saga::Column::SagaId.is_in(ids))
-        .filter(saga::Column::Status.eq(SagaState::Waiting))
+        .filter(saga::Column::Status.is_in([SagaState::Waiting, SagaState::Running]))
         .filter(saga::Column::CurrentStep.eq("route"))
         .exec(c)
         .await?

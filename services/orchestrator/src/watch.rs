@@ -246,6 +246,7 @@ mod tests {
             parked_reason: String::new(),
             suggested_action: String::new(),
             waiting_skus: String::new(),
+            version: 0,
         });
         // Both keys of saga a hold a wake-up; b's does not.
         tokio::time::timeout(std::time::Duration::from_millis(100), a.changed())

@@ -36,6 +36,7 @@ async fn insert(
         parked_reason: Set(String::new()),
         suggested_action: Set(String::new()),
         waiting_skus: Set(String::new()),
+        version: Set(0),
     }
     .insert(db)
     .await
@@ -227,6 +228,30 @@ async fn waking(backend: Backend) {
     backordered(&db, "b-oldest", 100, "|SKU-A|").await;
     backordered(&db, "b-middle", 200, "|SKU-A|SKU-B|").await;
     backordered(&db, "b-other", 50, "|SKU-B|").await;
+    // Backordered for SKU-A and routing again at this moment on another replica: it may have
+    // read the stock before the units arrived.
+    let now = erp_runtime::db::clock_ms(&db).await.unwrap();
+    insert(&db, "b-routing", "running", "replica-y", now + 60_000, now).await;
+    saga::ActiveModel {
+        saga_id: Set("b-routing".into()),
+        current_step: Set("route".into()),
+        waiting_skus: Set("|SKU-A|".into()),
+        ..Default::default()
+    }
+    .update(&db)
+    .await
+    .unwrap();
+    let version = |db: &sea_orm::DatabaseConnection, id: &'static str| {
+        let db = db.clone();
+        async move {
+            saga::Entity::find_by_id(id)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+                .version
+        }
+    };
     let wake = tokio::sync::Notify::new();
     let due = |db: &sea_orm::DatabaseConnection| {
         let db = db.clone();
@@ -251,6 +276,11 @@ async fn waking(backend: Backend) {
         "{}",
         backend.name()
     );
+    // The routing one is not taken from its replica, but its state moved on: the "recheck
+    // later" that replica is about to save (read at version 0) is refused, and the saga is due
+    // again once its lease is released.
+    assert_eq!(version(&db, "b-routing").await, 1, "{}", backend.name());
+    assert_eq!(version(&db, "b-other").await, 0, "{}", backend.name());
     // A site back online: every backordered saga routes again.
     let online = erp_runtime::bus::Event {
         id: "e3".into(),

@@ -174,6 +174,12 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// Create the PostgreSQL database when it does not exist (needs CREATEDB).
     pub create_if_missing: bool,
+    /// PostgreSQL: a statement waiting this long for a lock fails (`lock_timeout`) instead of
+    /// waiting for ever behind a session that holds the lock and went quiet. 0: no limit.
+    pub lock_timeout_ms: u64,
+    /// PostgreSQL: a session idle inside a transaction this long is ended by the server
+    /// (`idle_in_transaction_session_timeout`), releasing its locks. 0: no limit.
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -320,6 +326,8 @@ insecure = false
 url = ""
 max_connections = 10
 create_if_missing = true
+lock_timeout_ms = 30000
+idle_in_transaction_timeout_ms = 60000
 
 [bus]
 kind = "in_process"

@@ -29,19 +29,56 @@ pub async fn connect_and_migrate<M: MigratorTrait>(
 /// missing), without migrating.
 pub async fn connect(settings: &Settings, service: &str) -> anyhow::Result<DatabaseConnection> {
     let url = settings.database_url(service);
-    connect_url(
+    connect_url_limited(
         &url,
         settings.database.max_connections,
         settings.database.create_if_missing,
+        SessionLimits {
+            lock_timeout_ms: settings.database.lock_timeout_ms,
+            idle_in_transaction_ms: settings.database.idle_in_transaction_timeout_ms,
+        },
     )
     .await
     .map_err(|e| anyhow::anyhow!("connecting the {service} database ({}): {e}", redact(&url)))
 }
 
+/// Server-side limits on every PostgreSQL session of a pool (see `DatabaseSettings`): no
+/// statement waits for ever behind a lock, and no session holds its locks for ever.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub lock_timeout_ms: u64,
+    pub idle_in_transaction_ms: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            lock_timeout_ms: 30_000,
+            idle_in_transaction_ms: 60_000,
+        }
+    }
+}
+
+/// [`connect_url_limited`] with the default [`SessionLimits`].
 pub async fn connect_url(
     url: &str,
     max_connections: u32,
     create_if_missing: bool,
+) -> anyhow::Result<DatabaseConnection> {
+    connect_url_limited(
+        url,
+        max_connections,
+        create_if_missing,
+        SessionLimits::default(),
+    )
+    .await
+}
+
+pub async fn connect_url_limited(
+    url: &str,
+    max_connections: u32,
+    create_if_missing: bool,
+    limits: SessionLimits,
 ) -> anyhow::Result<DatabaseConnection> {
     let is_sqlite = url.starts_with("sqlite:");
     if is_sqlite {
@@ -62,6 +99,19 @@ pub async fn connect_url(
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30))
         .sqlx_logging(false);
+    if !is_sqlite {
+        // Sent as startup parameters: every connection of the pool, including those opened
+        // again after the server restarted, carries them.
+        options.map_sqlx_postgres_opts(move |pg| {
+            pg.options([
+                ("lock_timeout", format!("{}ms", limits.lock_timeout_ms)),
+                (
+                    "idle_in_transaction_session_timeout",
+                    format!("{}ms", limits.idle_in_transaction_ms),
+                ),
+            ])
+        });
+    }
     let db = Database::connect(options).await?;
     if is_sqlite {
         // WAL survives in the file; readers never block the writer.

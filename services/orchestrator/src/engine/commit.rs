@@ -20,6 +20,62 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::store::{saga, signal, step};
 
+/// The conditional UPDATE that saves `m` (its context serialized as `data`): applied only
+/// while `replica` holds the lease and the row is still at the version `m` was read at; it
+/// moves the version on and extends the lease to `lease_until`. A save that lands twice (its
+/// batch committed, then failed to say so and was retried) or late (after a newer one) thus
+/// changes nothing, and its timeline entries are not written.
+pub(super) fn state_update(
+    m: &saga::Model,
+    data: String,
+    replica: &str,
+    lease_until: Expr,
+    backend: DbBackend,
+) -> UpdateMany<saga::Entity> {
+    saga::Entity::update_many()
+        .col_expr(saga::Column::Status, Expr::value(m.status))
+        .col_expr(
+            saga::Column::CurrentStep,
+            Expr::value(m.current_step.clone()),
+        )
+        .col_expr(saga::Column::Attempts, Expr::value(m.attempts))
+        .col_expr(saga::Column::LastError, Expr::value(m.last_error.clone()))
+        .col_expr(
+            saga::Column::NextAttemptAtMs,
+            Expr::value(m.next_attempt_at_ms),
+        )
+        .col_expr(saga::Column::StepIndex, Expr::value(m.step_index))
+        .col_expr(
+            saga::Column::ResumeStatus,
+            Expr::value(m.resume_status.clone()),
+        )
+        .col_expr(
+            saga::Column::ParkedReason,
+            Expr::value(m.parked_reason.clone()),
+        )
+        .col_expr(
+            saga::Column::SuggestedAction,
+            Expr::value(m.suggested_action.clone()),
+        )
+        .col_expr(saga::Column::Data, Expr::value(data))
+        .col_expr(
+            saga::Column::WaitingSkus,
+            Expr::value(m.waiting_skus.clone()),
+        )
+        .col_expr(
+            saga::Column::UpdatedAtMs,
+            Expr::cust(erp_runtime::db::clock_ms_sql(backend)),
+        )
+        .col_expr(saga::Column::LeaseUntilMs, lease_until)
+        .col_expr(saga::Column::Version, crate::store::next_version())
+        .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
+        .filter(saga::Column::LeaseOwner.eq(replica))
+        .filter(saga::Column::Version.eq(m.version))
+}
+
+/// How long a run waits for its save to be committed before giving the saga up.
+const SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// At most this many saves per transaction.
 const MAX_BATCH: usize = 128;
 
@@ -59,8 +115,12 @@ impl Committer {
         self.tx
             .send((w, reply))
             .map_err(|_| anyhow::anyhow!("the saga committer stopped"))?;
-        answer
+        // A run never waits for ever on its save: past this, it gives the saga up (it is run
+        // again from what is stored). Should the save land later after all, the version
+        // fence makes whichever of it and the next run's save comes second change nothing.
+        tokio::time::timeout(SAVE_TIMEOUT, answer)
             .await
+            .map_err(|_| anyhow::anyhow!("no answer from the database within {SAVE_TIMEOUT:?}"))?
             .map_err(|_| anyhow::anyhow!("the saga committer stopped"))?
             .map_err(|e| anyhow::anyhow!("saving the saga: {e}"))
     }
@@ -195,10 +255,25 @@ mod tests {
             parked_reason: Set(String::new()),
             suggested_action: Set(String::new()),
             waiting_skus: Set(String::new()),
+            version: Set(0),
         }
         .insert(db)
         .await
         .unwrap();
+    }
+
+    /// A timeline entry: `step` of saga `id` succeeded.
+    fn succeeded(id: &str, step: &str) -> step::ActiveModel {
+        step::ActiveModel {
+            saga_id: Set(id.into()),
+            step: Set(step.into()),
+            direction: Set("forward".into()),
+            outcome: Set("succeeded".into()),
+            attempt: Set(1),
+            detail: Set(String::new()),
+            recorded_at_ms: Set(0),
+            ..Default::default()
+        }
     }
 
     fn completes(id: &str, entries: usize) -> Write {
@@ -208,18 +283,86 @@ mod tests {
                 .filter(saga::Column::SagaId.eq(id))
                 .filter(saga::Column::LeaseOwner.eq("me")),
             steps: (0..entries)
-                .map(|i| step::ActiveModel {
-                    saga_id: Set(id.into()),
-                    step: Set(format!("s{i}")),
-                    direction: Set("forward".into()),
-                    outcome: Set("succeeded".into()),
-                    attempt: Set(1),
-                    detail: Set(String::new()),
-                    recorded_at_ms: Set(0),
-                    ..Default::default()
-                })
+                .map(|i| succeeded(id, &format!("s{i}")))
                 .collect(),
             consumed: Vec::new(),
+        }
+    }
+
+    /// The orchestrator's database on `backend`, migrated (and the test's data directory).
+    async fn orchestrator_db(
+        backend: &testing::Backend,
+    ) -> (DatabaseConnection, std::path::PathBuf) {
+        let (settings, dir) = testing::settings(backend, &[]);
+        let db = erp_runtime::db::connect_and_migrate::<crate::store::Migrator>(
+            &settings,
+            "orchestrator",
+        )
+        .await
+        .unwrap();
+        (db, dir)
+    }
+
+    /// A save that lands twice (its batch committed but reported a failure, and was saved
+    /// again one by one) or after a newer save changes nothing, on a real SQLite file and
+    /// PostgreSQL: the row keeps the newest state and each timeline entry is written once.
+    /// Without the version fence, the older save would put the saga back at a wait it had
+    /// passed, its signal consumed: stranded until the wait's deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_save_repeated_or_overtaken_changes_nothing() {
+        for backend in testing::backends() {
+            let (db, _dir) = orchestrator_db(&backend).await;
+            saga_held_by(&db, "v1", "me").await;
+            let mut m = saga::Entity::find_by_id("v1")
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap();
+            let backend_kind = db.get_database_backend();
+            let save = |m: &saga::Model, done: &str| Write {
+                update: state_update(
+                    m,
+                    "{}".into(),
+                    "me",
+                    Expr::value(i64::MAX / 2),
+                    backend_kind,
+                ),
+                steps: vec![succeeded(&m.saga_id, done)],
+                consumed: Vec::new(),
+            };
+            let committer = Committer::new(db.clone());
+            m.current_step = "await_shipment".into();
+            m.status = SagaState::Waiting;
+            let waiting = save(&m, "buy_label");
+            assert!(committer.commit(waiting.duplicate()).await.unwrap());
+            m.version += 1;
+            m.current_step = "commit_stock".into();
+            m.status = SagaState::Running;
+            let shipped = save(&m, "await_shipment");
+            assert!(committer.commit(shipped.duplicate()).await.unwrap());
+            assert!(
+                !committer.commit(waiting).await.unwrap(),
+                "{}: an older save applied over a newer one",
+                backend.name()
+            );
+            assert!(
+                !committer.commit(shipped).await.unwrap(),
+                "{}: a save applied twice",
+                backend.name()
+            );
+            let row = saga::Entity::find_by_id("v1")
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (row.current_step.as_str(), row.status, row.version),
+                ("commit_stock", SagaState::Running, 2),
+                "{}",
+                backend.name()
+            );
+            assert_eq!(step::Entity::find().count(&db).await.unwrap(), 2);
+            db.close().await.unwrap();
         }
     }
 
@@ -229,13 +372,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn saves_share_transactions_and_each_is_judged_alone() {
         for backend in testing::backends() {
-            let (settings, _dir) = testing::settings(&backend, &[]);
-            let db = erp_runtime::db::connect_and_migrate::<crate::store::Migrator>(
-                &settings,
-                "orchestrator",
-            )
-            .await
-            .unwrap();
+            let (db, _dir) = orchestrator_db(&backend).await;
             for i in 0..60 {
                 let owner = if i < 50 { "me" } else { "other" };
                 saga_held_by(&db, &format!("g{i}"), owner).await;

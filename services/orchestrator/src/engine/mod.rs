@@ -20,7 +20,7 @@ use erp_runtime::failpoint;
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ pub struct Engine {
     /// Saves of many sagas share a transaction (see `commit`).
     committer: commit::Committer,
     permits: Arc<Semaphore>,
+    /// A poll stopped for want of a permit: the next run to end wakes the poller.
+    starved: std::sync::atomic::AtomicBool,
     /// Every saga run is tracked, so a stopped orchestrator has no call left in flight.
     tasks: TaskTracker,
     /// Runs stop between steps once this is cancelled; the next owner resumes from the log.
@@ -123,6 +125,7 @@ impl Engine {
             running: Mutex::new(HashSet::new()),
             signalled: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(running as usize)),
+            starved: std::sync::atomic::AtomicBool::new(false),
             tasks,
             shutdown,
             last_report: std::sync::atomic::AtomicI64::new(0),
@@ -238,12 +241,17 @@ impl Engine {
                     continue;
                 }
             }
+            // A permit first, without waiting for one: a poll that waited here for runs to
+            // end (with a saga claimed and not running) would stop claiming anything while
+            // they last. A run that ends wakes the next poll when this one went without.
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                self.starved
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                break;
+            };
             if !self.claim(&id).await? {
                 continue;
             }
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                break;
-            };
             self.running
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -255,6 +263,12 @@ impl Engine {
                     running.remove(&id);
                 }
                 drop(permit);
+                if engine
+                    .starved
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    engine.wake.notify_one();
+                }
             });
         }
         Ok(())
@@ -296,13 +310,28 @@ impl Engine {
     /// customer's cancel applies to a paused saga; a late repeat of an event to a finished one
     /// is noted and dropped instead of staying in the signal queue for ever).
     async fn claim(&self, saga_id: &str) -> anyhow::Result<bool> {
-        let r = saga::Entity::update_many()
+        let mut update = saga::Entity::update_many()
             .col_expr(saga::Column::LeaseOwner, Expr::value(self.replica.clone()))
             .col_expr(saga::Column::LeaseUntilMs, self.clock_plus(self.lease_ms()))
-            .filter(saga::Column::SagaId.eq(saga_id))
-            .filter(self.lease_free())
-            .exec(&self.db)
-            .await?;
+            .filter(self.lease_free());
+        if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            // A row being written right now (a save, a wake, an operator) is skipped, not
+            // waited for: the poll goes on to the next saga and comes back to this one.
+            let free = saga::Entity::find()
+                .select_only()
+                .column(saga::Column::SagaId)
+                .filter(saga::Column::SagaId.eq(saga_id))
+                .lock_with_behavior(
+                    sea_orm::sea_query::LockType::Update,
+                    sea_orm::sea_query::LockBehavior::SkipLocked,
+                )
+                .as_query()
+                .to_owned();
+            update = update.filter(saga::Column::SagaId.in_subquery(free));
+        } else {
+            update = update.filter(saga::Column::SagaId.eq(saga_id));
+        }
+        let r = update.exec(&self.db).await?;
         if r.rows_affected == 1 {
             failpoint::hit(&["saga", "claim", "after_commit"]).await;
         }
@@ -333,43 +362,13 @@ impl Engine {
         st.started = false;
         let now = self.now();
         let m = &st.m;
-        let update = saga::Entity::update_many()
-            .col_expr(saga::Column::Status, Expr::value(m.status))
-            .col_expr(
-                saga::Column::CurrentStep,
-                Expr::value(m.current_step.clone()),
-            )
-            .col_expr(saga::Column::Attempts, Expr::value(m.attempts))
-            .col_expr(saga::Column::LastError, Expr::value(m.last_error.clone()))
-            .col_expr(
-                saga::Column::NextAttemptAtMs,
-                Expr::value(m.next_attempt_at_ms),
-            )
-            .col_expr(saga::Column::StepIndex, Expr::value(m.step_index))
-            .col_expr(
-                saga::Column::ResumeStatus,
-                Expr::value(m.resume_status.clone()),
-            )
-            .col_expr(
-                saga::Column::ParkedReason,
-                Expr::value(m.parked_reason.clone()),
-            )
-            .col_expr(
-                saga::Column::SuggestedAction,
-                Expr::value(m.suggested_action.clone()),
-            )
-            .col_expr(
-                saga::Column::Data,
-                Expr::value(serde_json::to_string(&st.ctx)?),
-            )
-            .col_expr(
-                saga::Column::WaitingSkus,
-                Expr::value(m.waiting_skus.clone()),
-            )
-            .col_expr(saga::Column::UpdatedAtMs, crate::store::clock(&self.db))
-            .col_expr(saga::Column::LeaseUntilMs, self.clock_plus(self.lease_ms()))
-            .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
-            .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()));
+        let update = commit::state_update(
+            m,
+            serde_json::to_string(&st.ctx)?,
+            &self.replica,
+            self.clock_plus(self.lease_ms()),
+            self.db.get_database_backend(),
+        );
         let steps = entries
             .iter()
             .map(|entry| step::ActiveModel {
@@ -392,9 +391,10 @@ impl Engine {
             })
             .await?;
         if !held {
-            tracing::warn!(saga_id = %m.saga_id, replica = %self.replica, "lease lost; another replica owns this saga now");
+            tracing::warn!(saga_id = %m.saga_id, replica = %self.replica, version = m.version, "saga not saved: another replica owns it now, or it changed since this run read it; the next run continues from what is stored");
             return Ok(false);
         }
+        st.m.version += 1;
         // What this commit is, for its crash point: the first entry that is not a "started".
         let point = entries
             .iter()
@@ -464,8 +464,10 @@ impl Engine {
                 Expr::value("repair the saga's data column from its timeline, then RetrySaga"),
             )
             .col_expr(saga::Column::UpdatedAtMs, crate::store::clock(&self.db))
+            .col_expr(saga::Column::Version, crate::store::next_version())
             .filter(saga::Column::SagaId.eq(m.saga_id.as_str()))
             .filter(saga::Column::LeaseOwner.eq(self.replica.as_str()))
+            .filter(saga::Column::Version.eq(m.version))
             .exec(&txn)
             .await?;
         if parked.rows_affected == 1 {
