@@ -57,6 +57,7 @@ CREATE INDEX tracking_events_shipment ON tracking_events (shipment_id, occurred_
                      CREATE INDEX shipments_eta ON shipments (estimated_delivery_ms)",
                 drops: &[],
             }),
+            erp_runtime::db::events_tables_v2(),
         ]
     }
 }

@@ -144,6 +144,7 @@ CREATE INDEX refund_approvals_status ON refund_approvals (status, requested_at_m
                      CREATE INDEX payments_channel ON payments (channel, currency)",
                 drops: &[],
             }),
+            erp_runtime::db::events_tables_v2(),
         ]
     }
 }

@@ -115,6 +115,7 @@ CREATE INDEX saga_signals_saga ON saga_signals (saga_id, signal)",
                 up: "ALTER TABLE sagas ADD COLUMN version BIGINT NOT NULL DEFAULT 0",
                 drops: &[],
             }),
+            erp_runtime::db::events_tables_v2(),
         ]
     }
 }

@@ -115,6 +115,7 @@ CREATE INDEX routing_decisions_order ON routing_decisions (order_id, seq)",
                 up: "CREATE INDEX orders_created ON orders (created_at_ms)",
                 drops: &[],
             }),
+            erp_runtime::db::events_tables_v2(),
         ]
     }
 }

@@ -110,6 +110,7 @@ CREATE INDEX po_receipts_po ON po_receipts (purchase_order_id)",
                      CREATE INDEX reorder_policies_location ON reorder_policies (location, sku)",
                 drops: &[],
             }),
+            erp_runtime::db::events_tables_v2(),
         ]
     }
 }

@@ -130,6 +130,7 @@ pub async fn start<S: Service>(
         waker: outbox.clone(),
         settings: settings.bus.clone(),
         status: status.clone(),
+        generation: std::sync::atomic::AtomicI64::new(0),
     };
     tasks.spawn(relay.run(shutdown.clone()));
     let consumers = crate::events::Consumers::default();

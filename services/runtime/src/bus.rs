@@ -67,6 +67,18 @@ pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
     ("warehouse.site_status_changed", &["orchestrator"]),
 ];
 
+/// A relay's append refused: a relay with a newer lease generation publishes this outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fenced;
+
+impl std::fmt::Display for Fenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fenced: a relay with a newer lease generation publishes this outbox")
+    }
+}
+
+impl std::error::Error for Fenced {}
+
 /// The consumer groups subscribed to `topic` (none: nobody in the suite reads it).
 pub fn groups_of(topic: &str) -> &'static [&'static str] {
     SUBSCRIPTIONS
@@ -320,10 +332,16 @@ impl RedisBus {
     /// a key's later events would overtake its lost earlier ones). A topic nobody subscribes
     /// to is capped by length; the others are trimmed by the relay only below what every
     /// group processed ([`RedisBus::trim`]).
+    ///
+    /// `generation` is the publishing relay's lease generation for `service` (0: unfenced, in
+    /// process or in tests): an append from a generation older than the newest one Redis saw
+    /// for that service fails with [`Fenced`] and appends nothing.
     pub async fn publish_batch(
         &self,
         events: &[Event],
         epoch: &str,
+        service: &str,
+        generation: i64,
     ) -> anyhow::Result<Option<Vec<String>>> {
         static APPEND: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
@@ -331,12 +349,22 @@ impl RedisBus {
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('EPOCH the bus lost its data')
 end
+local generation = tonumber(ARGV[2])
+if generation > 0 then
+  local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if generation < newest then
+    return redis.error_reply('FENCED a newer relay holds this outbox')
+  end
+  if generation > newest then
+    redis.call('SET', KEYS[2], ARGV[2])
+  end
+end
 local ids = {}
-for i = 2, #KEYS do
-  if ARGV[2 * i - 2] == '1' then
-    ids[i - 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', 100000, '*', 'event', ARGV[2 * i - 1])
+for i = 3, #KEYS do
+  if ARGV[2 * i - 3] == '1' then
+    ids[i - 2] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', 100000, '*', 'event', ARGV[2 * i - 2])
   else
-    ids[i - 1] = redis.call('XADD', KEYS[i], '*', 'event', ARGV[2 * i - 1])
+    ids[i - 2] = redis.call('XADD', KEYS[i], '*', 'event', ARGV[2 * i - 2])
   end
 end
 return ids
@@ -344,7 +372,10 @@ return ids
             )
         });
         let mut invocation = APPEND.key(self.epoch_key());
-        invocation.arg(epoch);
+        invocation
+            .key(format!("{}:relay-fence:{service}", self.prefix))
+            .arg(epoch)
+            .arg(generation);
         for event in events {
             invocation
                 .key(self.stream(&event.topic))
@@ -361,6 +392,7 @@ return ids
         match ids {
             Ok(ids) => Ok(Some(ids)),
             Err(e) if e.to_string().contains("EPOCH") => Ok(None),
+            Err(e) if e.to_string().contains("FENCED") => Err(Fenced.into()),
             Err(e) => Err(e.into()),
         }
     }
@@ -632,7 +664,39 @@ impl Consumer {
             .get::<String>("event")
             .and_then(|body| serde_json::from_str(&body).ok());
         let Some(event) = event else {
-            tracing::error!(stream = %self.stream, id = %message.id, "unreadable message, acknowledging to skip it");
+            // Not ours to read (written by hand, or by a build whose events this one cannot
+            // decode): kept whole on `<stream>:unreadable` for whoever investigates, and only
+            // then acknowledged, so that it neither blocks the group nor vanishes.
+            let raw: Vec<(String, String)> = message
+                .map
+                .iter()
+                .map(|(field, value)| {
+                    let text = redis::from_redis_value_ref::<String>(value).unwrap_or_default();
+                    (field.clone(), text)
+                })
+                .collect();
+            let kept: redis::RedisResult<String> = redis::cmd("XADD")
+                .arg(format!("{}:unreadable", self.stream))
+                .arg("*")
+                .arg("group")
+                .arg(&self.group)
+                .arg("id")
+                .arg(&message.id)
+                .arg(
+                    raw.iter()
+                        .flat_map(|(f, v)| [f.as_str(), v.as_str()])
+                        .collect::<Vec<_>>(),
+                )
+                .query_async(&mut self.conn)
+                .await;
+            if let Err(e) = kept {
+                // Left pending: tried again at its redelivery.
+                tracing::warn!(stream = %self.stream, id = %message.id, error = %e, "unreadable message could not be set aside");
+                return;
+            }
+            metrics::counter!("events_unreadable_total", "group" => self.group.clone())
+                .increment(1);
+            tracing::error!(stream = %self.stream, id = %message.id, "unreadable message set aside on the :unreadable stream");
             let _: redis::RedisResult<i64> = self
                 .conn
                 .xack(&self.stream, &self.group, &[&message.id])

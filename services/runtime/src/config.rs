@@ -465,8 +465,18 @@ impl Settings {
                 "must start with redis:// when bus.kind = \"redis\"",
             ));
         }
-        if self.bus.relay_interval_ms == 0 {
-            return Err(invalid("bus.relay_interval_ms", "must be positive"));
+        for (field, value) in [
+            ("bus.relay_interval_ms", self.bus.relay_interval_ms),
+            // 0 would hand every unacknowledged event to another consumer at once, over and
+            // over; a zero lease would have no relay ever hold the outbox.
+            ("bus.redeliver_after_ms", self.bus.redeliver_after_ms),
+            ("bus.relay_lease_ms", self.bus.relay_lease_ms),
+            ("bus.max_deliveries", u64::from(self.bus.max_deliveries)),
+            ("bus.outbox_retention_ms", self.bus.outbox_retention_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
         }
         if !self.telemetry.otlp_endpoint.is_empty()
             && !self.telemetry.otlp_endpoint.starts_with("http")
@@ -647,6 +657,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("database.url"), "{err}");
+        for key in [
+            "REDELIVER_AFTER_MS",
+            "RELAY_LEASE_MS",
+            "MAX_DELIVERIES",
+            "OUTBOX_RETENTION_MS",
+        ] {
+            let err = Settings::load_with(None, Some(env(&[(&format!("ERP__BUS__{key}"), "0")])))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("bus.{}", key.to_lowercase())),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -409,6 +409,18 @@ CREATE TABLE audit_log (
 /// group subscribed to the topic processed it (`acked_at_ms`), remembering where on the bus
 /// it went (`stream_id`); one relay per service holds `outbox_relay`'s lease; consumers count
 /// failed deliveries (`event_failures`) and park what they give up on (`dead_letters`).
+/// The relay lease's generation (see `outbox::relay_lease::Model::generation`), and the
+/// inbox's index by age (the relay prunes processed events past the retention). Appended to
+/// every service's migrations after [`events_tables`].
+pub fn events_tables_v2() -> Box<dyn MigrationTrait> {
+    Box::new(DdlMigration {
+        name: "m20261208_000001_relay_generation_inbox_age",
+        up: "ALTER TABLE outbox_relay ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
+             CREATE INDEX processed_events_age ON processed_events (processed_at_ms)",
+        drops: &[],
+    })
+}
+
 pub fn events_tables() -> Box<dyn MigrationTrait> {
     Box::new(DdlMigration {
         name: "m20261207_000001_durable_events",

@@ -3,6 +3,7 @@
 //! record what they processed (the inbox) so a redelivery has no effect.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sea_orm::entity::prelude::*;
@@ -55,6 +56,11 @@ pub mod relay_lease {
         pub until_ms: i64,
         /// The bus epoch the outbox last published under (see `RedisBus::epoch`).
         pub bus_epoch: String,
+        /// Bumped each time the lease changes hands: the fencing token a relay appends with.
+        /// Redis refuses appends from a generation older than the newest it saw, so a relay
+        /// that stalled past its lease (a pause, a slow disk) cannot publish behind its
+        /// successor's back and break a key's order.
+        pub generation: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -153,6 +159,8 @@ pub struct Relay {
     pub waker: OutboxWaker,
     pub settings: crate::config::BusSettings,
     pub status: crate::events::Status,
+    /// The lease generation this relay holds (0: none, or in process).
+    pub generation: std::sync::atomic::AtomicI64,
 }
 
 /// Rows one publish reads.
@@ -163,6 +171,9 @@ const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 /// How often acknowledged rows past their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Rows one prune statement deletes.
+const PRUNE_BATCH: u64 = 5_000;
 
 /// A published row not confirmed for this long is looked for on its stream (a failover may
 /// have dropped it without the bus losing its epoch).
@@ -184,6 +195,10 @@ impl Relay {
         // The bus epoch this relay checked its outbox against (empty: not yet).
         let mut epoch = String::new();
         while !shutdown.is_cancelled() {
+            if held_since.is_some() && self.generation.load(Ordering::Relaxed) < 0 {
+                // Fenced: a newer relay publishes; ask for the lease again.
+                held_since = None;
+            }
             if held_since.is_none_or(|t| t.elapsed() >= lease / 3) {
                 held_since = match self.take_lease(&owner, lease).await {
                     Ok(true) => Some(std::time::Instant::now()),
@@ -242,15 +257,27 @@ impl Relay {
         }
     }
 
-    /// Takes or renews the lease; true while this replica holds it. In process (embedded
-    /// mode: one process owns its databases) there is nobody to share with.
-    async fn take_lease(&self, owner: &str, lease: Duration) -> Result<bool, DbErr> {
+    /// Takes or renews the lease; true while this replica holds it (and its generation is
+    /// then in [`Relay::generation`]). In process (embedded mode: one process owns its
+    /// databases) there is nobody to share with.
+    pub async fn take_lease(&self, owner: &str, lease: Duration) -> Result<bool, DbErr> {
         if matches!(self.bus, Bus::InProcess(_)) {
             return Ok(true);
         }
         let clock = Expr::cust(crate::db::clock_ms_sql(self.db.get_database_backend()));
         let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        // A new holder gets the next generation; a renewal keeps its own.
+        let generation = sea_orm::sea_query::CaseStatement::new()
+            .case(
+                relay_lease::Column::Owner.eq(owner),
+                Expr::col(relay_lease::Column::Generation),
+            )
+            .finally(sea_orm::sea_query::ExprTrait::add(
+                Expr::col(relay_lease::Column::Generation),
+                1,
+            ));
         let taken = relay_lease::Entity::update_many()
+            .col_expr(relay_lease::Column::Generation, generation.into())
             .col_expr(relay_lease::Column::Owner, Expr::value(owner))
             .col_expr(
                 relay_lease::Column::UntilMs,
@@ -270,7 +297,17 @@ impl Relay {
             )
             .exec(&self.db)
             .await?;
-        Ok(taken.rows_affected == 1)
+        if taken.rows_affected != 1 {
+            self.generation.store(0, Ordering::Relaxed);
+            return Ok(false);
+        }
+        let held = relay_lease::Entity::find_by_id(1)
+            .filter(relay_lease::Column::Owner.eq(owner))
+            .one(&self.db)
+            .await?;
+        let generation = held.map_or(0, |l| l.generation);
+        self.generation.store(generation, Ordering::Relaxed);
+        Ok(generation > 0)
     }
 
     /// Publishes one batch in order; returns how many were published. In process, an event a
@@ -311,7 +348,24 @@ impl Relay {
         let mut failure = None;
         match &self.bus {
             Bus::Redis(bus) => {
-                let Some(ids) = bus.publish_batch(&events, epoch).await? else {
+                let generation = self.generation.load(Ordering::Relaxed);
+                let ids = match bus
+                    .publish_batch(&events, epoch, self.service, generation)
+                    .await
+                {
+                    Err(e) if e.is::<crate::bus::Fenced>() => {
+                        // Marked so that `run` gives the lease up and asks again.
+                        self.generation.store(-1, Ordering::Relaxed);
+                        tracing::warn!(
+                            service = self.service,
+                            generation,
+                            "relay fenced: a newer relay holds the lease; nothing appended"
+                        );
+                        return Err(e);
+                    }
+                    other => other?,
+                };
+                let Some(ids) = ids else {
                     // Redis lost its data since: what it held goes again, first.
                     epoch.clear();
                     self.check_epoch(bus, epoch).await?;
@@ -541,24 +595,61 @@ impl Relay {
     }
 
     /// Deletes confirmed rows older than the retention.
-    async fn prune(&self) -> Result<(), DbErr> {
-        let before = crate::time::now_ms()
-            - i64::try_from(self.settings.outbox_retention_ms).unwrap_or(i64::MAX / 2);
-        let old: Vec<i64> = entity::Entity::find()
-            .select_only()
-            .column(entity::Column::Seq)
-            .filter(entity::Column::AckedAtMs.lt(before))
-            .limit(5_000)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        if !old.is_empty() {
-            entity::Entity::delete_many()
-                .filter(entity::Column::Seq.is_in(old))
-                .exec(&self.db)
+    /// Deletes confirmed outbox rows older than the retention, and inbox entries older than
+    /// twice that (an event can come again as long as an outbox keeps it, so its inbox entry
+    /// must outlive it). In batches (short transactions), until none are left or this
+    /// round's time is up; the next round goes on.
+    pub async fn prune(&self) -> Result<u64, DbErr> {
+        const ROUND: Duration = Duration::from_secs(5);
+        let retention = i64::try_from(self.settings.outbox_retention_ms).unwrap_or(i64::MAX / 4);
+        let now = crate::time::now_ms();
+        let started = std::time::Instant::now();
+        let mut deleted = 0;
+        loop {
+            let old: Vec<i64> = entity::Entity::find()
+                .select_only()
+                .column(entity::Column::Seq)
+                .filter(entity::Column::AckedAtMs.lt(now - retention))
+                .limit(PRUNE_BATCH)
+                .into_tuple()
+                .all(&self.db)
                 .await?;
+            let full = old.len() as u64 == PRUNE_BATCH;
+            if !old.is_empty() {
+                deleted += entity::Entity::delete_many()
+                    .filter(entity::Column::Seq.is_in(old))
+                    .exec(&self.db)
+                    .await?
+                    .rows_affected;
+            }
+            if !full || started.elapsed() >= ROUND {
+                break;
+            }
         }
-        Ok(())
+        let cutoff = now - retention.saturating_mul(2);
+        loop {
+            // The newest age among the oldest batch bounds one delete (by the age index).
+            let bound: Option<i64> = processed::Entity::find()
+                .select_only()
+                .column(processed::Column::ProcessedAtMs)
+                .filter(processed::Column::ProcessedAtMs.lt(cutoff))
+                .order_by_asc(processed::Column::ProcessedAtMs)
+                .offset(PRUNE_BATCH - 1)
+                .limit(1)
+                .into_tuple()
+                .one(&self.db)
+                .await?;
+            deleted += processed::Entity::delete_many()
+                .filter(processed::Column::ProcessedAtMs.lt(cutoff))
+                .filter(processed::Column::ProcessedAtMs.lte(bound.unwrap_or(cutoff)))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+            if bound.is_none() || started.elapsed() >= ROUND {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 }
 

@@ -28,6 +28,7 @@ impl sea_orm_migration::MigratorTrait for Tables {
             erp_runtime::db::runtime_tables(),
             erp_runtime::audit::migration(),
             erp_runtime::db::events_tables(),
+            erp_runtime::db::events_tables_v2(),
         ]
     }
 }
@@ -93,6 +94,34 @@ impl erp_runtime::Service for Consumer {
         .await?;
         Ok(tonic::service::Routes::default())
     }
+}
+
+/// SQLite settings on the Redis at `redis_url`, under a stream prefix of their own (returned),
+/// with a quick relay.
+fn redis_settings(
+    tag: &str,
+    redis_url: &str,
+) -> (Arc<erp_runtime::Settings>, String, std::path::PathBuf) {
+    let prefix = format!("{tag}-{}", uuid::Uuid::now_v7().simple());
+    let (settings, dir) = testing::settings(
+        &Backend::Sqlite,
+        &[
+            ("ERP__BUS__KIND", "redis"),
+            ("ERP__BUS__REDIS_URL", redis_url),
+            ("ERP__BUS__STREAM_PREFIX", &prefix),
+            ("ERP__BUS__RELAY_INTERVAL_MS", "20"),
+        ],
+    );
+    (Arc::new(settings), prefix, dir)
+}
+
+/// Starts service `S` on its own bus from `settings`.
+async fn spawn<S: erp_runtime::Service>(settings: &Arc<erp_runtime::Settings>) -> TestService {
+    testing::spawn_with::<S>(
+        settings.clone(),
+        Bus::from_settings(&settings.bus).await.unwrap(),
+    )
+    .await
 }
 
 fn applied(run: &str) -> Vec<(String, i64)> {
@@ -279,16 +308,8 @@ async fn redis_loss(backend: Backend) {
     let run = settings.data_dir.display().to_string();
     let settings = Arc::new(settings);
     // Both start while Redis is down, and serve.
-    let consumer = testing::spawn_with::<Consumer>(
-        settings.clone(),
-        Bus::from_settings(&settings.bus).await.unwrap(),
-    )
-    .await;
-    let publisher = testing::spawn_with::<Publisher>(
-        settings.clone(),
-        Bus::from_settings(&settings.bus).await.unwrap(),
-    )
-    .await;
+    let consumer = spawn::<Consumer>(&settings).await;
+    let publisher = spawn::<Publisher>(&settings).await;
     let keys = 10;
     for n in 1..=50 {
         enqueue(&publisher, &format!("k{}", n % keys), n, false).await;
@@ -446,23 +467,9 @@ async fn entries_a_failover_dropped_are_published_again() {
     let Some(redis_url) = testing::redis_url() else {
         return;
     };
-    let prefix = format!("t-drop-{}", uuid::Uuid::now_v7().simple());
-    let (settings, _dir) = testing::settings(
-        &Backend::Sqlite,
-        &[
-            ("ERP__BUS__KIND", "redis"),
-            ("ERP__BUS__REDIS_URL", &redis_url),
-            ("ERP__BUS__STREAM_PREFIX", &prefix),
-            ("ERP__BUS__RELAY_INTERVAL_MS", "20"),
-        ],
-    );
+    let (settings, prefix, _dir) = redis_settings("t-drop", &redis_url);
     let run = settings.data_dir.display().to_string();
-    let settings = Arc::new(settings);
-    let publisher = testing::spawn_with::<Publisher>(
-        settings.clone(),
-        Bus::from_settings(&settings.bus).await.unwrap(),
-    )
-    .await;
+    let publisher = spawn::<Publisher>(&settings).await;
     for n in 1..=5 {
         enqueue(&publisher, &format!("k{n}"), n, false).await;
     }
@@ -486,11 +493,7 @@ async fn entries_a_failover_dropped_are_published_again() {
         .await
         .unwrap();
     assert_eq!(deleted, 2);
-    let consumer = testing::spawn_with::<Consumer>(
-        settings.clone(),
-        Bus::from_settings(&settings.bus).await.unwrap(),
-    )
-    .await;
+    let consumer = spawn::<Consumer>(&settings).await;
     wait_for("all five applied", Duration::from_secs(30), async || {
         let mut got: Vec<i64> = applied(&run).iter().map(|(_, n)| *n).collect();
         got.sort_unstable();
@@ -505,4 +508,245 @@ async fn entries_a_failover_dropped_are_published_again() {
     assert!(status(&publisher).await.republished >= 2);
     consumer.stop().await;
     publisher.stop().await;
+}
+
+/// Two relays of one outbox (two replicas of a service): the first stalls past its lease, the
+/// second takes it over with the next generation and publishes. When the first wakes up it
+/// still believes it holds the lease, and tries to append: Redis refuses it (fenced by
+/// generation), nothing of it reaches the stream, the row stays for the holder, which
+/// publishes it after the others, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_outlived_its_lease_appends_nothing() {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let Some(redis_url) = testing::redis_url() else {
+        return;
+    };
+    let prefix = format!("t-fence-{}", uuid::Uuid::now_v7().simple());
+    for backend in testing::backends() {
+        let (settings, _dir) = testing::settings(
+            &backend,
+            &[
+                ("ERP__BUS__KIND", "redis"),
+                ("ERP__BUS__REDIS_URL", &redis_url),
+                ("ERP__BUS__STREAM_PREFIX", &prefix),
+            ],
+        );
+        let db = erp_runtime::db::connect_and_migrate::<Tables>(&settings, "inventory")
+            .await
+            .unwrap();
+        let bus = Bus::from_settings(&settings.bus).await.unwrap();
+        let relay = || outbox::Relay {
+            service: "inventory",
+            db: db.clone(),
+            bus: bus.clone(),
+            waker: outbox::OutboxWaker::default(),
+            settings: settings.bus.clone(),
+            status: erp_runtime::events::Status::default(),
+            generation: std::sync::atomic::AtomicI64::new(0),
+        };
+        let (a, b) = (relay(), relay());
+        let lease = Duration::from_secs(60);
+        let put = async |n: i64| {
+            outbox::enqueue(&db, TOPIC, "k", &serde_json::json!({ "key": "k", "n": n }))
+                .await
+                .unwrap();
+        };
+        assert!(a.take_lease("replica-a", lease).await.unwrap());
+        let first = a.generation.load(Ordering::Relaxed);
+        // Replica a stalls; its lease runs out and b takes it.
+        outbox::relay_lease::Entity::update_many()
+            .col_expr(outbox::relay_lease::Column::UntilMs, Expr::value(0))
+            .exec(&db)
+            .await
+            .unwrap();
+        assert!(b.take_lease("replica-b", lease).await.unwrap());
+        assert_eq!(b.generation.load(Ordering::Relaxed), first + 1);
+        put(1).await;
+        put(2).await;
+        let mut epoch = String::new();
+        assert_eq!(b.publish_pending(&mut epoch).await.unwrap(), 2);
+        // Replica a wakes up, still believing it holds the lease.
+        put(3).await;
+        let mut stale_epoch = String::new();
+        let refused = a.publish_pending(&mut stale_epoch).await.unwrap_err();
+        assert!(
+            refused.is::<erp_runtime::bus::Fenced>(),
+            "{}: {refused:#}",
+            backend.name()
+        );
+        let unpublished = outbox::entity::Entity::find()
+            .filter(outbox::entity::Column::PublishedAtMs.is_null())
+            .count(&db)
+            .await
+            .unwrap();
+        assert_eq!(unpublished, 1, "{}", backend.name());
+        assert!(!a.take_lease("replica-a", lease).await.unwrap());
+        assert_eq!(b.publish_pending(&mut epoch).await.unwrap(), 1);
+        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(format!("{prefix}:events:{TOPIC}"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let order: Vec<i64> = entries
+            .iter()
+            .map(|(_, fields)| {
+                let event: Event = serde_json::from_str(&fields[0].1).unwrap();
+                event.payload["n"].as_i64().unwrap()
+            })
+            .collect();
+        // Earlier backends' entries share the stream: this backend's are the last three.
+        assert_eq!(order[order.len() - 3..], [1, 2, 3], "{}", backend.name());
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{prefix}:relay-fence:inventory"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+    }
+}
+
+/// An entry on a stream that is not an event of ours (written by hand, or by a build whose
+/// events this one cannot decode) neither blocks its group nor vanishes: it is set aside whole
+/// on `<stream>:unreadable` and acknowledged, and the events after it are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_entry_is_set_aside_not_lost() {
+    let Some(redis_url) = testing::redis_url() else {
+        return;
+    };
+    let (settings, prefix, _dir) = redis_settings("t-junk", &redis_url);
+    let run = settings.data_dir.display().to_string();
+    let consumer = spawn::<Consumer>(&settings).await;
+    let stream = format!("{prefix}:events:{TOPIC}");
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let junk: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("event")
+        .arg("{not an event")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let publisher = spawn::<Publisher>(&settings).await;
+    enqueue(&publisher, "k1", 1, false).await;
+    wait_for(
+        "the event after the junk applied",
+        Duration::from_secs(20),
+        async || applied(&run) == vec![("k1".to_owned(), 1)],
+    )
+    .await;
+    let aside: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{stream}:unreadable"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(aside.len(), 1);
+    let fields: std::collections::HashMap<_, _> = aside[0].1.iter().cloned().collect();
+    assert_eq!(fields["group"], "procurement");
+    assert_eq!(fields["id"], junk);
+    assert_eq!(fields["event"], "{not an event");
+    // XPENDING's summary starts with the count of entries read and not acknowledged.
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("procurement")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending[0], redis::Value::Int(0), "left pending");
+    consumer.stop().await;
+    publisher.stop().await;
+}
+
+/// Pruning, on SQLite and PostgreSQL: confirmed outbox rows past the retention go, unconfirmed
+/// ones stay whatever their age; inbox entries go after twice the retention (an event can come
+/// again as long as an outbox keeps it), not before; more than one batch goes in one round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_and_inbox_are_pruned_past_their_retention_only() {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let day: i64 = 86_400_000;
+    for backend in testing::backends() {
+        let (settings, _dir) = testing::settings(&backend, &[]);
+        let db = erp_runtime::db::connect_and_migrate::<Tables>(&settings, "inventory")
+            .await
+            .unwrap();
+        let now = erp_runtime::time::now_ms();
+        // 6,000 inbox entries 15 days old (past 2 x 7 days), 10 entries 8 days old.
+        let entries: Vec<outbox::processed::ActiveModel> = (0..6_010)
+            .map(|n| outbox::processed::ActiveModel {
+                consumer: sea_orm::ActiveValue::Set("procurement".into()),
+                event_id: sea_orm::ActiveValue::Set(format!("e{n}")),
+                // Distinct ages, so that the 6,000 take two batches of 5,000.
+                processed_at_ms: sea_orm::ActiveValue::Set(
+                    now - if n < 6_000 { 15 } else { 8 } * day - n,
+                ),
+            })
+            .collect();
+        for chunk in entries.chunks(1_000) {
+            outbox::processed::Entity::insert_many(chunk.to_vec())
+                .exec(&db)
+                .await
+                .unwrap();
+        }
+        // Three outbox rows: confirmed 8 days ago, confirmed 1 day ago, never confirmed.
+        for n in 0..3 {
+            outbox::enqueue(&db, TOPIC, "k", &serde_json::json!({ "n": n }))
+                .await
+                .unwrap();
+        }
+        let seqs: Vec<i64> = outbox::entity::Entity::find()
+            .all(&db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        for (seq, acked) in seqs
+            .iter()
+            .zip([Some(now - 8 * day), Some(now - day), None])
+        {
+            outbox::entity::Entity::update_many()
+                .col_expr(
+                    outbox::entity::Column::PublishedAtMs,
+                    Expr::value(now - 9 * day),
+                )
+                .col_expr(outbox::entity::Column::AckedAtMs, Expr::value(acked))
+                .filter(outbox::entity::Column::Seq.eq(*seq))
+                .exec(&db)
+                .await
+                .unwrap();
+        }
+        let relay = outbox::Relay {
+            service: "inventory",
+            db: db.clone(),
+            bus: Bus::from_settings(&settings.bus).await.unwrap(),
+            waker: outbox::OutboxWaker::default(),
+            settings: settings.bus.clone(),
+            status: erp_runtime::events::Status::default(),
+            generation: std::sync::atomic::AtomicI64::new(0),
+        };
+        assert_eq!(relay.prune().await.unwrap(), 6_001, "{}", backend.name());
+        assert_eq!(
+            outbox::processed::Entity::find().count(&db).await.unwrap(),
+            10,
+            "{}",
+            backend.name()
+        );
+        let left: Vec<i64> = outbox::entity::Entity::find()
+            .all(&db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(left, seqs[1..], "{}", backend.name());
+        db.close().await.unwrap();
+    }
 }

@@ -111,6 +111,7 @@ CREATE INDEX receipts_document ON receipts (document_id)",
                 up: "CREATE INDEX fulfillments_status ON fulfillments (status, created_at_ms)",
                 drops: &[],
             }),
+            erp_runtime::db::events_tables_v2(),
         ]
     }
 }

@@ -147,6 +147,7 @@ CREATE TABLE receipt_costs (
                      CREATE INDEX stock_ledger_location ON stock_ledger (location, seq)",
                 drops: &[],
             }),
+            erp_runtime::db::events_tables_v2(),
         ]
     }
 }
