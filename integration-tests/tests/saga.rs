@@ -669,10 +669,13 @@ async fn watched(backend: Backend) {
         saga_id = saga.saga_id.clone();
         let status = SagaStatus::try_from(saga.status).unwrap();
         seen.push((status, saga.current_step.clone()));
-        if status == SagaStatus::Waiting && saga.current_step == "await_pack" {
+        // Each committed change is sent, and a change can leave the status and step as they
+        // were (a signal noted): the floor acts once per wait.
+        let acted = seen[..seen.len() - 1].contains(seen.last().unwrap());
+        if !acted && status == SagaStatus::Waiting && saga.current_step == "await_pack" {
             c.pick_and_pack(&order).await;
         }
-        if status == SagaStatus::Waiting && saga.current_step == "await_shipment" {
+        if !acted && status == SagaStatus::Waiting && saga.current_step == "await_shipment" {
             c.confirm_ship(&order).await;
         }
     }

@@ -65,7 +65,8 @@ impl Engine {
                 "waiting for the warehouse's ship confirmation"
             };
             // One deadline for the warehouse's whole job, packing and shipping.
-            if st.ctx.ship_deadline_ms == 0 {
+            let fresh_deadline = st.ctx.ship_deadline_ms == 0;
+            if fresh_deadline {
                 st.ctx.ship_deadline_ms =
                     now + i64::try_from(self.settings.ship_deadline_ms).unwrap_or(i64::MAX / 4);
             }
@@ -84,6 +85,12 @@ impl Engine {
                 return Ok(false);
             }
             let newly = st.m.status != SagaState::Waiting;
+            if !newly && !fresh_deadline && st.m.next_attempt_at_ms == st.ctx.ship_deadline_ms {
+                // Already waiting, as stored (a run started for a signal that another run
+                // consumed meanwhile): nothing to write, and nothing for watchers, who would
+                // otherwise see the wait start a second time.
+                return Ok(false);
+            }
             st.m.status = SagaState::Waiting;
             st.m.next_attempt_at_ms = st.ctx.ship_deadline_ms;
             let entry = if newly {
