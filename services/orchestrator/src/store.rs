@@ -641,6 +641,8 @@ async fn wake_now<C: sea_orm::ConnectionTrait>(
     // refused and the next run routes with the new stock.
     Ok(saga::Entity::update_many()
         .col_expr(saga::Column::NextAttemptAtMs, clock(c))
+        // Routing afresh: a run whose save this wake refuses had counted its attempt already.
+        .col_expr(saga::Column::Attempts, sea_orm::sea_query::Expr::value(0))
         .col_expr(saga::Column::Version, next_version())
         .filter(saga::Column::SagaId.is_in(ids))
         .filter(saga::Column::Status.is_in([SagaState::Waiting, SagaState::Running]))

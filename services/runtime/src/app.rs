@@ -131,6 +131,7 @@ pub async fn start<S: Service>(
         settings: settings.bus.clone(),
         status: status.clone(),
         generation: std::sync::atomic::AtomicI64::new(0),
+        fence_floor: std::sync::atomic::AtomicI64::new(0),
     };
     tasks.spawn(relay.run(shutdown.clone()));
     let consumers = crate::events::Consumers::default();

@@ -67,13 +67,20 @@ pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
     ("warehouse.site_status_changed", &["orchestrator"]),
 ];
 
-/// A relay's append refused: a relay with a newer lease generation publishes this outbox.
+/// A relay's append refused: a relay with a newer lease generation (`newest`, the newest
+/// Redis saw for the service) publishes this outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fenced;
+pub struct Fenced {
+    pub newest: i64,
+}
 
 impl std::fmt::Display for Fenced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("fenced: a relay with a newer lease generation publishes this outbox")
+        write!(
+            f,
+            "fenced: a relay with a newer lease generation ({}) publishes this outbox",
+            self.newest
+        )
     }
 }
 
@@ -353,7 +360,7 @@ local generation = tonumber(ARGV[2])
 if generation > 0 then
   local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
   if generation < newest then
-    return redis.error_reply('FENCED a newer relay holds this outbox')
+    return redis.error_reply('FENCED ' .. newest)
   end
   if generation > newest then
     redis.call('SET', KEYS[2], ARGV[2])
@@ -392,7 +399,15 @@ return ids
         match ids {
             Ok(ids) => Ok(Some(ids)),
             Err(e) if e.to_string().contains("EPOCH") => Ok(None),
-            Err(e) if e.to_string().contains("FENCED") => Err(Fenced.into()),
+            Err(e) if e.to_string().contains("FENCED") => {
+                let newest = e
+                    .to_string()
+                    .split_whitespace()
+                    .filter_map(|w| w.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+                    .next_back()
+                    .unwrap_or(generation);
+                Err(Fenced { newest }.into())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -677,6 +692,9 @@ impl Consumer {
                 .collect();
             let kept: redis::RedisResult<String> = redis::cmd("XADD")
                 .arg(format!("{}:unreadable", self.stream))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(10_000)
                 .arg("*")
                 .arg("group")
                 .arg(&self.group)

@@ -159,8 +159,11 @@ pub struct Relay {
     pub waker: OutboxWaker,
     pub settings: crate::config::BusSettings,
     pub status: crate::events::Status,
-    /// The lease generation this relay holds (0: none, or in process).
+    /// The lease generation this relay holds (0: none, or in process; -1: just fenced).
     pub generation: std::sync::atomic::AtomicI64,
+    /// The newest generation Redis reported when it fenced this relay: the next lease this
+    /// relay takes is above it (the database's count can be behind Redis's after a restore).
+    pub fence_floor: std::sync::atomic::AtomicI64,
 }
 
 /// Rows one publish reads.
@@ -224,6 +227,10 @@ impl Relay {
                         tracing::warn!(service = self.service, error = %format!("{e:#}"), "outbox relay failed, will retry")
                     }
                 }
+                if self.generation.load(Ordering::Relaxed) < 0 {
+                    // Fenced just now: no sweep or prune until the lease is ours again.
+                    continue;
+                }
                 if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
                     last_sweep = Some(std::time::Instant::now());
                     if let Err(e) = self.sweep(&mut epoch).await {
@@ -266,16 +273,21 @@ impl Relay {
         }
         let clock = Expr::cust(crate::db::clock_ms_sql(self.db.get_database_backend()));
         let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        // A new holder gets the next generation; a renewal keeps its own.
+        // A new holder gets the next generation; a renewal keeps its own. Both stay above the
+        // newest generation Redis fenced this relay with.
+        let floor = self.fence_floor.load(Ordering::Relaxed);
         let generation = sea_orm::sea_query::CaseStatement::new()
             .case(
-                relay_lease::Column::Owner.eq(owner),
+                sea_orm::Condition::all()
+                    .add(relay_lease::Column::Owner.eq(owner))
+                    .add(relay_lease::Column::Generation.gt(floor)),
                 Expr::col(relay_lease::Column::Generation),
             )
-            .finally(sea_orm::sea_query::ExprTrait::add(
-                Expr::col(relay_lease::Column::Generation),
-                1,
-            ));
+            .case(
+                relay_lease::Column::Generation.gt(floor),
+                sea_orm::sea_query::ExprTrait::add(Expr::col(relay_lease::Column::Generation), 1),
+            )
+            .finally(Expr::value(floor.saturating_add(1)));
         let taken = relay_lease::Entity::update_many()
             .col_expr(relay_lease::Column::Generation, generation.into())
             .col_expr(relay_lease::Column::Owner, Expr::value(owner))
@@ -354,7 +366,12 @@ impl Relay {
                     .await
                 {
                     Err(e) if e.is::<crate::bus::Fenced>() => {
-                        // Marked so that `run` gives the lease up and asks again.
+                        // Marked so that `run` asks for the lease again; should it still be
+                        // ours (the database restored to an older generation), the next one is
+                        // taken above what Redis has seen.
+                        if let Some(f) = e.downcast_ref::<crate::bus::Fenced>() {
+                            self.fence_floor.fetch_max(f.newest, Ordering::Relaxed);
+                        }
                         self.generation.store(-1, Ordering::Relaxed);
                         tracing::warn!(
                             service = self.service,

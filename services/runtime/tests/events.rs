@@ -544,6 +544,7 @@ async fn a_relay_that_outlived_its_lease_appends_nothing() {
             settings: settings.bus.clone(),
             status: erp_runtime::events::Status::default(),
             generation: std::sync::atomic::AtomicI64::new(0),
+            fence_floor: std::sync::atomic::AtomicI64::new(0),
         };
         let (a, b) = (relay(), relay());
         let lease = Duration::from_secs(60);
@@ -583,6 +584,21 @@ async fn a_relay_that_outlived_its_lease_appends_nothing() {
         assert_eq!(unpublished, 1, "{}", backend.name());
         assert!(!a.take_lease("replica-a", lease).await.unwrap());
         assert_eq!(b.publish_pending(&mut epoch).await.unwrap(), 1);
+        // The database restored to an older generation while Redis kept the newest: the holder
+        // is fenced once, then takes the lease above what Redis saw and publishes again (before,
+        // it stayed fenced for ever).
+        outbox::relay_lease::Entity::update_many()
+            .col_expr(outbox::relay_lease::Column::Generation, Expr::value(0))
+            .exec(&db)
+            .await
+            .unwrap();
+        put(4).await;
+        assert!(b.take_lease("replica-b", lease).await.unwrap());
+        let refused = b.publish_pending(&mut epoch).await.unwrap_err();
+        assert!(refused.is::<erp_runtime::bus::Fenced>(), "{refused:#}");
+        assert!(b.take_lease("replica-b", lease).await.unwrap());
+        assert!(b.generation.load(Ordering::Relaxed) > first + 1);
+        assert_eq!(b.publish_pending(&mut epoch).await.unwrap(), 1);
         let client = redis::Client::open(redis_url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
@@ -599,8 +615,8 @@ async fn a_relay_that_outlived_its_lease_appends_nothing() {
                 event.payload["n"].as_i64().unwrap()
             })
             .collect();
-        // Earlier backends' entries share the stream: this backend's are the last three.
-        assert_eq!(order[order.len() - 3..], [1, 2, 3], "{}", backend.name());
+        // Earlier backends' entries share the stream: this backend's are the last four.
+        assert_eq!(order[order.len() - 4..], [1, 2, 3, 4], "{}", backend.name());
         let _: () = redis::cmd("DEL")
             .arg(format!("{prefix}:relay-fence:inventory"))
             .query_async(&mut conn)
@@ -731,6 +747,7 @@ async fn outbox_and_inbox_are_pruned_past_their_retention_only() {
             settings: settings.bus.clone(),
             status: erp_runtime::events::Status::default(),
             generation: std::sync::atomic::AtomicI64::new(0),
+            fence_floor: std::sync::atomic::AtomicI64::new(0),
         };
         assert_eq!(relay.prune().await.unwrap(), 6_001, "{}", backend.name());
         assert_eq!(

@@ -225,9 +225,11 @@ impl Engine {
                 flagged.insert(id.clone());
             }
         }
+        // Due order kept (earliest due first, then the signalled): when permits run out the
+        // poll stops, and the next one starts again from the most overdue.
         ids.extend(signalled);
-        ids.sort();
-        ids.dedup();
+        let mut seen = HashSet::with_capacity(ids.len());
+        ids.retain(|id| seen.insert(id.clone()));
         for id in ids {
             if shutdown.is_cancelled() {
                 break;
@@ -321,8 +323,10 @@ impl Engine {
                 .select_only()
                 .column(saga::Column::SagaId)
                 .filter(saga::Column::SagaId.eq(saga_id))
+                // NO KEY UPDATE: does not conflict with the key-share locks that timeline and
+                // signal inserts take through their foreign keys.
                 .lock_with_behavior(
-                    sea_orm::sea_query::LockType::Update,
+                    sea_orm::sea_query::LockType::NoKeyUpdate,
                     sea_orm::sea_query::LockBehavior::SkipLocked,
                 )
                 .as_query()

@@ -158,6 +158,8 @@ impl Engine {
             Ok(Outcome::Next) => {
                 st.m.step_index += 1;
                 st.ctx.backordered = false;
+                // No longer waiting for stock: stock events leave it alone.
+                st.m.waiting_skus.clear();
                 st.ctx.completed = st.ctx.completed.max(st.m.step_index);
                 st.m.attempts = 0;
                 st.m.last_error.clear();
