@@ -123,16 +123,14 @@ pub async fn start<S: Service>(
     let db = crate::db::connect_and_migrate::<S::Migrator>(&settings, S::NAME).await?;
     let outbox = OutboxWaker::default();
     let status = crate::events::Status::default();
-    let relay = Relay {
-        service: S::NAME,
-        db: db.clone(),
-        bus: bus.clone(),
-        waker: outbox.clone(),
-        settings: settings.bus.clone(),
-        status: status.clone(),
-        generation: std::sync::atomic::AtomicI64::new(0),
-        fence_floor: std::sync::atomic::AtomicI64::new(0),
-    };
+    let relay = Relay::new(
+        S::NAME,
+        db.clone(),
+        bus.clone(),
+        outbox.clone(),
+        settings.bus.clone(),
+        status.clone(),
+    );
     tasks.spawn(relay.run(shutdown.clone()));
     let consumers = crate::events::Consumers::default();
     let ctx = ServiceContext {

@@ -183,6 +183,27 @@ const PRUNE_BATCH: u64 = 5_000;
 const CHECK_PRESENT_AFTER_MS: i64 = 30_000;
 
 impl Relay {
+    /// The relay of `service`'s outbox in `db`, holding no lease yet.
+    pub fn new(
+        service: &'static str,
+        db: DatabaseConnection,
+        bus: Bus,
+        waker: OutboxWaker,
+        settings: crate::config::BusSettings,
+        status: crate::events::Status,
+    ) -> Self {
+        Self {
+            service,
+            db,
+            bus,
+            waker,
+            settings,
+            status,
+            generation: std::sync::atomic::AtomicI64::new(0),
+            fence_floor: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
     /// Publishes until `shutdown`; woken at once by [`OutboxWaker`], else every `interval`.
     pub async fn run(self, shutdown: CancellationToken) {
         let owner = format!(

@@ -115,6 +115,22 @@ fn redis_settings(
     (Arc::new(settings), prefix, dir)
 }
 
+/// A relay of the test publisher's outbox in `db`, outside any running service.
+fn relay_of(
+    db: &sea_orm::DatabaseConnection,
+    bus: Bus,
+    settings: &erp_runtime::Settings,
+) -> outbox::Relay {
+    outbox::Relay::new(
+        "inventory",
+        db.clone(),
+        bus,
+        outbox::OutboxWaker::default(),
+        settings.bus.clone(),
+        erp_runtime::events::Status::default(),
+    )
+}
+
 /// Starts service `S` on its own bus from `settings`.
 async fn spawn<S: erp_runtime::Service>(settings: &Arc<erp_runtime::Settings>) -> TestService {
     testing::spawn_with::<S>(
@@ -536,16 +552,7 @@ async fn a_relay_that_outlived_its_lease_appends_nothing() {
             .await
             .unwrap();
         let bus = Bus::from_settings(&settings.bus).await.unwrap();
-        let relay = || outbox::Relay {
-            service: "inventory",
-            db: db.clone(),
-            bus: bus.clone(),
-            waker: outbox::OutboxWaker::default(),
-            settings: settings.bus.clone(),
-            status: erp_runtime::events::Status::default(),
-            generation: std::sync::atomic::AtomicI64::new(0),
-            fence_floor: std::sync::atomic::AtomicI64::new(0),
-        };
+        let relay = || relay_of(&db, bus.clone(), &settings);
         let (a, b) = (relay(), relay());
         let lease = Duration::from_secs(60);
         let put = async |n: i64| {
@@ -739,16 +746,11 @@ async fn outbox_and_inbox_are_pruned_past_their_retention_only() {
                 .await
                 .unwrap();
         }
-        let relay = outbox::Relay {
-            service: "inventory",
-            db: db.clone(),
-            bus: Bus::from_settings(&settings.bus).await.unwrap(),
-            waker: outbox::OutboxWaker::default(),
-            settings: settings.bus.clone(),
-            status: erp_runtime::events::Status::default(),
-            generation: std::sync::atomic::AtomicI64::new(0),
-            fence_floor: std::sync::atomic::AtomicI64::new(0),
-        };
+        let relay = relay_of(
+            &db,
+            Bus::from_settings(&settings.bus).await.unwrap(),
+            &settings,
+        );
         assert_eq!(relay.prune().await.unwrap(), 6_001, "{}", backend.name());
         assert_eq!(
             outbox::processed::Entity::find().count(&db).await.unwrap(),
